@@ -1,0 +1,76 @@
+"""The connector contract: what a sales channel's plugin must and may do.
+
+A connector speaks one channel's dialect. For each delivery (a webhook body, a
+recorded payload, a till's sale) the engine asks it for an idempotency key and
+for the canonical events the delivery means. It never touches the database: the
+engine stores the raw delivery first, then applies what ``translate`` returned.
+
+Must:
+- ``channel``: the channel's name (``"shopify"``), unique across plugins;
+- ``topics``: the topics it understands (``"orders/paid"``);
+- ``translate(topic, payload, headers)``: the canonical events (dicts that
+  ``engine.events.load_event`` accepts), or ``[]`` when the delivery means
+  nothing for loyalty (a test ping, a draft order).
+
+May:
+- ``delivery_key(topic, payload, headers)``: the idempotency key of a delivery;
+  the default keys on the body's hash, so only byte-identical deliveries are
+  duplicates;
+- ``settings_schema`` and ``table``: its table in ``plugins.toml``.
+
+Raises:
+- ``BadDelivery`` with a sentence saying what is wrong, when the payload can't
+  be understood (a missing id, a negative quantity). The delivery is kept as
+  failed with that sentence; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from engine.hookspecs import hookimpl
+
+
+class BadDelivery(ValueError):
+    """A delivery the connector can't translate; the message says why."""
+
+
+class Connector:
+    """Base class for channel connectors (see the module docstring)."""
+
+    channel: ClassVar[str] = ""
+    topics: ClassVar[tuple[str, ...]] = ()
+    #: the plugins.toml table this connector owns, e.g. "connectors.shopify"
+    table: ClassVar[str | None] = None
+    settings_schema: ClassVar[Any] = None
+
+    def __init__(self, settings: Mapping[str, Any] | None = None):
+        self.settings = dict(settings or {})
+
+    def delivery_key(self, topic: str, payload: Any, headers: Mapping[str, str], body: bytes) -> str:
+        """The idempotency key of one delivery. Override it with the channel's
+        own delivery or resource ids; the default is the body's SHA-256."""
+        return f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
+
+    def translate(
+        self, topic: str, payload: Any, headers: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """Canonical events for one delivery; raise ``BadDelivery`` if it can't."""
+        raise NotImplementedError
+
+    # Registered with pluggy as a plugin object: the engine collects it through
+    # this registration hook, like any third-party connector.
+    @hookimpl
+    def regulars_register_connectors(self):
+        return [self]
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A header's value whatever its casing (HTTP headers are case-insensitive)."""
+    wanted = name.lower()
+    for key, value in headers.items():
+        if key.lower() == wanted:
+            return value
+    return None

@@ -1,0 +1,370 @@
+"""WooCommerce webhook bodies translated into canonical events.
+
+A WooCommerce webhook body for an order or a customer is the REST API v3
+resource itself, so a ``GET /wc/v3/orders/<id>`` response translates the same
+way. Every function here is pure: the events are JSON-able dicts (money as
+decimal strings, datetimes as ISO 8601 with an offset, ids as strings) that
+``engine.events.load_event`` accepts. Keys this module doesn't know are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+from connectors.base import BadDelivery
+from engine.events import MAX_MONEY, MAX_QUANTITY
+
+CHANNEL = "woocommerce"
+
+ORDER_TOPICS = ("order.created", "order.updated")
+ORDER_DELETED = "order.deleted"
+CUSTOMER_TOPICS = ("customer.created", "customer.updated")
+TOPICS = (*ORDER_TOPICS, ORDER_DELETED, *CUSTOMER_TOPICS)
+
+DEFAULT_ORDER_KEY_META = "_regulars_ref"
+
+PAID_STATUSES = frozenset({"processing", "completed"})
+CANCELLED_STATUSES = frozenset({"cancelled", "failed", "trash"})
+#: line-item meta keys that mark the line as the purchase of a gift card
+GIFT_CARD_META_KEYS = frozenset({"_gift_card", "_wc_gc_giftcard"})
+
+_CENT = Decimal("0.01")
+_MAX_ID_LENGTH = 128
+
+Event = dict[str, Any]
+
+
+# -- Keys ------------------------------------------------------------------------
+
+
+def resource_id(payload: Any) -> str:
+    """The resource's id as a string; ``BadDelivery`` if the payload is not a
+    JSON object or has no usable ``id``."""
+    if not isinstance(payload, Mapping):
+        raise BadDelivery(f"The WooCommerce payload is {_json_kind(payload)}, not an object.")
+    value = payload.get("id")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    if isinstance(value, str) and value.strip() and len(value) <= _MAX_ID_LENGTH:
+        return value
+    raise BadDelivery(f"The WooCommerce payload has no usable 'id' (got {value!r}).")
+
+
+def resource_key(topic: str, payload: Mapping[str, Any], digest: Callable[[], str]) -> str:
+    """The idempotency key of one resource snapshot.
+
+    WooCommerce reuses delivery ids, so the key is the resource id and its
+    ``date_modified_gmt``: an order.created and an order.updated carrying the
+    same snapshot are one delivery. Without a usable date, ``digest()`` (a
+    SHA-256 of the delivery) stands in for it.
+    """
+    rid = resource_id(payload)
+    if topic == ORDER_DELETED:
+        return f"order.deleted:{rid}"
+    prefix = "customer" if topic in CUSTOMER_TOPICS else "order"
+    modified = payload.get("date_modified_gmt")
+    if isinstance(modified, str) and _is_datetime(modified):
+        return f"{prefix}:{rid}:{modified}"
+    return f"{prefix}:{rid}:sha256:{digest()}"
+
+
+def payload_digest(payload: Any) -> str:
+    """SHA-256 of the payload's canonical JSON (sorted keys), for when the
+    delivery's bytes are not at hand."""
+    canonical = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# -- Events ----------------------------------------------------------------------
+
+
+def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
+    """The canonical event of an order.created or order.updated body: its type
+    and status follow the WooCommerce status (see ``order_state``)."""
+    order_id = resource_id(payload)
+    occurred_at = _gmt(payload, "date_modified_gmt", "date_created_gmt")
+    if occurred_at is None:
+        raise BadDelivery(
+            f"Order {order_id} has neither a date_modified_gmt nor a date_created_gmt."
+        )
+    kind, status = order_state(payload.get("status"))
+    order = {
+        "id": order_id,
+        "version": _gmt(payload, "date_modified_gmt"),
+        "status": status,
+        "currency": _text(payload.get("currency")),
+        "lines": [_line(item, order_id) for item in _list(payload, "line_items", order_id)],
+        "shipping": _money(payload.get("shipping_total"), f"Order {order_id}'s shipping_total"),
+        "tax": _money(payload.get("total_tax"), f"Order {order_id}'s total_tax"),
+        "total": _optional_money(payload.get("total"), f"Order {order_id}'s total"),
+        "refunds": [_refund(entry, order_id) for entry in _list(payload, "refunds", order_id)],
+        "discount_codes": _discount_codes(payload, order_id),
+        "attributes": _attributes(payload, order_key_meta, order_id),
+    }
+    key = resource_key(topic, payload, lambda: payload_digest(payload))
+    return [_event(kind, key, occurred_at, customer=_order_customer(payload), order=order)]
+
+
+def deleted_order_events(payload: Any) -> list[Event]:
+    """The canonical event of an order.deleted body (WooCommerce sends only
+    ``{"id": N}``): a cancellation without version or lines."""
+    order_id = resource_id(payload)
+    # The body has no date. The engine treats a version-less cancellation as
+    # terminal, so its time does not change the outcome and the clock may stand in.
+    occurred_at = _gmt(payload, "date_modified_gmt") or datetime.now(UTC).isoformat()
+    order = {"id": order_id, "status": "cancelled"}
+    key = resource_key(ORDER_DELETED, payload, lambda: payload_digest(payload))
+    customer = _order_customer(payload)
+    return [_event("order.cancelled", key, occurred_at, customer=customer, order=order)]
+
+
+def customer_events(topic: str, payload: Any) -> list[Event]:
+    """The customer.upserted event of a customer.created or customer.updated body."""
+    customer_id = resource_id(payload)
+    occurred_at = _gmt(payload, "date_modified_gmt", "date_created_gmt")
+    if occurred_at is None:
+        raise BadDelivery(
+            f"Customer {customer_id} has neither a date_modified_gmt nor a date_created_gmt."
+        )
+    billing = _mapping(payload.get("billing"))
+    customer = {
+        "email": _text(payload.get("email")) or _text(billing.get("email")),
+        "phone": _text(billing.get("phone")),
+        "external_id": customer_id,
+        "first_name": _text(payload.get("first_name")) or _text(billing.get("first_name")),
+        "last_name": _text(payload.get("last_name")) or _text(billing.get("last_name")),
+        "country": _text(billing.get("country")),
+    }
+    key = resource_key(topic, payload, lambda: payload_digest(payload))
+    return [_event("customer.upserted", key, occurred_at, customer=customer)]
+
+
+def order_state(status: Any) -> tuple[str, str]:
+    """The canonical event type and order status for a WooCommerce order status."""
+    if not isinstance(status, str):
+        status = ""
+    if status in PAID_STATUSES:
+        return "order.paid", "paid"
+    if status == "refunded":
+        return "order.updated", "refunded"
+    if status in CANCELLED_STATUSES:
+        return "order.cancelled", "cancelled"
+    # pending, on-hold, checkout-draft and statuses added by plugins: not paid yet
+    return "order.updated", "pending"
+
+
+def _event(kind: str, key: str, occurred_at: str, **payload: Any) -> Event:
+    return {
+        "type": kind,
+        "channel": CHANNEL,
+        "idempotency_key": key,
+        "occurred_at": occurred_at,
+        **payload,
+    }
+
+
+# -- Parts of an order -----------------------------------------------------------
+
+
+def _line(item: Any, order_id: str) -> dict[str, Any]:
+    if not isinstance(item, Mapping):
+        raise BadDelivery(f"Order {order_id} has a line item that is not an object.")
+    line_id = item.get("id")
+    if isinstance(line_id, bool) or not isinstance(line_id, int | str) or line_id == "":
+        raise BadDelivery(f"Order {order_id} has a line item without an id.")
+    where = f"Order {order_id}'s line {line_id}"
+    quantity = _quantity(item.get("quantity"), f"{where} quantity")
+    if item.get("subtotal") in (None, ""):
+        raise BadDelivery(f"{where} has no subtotal.")
+    # WooCommerce stores line subtotal (before discounts) and total (after them)
+    # without tax, whether or not the shop's prices include tax.
+    subtotal = _bounded(_number(item["subtotal"], f"{where} subtotal"), f"{where} subtotal")
+    raw_total = item.get("total")
+    total = subtotal if raw_total in (None, "") else _number(raw_total, f"{where} total")
+    unit_price = (subtotal / quantity).quantize(_CENT, ROUND_HALF_UP) if quantity else Decimal(0)
+    return {
+        "id": str(line_id),
+        "sku": _text(item.get("sku")),
+        "name": _text(item.get("name")),
+        "quantity": quantity,
+        "unit_price": _format(unit_price),
+        "subtotal": _format(subtotal),
+        "discount": _format(max(subtotal - total, Decimal(0))),
+        "tax": "0",
+        "gift_card": _is_gift_card(item),
+    }
+
+
+def _refund(entry: Any, order_id: str) -> dict[str, str]:
+    # An order lists its refunds as {"id", "reason" (or "refund"), "total"} with
+    # a negative total; which lines were refunded is not in the order.
+    if not isinstance(entry, Mapping) or entry.get("id") in (None, ""):
+        raise BadDelivery(f"Order {order_id} has a refund without an id.")
+    where = f"Order {order_id}'s refund {entry['id']} total"
+    amount = abs(_number(entry.get("total"), where))
+    return {"id": str(entry["id"]), "amount": _format(_bounded(amount, where))}
+
+
+def _discount_codes(payload: Mapping[str, Any], order_id: str) -> list[str]:
+    codes = []
+    for entry in _list(payload, "coupon_lines", order_id):
+        code = _text(entry.get("code")) if isinstance(entry, Mapping) else None
+        if code is not None:
+            codes.append(code)
+    return codes
+
+
+def _attributes(payload: Mapping[str, Any], order_key_meta: str, order_id: str) -> dict[str, Any]:
+    """Public meta data (keys not starting with "_") and the referral meta key."""
+    attributes: dict[str, Any] = {}
+    for entry in _list(payload, "meta_data", order_id):
+        key = entry.get("key") if isinstance(entry, Mapping) else None
+        if isinstance(key, str) and key and (not key.startswith("_") or key == order_key_meta):
+            attributes[key] = entry.get("value")
+    return attributes
+
+
+def _order_customer(payload: Mapping[str, Any]) -> dict[str, str | None]:
+    billing = _mapping(payload.get("billing"))
+    customer_id = payload.get("customer_id")
+    guest = customer_id in (None, 0, "0", "") or isinstance(customer_id, bool)
+    return {
+        "email": _text(billing.get("email")),
+        "phone": _text(billing.get("phone")),
+        "external_id": None if guest else str(customer_id),
+        "first_name": _text(billing.get("first_name")),
+        "last_name": _text(billing.get("last_name")),
+        "country": _text(billing.get("country")),
+    }
+
+
+def _is_gift_card(item: Mapping[str, Any]) -> bool:
+    meta = item.get("meta_data")
+    if not isinstance(meta, list):
+        return False
+    keys = (m.get("key") for m in meta if isinstance(m, Mapping))
+    return any(isinstance(key, str) and key in GIFT_CARD_META_KEYS for key in keys)
+
+
+# -- Values ----------------------------------------------------------------------
+
+
+def _number(value: Any, where: str) -> Decimal:
+    """A money value as Decimal; WooCommerce sends strings, but a number is
+    read through ``str`` so that 29.35 stays 29.35."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
+        raise BadDelivery(f"{where} is not a number: {value!r}.")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise BadDelivery(f"{where} is not a number: {value!r}.") from None
+    if not amount.is_finite():
+        raise BadDelivery(f"{where} is not a finite number: {value!r}.")
+    return amount
+
+
+def _bounded(amount: Decimal, where: str) -> Decimal:
+    if amount < 0:
+        raise BadDelivery(f"{where} is negative: {amount}.")
+    if amount > MAX_MONEY:
+        raise BadDelivery(f"{where} exceeds the largest accepted amount: {amount}.")
+    return amount
+
+
+def _money(value: Any, where: str) -> str:
+    """A non-negative amount as a decimal string; missing means zero."""
+    if value is None or value == "":
+        return "0"
+    return _format(_bounded(_number(value, where), where))
+
+
+def _optional_money(value: Any, where: str) -> str | None:
+    return None if value is None or value == "" else _money(value, where)
+
+
+def _format(amount: Decimal) -> str:
+    return format(amount, "f")
+
+
+def _quantity(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise BadDelivery(f"{where} is not a whole number: {value!r}.")
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise BadDelivery(f"{where} is not a whole number: {value!r}.") from None
+    if not number.is_finite() or number != number.to_integral_value():
+        raise BadDelivery(f"{where} is not a whole number: {value!r}.")
+    if not 0 <= number <= MAX_QUANTITY:
+        raise BadDelivery(f"{where} is out of range: {value!r}.")
+    return int(number)
+
+
+def _gmt(payload: Mapping[str, Any], *names: str) -> str | None:
+    """The first present of the named ``*_gmt`` fields as ISO 8601 with an
+    offset; WooCommerce writes them without a zone, and they are UTC."""
+    for name in names:
+        value = payload.get(name)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str) or not _is_datetime(value):
+            raise BadDelivery(f"{name} is not an ISO 8601 date: {value!r}.")
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return moment.isoformat()
+    return None
+
+
+def _is_datetime(value: str) -> bool:
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _text(value: Any) -> str | None:
+    """A string field, None when empty (WooCommerce sends "" for unset fields)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    # PHP encodes an empty array as [], so an empty billing address may be a list.
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(payload: Mapping[str, Any], key: str, owner: str) -> list[Any]:
+    value = payload.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadDelivery(f"{key} of resource {owner} is {_json_kind(value)}, not a list.")
+    return value

@@ -1,0 +1,275 @@
+"""``Engine(config)``: storage, plugins and the pipeline, built once per process
+(the CLI, a web worker, a Celery worker and a test all build it the same way).
+
+The way in for every delivery is ``ingest``: store the raw body in the inbox
+(committed on its own, so nothing answered is ever lost), then apply it in a
+second transaction. ``ingest_batch`` does the same for many deliveries with one
+transaction for the inbox and one for the ledger, each delivery in a savepoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import ValidationError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from connectors.base import BadDelivery
+from engine import inbox
+from engine.config import Config, format_errors
+from engine.db import ensure_schema, make_engine
+from engine.events import load_event
+from engine.identity import Identity
+from engine.ledger import Ledger
+from engine.pipeline import EventRefused, Pipeline
+from engine.plugins import PluginFailed, Plugins
+
+log = logging.getLogger("regulars")
+
+#: how often a transaction that lost a race (a deadlock, a unique key taken by a
+#: concurrent event) is tried again before the delivery is recorded as failed
+RETRIES = 5
+
+
+class UnknownChannel(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    inbox_id: int
+    #: applied, duplicate, ignored or failed
+    status: str
+    error: str | None = None
+    plugin: str | None = None
+    entries: int = 0
+
+
+@dataclass
+class _Prepared:
+    """A delivery stored and translated, ready to apply (or already decided)."""
+
+    inbox_id: int
+    events: list[dict] | None = None
+    outcome: Outcome | None = None
+
+
+def parse_body(body: bytes) -> Any:
+    """The JSON in a delivery's body; ValueError says what is wrong with it."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"body is not UTF-8: byte {exc.start} is {body[exc.start:exc.start + 1]!r}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+class Engine:
+    def __init__(self, config: Config, builtins: tuple[str, ...] | None = None, extra_plugins: tuple = ()):
+        self.config = config
+        self.plugins = Plugins(config, **({"builtins": builtins} if builtins is not None else {}), extra=extra_plugins)
+        self.db = make_engine(config.database_url)
+        self.ledger = Ledger()
+        self.identity = Identity(self.ledger, config.engine.get("default_country"))
+        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger)
+        self._schema_checked = False
+
+    @property
+    def connectors(self):
+        return self.plugins.connectors
+
+    def ensure_schema(self) -> None:
+        """Upgrade an embedded SQLite on first use; refuse an outdated server."""
+        if not self._schema_checked:
+            ensure_schema(self.db, auto=self.db.dialect.name == "sqlite")
+            self._schema_checked = True
+
+    def connector(self, channel: str):
+        try:
+            return self.connectors[channel]
+        except KeyError:
+            known = ", ".join(sorted(self.connectors)) or "none (add a [connectors.*] table)"
+            raise UnknownChannel(f"no connector for channel {channel!r}; configured: {known}") from None
+
+    # -- the way in -----------------------------------------------------------
+
+    def ingest(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str] | None = None) -> Outcome:
+        """Store one delivery durably, then apply it. Never raises for bad input:
+        the outcome says what happened and the delivery is kept."""
+        prepared = self._receive([(topic, body, dict(headers or {}))], channel)[0]
+        if prepared.outcome is not None:
+            return prepared.outcome
+        return self._apply_one(prepared)
+
+    def ingest_batch(
+        self, channel: str, deliveries: Iterable[tuple[str, bytes, Mapping[str, str] | None]]
+    ) -> list[Outcome]:
+        """Many deliveries: one transaction to store them all, one to apply them
+        all (each in a savepoint, so one failure spoils nothing else)."""
+        prepared = self._receive([(t, b, dict(h or {})) for t, b, h in deliveries], channel)
+        todo = [p for p in prepared if p.outcome is None]
+        if todo:
+            for attempt in range(RETRIES):
+                try:
+                    with self.db.begin() as conn:
+                        for p in todo:
+                            p.outcome = None
+                            nested = conn.begin_nested()
+                            try:
+                                entries = sum(self.pipeline.apply(conn, e) for e in p.events)
+                                inbox.mark(conn, p.inbox_id, inbox.APPLIED)
+                                nested.commit()
+                                p.outcome = Outcome(p.inbox_id, "applied", entries=entries)
+                            except (PluginFailed, EventRefused) as exc:
+                                nested.rollback()
+                                p.outcome = self._failure_outcome(p.inbox_id, exc)
+                                inbox.mark(conn, p.inbox_id, inbox.FAILED, p.outcome.error, p.outcome.plugin)
+                    break
+                except (IntegrityError, OperationalError):
+                    if attempt == RETRIES - 1:
+                        for p in todo:
+                            p.outcome = self._apply_one(p)
+        return [p.outcome for p in prepared]
+
+    def replay(self, inbox_id: int) -> Outcome:
+        """Apply a stored delivery again from its raw body (after a fix, or to
+        re-check one that was ignored). Applying it twice changes nothing."""
+        self.ensure_schema()
+        with self.db.connect() as conn:
+            row = inbox.get(conn, inbox_id)
+        if row is None:
+            raise LookupError(f"no delivery with id {inbox_id}")
+        prepared = self._translate(row.id, row.channel, row.topic, bytes(row.body), row.headers or {})
+        if prepared.outcome is not None:
+            self._record(prepared.outcome)
+            return prepared.outcome
+        return self._apply_one(prepared)
+
+    # -- internals ------------------------------------------------------------
+
+    def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str) -> list[_Prepared]:
+        self.ensure_schema()
+        connector = self.connector(channel)
+        keyed = []
+        for topic, body, headers in deliveries:
+            try:
+                payload = parse_body(body)
+            except ValueError as exc:
+                payload, error = None, str(exc)
+            else:
+                error = None
+            key = None
+            if payload is not None:
+                try:
+                    key = connector.delivery_key(topic, payload, headers, body)
+                except Exception:  # a payload too broken to key: its hash keys it
+                    key = None
+            keyed.append((topic, body, headers, payload, error, key or _hash_key(topic, body)))
+
+        prepared = []
+        with self.db.begin() as conn:
+            for topic, body, headers, payload, error, key in keyed:
+                receipt = inbox.receive(conn, channel, topic, key, body, headers)
+                if receipt.status == "duplicate":
+                    prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "duplicate")))
+                elif receipt.status == "conflict":
+                    prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "failed", "idempotency key reused with a different body")))
+                else:
+                    prepared.append((receipt.inbox_id, topic, body, headers, payload, error))
+        result = []
+        for item in prepared:
+            if isinstance(item, _Prepared):
+                result.append(item)
+                continue
+            inbox_id, topic, body, headers, payload, error = item
+            if error is not None:
+                p = _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", error))
+            else:
+                p = self._translate(inbox_id, channel, topic, body, headers, payload)
+            if p.outcome is not None:
+                self._record(p.outcome)
+            result.append(p)
+        return result
+
+    def _translate(self, inbox_id, channel, topic, body, headers, payload=None) -> _Prepared:
+        connector = self.connector(channel)
+        if topic not in connector.topics:
+            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", f"topic {topic!r} is not one regulars uses for {channel}"))
+        if payload is None:
+            try:
+                payload = parse_body(body)
+            except ValueError as exc:
+                return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", str(exc)))
+        try:
+            raw_events = connector.translate(topic, payload, headers)
+        except BadDelivery as exc:
+            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", str(exc)))
+        except Exception as exc:
+            log.exception("connector %s failed on delivery %s", channel, inbox_id)
+            name = f"connectors.{channel}"
+            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", f"{type(exc).__name__}: {exc}", name))
+        events = []
+        for number, raw in enumerate(raw_events):
+            try:
+                events.append(load_event(raw))
+            except ValidationError as exc:
+                where = f"event {number} ({raw.get('type', '?') if isinstance(raw, dict) else '?'})"
+                detail = format_errors("delivery", where, exc.messages).replace("delivery [", "[")
+                return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", detail))
+        if not events:
+            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", "nothing in this delivery for loyalty"))
+        return _Prepared(inbox_id, events=events)
+
+    def _apply_one(self, prepared: _Prepared) -> Outcome:
+        for attempt in range(RETRIES):
+            try:
+                with self.db.begin() as conn:
+                    entries = sum(self.pipeline.apply(conn, e) for e in prepared.events)
+                    inbox.mark(conn, prepared.inbox_id, inbox.APPLIED)
+                return Outcome(prepared.inbox_id, "applied", entries=entries)
+            except (PluginFailed, EventRefused) as exc:
+                outcome = self._failure_outcome(prepared.inbox_id, exc)
+                break
+            except (IntegrityError, OperationalError) as exc:
+                # Lost a race with a concurrent event; the retry sees its result.
+                if attempt < RETRIES - 1:
+                    continue
+                outcome = Outcome(prepared.inbox_id, "failed", f"database: {_first_line(exc)}")
+            except DBAPIError as exc:
+                outcome = Outcome(prepared.inbox_id, "failed", f"database: {_first_line(exc)}")
+                break
+            except Exception as exc:  # a bug: keep the delivery, say so, go on
+                log.error("delivery %s failed:\n%s", prepared.inbox_id, traceback.format_exc())
+                outcome = Outcome(prepared.inbox_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
+                break
+        self._record(outcome)
+        return outcome
+
+    @staticmethod
+    def _failure_outcome(inbox_id: int, exc: Exception) -> Outcome:
+        if isinstance(exc, PluginFailed):
+            return Outcome(inbox_id, "failed", f"{type(exc.error).__name__}: {exc.error}", exc.plugin)
+        return Outcome(inbox_id, "failed", str(exc))
+
+    def _record(self, outcome: Outcome) -> None:
+        status = {"failed": inbox.FAILED, "ignored": inbox.IGNORED}.get(outcome.status)
+        if status:
+            with self.db.begin() as conn:
+                inbox.mark(conn, outcome.inbox_id, status, outcome.error, outcome.plugin)
+
+
+def _hash_key(topic: str, body: bytes) -> str:
+    import hashlib
+
+    return f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

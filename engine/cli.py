@@ -1,0 +1,313 @@
+"""The ``regulars`` command line. Every command has ``--help``; errors are one
+clear sentence on stderr and a non-zero exit code (1: the work found a problem,
+such as a failed delivery or a drifting balance; 2: the command was wrong)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.config import ConfigError, load_config
+from engine.plugins import PluginLoadError
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Context:
+    def __init__(self, config_path: str | None):
+        self.config_path = config_path
+        self._engine = None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from engine.app import Engine
+            from engine.db import SchemaOutdated
+
+            try:
+                self._engine = Engine(load_config(self.config_path))
+                self._engine.ensure_schema()
+            except (ConfigError, PluginLoadError, SchemaOutdated) as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._engine
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="REGULARS_CONFIG", type=click.Path(dir_okay=False),
+              help="plugins.toml to use (default: ./plugins.toml; env REGULARS_CONFIG).")
+@click.version_option(package_name="regulars")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """regulars: one loyalty account per customer across your e-shop and your till."""
+    ctx.obj = Context(config_path)
+
+
+@main.command()
+@click.argument("path", default="plugins.toml", type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: str, force: bool) -> None:
+    """Write a commented starter plugins.toml at PATH."""
+    target = Path(path)
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists; use --force to overwrite it")
+    starter = (Path(__file__).parent / "starter.toml").read_text(encoding="utf-8")
+    target.write_text(starter, encoding="utf-8")
+    console.print(f"wrote {target}: edit it, then run `regulars db upgrade` and `regulars ingest`")
+
+
+# -- ingest -------------------------------------------------------------------
+
+
+def _deliveries(paths: tuple[str, ...], topic: str):
+    """(topic, body bytes, headers) for each delivery in the files: a JSON file is
+    one delivery; a .jsonl/.ndjson file is one per line. A recorded delivery
+    wrapped as {"headers", "body"} keeps its headers."""
+    for path in paths:
+        raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        lines = raw.splitlines() if path.endswith((".jsonl", ".ndjson")) else [raw]
+        for line in lines:
+            if not line.strip():
+                continue
+            yield _unwrap(topic, line)
+
+
+def _unwrap(topic: str, body: bytes):
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return topic, body, {}
+    if isinstance(data, dict) and set(data) <= {"headers", "body", "topic"} and "body" in data and "headers" in data:
+        return topic, json.dumps(data["body"]).encode(), data["headers"] or {}
+    return topic, body, {}
+
+
+@main.command()
+@click.argument("channel")
+@click.argument("topic")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--batch", type=click.IntRange(1, 10_000), default=1, show_default=True,
+              help="Deliveries per transaction (larger is faster for backfills).")
+@pass_ctx
+def ingest(ctx: Context, channel: str, topic: str, files: tuple[str, ...], batch: int) -> None:
+    """Feed recorded deliveries through the same path a webhook takes.
+
+    CHANNEL is a connector (shopify, woocommerce); TOPIC its topic
+    (orders/paid, order.updated, ...). FILES are JSON (one delivery) or JSON
+    Lines (.jsonl, one per line). Exits 1 if any delivery failed; failed ones
+    are kept: see `regulars events list --failed`.
+    """
+    from rich.progress import Progress
+
+    from engine.app import UnknownChannel
+
+    engine = ctx.engine
+    try:
+        engine.connector(channel)
+    except UnknownChannel as exc:
+        raise click.UsageError(str(exc)) from None
+    deliveries = list(_deliveries(files, topic))
+    counts = {"applied": 0, "duplicate": 0, "ignored": 0, "failed": 0}
+    failures = []
+    with Progress(console=err, transient=True, disable=len(deliveries) < 50) as progress:
+        task = progress.add_task(f"ingesting {channel} {topic}", total=len(deliveries))
+        for start in range(0, len(deliveries), batch):
+            chunk = deliveries[start : start + batch]
+            if batch == 1:
+                outcomes = [engine.ingest(channel, *chunk[0])]
+            else:
+                outcomes = engine.ingest_batch(channel, chunk)
+            for outcome in outcomes:
+                counts[outcome.status] += 1
+                if outcome.status == "failed":
+                    failures.append(outcome)
+            progress.advance(task, len(chunk))
+    for outcome in failures[:20]:
+        who = f" [{outcome.plugin}]" if outcome.plugin else ""
+        err.print(f"[red]failed[/red] delivery {outcome.inbox_id}{who}: {outcome.error}", markup=True, highlight=False)
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    console.print(f"{len(deliveries)} deliveries: {summary}", highlight=False)
+    if counts["failed"]:
+        sys.exit(1)
+
+
+# -- customers ----------------------------------------------------------------
+
+
+@main.group()
+def customer() -> None:
+    """Look customers up."""
+
+
+@customer.command("show")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (points, stamps, tier, rewards, ...).")
+@pass_ctx
+def customer_show(ctx: Context, key: str, as_json: bool) -> None:
+    """Show a customer by email, phone, card code, referral code, id or CHANNEL:ID."""
+    from engine.customers import customer_summary
+
+    summary = customer_summary(ctx.engine, key)
+    if summary is None:
+        raise click.ClickException(f"no customer matches {key!r}")
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        return
+    table = Table(show_header=False, box=None)
+    name = " ".join(filter(None, [summary["first_name"], summary["last_name"]])) or "-"
+    rows = [
+        ("customer", f"{summary['id']}  {name}"),
+        ("email", summary["email"] or "-"),
+        ("phone", summary["phone"] or "-"),
+        ("card", summary["card_code"]),
+        ("points", str(summary["points"])),
+        ("stamps", ", ".join(f"{c}: {n}" for c, n in summary["stamps"].items()) or "-"),
+        ("tier", summary["tier"] or "-"),
+        ("referral code", summary["referral_code"]),
+        ("channels", ", ".join(f"{c}: {i}" for c, ids in summary["channels"].items() for i in ids) or "-"),
+        ("orders", str(summary["orders"])),
+    ]
+    for label, value in rows:
+        table.add_row(f"[bold]{label}[/bold]", value)
+    console.print(table)
+
+
+# -- audit, plugins, events, db ------------------------------------------------
+
+
+@main.command()
+@pass_ctx
+def audit(ctx: Context) -> None:
+    """Recompute every balance from the ledger; exit 1 on any drift."""
+    engine = ctx.engine
+    with engine.db.connect() as conn:
+        drifts = engine.ledger.audit(conn)
+        from sqlalchemy import func, select
+
+        from engine.db.models import accounts, ledger_entries
+
+        n_accounts = conn.execute(select(func.count()).select_from(accounts)).scalar_one()
+        n_entries = conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one()
+    if not drifts:
+        console.print(f"audit clean: {n_accounts} accounts agree with their {n_entries} ledger entries")
+        return
+    for d in drifts:
+        err.print(f"drift: customer {d.customer_id} {d.unit}: cached {d.cached}, ledger says {d.entries}")
+    err.print(f"{len(drifts)} of {n_accounts} accounts drift from the ledger")
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def plugins(ctx: Context, as_json: bool) -> None:
+    """List the loaded plugins, where they come from and the hooks they implement."""
+    loaded = ctx.engine.plugins.loaded
+    data = [{"name": p.name, "source": p.source, "table": p.table, "hooks": p.hooks} for p in loaded]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table("plugin", "from", "table", "hooks")
+    for p in data:
+        table.add_row(p["name"], p["source"], escape(f"[{p['table']}]") if p["table"] else "-", "\n".join(p["hooks"]))
+    console.print(table)
+
+
+@main.group()
+def events() -> None:
+    """The inbox: every delivery received, with its status."""
+
+
+@events.command("list")
+@click.option("--failed", is_flag=True, help="Only failed deliveries.")
+@click.option("--status", type=click.Choice(["received", "applied", "ignored", "failed"]))
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def events_list(ctx: Context, failed: bool, status: str | None, limit: int, as_json: bool) -> None:
+    """List deliveries, newest first."""
+    from engine import inbox
+
+    with ctx.engine.db.connect() as conn:
+        rows = inbox.listing(conn, "failed" if failed else status, limit)
+    if as_json:
+        click.echo(json.dumps([{**r._asdict(), "received_at": str(r.received_at), "processed_at": str(r.processed_at)} for r in rows], indent=2))
+        return
+    table = Table("id", "channel", "topic", "status", "error")
+    for r in rows:
+        error = (f"[{r.plugin}] " if r.plugin else "") + (r.error or "")
+        table.add_row(str(r.id), r.channel, r.topic, r.status, error)
+    console.print(table)
+
+
+@events.command("replay")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--failed", "all_failed", is_flag=True, help="Replay every failed delivery.")
+@pass_ctx
+def events_replay(ctx: Context, ids: tuple[int, ...], all_failed: bool) -> None:
+    """Apply stored deliveries again from their raw bodies (exit 1 if one fails)."""
+    from engine import inbox
+
+    engine = ctx.engine
+    if all_failed:
+        with engine.db.connect() as conn:
+            ids = tuple(r.id for r in inbox.listing(conn, "failed", 100_000))
+    if not ids:
+        raise click.UsageError("name the deliveries to replay, or use --failed")
+    failed = 0
+    for inbox_id in ids:
+        try:
+            outcome = engine.replay(inbox_id)
+        except LookupError as exc:
+            raise click.ClickException(str(exc)) from None
+        who = f" [{outcome.plugin}]" if outcome.plugin else ""
+        console.print(f"delivery {inbox_id}: {outcome.status}{who} {outcome.error or ''}".rstrip(), highlight=False)
+        failed += outcome.status == "failed"
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """The database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Migrate the database (REGULARS_DATABASE_URL, default the SQLite file) to REVISION."""
+    from engine.db import make_engine, upgrade
+
+    try:
+        config = load_config(obj.config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    engine = make_engine(config.database_url)
+    upgrade(engine, revision)
+    console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
+
+
+@main.command()
+@click.option("--customers", default=300, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--seed", default=7, show_default=True, help="Random seed (the same seed, the same shop).")
+@pass_ctx
+def demo(ctx: Context, customers: int, seed: int) -> None:
+    """Fill the shop with demo customers and orders across channels, through the
+    same ingest path as real deliveries, then print a summary."""
+    from engine.demo import run_demo
+
+    run_demo(ctx.engine, customers, seed, console)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

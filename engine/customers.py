@@ -1,0 +1,49 @@
+"""What we tell about a customer: the JSON of `regulars customer show --json`
+and, later, of the customer API."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from engine.db.models import customer_links, customers, orders
+from engine.rules_api import UNIT_POINTS
+
+STAMPS_PREFIX = "stamps:"
+
+
+def customer_summary(engine, key: str) -> dict | None:
+    """The customer a key leads to (email, phone, card code, referral code, id,
+    or CHANNEL:ID), with balances; None when nobody matches."""
+    with engine.db.connect() as conn:
+        customer_id = engine.identity.find(conn, key)
+        if customer_id is None:
+            return None
+        row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()
+        balances = engine.ledger.balances(conn, customer_id)
+        links = conn.execute(
+            select(customer_links.c.channel, customer_links.c.external_id)
+            .where(customer_links.c.customer_id == customer_id)
+            .order_by(customer_links.c.channel, customer_links.c.external_id)
+        ).all()
+        n_orders = conn.execute(
+            select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
+        ).scalar_one()
+    channels: dict[str, list[str]] = {}
+    for channel, external_id in links:
+        channels.setdefault(channel, []).append(external_id)
+    return {
+        "id": row.id,
+        "email": row.email,
+        "phone": row.phone,
+        "first_name": row.first_name,
+        "last_name": row.last_name,
+        "card_code": row.card_code,
+        "referral_code": row.referral_code,
+        "points": balances.get(UNIT_POINTS, 0),
+        "stamps": {u[len(STAMPS_PREFIX):]: n for u, n in sorted(balances.items()) if u.startswith(STAMPS_PREFIX)},
+        # tiers and rewards arrive with their rules; the keys are the contract
+        "tier": None,
+        "rewards": [],
+        "channels": channels,
+        "orders": n_orders,
+    }

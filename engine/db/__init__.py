@@ -1,0 +1,97 @@
+"""Storage: the SQLAlchemy engine for SQLite (embedded, WAL) or PostgreSQL, and
+the Alembic migrations that build its schema."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine as SAEngine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class SchemaOutdated(Exception):
+    """The database is behind the code's migrations."""
+
+
+def make_engine(url: str, **kwargs) -> SAEngine:
+    """An SQLAlchemy engine. SQLite gets WAL, foreign keys, a busy timeout and
+    ``BEGIN IMMEDIATE`` so that concurrent writers queue instead of failing."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):
+            # Let SQLAlchemy's "begin" event below start transactions itself.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            # A write lock from the start: no deadlocks between readers that
+            # later want to write, one writer at a time.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def current_revision(engine: SAEngine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: SAEngine, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision`` on this engine's database."""
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def ensure_schema(engine: SAEngine, auto: bool) -> None:
+    """Upgrade an embedded SQLite on first use; refuse an outdated server
+    database with what to run."""
+    url = engine.url.render_as_string(hide_password=False)
+    if current_revision(engine) == head_revision(url):
+        return
+    if auto:
+        upgrade(engine)
+        return
+    raise SchemaOutdated(
+        f"the database at {engine.url.render_as_string(hide_password=True)} is not at the "
+        "latest schema: run `regulars db upgrade`"
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; they were stored in UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

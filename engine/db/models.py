@@ -1,0 +1,169 @@
+"""SQLAlchemy 2 models. The hot path writes through Core statements on these
+tables (``insert(LedgerEntry)``), never through per-object ORM flushes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+Id = BigInteger().with_variant(Integer, "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    """One person across every channel."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    phone: Mapped[str | None] = mapped_column(String(32), unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
+    card_code: Mapped[str] = mapped_column(String(64), unique=True)
+    referral_code: Mapped[str] = mapped_column(String(32), unique=True)
+    #: set when this customer was joined into another; every key then leads there
+    merged_into: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    accepts_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    birthday: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CustomerLink(Base):
+    """A channel's own id for a customer (a Shopify customer id)."""
+
+    __tablename__ = "customer_links"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+
+
+class Account(Base):
+    """A customer's balance in one unit (``points``, ``stamps:coffee``). The
+    balance is a cache of the sum of its entries, kept in the same transaction."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (UniqueConstraint("customer_id", "unit"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    unit: Mapped[str] = mapped_column(String(64))
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LedgerEntry(Base):
+    """An immutable posting. Nothing is updated or deleted; a refund or a merge
+    is a new entry. ``key`` makes every posting idempotent."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    #: order, refund, cancel, visit, merge, adjust, ...
+    reason: Mapped[str] = mapped_column(String(32))
+    #: what caused it: "order:shopify:820982911946154508", "visit:pos:…"
+    source: Mapped[str] = mapped_column(String(255), index=True)
+    #: the plugin whose decision this is
+    rule: Mapped[str | None] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Lot(Base):
+    """Points earned together, with the date they expire; spending and reversals
+    consume lots soonest-expiring first."""
+
+    __tablename__ = "lots"
+    __table_args__ = (Index("ix_lots_account_open", "account_id", "expires_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entries.id"))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    earned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Order(Base):
+    """What the engine knows of one order and what it awarded for it."""
+
+    __tablename__ = "orders"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    external_id: Mapped[str] = mapped_column(String(128))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    #: the merged state of every snapshot and refund seen (engine.orders)
+    state: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str | None] = mapped_column(String(16))
+    eligible: Mapped[str] = mapped_column(Numeric(18, 4), default=0)
+    #: frozen the first time the order was awarded: [[name, factor], ...]
+    multipliers: Mapped[list | None] = mapped_column(JSON)
+    #: what the order has earned so far: {"plugin|unit": amount}
+    awarded: Mapped[dict] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    paid_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class InboxDelivery(Base):
+    """Every delivery, stored before anything else, replayable."""
+
+    __tablename__ = "inbox"
+    __table_args__ = (
+        UniqueConstraint("channel", "key"),
+        Index("ix_inbox_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(128))
+    key: Mapped[str] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+    headers: Mapped[dict | None] = mapped_column(JSON)
+    #: received, applied, ignored, failed
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    plugin: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+customers = Customer.__table__
+customer_links = CustomerLink.__table__
+accounts = Account.__table__
+ledger_entries = LedgerEntry.__table__
+lots = Lot.__table__
+orders = Order.__table__
+inbox = InboxDelivery.__table__

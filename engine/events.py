@@ -1,0 +1,184 @@
+"""Canonical events: what every connector translates its channel's dialect into.
+
+A connector turns a Shopify webhook, a WooCommerce webhook or a till's sale into
+one or more canonical events (plain dicts), and the engine validates each with
+``EventSchema`` before anything is applied. Money is ``Decimal`` in the shop's
+currency; quantities are integers; external ids are strings (Shopify's ids exceed
+2^53, so they never pass through a float).
+
+Order events carry a *snapshot* of the order as the channel knows it at
+``order.version``; the engine merges snapshots so that duplicates, stale and
+reordered deliveries converge on the same state (see ``engine.orders``).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+ORDER_TOPICS = ("order.paid", "order.updated", "order.refunded", "order.cancelled")
+EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit")
+
+#: The order's status in the channel, reduced to what the rules need.
+#: ``refunded`` means refunded in full; partial refunds are listed in ``refunds``.
+ORDER_STATUSES = ("pending", "paid", "refunded", "cancelled")
+
+# Absurd amounts are refused rather than stored: no shop sells a line for more.
+MAX_MONEY = Decimal("1000000000")
+MAX_QUANTITY = 1_000_000
+
+Money = lambda **kw: fields.Decimal(  # noqa: E731 - a field factory, read as a type
+    places=None,
+    as_string=True,
+    allow_nan=False,
+    validate=validate.Range(min=Decimal(0), max=MAX_MONEY),
+    **kw,
+)
+
+
+class _Strict(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class CustomerHintsSchema(_Strict):
+    """What the channel tells us about who the customer is (identity hints)."""
+
+    email = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=320))
+    phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    #: the channel's own customer id (a Shopify or WooCommerce customer id)
+    external_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    card_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    #: ISO 3166 country used to read a phone number written without a country code
+    country = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2))
+    accepts_marketing = fields.Boolean(load_default=None, allow_none=True)
+    birthday = fields.Date(load_default=None, allow_none=True)
+
+
+class LineItemSchema(_Strict):
+    """One line of an order. Eligible spend of the line is
+    ``subtotal - discount - tax`` unless it is a gift-card purchase."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    sku = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=MAX_QUANTITY))
+    unit_price = Money(required=True)
+    #: quantity x unit price as the channel computed it; defaults to that product
+    subtotal = Money(load_default=None, allow_none=True)
+    #: every discount allocated to this line (line and order level)
+    discount = Money(load_default=Decimal(0))
+    #: tax contained in the line's price, when the channel's prices include tax
+    tax = Money(load_default=Decimal(0))
+    gift_card = fields.Boolean(load_default=False)
+    categories = fields.List(fields.String(), load_default=list)
+
+
+class RefundSchema(_Strict):
+    """One refund of an order. ``amount`` is the eligible merchandise refunded
+    (after discounts, without shipping and tax where the channel separates them)."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    amount = Money(required=True)
+    occurred_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    lines = fields.List(fields.Dict(), load_default=list)
+
+
+class OrderSchema(_Strict):
+    """A snapshot of one order, as the channel knows it at ``version``."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    #: when the channel last changed the order; a newer snapshot wins
+    version = fields.AwareDateTime(load_default=None, allow_none=True)
+    status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(ORDER_STATUSES))
+    currency = fields.String(load_default=None, allow_none=True, validate=validate.Length(equal=3))
+    #: absent on an event that only reports refunds
+    lines = fields.List(fields.Nested(LineItemSchema), load_default=None, allow_none=True)
+    shipping = Money(load_default=Decimal(0))
+    tax = Money(load_default=Decimal(0))
+    tip = Money(load_default=Decimal(0))
+    total = Money(load_default=None, allow_none=True)
+    refunds = fields.List(fields.Nested(RefundSchema), load_default=list)
+    discount_codes = fields.List(fields.String(validate=validate.Length(max=255)), load_default=list)
+    #: free-form attributes the channel sent (note attributes, meta data)
+    attributes = fields.Dict(keys=fields.String(), load_default=dict)
+    test = fields.Boolean(load_default=False)
+
+
+class VisitSchema(_Strict):
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    location = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+
+
+class EventSchema(_Strict):
+    """A canonical event. ``idempotency_key`` is unique per channel; the same key
+    delivered again changes nothing."""
+
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    channel = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    idempotency_key = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    occurred_at = fields.AwareDateTime(required=True)
+    customer = fields.Nested(CustomerHintsSchema, load_default=dict)
+    order = fields.Nested(OrderSchema, load_default=None, allow_none=True)
+    visit = fields.Nested(VisitSchema, load_default=None, allow_none=True)
+
+    @validates_schema
+    def _payload_matches_type(self, data, **kwargs):
+        kind = data["type"]
+        if kind in ORDER_TOPICS:
+            if data.get("order") is None:
+                raise ValidationError(f"{kind} needs an 'order'", "order")
+            if kind in ("order.paid", "order.updated") and data["order"].get("lines") is None:
+                raise ValidationError(f"{kind} needs the order's 'lines'", "order")
+        elif kind == "visit" and data.get("visit") is None:
+            raise ValidationError("visit needs a 'visit'", "visit")
+        elif kind == "customer.upserted" and not any(data.get("customer", {}).values()):
+            raise ValidationError("customer.upserted needs at least one identity hint", "customer")
+
+
+_event_schema = EventSchema()
+
+
+def load_event(data: dict) -> dict:
+    """Validate a canonical event dict; raise ``marshmallow.ValidationError``
+    with every problem found. Returns the loaded event (Decimals, datetimes)."""
+    return _event_schema.load(data)
+
+
+def dump_event(event: dict) -> dict:
+    """The JSON-able form of a loaded event (Decimals and datetimes as strings)."""
+    return _event_schema.dump(event)
+
+
+def line_eligible(line: dict) -> Decimal:
+    """Eligible spend of one line: merchandise after discounts, without tax
+    contained in the price; gift-card purchases earn nothing."""
+    if line["gift_card"]:
+        return Decimal(0)
+    subtotal = line["subtotal"]
+    if subtotal is None:
+        subtotal = line["unit_price"] * line["quantity"]
+    return max(Decimal(0), subtotal - line["discount"] - line["tax"])
+
+
+__all__ = [
+    "EVENT_TYPES",
+    "ORDER_STATUSES",
+    "ORDER_TOPICS",
+    "EXCLUDE",
+    "EventSchema",
+    "dump_event",
+    "line_eligible",
+    "load_event",
+]

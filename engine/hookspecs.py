@@ -1,0 +1,103 @@
+"""The plugin API of regulars: every hook a plugin can implement.
+
+This module is what plugin authors read. A plugin is any object (a module, a
+class instance) with functions named like the specs below and marked with
+``@hookimpl``; the built-in rules, connectors and campaigns are plugins exactly
+like third-party ones. Hooks take keyword arguments only, so a spec can gain an
+argument later and an implementation may accept just the ones it needs.
+
+A plugin declares its settings with two attributes:
+
+- ``table``: the ``plugins.toml`` table it owns, e.g. ``"rules.points"``; the
+  plugin is on when that table is present;
+- ``settings_schema``: a marshmallow ``Schema`` class for that table. A wrong key
+  or value stops the start with the file, the table, the key and what was
+  expected. The plugin's factory receives only its own validated table.
+
+There are two kinds of hook:
+
+*Registration* hooks are called once, when the engine starts. They return typed
+objects, and the engine refuses two providers of the same name, naming both.
+
+*Decision* hooks run inside the ledger transaction of the event being applied.
+They must be pure functions of what they receive: no I/O, no clock (use the
+``occurred_at`` they are given). If one raises, the whole event is rolled back,
+recorded as failed with the plugin's name and the error, and can be replayed
+once the plugin is fixed; other events go on.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "regulars"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- Registration --------------------------------------------------------------
+
+
+@hookspec
+def regulars_register_connectors():
+    """Register sales-channel connectors.
+
+    Called once at start.
+
+    :return: a list of ``connectors.base.Connector`` instances. All results are
+        collected; two connectors for the same ``channel`` stop the start,
+        naming both plugins.
+    """
+
+
+# -- Decisions (inside the ledger transaction) ----------------------------------
+
+
+@hookspec
+def regulars_order_multipliers(order, customer):
+    """Say which multipliers apply to an order's points.
+
+    Called once per order, the first time the order becomes awardable (paid and
+    not cancelled). The result is stored with the order and reused for every
+    later change to it (a refund is recomputed with the multipliers the order
+    was awarded with).
+
+    :param order: the ``engine.orders.OrderView`` being awarded.
+    :param customer: the ``engine.identity.CustomerView`` who placed it.
+    :return: a list of ``engine.rules_api.Multiplier`` (name, factor), or None.
+        All results are collected; the factors multiply.
+    """
+
+
+@hookspec
+def regulars_order_awards(order, customer):
+    """Say what an order is worth, as it stands now.
+
+    Called every time an order's merged state changes (paid, updated, refunded,
+    cancelled). Return the *total* the order should have earned in each unit,
+    not a difference: the engine posts the difference against what the order
+    already earned, so duplicates and reordered deliveries converge.
+
+    :param order: the ``engine.orders.OrderView``; ``order.eligible`` is the
+        eligible spend still standing after refunds (zero when cancelled,
+        fully refunded or not paid), ``order.multiplier`` the product of the
+        stored multipliers.
+    :param customer: the ``engine.identity.CustomerView`` who placed it.
+    :return: a list of ``engine.rules_api.Award`` (unit, amount, reason), or
+        None. All results are collected; awards for the same unit add up.
+    """
+
+
+@hookspec
+def regulars_visit_awards(visit, customer):
+    """Say what a counter visit (a ``visit`` event, no purchase) is worth.
+
+    Called once per visit event.
+
+    :param visit: the loaded ``visit`` event dict (``id``, ``location``,
+        ``occurred_at``, ``channel``).
+    :param customer: the ``engine.identity.CustomerView`` who visited.
+    :return: a list of ``engine.rules_api.Award``, or None. All results are
+        collected.
+    """

@@ -1,0 +1,257 @@
+"""Identity: one customer across channels.
+
+A customer is found by normalized email, then E.164 phone, then a linked
+channel id, then a card code. When one event's hints lead to two customers who
+don't contradict each other (no two different emails or phones), the later one
+is merged into the one the strongest hint found: its balances move over with a
+pair of ledger entries (nothing is deleted), its orders and links follow, and
+every key of the merged customer leads to the one it joined.
+"""
+
+from __future__ import annotations
+
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+import phonenumbers
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from engine.db import as_utc
+from engine.db.models import accounts, customer_links, customers, lots, orders
+from engine.ledger import Ledger
+
+# Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
+_CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ATTRS = ("email", "phone", "first_name", "last_name", "accepts_marketing")
+
+
+@dataclass(frozen=True)
+class CustomerView:
+    """What rules see of a customer."""
+
+    id: int
+    email: str | None
+    phone: str | None
+    first_name: str | None
+    last_name: str | None
+    card_code: str
+    referral_code: str
+    created_at: datetime
+
+
+def new_code(length: int) -> str:
+    """An unguessable code (about 4.9 bits a character)."""
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
+
+
+def normalize_email(raw: str | None) -> str | None:
+    """Lower-cased, NFKC, trimmed; None when it isn't an address."""
+    if not raw:
+        return None
+    email = unicodedata.normalize("NFKC", raw).strip().lower()
+    local, at, domain = email.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in email):
+        return None
+    return email
+
+
+def normalize_phone(raw: str | None, country: str | None = None) -> str | None:
+    """E.164 (``+420601123456``), or None when it isn't a valid number."""
+    if not raw:
+        return None
+    try:
+        number = phonenumbers.parse(raw, (country or "").upper() or None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class Identity:
+    """Finds, creates, updates and merges customers inside a transaction."""
+
+    def __init__(self, ledger: Ledger, default_country: str | None = None):
+        self.ledger = ledger
+        self.default_country = default_country
+
+    def view(self, conn: Connection, customer_id: int) -> CustomerView:
+        row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()
+        return CustomerView(
+            id=row.id,
+            email=row.email,
+            phone=row.phone,
+            first_name=row.first_name,
+            last_name=row.last_name,
+            card_code=row.card_code,
+            referral_code=row.referral_code,
+            created_at=as_utc(row.created_at),
+        )
+
+    def follow(self, conn: Connection, customer_id: int | None) -> int | None:
+        """The customer a (possibly merged) id leads to now."""
+        seen = set()
+        while customer_id is not None and customer_id not in seen:
+            seen.add(customer_id)
+            nxt = conn.execute(
+                select(customers.c.merged_into).where(customers.c.id == customer_id)
+            ).scalar_one_or_none()
+            if nxt is None:
+                return customer_id
+            customer_id = nxt
+        return customer_id
+
+    def find(self, conn: Connection, key: str) -> int | None:
+        """A customer by email, phone, card code, referral code or id."""
+        key = key.strip()
+        candidates = []
+        if email := normalize_email(key):
+            candidates.append(customers.c.email == email)
+        if phone := normalize_phone(key, self.default_country):
+            candidates.append(customers.c.phone == phone)
+        candidates.append(customers.c.card_code == key.upper())
+        candidates.append(customers.c.referral_code == key.upper())
+        if key.isdigit() and len(key) < 19:
+            candidates.append(customers.c.id == int(key))
+        for condition in candidates:
+            found = conn.execute(select(customers.c.id).where(condition)).scalar_one_or_none()
+            if found is not None:
+                return self.follow(conn, found)
+        if ":" in key:  # channel:external_id
+            channel, _, external = key.partition(":")
+            found = conn.execute(
+                select(customer_links.c.customer_id).where(
+                    customer_links.c.channel == channel, customer_links.c.external_id == external
+                )
+            ).scalar_one_or_none()
+            return self.follow(conn, found)
+        return None
+
+    def resolve(self, conn: Connection, channel: str, hints: dict, at: datetime) -> int | None:
+        """The customer these hints mean, created or merged as needed; None when
+        the hints hold no usable key (a guest with no email or phone)."""
+        email = normalize_email(hints.get("email"))
+        phone = normalize_phone(hints.get("phone"), hints.get("country") or self.default_country)
+        external = hints.get("external_id")
+        card = (hints.get("card_code") or "").strip().upper() or None
+
+        found: list[int] = []
+        lookups = [
+            (customers.c.email == email) if email else None,
+            (customers.c.phone == phone) if phone else None,
+            (customers.c.card_code == card) if card else None,
+        ]
+        for condition in lookups[:2]:
+            if condition is not None:
+                cid = conn.execute(select(customers.c.id).where(condition)).scalar_one_or_none()
+                found.append(self.follow(conn, cid))
+        if external:
+            cid = conn.execute(
+                select(customer_links.c.customer_id).where(
+                    customer_links.c.channel == channel, customer_links.c.external_id == external
+                )
+            ).scalar_one_or_none()
+            found.append(self.follow(conn, cid))
+        if lookups[2] is not None:
+            cid = conn.execute(select(customers.c.id).where(lookups[2])).scalar_one_or_none()
+            found.append(self.follow(conn, cid))
+
+        matched = list(dict.fromkeys(c for c in found if c is not None))
+        if not matched:
+            if not (email or phone or external or card):
+                return None
+            primary = self._create(conn, at)
+        else:
+            primary = matched[0]
+            self._lock(conn, matched)
+            for other in matched[1:]:
+                if self._compatible(conn, primary, other):
+                    self.merge(conn, keep=primary, gone=other, at=at)
+
+        self._update(conn, primary, hints, email, phone, at)
+        if external:
+            self._link(conn, channel, external, primary)
+        return primary
+
+    # -- internals ---------------------------------------------------------
+
+    def _lock(self, conn: Connection, ids: list[int]) -> None:
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                select(customers.c.id).where(customers.c.id.in_(sorted(ids))).with_for_update()
+            ).all()
+
+    def _create(self, conn: Connection, at: datetime) -> int:
+        values = {"card_code": new_code(12), "referral_code": new_code(8), "created_at": at, "updated_at": at}
+        return conn.execute(customers.insert().values(**values).returning(customers.c.id)).scalar_one()
+
+    def _compatible(self, conn: Connection, a: int, b: int) -> bool:
+        rows = conn.execute(
+            select(customers.c.email, customers.c.phone).where(customers.c.id.in_([a, b]))
+        ).all()
+        if len(rows) != 2:
+            return False
+        (e1, p1), (e2, p2) = rows
+        return not (e1 and e2 and e1 != e2) and not (p1 and p2 and p1 != p2)
+
+    def _update(self, conn, customer_id, hints, email, phone, at) -> None:
+        row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()
+        changes = {}
+        # A key another customer holds is not taken from them.
+        if email and row.email != email and not self._taken(conn, customers.c.email, email, customer_id):
+            changes["email"] = email
+        if phone and row.phone != phone and not self._taken(conn, customers.c.phone, phone, customer_id):
+            changes["phone"] = phone
+        for name in ("first_name", "last_name", "accepts_marketing"):
+            value = hints.get(name)
+            if value is not None and value != "" and getattr(row, name) != value:
+                changes[name] = value
+        if hints.get("birthday") and row.birthday is None:
+            changes["birthday"] = datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+        if changes:
+            changes["updated_at"] = at
+            conn.execute(update(customers).where(customers.c.id == customer_id).values(**changes))
+
+    @staticmethod
+    def _taken(conn, column, value, customer_id) -> bool:
+        holder = conn.execute(select(customers.c.id).where(column == value)).scalar_one_or_none()
+        return holder is not None and holder != customer_id
+
+    def _link(self, conn: Connection, channel: str, external: str, customer_id: int) -> None:
+        current = conn.execute(
+            select(customer_links.c.customer_id).where(
+                customer_links.c.channel == channel, customer_links.c.external_id == external
+            )
+        ).scalar_one_or_none()
+        if current is None:
+            conn.execute(
+                customer_links.insert().values(channel=channel, external_id=external, customer_id=customer_id)
+            )
+
+    def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
+        """Join customer ``gone`` into ``keep``: balances move with paired ledger
+        entries, lots, orders and links follow, keys move over."""
+        for account in conn.execute(select(accounts).where(accounts.c.customer_id == gone)).all():
+            target = self.ledger.account(conn, keep, account.unit)
+            if account.balance:
+                key = f"merge:{gone}:{keep}:{account.unit}"
+                source = f"merge:{gone}"
+                self.ledger.post(conn, account.id, -account.balance, "merge", source, None, key + ":out", at, lots=False)
+                self.ledger.post(conn, target, account.balance, "merge", source, None, key + ":in", at, lots=False)
+            conn.execute(update(lots).where(lots.c.account_id == account.id).values(account_id=target))
+        conn.execute(update(orders).where(orders.c.customer_id == gone).values(customer_id=keep))
+        conn.execute(update(customer_links).where(customer_links.c.customer_id == gone).values(customer_id=keep))
+        gone_row = conn.execute(select(customers).where(customers.c.id == gone)).one()
+        keep_row = conn.execute(select(customers).where(customers.c.id == keep)).one()
+        # Free the unique keys before giving them to the customer who stays.
+        conn.execute(
+            update(customers)
+            .where(customers.c.id == gone)
+            .values(email=None, phone=None, merged_into=keep, updated_at=at)
+        )
+        fill = {a: getattr(gone_row, a) for a in _ATTRS if getattr(keep_row, a) is None and getattr(gone_row, a) is not None}
+        if fill:
+            conn.execute(update(customers).where(customers.c.id == keep).values(**fill, updated_at=at))

@@ -1,0 +1,156 @@
+"""The ledger: append-only entries per account, cached balances in the same
+transaction, lots with expiry dates.
+
+Nothing here updates or deletes an entry. A refund, a cancellation or a merge is
+a new entry; ``key`` is unique, so a posting can never land twice.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+
+from engine.db import utcnow
+from engine.db.models import accounts, ledger_entries, lots
+from engine.rules_api import UNIT_POINTS
+
+
+@dataclass(frozen=True)
+class Drift:
+    account_id: int
+    customer_id: int
+    unit: str
+    cached: int
+    entries: int
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day ``months`` later, clamped to the month's last day."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]):
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return conn.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict))
+
+
+class Ledger:
+    def __init__(self, expiry_months: int | None = None):
+        #: months after which earned points expire (None: never); set by the expiry rule
+        self.expiry_months = expiry_months
+
+    def account(self, conn: Connection, customer_id: int, unit: str) -> int:
+        """The id of a customer's account in ``unit``, created at zero if new."""
+        query = select(accounts.c.id).where(accounts.c.customer_id == customer_id, accounts.c.unit == unit)
+        found = conn.execute(query).scalar_one_or_none()
+        if found is not None:
+            return found
+        insert_ignore(conn, accounts, {"customer_id": customer_id, "unit": unit, "balance": 0}, ["customer_id", "unit"])
+        return conn.execute(query).scalar_one()
+
+    def post(
+        self,
+        conn: Connection,
+        account_id: int,
+        amount: int,
+        reason: str,
+        source: str,
+        rule: str | None,
+        key: str,
+        occurred_at: datetime,
+        detail: dict | None = None,
+        unit: str | None = None,
+        lots: bool = True,
+    ) -> int:
+        """Append one entry and move the cached balance by ``amount``, in the
+        caller's transaction. Positive points open a lot; negative points close
+        lots soonest-expiring first. Returns the entry id."""
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"ledger amounts are integers, got {amount!r}")
+        entry_id = conn.execute(
+            ledger_entries.insert()
+            .values(
+                account_id=account_id,
+                amount=amount,
+                reason=reason,
+                source=source,
+                rule=rule,
+                key=key,
+                occurred_at=occurred_at,
+                created_at=utcnow(),
+                detail=detail,
+            )
+            .returning(ledger_entries.c.id)
+        ).scalar_one()
+        conn.execute(
+            update(accounts).where(accounts.c.id == account_id).values(balance=accounts.c.balance + amount)
+        )
+        if lots and (unit or UNIT_POINTS) == UNIT_POINTS:
+            if amount > 0:
+                self._open_lot(conn, account_id, entry_id, amount, occurred_at)
+            elif amount < 0:
+                self.consume_lots(conn, account_id, -amount)
+        return entry_id
+
+    def _open_lot(self, conn, account_id, entry_id, amount, earned_at) -> None:
+        expires = None
+        if self.expiry_months:
+            expires = add_months(earned_at, self.expiry_months)
+        conn.execute(
+            lots.insert().values(
+                account_id=account_id,
+                entry_id=entry_id,
+                amount=amount,
+                remaining=amount,
+                earned_at=earned_at,
+                expires_at=expires,
+            )
+        )
+
+    def consume_lots(self, conn: Connection, account_id: int, amount: int) -> int:
+        """Take ``amount`` from the account's open lots, soonest-expiring first
+        (lots that never expire last). Returns what could not be taken."""
+        open_lots = conn.execute(
+            select(lots.c.id, lots.c.remaining)
+            .where(lots.c.account_id == account_id, lots.c.remaining > 0)
+            .order_by(lots.c.expires_at.is_(None), lots.c.expires_at, lots.c.id)
+        ).all()
+        for lot_id, remaining in open_lots:
+            if amount <= 0:
+                break
+            take = min(remaining, amount)
+            conn.execute(update(lots).where(lots.c.id == lot_id).values(remaining=remaining - take))
+            amount -= take
+        return amount
+
+    def balances(self, conn: Connection, customer_id: int) -> dict[str, int]:
+        rows = conn.execute(
+            select(accounts.c.unit, accounts.c.balance).where(accounts.c.customer_id == customer_id)
+        ).all()
+        return {unit: balance for unit, balance in rows}
+
+    def audit(self, conn: Connection) -> list[Drift]:
+        """Every account whose cached balance differs from the sum of its entries."""
+        sums = (
+            select(ledger_entries.c.account_id, func.sum(ledger_entries.c.amount).label("total"))
+            .group_by(ledger_entries.c.account_id)
+            .subquery()
+        )
+        total = func.coalesce(sums.c.total, 0)
+        rows = conn.execute(
+            select(accounts.c.id, accounts.c.customer_id, accounts.c.unit, accounts.c.balance, total)
+            .select_from(accounts.outerjoin(sums, sums.c.account_id == accounts.c.id))
+            .where(accounts.c.balance != total)
+        ).all()
+        return [Drift(r[0], r[1], r[2], r[3], int(r[4])) for r in rows]

@@ -1,0 +1,170 @@
+"""Order state: what the engine knows of each order, merged from every delivery.
+
+Deliveries come twice, late and out of order. Instead of applying each as a
+change, the engine merges it into the order's state with a merge that is
+commutative, associative and idempotent, then asks the rules what the order is
+worth *now* and posts the difference against what it already earned:
+
+- the snapshot (lines, currency) and the status come from the newest delivery
+  (by the channel's ``version``, then the event time, then the key, so that
+  equal times still give one answer); an older snapshot changes nothing;
+- refunds are a set keyed by refund id: a refund seen twice, or in a snapshot
+  and in its own webhook, counts once;
+- ``paid`` is remembered once seen, so a refund or an update that arrives
+  before the payment is kept and counted when the payment comes;
+- a cancellation without a version (WooCommerce's ``order.deleted``) is final.
+
+Hence any duplication or reordering of the same deliveries ends in the same
+state, and so in the same balances.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from engine.events import line_eligible
+
+PAID_STATUSES = ("paid", "refunded")
+
+
+def _stamp(event: dict) -> list[str]:
+    """The order in which snapshots win: channel version, event time, key."""
+    order = event["order"]
+    version = order.get("version") or event["occurred_at"]
+    return [_utc_iso(version), _utc_iso(event["occurred_at"]), event["idempotency_key"]]
+
+
+def _utc_iso(moment: datetime) -> str:
+    # ISO strings compare as times only in one zone.
+    return moment.astimezone(UTC).isoformat()
+
+
+def _jsonable_line(line: dict) -> dict:
+    out = dict(line)
+    for key in ("unit_price", "subtotal", "discount", "tax"):
+        if out.get(key) is not None:
+            out[key] = str(out[key])
+    return out
+
+
+def merge(state: dict | None, event: dict) -> dict:
+    """The order's state after one canonical order event (a new dict; JSON-able)."""
+    state = {
+        "snapshot": None,
+        "snapshot_stamp": None,
+        "status": None,
+        "status_stamp": None,
+        "paid_seen": False,
+        "final_cancel": False,
+        "refunds": {},
+        "paid_at": None,
+        **(state or {}),
+    }
+    state["refunds"] = dict(state["refunds"])
+    order = event["order"]
+    stamp = _stamp(event)
+
+    if order.get("lines") is not None and (state["snapshot_stamp"] is None or stamp > state["snapshot_stamp"]):
+        state["snapshot"] = {
+            "lines": [_jsonable_line(line) for line in order["lines"]],
+            "currency": order.get("currency"),
+            "discount_codes": list(order.get("discount_codes") or []),
+            "attributes": dict(order.get("attributes") or {}),
+            "test": bool(order.get("test")),
+        }
+        state["snapshot_stamp"] = stamp
+
+    status = order.get("status")
+    if status is not None:
+        if status == "cancelled" and order.get("version") is None and event["type"] == "order.cancelled":
+            state["final_cancel"] = True
+        elif state["status_stamp"] is None or stamp > state["status_stamp"]:
+            state["status"] = status
+            state["status_stamp"] = stamp
+        if status in PAID_STATUSES:
+            state["paid_seen"] = True
+            paid_at = _utc_iso(event["occurred_at"])
+            if state["paid_at"] is None or paid_at < state["paid_at"]:
+                state["paid_at"] = paid_at
+
+    for refund in order.get("refunds") or ():
+        amount = refund["amount"]
+        known = state["refunds"].get(refund["id"])
+        if known is None or amount > Decimal(known):
+            state["refunds"][refund["id"]] = str(amount)
+    return state
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What rules see of an order (the ``order`` of the decision hooks)."""
+
+    id: int
+    channel: str
+    external_id: str
+    #: eligible spend standing now: after refunds, zero unless paid and not cancelled
+    eligible: Decimal
+    #: eligible spend of the lines before refunds
+    gross_eligible: Decimal
+    refunded: Decimal
+    status: str | None
+    paid: bool
+    cancelled: bool
+    lines: list[dict] = field(default_factory=list)
+    currency: str | None = None
+    discount_codes: list[str] = field(default_factory=list)
+    attributes: dict = field(default_factory=dict)
+    test: bool = False
+    paid_at: datetime | None = None
+    #: [(name, factor)] frozen when the order was first awarded
+    multipliers: tuple = ()
+
+    @property
+    def multiplier(self) -> Decimal:
+        product = Decimal(1)
+        for _name, factor in self.multipliers:
+            product *= Decimal(factor)
+        return product
+
+    @property
+    def awardable(self) -> bool:
+        return self.paid and not self.cancelled
+
+
+def view(order_id: int, channel: str, external_id: str, state: dict, multipliers) -> OrderView:
+    """Derive the numbers rules need from a merged state."""
+    snapshot = state.get("snapshot") or {}
+    lines = [
+        {
+            **line,
+            **{k: Decimal(line[k]) for k in ("unit_price", "discount", "tax") if line.get(k) is not None},
+            "subtotal": Decimal(line["subtotal"]) if line.get("subtotal") is not None else None,
+        }
+        for line in snapshot.get("lines", ())
+    ]
+    gross = sum((line_eligible(line) for line in lines), Decimal(0))
+    refunded = sum((Decimal(v) for v in state.get("refunds", {}).values()), Decimal(0))
+    status = state.get("status")
+    cancelled = bool(state.get("final_cancel")) or status == "cancelled"
+    paid = bool(state.get("paid_seen")) and bool(snapshot)
+    standing = Decimal(0) if status == "refunded" else max(Decimal(0), gross - refunded)
+    return OrderView(
+        id=order_id,
+        channel=channel,
+        external_id=external_id,
+        eligible=standing if paid and not cancelled else Decimal(0),
+        gross_eligible=gross,
+        refunded=min(refunded, gross),
+        status="cancelled" if cancelled else status,
+        paid=paid,
+        cancelled=cancelled,
+        lines=lines,
+        currency=snapshot.get("currency"),
+        discount_codes=snapshot.get("discount_codes", []),
+        attributes=snapshot.get("attributes", {}),
+        test=snapshot.get("test", False),
+        paid_at=datetime.fromisoformat(state["paid_at"]) if state.get("paid_at") else None,
+        multipliers=tuple(tuple(m) for m in (multipliers or ())),
+    )

@@ -1,0 +1,196 @@
+"""The pipeline: one canonical event, applied in the caller's transaction.
+
+connector → canonical event → inbox → **pipeline** → rules → ledger → outbox.
+
+For an order event: resolve the customer, lock the order's row, merge the event
+into the order's state (``engine.orders``), ask the rule plugins what the order
+is worth now, and post the difference against what it already earned. The
+ledger rows, the cached balances and the order's new state are written in that
+one transaction, so an exception anywhere (a plugin's included) leaves nothing
+behind.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
+
+from engine.db import as_utc, utcnow
+from engine.db.models import ledger_entries, orders
+from engine.identity import Identity
+from engine.ledger import Ledger, insert_ignore
+from engine.orders import merge, view
+from engine.plugins import PluginFailed, Plugins
+from engine.rules_api import Award, Multiplier
+
+
+class EventRefused(ValueError):
+    """An event that is well-formed but can't be applied (a visit by nobody)."""
+
+
+class Pipeline:
+    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger):
+        self.plugins = plugins
+        self.identity = identity
+        self.ledger = ledger
+
+    def apply(self, conn: Connection, event: dict) -> int:
+        """Apply one loaded canonical event; returns how many entries it posted."""
+        kind = event["type"]
+        if kind.startswith("order."):
+            return self.apply_order(conn, event)
+        if kind == "visit":
+            return self.apply_visit(conn, event)
+        self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
+        return 0
+
+    # -- orders -------------------------------------------------------------
+
+    def _lock_order(self, conn: Connection, channel: str, external_id: str):
+        query = select(orders).where(orders.c.channel == channel, orders.c.external_id == external_id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            now = utcnow()
+            insert_ignore(
+                conn,
+                orders,
+                {
+                    "channel": channel,
+                    "external_id": external_id,
+                    "state": {},
+                    "awarded": {},
+                    "revision": 0,
+                    "eligible": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+                ["channel", "external_id"],
+            )
+            row = conn.execute(query).one()
+        return row
+
+    def apply_order(self, conn: Connection, event: dict) -> int:
+        channel, external_id = event["channel"], event["order"]["id"]
+        at = event["occurred_at"]
+        resolved = self.identity.resolve(conn, channel, event["customer"], at)
+        row = self._lock_order(conn, channel, external_id)
+        state = merge(row.state or None, event)
+        previous = self.identity.follow(conn, row.customer_id)
+        customer_id = resolved or previous
+        awarded = dict(row.awarded or {})
+        multipliers = row.multipliers
+        if state == row.state and customer_id == row.customer_id:
+            return 0  # nothing new: a duplicate in all but its key
+
+        posted = 0
+        if previous is not None and customer_id != previous and awarded:
+            # The channel moved the order to another customer: take back what it
+            # earned the first one; the new one earns it below.
+            posted += self._post_differences(conn, row, previous, {}, awarded, "reassign", at, None, "")
+            awarded = {}
+
+        order = view(row.id, channel, external_id, state, multipliers)
+        if customer_id is not None:
+            customer = self.identity.view(conn, customer_id)
+            if order.awardable and multipliers is None:
+                multipliers = self._multipliers(order, customer)
+                order = view(row.id, channel, external_id, state, multipliers)
+            targets = self._awards("regulars_order_awards", order=order, customer=customer)
+            reason = "order" if order.awardable else ("cancel" if order.cancelled else "unpaid")
+            posted += self._post_differences(
+                conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible)
+            )
+            awarded = {k: v for k, v in targets.items() if v}
+
+        conn.execute(
+            update(orders)
+            .where(orders.c.id == row.id)
+            .values(
+                state=state,
+                customer_id=customer_id,
+                status=order.status,
+                eligible=order.eligible,
+                multipliers=multipliers,
+                awarded=awarded,
+                revision=row.revision + 1,
+                paid_at=order.paid_at,
+                updated_at=utcnow(),
+            )
+        )
+        return posted
+
+    def _multipliers(self, order, customer) -> list[list[str]]:
+        frozen = []
+        for plugin, result in self.plugins.collect("regulars_order_multipliers", order=order, customer=customer):
+            for item in result:
+                if not isinstance(item, Multiplier):
+                    raise PluginFailed(plugin, "regulars_order_multipliers", TypeError(f"expected Multiplier, got {item!r}"))
+                frozen.append([item.name, str(item.factor)])
+        return frozen
+
+    def _awards(self, hook: str, **kwargs) -> dict[str, int]:
+        """``{"plugin|unit": amount}`` summed over every plugin's awards."""
+        totals: dict[str, int] = defaultdict(int)
+        for plugin, result in self.plugins.collect(hook, **kwargs):
+            for award in result:
+                if not isinstance(award, Award):
+                    raise PluginFailed(plugin, hook, TypeError(f"expected Award, got {award!r}"))
+                totals[f"{plugin}|{award.unit}"] += award.amount
+        return dict(totals)
+
+    def _post_differences(
+        self, conn, row, customer_id, targets, awarded, reason, at: datetime, multipliers, eligible
+    ) -> int:
+        posted = 0
+        source = f"order:{row.channel}:{row.external_id}"
+        for key in sorted(set(targets) | set(awarded)):
+            diff = targets.get(key, 0) - awarded.get(key, 0)
+            if not diff:
+                continue
+            plugin, unit = key.split("|", 1)
+            entry_reason = reason if reason != "order" else ("order" if diff > 0 else "refund")
+            account = self.ledger.account(conn, customer_id, unit)
+            self.ledger.post(
+                conn,
+                account,
+                diff,
+                entry_reason,
+                source,
+                plugin,
+                f"order:{row.id}:{row.revision + 1}:{key}",
+                at,
+                detail={"eligible": eligible, "multipliers": multipliers},
+                unit=unit,
+            )
+            posted += 1
+        return posted
+
+    # -- visits -------------------------------------------------------------
+
+    def apply_visit(self, conn: Connection, event: dict) -> int:
+        at = event["occurred_at"]
+        customer_id = self.identity.resolve(conn, event["channel"], event["customer"], at)
+        if customer_id is None:
+            raise EventRefused("a visit needs a customer: give an email, phone, card code or channel id")
+        visit = {**event["visit"], "occurred_at": at, "channel": event["channel"]}
+        customer = self.identity.view(conn, customer_id)
+        source = f"visit:{event['channel']}:{visit['id']}"
+        posted = 0
+        for key, amount in sorted(self._awards("regulars_visit_awards", visit=visit, customer=customer).items()):
+            entry_key = f"{source}:{key}"
+            exists = conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == entry_key)).first()
+            if exists or not amount:
+                continue
+            plugin, unit = key.split("|", 1)
+            account = self.ledger.account(conn, customer_id, unit)
+            self.ledger.post(conn, account, amount, "visit", source, plugin, entry_key, at, unit=unit)
+            posted += 1
+        return posted
+
+
+__all__ = ["EventRefused", "Pipeline", "as_utc"]

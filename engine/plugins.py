@@ -1,0 +1,168 @@
+"""Plugin loading: the pluggy manager, built inside ``Engine(config)``.
+
+Built-in plugins (``rules/``, ``connectors/``, ``plugins/``) and third-party
+ones (entry-point group ``regulars``) are loaded the same way: a class with a
+``table`` and a ``settings_schema`` is constructed with its validated table
+from ``plugins.toml`` when that table is present; an object without a
+``table`` is always on.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+import pluggy
+
+from engine import hookspecs
+from engine.config import Config, ConfigError, validate_table
+
+#: the built-in plugins, registered exactly like third-party ones
+BUILTINS = (
+    "rules.points:PointsRule",
+    "connectors.shopify:ShopifyConnector",
+    "connectors.woocommerce:WooCommerceConnector",
+)
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be loaded or registered; the message names it."""
+
+
+class PluginFailed(Exception):
+    """A plugin raised inside a decision hook."""
+
+    def __init__(self, plugin: str, hook: str, error: BaseException):
+        self.plugin = plugin
+        self.hook = hook
+        self.error = error
+        super().__init__(f"plugin {plugin!r} failed in {hook}: {type(error).__name__}: {error}")
+
+
+@dataclass
+class LoadedPlugin:
+    name: str
+    source: str
+    table: str | None
+    obj: Any
+    hooks: list[str] = field(default_factory=list)
+
+
+def _import(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr) if attr else module
+
+
+def _instantiate(candidate: Any, config: Config, name: str) -> Any | None:
+    """The plugin object for a candidate, or None when its table is absent."""
+    table = getattr(candidate, "table", None)
+    if table is not None and config.table(table) is None:
+        return None
+    if isinstance(candidate, type):
+        settings = validate_table(config, table, getattr(candidate, "settings_schema", None)) if table else {}
+        try:
+            return candidate(settings)
+        except Exception as exc:
+            raise PluginLoadError(f"plugin {name!r} failed to start: {type(exc).__name__}: {exc}") from exc
+    return candidate
+
+
+class Plugins:
+    """The loaded plugins and the pluggy manager that calls them."""
+
+    def __init__(self, config: Config, builtins: tuple[str, ...] = BUILTINS, extra: tuple = ()):
+        self.config = config
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.loaded: list[LoadedPlugin] = []
+        owned: dict[str, str] = {}
+
+        candidates: list[tuple[str, str, Any]] = []
+        for spec in builtins:
+            try:
+                candidates.append((spec.split(":")[0], "built-in", _import(spec)))
+            except Exception as exc:
+                raise PluginLoadError(f"built-in plugin {spec!r} failed to import: {exc}") from exc
+        for ep in entry_points(group=hookspecs.PROJECT):
+            dist = ep.dist.name if ep.dist else "?"
+            try:
+                candidates.append((ep.name, f"entry point {ep.value} ({dist})", ep.load()))
+            except Exception as exc:
+                # An installed plugin that silently didn't load means lost points: stop.
+                raise PluginLoadError(
+                    f"plugin {ep.name!r} from {dist} failed to load ({ep.value}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+        for name, obj in extra:
+            candidates.append((name, "given", obj))
+
+        for name, source, candidate in candidates:
+            table = getattr(candidate, "table", None)
+            if table is not None:
+                if table in owned:
+                    raise PluginLoadError(
+                        f"plugins {owned[table]!r} and {name!r} both claim [{table}] in plugins.toml"
+                    )
+                owned[table] = name
+            obj = _instantiate(candidate, config, name)
+            if obj is None:
+                continue
+            try:
+                self.pm.register(obj, name=name)
+            except Exception as exc:
+                raise PluginLoadError(f"plugin {name!r} could not be registered: {exc}") from exc
+            self.loaded.append(LoadedPlugin(name, source, table, obj))
+
+        unowned = [t for t in config.present_tables() if t not in owned]
+        if unowned:
+            filename = str(config.path or "plugins.toml")
+            known = ", ".join(sorted(owned)) or "none"
+            raise ConfigError(
+                "\n".join(
+                    f"{filename} [{t}]: no plugin owns this table (known tables: {known})"
+                    for t in unowned
+                )
+            )
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginLoadError(f"plugin {exc.plugin!r}: {exc}") from exc
+        for plugin in self.loaded:
+            plugin.hooks = sorted(
+                h.name for h in self.pm.get_hookcallers(plugin.obj) or () if h.name.startswith("regulars_")
+            )
+        self.connectors = self._collect_connectors()
+
+    def _collect_connectors(self) -> dict:
+        connectors: dict[str, Any] = {}
+        providers: dict[str, str] = {}
+        for name, result in self.collect("regulars_register_connectors"):
+            for connector in result or ():
+                channel = connector.channel
+                if channel in connectors:
+                    raise PluginLoadError(
+                        f"plugins {providers[channel]!r} and {name!r} both register "
+                        f"a connector for channel {channel!r}"
+                    )
+                connectors[channel] = connector
+                providers[channel] = name
+        return connectors
+
+    def collect(self, hook: str, **kwargs) -> list[tuple[str, Any]]:
+        """Call every implementation of ``hook`` in pluggy's order and return
+        ``(plugin name, result)`` pairs for the non-None results. An exception
+        is raised as ``PluginFailed`` naming the plugin."""
+        caller = getattr(self.pm.hook, hook)
+        results = []
+        for impl in reversed(caller.get_hookimpls()):
+            args = {k: kwargs[k] for k in impl.argnames}
+            try:
+                result = impl.function(**args)
+            except Exception as exc:
+                raise PluginFailed(impl.plugin_name, hook, exc) from exc
+            if result is not None:
+                results.append((impl.plugin_name, result))
+        return results

@@ -1,0 +1,46 @@
+"""The typed values decision hooks return (see ``engine.hookspecs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+UNIT_POINTS = "points"
+
+
+@dataclass(frozen=True)
+class Award:
+    """What a rule says a subject (an order, a visit) is worth in one unit.
+
+    :param unit: ``"points"`` or ``"stamps:<card>"``; any short name works.
+    :param amount: an integer (points and stamps are never fractional).
+    :param reason: a few words for the ledger (``"1 point per EUR"``).
+    """
+
+    unit: str
+    amount: int
+    reason: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
+            raise TypeError(f"Award.amount must be an int, got {self.amount!r}")
+        if not self.unit or len(self.unit) > 64:
+            raise ValueError(f"Award.unit must be 1 to 64 characters, got {self.unit!r}")
+
+
+@dataclass(frozen=True)
+class Multiplier:
+    """A factor on an order's points (a tier, a membership, a campaign).
+
+    :param name: what it is, shown in the ledger's detail (``"gold tier"``).
+    :param factor: a non-negative ``Decimal`` (``Decimal("1.5")``).
+    """
+
+    name: str
+    factor: Decimal
+
+    def __post_init__(self):
+        if not isinstance(self.factor, Decimal) or not self.factor.is_finite():
+            raise TypeError(f"Multiplier.factor must be a finite Decimal, got {self.factor!r}")
+        if self.factor < 0:
+            raise ValueError(f"Multiplier.factor must not be negative, got {self.factor}")

@@ -1,0 +1,81 @@
+"""The Shopify connector: Shopify webhooks (orders, refunds, customers) in,
+canonical events out.
+
+The translation lives in ``connectors.shopify.translate``; this module holds
+the ``Connector`` the engine registers, its settings and its delivery keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
+
+from connectors.base import BadDelivery, Connector, header
+from connectors.shopify.translate import CHANNEL, TOPICS, content_key, translate_payload
+from engine.events import load_event
+
+DEFAULT_API_VERSION = "2026-04"
+
+
+class ShopifySettingsSchema(Schema):
+    """The ``[connectors.shopify]`` table of ``plugins.toml``."""
+
+    class Meta:
+        unknown = RAISE
+
+    #: the shop's myshopify domain, e.g. "example.myshopify.com"
+    shop = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    api_version = fields.String(load_default=DEFAULT_API_VERSION, validate=validate.Length(min=1))
+
+
+class ShopifyConnector(Connector):
+    """Translates Shopify webhook deliveries into canonical events."""
+
+    channel: ClassVar[str] = CHANNEL
+    topics: ClassVar[tuple[str, ...]] = TOPICS
+    table: ClassVar[str | None] = "connectors.shopify"
+    settings_schema: ClassVar[Any] = ShopifySettingsSchema
+
+    def delivery_key(
+        self, topic: str, payload: Any, headers: Mapping[str, str], body: bytes
+    ) -> str:
+        """``X-Shopify-Event-Id`` when present, else ``X-Shopify-Webhook-Id``,
+        else the resource id and its ``updated_at`` (a refund's id alone).
+
+        The header keys carry the topic too, in case one Shopify event fans out
+        to several topics. A payload too broken to name its resource falls back
+        to the body's hash, so the delivery is still stored and ``translate``
+        can say what is wrong with it.
+        """
+        event_id = header(headers, "X-Shopify-Event-Id")
+        if event_id:
+            return f"event:{topic}:{event_id}"
+        webhook_id = header(headers, "X-Shopify-Webhook-Id")
+        if webhook_id:
+            return f"webhook:{topic}:{webhook_id}"
+        try:
+            return content_key(topic, payload)
+        except BadDelivery:
+            return super().delivery_key(topic, payload, headers, body)
+
+    def translate(
+        self, topic: str, payload: Any, headers: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """The canonical events of one delivery, each checked with
+        ``load_event``; ``BadDelivery`` saying why when the payload can't be
+        translated."""
+        events = translate_payload(topic, payload)
+        for event in events:
+            try:
+                load_event(event)
+            except ValidationError as error:
+                raise BadDelivery(
+                    f"The Shopify {topic} delivery translates to an invalid "
+                    f"{event['type']} event: {error.messages}."
+                ) from error
+        return events
+
+
+__all__ = ["ShopifyConnector", "ShopifySettingsSchema"]

@@ -47,8 +47,8 @@ def receive(
         "received_at": utcnow(),
     }
     inserted = insert_ignore(conn, inbox, values, ["channel", "key"])
-    if inserted.rowcount == 1:
-        return Receipt(_id(conn, channel, key), "new")
+    if inserted is not None:
+        return Receipt(inserted, "new")
     existing = conn.execute(
         select(inbox.c.id, inbox.c.body_sha256).where(inbox.c.channel == channel, inbox.c.key == key)
     ).one()
@@ -56,8 +56,8 @@ def receive(
         return Receipt(existing.id, "duplicate")
     conflict_key = f"{key[:180]}#conflict:{digest}"
     inserted = insert_ignore(conn, inbox, {**values, "key": conflict_key}, ["channel", "key"])
-    inbox_id = _id(conn, channel, conflict_key)
-    if inserted.rowcount == 1:
+    inbox_id = inserted if inserted is not None else _id(conn, channel, conflict_key)
+    if inserted is not None:
         mark(
             conn,
             inbox_id,

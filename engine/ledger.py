@@ -36,13 +36,15 @@ def add_months(moment: datetime, months: int) -> datetime:
     return moment.replace(year=year, month=month, day=day)
 
 
-def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]):
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike."""
+def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) -> int | None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike; the new
+    row's id, or None when the row already existed."""
     if conn.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
-    return conn.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict))
+    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+    return conn.execute(statement.returning(table.c.id)).scalar_one_or_none()
 
 
 class Ledger:
@@ -56,8 +58,10 @@ class Ledger:
         found = conn.execute(query).scalar_one_or_none()
         if found is not None:
             return found
-        insert_ignore(conn, accounts, {"customer_id": customer_id, "unit": unit, "balance": 0}, ["customer_id", "unit"])
-        return conn.execute(query).scalar_one()
+        created = insert_ignore(
+            conn, accounts, {"customer_id": customer_id, "unit": unit, "balance": 0}, ["customer_id", "unit"]
+        )
+        return created if created is not None else conn.execute(query).scalar_one()
 
     def post(
         self,

@@ -138,25 +138,25 @@ class Identity:
         external = hints.get("external_id")
         card = (hints.get("card_code") or "").strip().upper() or None
 
-        found: list[int] = []
-        lookups = [
-            (customers.c.email == email) if email else None,
-            (customers.c.phone == phone) if phone else None,
-            (customers.c.card_code == card) if card else None,
-        ]
-        for condition in lookups[:2]:
-            if condition is not None:
-                cid = conn.execute(select(customers.c.id).where(condition)).scalar_one_or_none()
-                found.append(self.follow(conn, cid))
+        found: list[int | None] = []
+        if email:
+            cid = conn.execute(select(customers.c.id).where(customers.c.email == email)).scalar_one_or_none()
+            found.append(self.follow(conn, cid))
+        if phone:
+            # A phone is shared by households: it only finds a customer whose
+            # email, if any, is the one given.
+            cid = conn.execute(select(customers.c.id).where(customers.c.phone == phone)).scalar_one_or_none()
+            found.append(self._if_same_email(conn, self.follow(conn, cid), email))
         if external:
+            # The channel's own id is trusted over a changed email.
             cid = conn.execute(
                 select(customer_links.c.customer_id).where(
                     customer_links.c.channel == channel, customer_links.c.external_id == external
                 )
             ).scalar_one_or_none()
             found.append(self.follow(conn, cid))
-        if lookups[2] is not None:
-            cid = conn.execute(select(customers.c.id).where(lookups[2])).scalar_one_or_none()
+        if card:
+            cid = conn.execute(select(customers.c.id).where(customers.c.card_code == card)).scalar_one_or_none()
             found.append(self.follow(conn, cid))
 
         matched = list(dict.fromkeys(c for c in found if c is not None))
@@ -187,6 +187,13 @@ class Identity:
     def _create(self, conn: Connection, at: datetime) -> int:
         values = {"card_code": new_code(12), "referral_code": new_code(8), "created_at": at, "updated_at": at}
         return conn.execute(customers.insert().values(**values).returning(customers.c.id)).scalar_one()
+
+    @staticmethod
+    def _if_same_email(conn: Connection, customer_id: int | None, email: str | None) -> int | None:
+        if customer_id is None or email is None:
+            return customer_id
+        held = conn.execute(select(customers.c.email).where(customers.c.id == customer_id)).scalar_one()
+        return customer_id if held in (None, email) else None
 
     def _compatible(self, conn: Connection, a: int, b: int) -> bool:
         rows = conn.execute(

@@ -1,0 +1,106 @@
+"""Identity: one customer across channels by email, phone, channel id, card."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.customers import customer_summary
+from engine.db.models import customers, ledger_entries
+from engine.identity import normalize_email, normalize_phone
+from tests.streams import Line, PlannedOrder, _shopify_order, _woo_order, T0
+
+AT = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "raw,expected",
+    [(" Jana.Novakova@Example.COM ", "jana.novakova@example.com"), ("no-at-sign", None), ("", None), ("a@b", None),
+     ("ｊａｎａ@example.com", "jana@example.com")],
+)
+def test_emails_are_normalized(raw, expected):
+    assert normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw,country,expected",
+    [("+420 601 123 456", None, "+420601123456"), ("601 123 456", "CZ", "+420601123456"),
+     ("0905 123 456", "SK", "+421905123456"), ("12", "CZ", None), ("555-555-SHIP", "US", None)],
+)
+def test_phones_are_read_as_e164(raw, country, expected):
+    assert normalize_phone(raw, country) == expected
+
+
+def _order(channel, number, email, phone=None, price="10.00"):
+    return PlannedOrder(channel, number, email, (Line(Decimal(price), 1),), phone=phone)
+
+
+def test_the_same_email_in_two_shops_is_one_customer(engine):
+    engine.ingest("shopify", "orders/paid", json.dumps(_shopify_order(_order("shopify", 1, "Jana@Example.com"), "paid", T0, [], False)).encode())
+    engine.ingest("woocommerce", "order.updated", json.dumps(_woo_order(_order("woocommerce", 2, "jana@example.com"), "completed", T0, [])).encode())
+    summary = customer_summary(engine, "jana@example.com")
+    assert summary["points"] == 20
+    assert set(summary["channels"]) == {"shopify"}  # the WooCommerce buyer was a guest
+    with engine.db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 1
+
+
+def test_a_customer_is_found_by_every_key(engine):
+    engine.ingest("shopify", "orders/paid", json.dumps(_shopify_order(_order("shopify", 1, "jana@example.com", "+420601123456"), "paid", T0, [], False)).encode())
+    summary = customer_summary(engine, "jana@example.com")
+    shopify_id = summary["channels"]["shopify"][0]
+    for key in ("JANA@example.com", "+420 601 123 456", "601123456", summary["card_code"],
+                summary["card_code"].lower(), summary["referral_code"], str(summary["id"]), f"shopify:{shopify_id}"):
+        assert customer_summary(engine, key)["id"] == summary["id"], key
+    assert customer_summary(engine, "nobody@example.com") is None
+
+
+def test_a_later_link_merges_two_customers_without_losing_an_entry(engine):
+    # Bought by phone only at one shop, by email only at the other...
+    phone_only = _woo_order(_order("woocommerce", 7, "placeholder@example.com", "+420601123456", "30.00"), "completed", T0, [])
+    phone_only["billing"]["email"] = ""
+    engine.ingest("woocommerce", "order.updated", json.dumps(phone_only).encode())
+    engine.ingest("shopify", "orders/paid", json.dumps(_shopify_order(_order("shopify", 1, "jana@example.com", price="12.00"), "paid", T0, [], False)).encode())
+    with engine.db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 2
+        entries_before = conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one()
+    # ...then the shop learns both belong to one person.
+    engine.ingest("shopify", "customers/update", json.dumps({
+        "id": 42, "email": "jana@example.com", "phone": "+420601123456", "first_name": "Jana",
+        "last_name": "Nováková", "updated_at": "2026-05-01T10:00:00+02:00",
+    }).encode())
+    summary = customer_summary(engine, "+420601123456")
+    assert summary["email"] == "jana@example.com"
+    assert summary["points"] == 42
+    assert summary["orders"] == 2
+    assert summary["last_name"] == "Nováková"
+    with engine.db.connect() as conn:
+        entries = conn.execute(select(ledger_entries).order_by(ledger_entries.c.id)).all()
+        assert engine.ledger.audit(conn) == []
+    # the two original entries remain, plus the pair that moved the balance
+    assert len(entries) == entries_before + 2
+    assert sorted(e.amount for e in entries if e.reason == "merge") == [-30, 30]
+
+
+def test_customers_with_different_emails_are_never_merged_by_a_shared_phone(engine):
+    a = _shopify_order(_order("shopify", 1, "jana@example.com", "+420601123456"), "paid", T0, [], False)
+    b = _woo_order(_order("woocommerce", 2, "petr@example.com", "+420601123456"), "completed", T0, [])
+    engine.ingest("shopify", "orders/paid", json.dumps(a).encode())
+    engine.ingest("woocommerce", "order.updated", json.dumps(b).encode())
+    assert customer_summary(engine, "jana@example.com")["id"] != customer_summary(engine, "petr@example.com")["id"]
+    assert customer_summary(engine, "petr@example.com")["points"] == 10
+
+
+def test_a_guest_order_without_email_or_phone_is_kept_until_someone_claims_it(engine):
+    guest = _woo_order(_order("woocommerce", 9, "x@example.com"), "completed", T0, [])
+    guest["billing"]["email"] = ""
+    guest["billing"]["phone"] = ""
+    outcome = engine.ingest("woocommerce", "order.updated", json.dumps(guest).encode())
+    assert outcome.status == "applied"
+    with engine.db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 0
+        assert conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one() == 0

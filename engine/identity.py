@@ -163,7 +163,14 @@ class Identity:
         if not matched:
             if not (email or phone or external or card):
                 return None
-            primary = self._create(conn, at)
+            # Keys go into the INSERT itself: a concurrent creation of the same
+            # person then fails on the unique key and the retry finds them.
+            primary = self._create(
+                conn,
+                at,
+                email=email,
+                phone=phone if not self._taken(conn, customers.c.phone, phone, None) else None,
+            )
         else:
             primary = matched[0]
             self._lock(conn, matched)
@@ -184,8 +191,15 @@ class Identity:
                 select(customers.c.id).where(customers.c.id.in_(sorted(ids))).with_for_update()
             ).all()
 
-    def _create(self, conn: Connection, at: datetime) -> int:
-        values = {"card_code": new_code(12), "referral_code": new_code(8), "created_at": at, "updated_at": at}
+    def _create(self, conn: Connection, at: datetime, email: str | None, phone: str | None) -> int:
+        values = {
+            "email": email,
+            "phone": phone,
+            "card_code": new_code(12),
+            "referral_code": new_code(8),
+            "created_at": at,
+            "updated_at": at,
+        }
         return conn.execute(customers.insert().values(**values).returning(customers.c.id)).scalar_one()
 
     @staticmethod
@@ -224,6 +238,8 @@ class Identity:
 
     @staticmethod
     def _taken(conn, column, value, customer_id) -> bool:
+        if value is None:
+            return False
         holder = conn.execute(select(customers.c.id).where(column == value)).scalar_one_or_none()
         return holder is not None and holder != customer_id
 

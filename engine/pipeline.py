@@ -162,7 +162,7 @@ class Pipeline:
                 entry_reason,
                 source,
                 plugin,
-                f"order:{row.id}:{row.revision + 1}:{key}",
+                f"order:{row.id}:{row.revision + 1}:{customer_id}:{key}",
                 at,
                 detail={"eligible": eligible, "multipliers": multipliers},
                 unit=unit,

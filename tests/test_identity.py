@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from engine.customers import customer_summary
 from engine.db.models import customers, ledger_entries
 from engine.identity import normalize_email, normalize_phone
-from tests.streams import Line, PlannedOrder, _shopify_order, _woo_order, T0
+from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
 AT = datetime(2026, 5, 1, tzinfo=UTC)
 

@@ -14,7 +14,14 @@ from engine.hookspecs import hookimpl
 from engine.rules_api import Multiplier
 from rules.points import points_for
 from tests.conftest import DEFAULT_TABLES, load_contract
-from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order, deliveries
+from tests.streams import (
+    Line,
+    PlannedOrder,
+    _shopify_order,
+    _shopify_refund,
+    _woo_order,
+    deliveries,
+)
 
 EMAIL = "jana@example.com"
 

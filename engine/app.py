@@ -61,6 +61,8 @@ class _Prepared:
 
 def parse_body(body: bytes) -> Any:
     """The JSON in a delivery's body; ValueError says what is wrong with it."""
+    if not body.strip():
+        raise ValueError("body is empty: expected a JSON object")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:

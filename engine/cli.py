@@ -206,6 +206,15 @@ def audit(ctx: Context) -> None:
     sys.exit(1)
 
 
+def _table(*headers: str) -> Table:
+    """A table whose cells fold instead of ending in "…": names and errors must
+    survive a narrow terminal or a pipe (rich assumes 80 columns there)."""
+    table = Table()
+    for header in headers:
+        table.add_column(header, overflow="fold")
+    return table
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_ctx
@@ -216,7 +225,7 @@ def plugins(ctx: Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    table = Table("plugin", "from", "table", "hooks")
+    table = _table("plugin", "from", "table", "hooks")
     for p in data:
         table.add_row(p["name"], p["source"], escape(f"[{p['table']}]") if p["table"] else "-", "\n".join(p["hooks"]))
     console.print(table)
@@ -242,7 +251,7 @@ def events_list(ctx: Context, failed: bool, status: str | None, limit: int, as_j
     if as_json:
         click.echo(json.dumps([{**r._asdict(), "received_at": str(r.received_at), "processed_at": str(r.processed_at)} for r in rows], indent=2))
         return
-    table = Table("id", "channel", "topic", "status", "error")
+    table = _table("id", "channel", "topic", "status", "error")
     for r in rows:
         error = (f"[{r.plugin}] " if r.plugin else "") + (r.error or "")
         table.add_row(str(r.id), r.channel, r.topic, r.status, error)
@@ -287,10 +296,12 @@ def db() -> None:
 def db_upgrade(obj: Context, revision: str) -> None:
     """Migrate the database (REGULARS_DATABASE_URL, default the SQLite file) to REVISION."""
     from engine.db import make_engine, upgrade
+    from engine.plugins import Plugins
 
     try:
         config = load_config(obj.config_path)
-    except ConfigError as exc:
+        Plugins(config)  # a wrong plugins.toml stops here too, before the schema changes
+    except (ConfigError, PluginLoadError) as exc:
         raise click.ClickException(str(exc)) from None
     engine = make_engine(config.database_url)
     upgrade(engine, revision)

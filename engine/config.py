@@ -101,14 +101,24 @@ class Config:
                 found.append(key)
         return found
 
-    def error(self, table: str, messages: Any) -> ConfigError:
-        return ConfigError(format_errors(str(self.path or DEFAULT_CONFIG_NAME), table, messages))
+    def error(self, table: str, messages: Any, known: list[str] | None = None) -> ConfigError:
+        filename = str(self.path or DEFAULT_CONFIG_NAME)
+        return ConfigError(format_errors(filename, table, messages, known=known))
 
 
-def format_errors(filename: str, table: str, messages: Any, prefix: str = "") -> str:
+def format_errors(
+    filename: str, table: str, messages: Any, prefix: str = "", known: list[str] | None = None
+) -> str:
     """marshmallow's nested error dict as one line per key:
-    ``plugins.toml [rules.points] per_unit: Not a valid number.``"""
+    ``plugins.toml [rules.points] per_unit: Not a valid number.``; ``known``
+    (the table's keys) is named after an unknown key, so the fix is in the message."""
     lines: list[str] = []
+    if known is None:
+        expected = "check its spelling and the plugin's documentation"
+    elif known:
+        expected = f"expected one of: {', '.join(known)}"
+    else:
+        expected = "this table takes no keys"
 
     def walk(node: Any, path: str) -> None:
         if isinstance(node, dict):
@@ -117,7 +127,7 @@ def format_errors(filename: str, table: str, messages: Any, prefix: str = "") ->
         elif isinstance(node, list) and node and all(isinstance(m, str) for m in node):
             what = " ".join(node)
             if what == "Unknown field.":
-                what = "unknown key (check its spelling and the plugin's documentation)"
+                what = f"unknown key ({expected})"
             lines.append(f"{filename} [{table}] {path or '(table)'}: {what}")
         else:
             lines.append(f"{filename} [{table}] {path}: {node}")
@@ -136,13 +146,14 @@ def validate_table(config: Config, table: str, schema: type[Schema] | Schema | N
         raise config.error(table, {"(table)": ["must be a table"]})
     if schema is None:
         if data:
-            raise config.error(table, {key: ["Unknown field."] for key in data})
+            raise config.error(table, {key: ["Unknown field."] for key in data}, known=[])
         return {}
     instance = schema() if isinstance(schema, type) else schema
     try:
         return instance.load(data)
     except ValidationError as exc:
-        raise config.error(table, exc.messages) from None
+        known = sorted(f.data_key or name for name, f in instance.load_fields.items())
+        raise config.error(table, exc.messages, known=known) from None
 
 
 def resolve_database_url(base_dir: Path, env: dict[str, str]) -> str:

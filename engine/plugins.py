@@ -9,6 +9,7 @@ from ``plugins.toml`` when that table is present; an object without a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -129,12 +130,25 @@ class Plugins:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {exc.plugin!r}: {exc}") from exc
+            raise PluginLoadError(self._unknown_hooks(exc.plugin)) from exc
         for plugin in self.loaded:
             plugin.hooks = sorted(
                 h.name for h in self.pm.get_hookcallers(plugin.obj) or () if h.name.startswith("regulars_")
             )
         self.connectors = self._collect_connectors()
+
+    def _unknown_hooks(self, plugin: Any) -> str:
+        """What check_pending found, by the plugin's name (not its repr), with
+        the hook it was probably meant to be."""
+        name = self.pm.get_name(plugin) or repr(plugin)
+        specs = [h for h in vars(hookspecs) if h.startswith(f"{hookspecs.PROJECT}_")]
+        problems = []
+        for caller in self.pm.get_hookcallers(plugin) or ():
+            if not caller.has_spec():
+                close = difflib.get_close_matches(caller.name, specs, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"{caller.name!r}{hint}")
+        return f"plugin {name!r} implements unknown hook {', '.join(problems)}: see engine/hookspecs.py"
 
     def _collect_connectors(self) -> dict:
         connectors: dict[str, Any] = {}

@@ -1,0 +1,273 @@
+"""Invariant 6, bad input gets a clear error, and invariant 5, nothing is lost:
+every malformed delivery is kept in the inbox, raw, with a sentence saying what
+is wrong with it, and changes nothing else. Bodies are the real contract
+payloads with one thing broken."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+
+import pytest
+from sqlalchemy import func, select
+
+from engine import inbox
+from engine.customers import customer_summary
+from engine.db.models import accounts, customer_links, customers, ledger_entries, lots, orders
+from engine.db.models import inbox as inbox_table
+from tests.conftest import load_contract
+
+SHOPIFY_DELIVERY = "shopify/webhooks/orders_paid.delivery-2024-10.json"
+WOO_ORDER = "woocommerce/webhooks/order_updated_completed.body.json"
+EMAIL = "jon@example.com"  # the contract order's email
+STATE_TABLES = (customers, customer_links, accounts, ledger_entries, lots, orders)
+
+
+def shopify_paid(change: Callable[[dict], None] | None = None) -> dict:
+    """Shopify's sample orders/paid body, made a real paid order (the sample is
+    a cancelled, voided test order), then ``change``d."""
+    body = copy.deepcopy(load_contract(SHOPIFY_DELIVERY)["body"])
+    body.update(financial_status="paid", cancelled_at=None, cancel_reason=None, test=False)
+    if change:
+        change(body)
+    return body
+
+
+def woo_order(change: Callable[[dict], None] | None = None) -> dict:
+    body = copy.deepcopy(load_contract(WOO_ORDER))
+    if change:
+        change(body)
+    return body
+
+
+def encode(body) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def state(engine) -> dict[str, int]:
+    """Row counts of everything a delivery may change besides the inbox."""
+    with engine.db.connect() as conn:
+        return {
+            t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in STATE_TABLES
+        }
+
+
+def inbox_rows(engine) -> int:
+    with engine.db.connect() as conn:
+        return conn.execute(select(func.count()).select_from(inbox_table)).scalar_one()
+
+
+def stored(engine, inbox_id: int):
+    with engine.db.connect() as conn:
+        return inbox.get(conn, inbox_id)
+
+
+def _set_line(body: dict, **values) -> None:
+    body["line_items"][0].update(values)
+
+
+def _shopify_price(value) -> Callable[[dict], None]:
+    # Shopify sends the price twice (price and price_set.shop_money); break both.
+    def change(body):
+        _set_line(body, price=value)
+        for money in body["line_items"][0]["price_set"].values():
+            money["amount"] = value
+
+    return change
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def shopify_case(case_id: str, body: bytes, *words: str, headers: dict | None = None):
+    """An orders/paid delivery and the words its error must contain."""
+    return pytest.param("shopify", "orders/paid", body, headers or {}, words, id=case_id)
+
+
+def woo_case(case_id: str, body: bytes, *words: str, headers: dict | None = None):
+    """An order.updated delivery and the words its error must contain."""
+    return pytest.param("woocommerce", "order.updated", body, headers or {}, words, id=case_id)
+
+
+BAD_DELIVERIES = [
+    shopify_case("truncated-json", encode(shopify_paid())[:300], "not valid json", "line 1"),
+    shopify_case("not-json", b"<html>502 Bad Gateway</html>", "not valid json"),
+    shopify_case(
+        "not-utf8-latin1",
+        encode(shopify_paid()).replace(b"Smith", b"Sm\xeeth"),
+        "not utf-8",
+        "byte",
+        "\\xee",
+    ),
+    shopify_case("empty-body", b"", "empty"),
+    shopify_case("blank-body", b"  \n", "empty"),
+    shopify_case("json-array", encode([shopify_paid()]), "list", "not an object"),
+    shopify_case(
+        "missing-order-id", encode(shopify_paid(lambda b: b.pop("id"))), "order id", "missing"
+    ),
+    shopify_case(
+        "negative-quantity",
+        encode(shopify_paid(lambda b: _set_line(b, quantity=-1))),
+        "line_items[0].quantity",
+        "negative",
+        "-1",
+    ),
+    shopify_case(
+        "absurd-amount",
+        encode(shopify_paid(_shopify_price("1000000000000"))),
+        "unit_price",
+        "less than or equal to 1000000000",
+    ),
+    shopify_case(
+        "price-abc",
+        encode(shopify_paid(_shopify_price("abc"))),
+        "price",
+        "must be a number",
+        "'abc'",
+    ),
+    shopify_case(
+        "form-encoded",
+        b"id=820982911946154508&email=jon%40example.com",
+        "not valid json",
+        headers=FORM,
+    ),
+    woo_case("woo-json-array", encode([woo_order()]), "array, not an object"),
+    woo_case("woo-missing-order-id", encode(woo_order(lambda b: b.pop("id"))), "no usable 'id'"),
+    woo_case(
+        "woo-negative-quantity",
+        encode(woo_order(lambda b: _set_line(b, quantity=-1))),
+        "quantity",
+        "out of range",
+        "-1",
+    ),
+    woo_case(
+        "woo-absurd-amount",
+        encode(woo_order(lambda b: _set_line(b, subtotal="1e12", total="1e12"))),
+        "subtotal",
+        "largest accepted amount",
+    ),
+    woo_case(
+        "woo-price-abc",
+        encode(woo_order(lambda b: _set_line(b, subtotal="abc", total="abc"))),
+        "subtotal",
+        "not a number",
+        "'abc'",
+    ),
+    woo_case("woo-form-encoded", b"webhook_id=42", "not valid json", headers=FORM),
+]
+
+
+@pytest.mark.parametrize(("channel", "topic", "body", "headers", "words"), BAD_DELIVERIES)
+def test_a_bad_delivery_is_kept_as_failed_with_what_is_wrong_and_changes_nothing(
+    engine, channel, topic, body, headers, words
+):
+    before = state(engine)
+
+    outcome = engine.ingest(channel, topic, body, headers)
+
+    assert outcome.status == "failed", outcome
+    for word in words:
+        assert word.lower() in outcome.error.lower(), (word, outcome.error)
+    assert "Traceback" not in outcome.error and outcome.plugin is None
+    row = stored(engine, outcome.inbox_id)
+    assert (row.status, row.error, row.channel, row.topic) == (
+        "failed",
+        outcome.error,
+        channel,
+        topic,
+    )
+    assert bytes(row.body) == body
+    assert state(engine) == before == dict.fromkeys(before, 0)
+
+    # Replaying it from the stored body fails again, the same way, still changing nothing.
+    again = engine.replay(outcome.inbox_id)
+    assert (again.status, again.error) == ("failed", outcome.error)
+    assert stored(engine, outcome.inbox_id).attempts == 2
+    assert state(engine) == before
+
+
+def test_an_unknown_topic_is_recorded_as_ignored_and_changes_nothing(engine):
+    body = encode(shopify_paid())
+
+    outcome = engine.ingest("shopify", "inventory_levels/update", body)
+
+    assert outcome.status == "ignored"
+    assert "inventory_levels/update" in outcome.error and "shopify" in outcome.error
+    row = stored(engine, outcome.inbox_id)
+    assert (row.status, bytes(row.body)) == ("ignored", body)
+    assert state(engine) == dict.fromkeys(state(engine), 0)
+
+
+def test_a_unicode_customer_name_is_applied_and_kept_exactly(engine):
+    first, last = "Žofie 🌸", "Ñandú-李 O’Brien"
+
+    def rename(body):
+        body["customer"].update(first_name=first, last_name=last)
+
+    outcome = engine.ingest("shopify", "orders/paid", encode(shopify_paid(rename)))
+
+    assert outcome.status == "applied", outcome
+    summary = customer_summary(engine, EMAIL)
+    assert (summary["first_name"], summary["last_name"]) == (first, last)
+    assert summary["points"] > 0
+
+
+def test_a_resent_identical_delivery_is_a_duplicate_and_changes_nothing(engine):
+    recorded = load_contract(SHOPIFY_DELIVERY)
+    body, headers = encode(shopify_paid()), recorded["headers"]
+    first = engine.ingest("shopify", "orders/paid", body, headers)
+    assert first.status == "applied"
+    before, deliveries = state(engine), inbox_rows(engine)
+
+    again = engine.ingest("shopify", "orders/paid", body, headers)
+
+    assert (again.status, again.inbox_id) == ("duplicate", first.inbox_id)
+    assert state(engine) == before
+    assert inbox_rows(engine) == deliveries
+
+
+def test_the_same_idempotency_key_with_another_body_is_kept_as_a_failed_conflict(engine):
+    headers = load_contract(SHOPIFY_DELIVERY)["headers"]  # one X-Shopify-Webhook-Id for both
+    first = engine.ingest("shopify", "orders/paid", encode(shopify_paid()), headers)
+    assert first.status == "applied"
+    before, points = state(engine), customer_summary(engine, EMAIL)["points"]
+    other = encode(shopify_paid(lambda b: _set_line(b, quantity=5)))
+
+    outcome = engine.ingest("shopify", "orders/paid", other, headers)
+
+    assert outcome.status == "failed" and outcome.inbox_id != first.inbox_id
+    assert "different body" in outcome.error
+    row = stored(engine, outcome.inbox_id)
+    assert row.status == "failed" and bytes(row.body) == other
+    assert (
+        f"already used by delivery {first.inbox_id}" in row.error and "different body" in row.error
+    )
+    assert state(engine) == before
+    assert customer_summary(engine, EMAIL)["points"] == points
+    # The conflicting delivery sent again is a duplicate of itself, not a third row.
+    assert engine.ingest("shopify", "orders/paid", other, headers).status == "duplicate"
+    assert inbox_rows(engine) == 2
+
+
+def test_other_deliveries_go_on_after_a_failed_one(engine):
+    failed = engine.ingest("shopify", "orders/paid", encode(shopify_paid(lambda b: b.pop("id"))))
+    assert failed.status == "failed"
+
+    applied = engine.ingest("shopify", "orders/paid", encode(shopify_paid()))
+
+    assert applied.status == "applied" and applied.entries == 1
+    assert customer_summary(engine, EMAIL)["points"] > 0
+    assert stored(engine, failed.inbox_id).status == "failed"
+
+
+def test_replaying_an_applied_delivery_changes_nothing(engine):
+    applied = engine.ingest("shopify", "orders/paid", encode(shopify_paid()))
+    before, points = state(engine), customer_summary(engine, EMAIL)["points"]
+
+    again = engine.replay(applied.inbox_id)
+
+    assert (again.status, again.entries) == ("applied", 0)
+    assert state(engine) == before
+    assert customer_summary(engine, EMAIL)["points"] == points

@@ -138,6 +138,11 @@ class Engine:
                     if attempt == RETRIES - 1:
                         for p in todo:
                             p.outcome = self._apply_one(p)
+                except Exception:  # no retry mends it: give each delivery its own verdict
+                    log.warning("batch of %d failed; applying its deliveries one by one", len(todo))
+                    for p in todo:
+                        p.outcome = self._apply_one(p)
+                    break
         return [p.outcome for p in prepared]
 
     def replay(self, inbox_id: int) -> Outcome:
@@ -182,7 +187,7 @@ class Engine:
                 if receipt.status == "duplicate":
                     prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "duplicate")))
                 elif receipt.status == "conflict":
-                    prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "failed", "idempotency key reused with a different body")))
+                    prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "failed", receipt.error)))
                 else:
                     prepared.append((receipt.inbox_id, topic, body, headers, payload, error))
         result = []

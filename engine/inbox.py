@@ -27,6 +27,7 @@ class Receipt:
     inbox_id: int
     #: "new", "duplicate" (same key, same body) or "conflict" (same key, other body)
     status: str
+    error: str | None = None
 
 
 def receive(
@@ -58,14 +59,12 @@ def receive(
     inserted = insert_ignore(conn, inbox, {**values, "key": conflict_key}, ["channel", "key"])
     inbox_id = inserted if inserted is not None else _id(conn, channel, conflict_key)
     if inserted is not None:
-        mark(
-            conn,
-            inbox_id,
-            FAILED,
+        error = (
             f"idempotency key {key!r} was already used by delivery {existing.id} with a different "
-            "body; compare the two and replay this one if it is a genuine change",
+            "body; compare the two and replay this one if it is a genuine change"
         )
-        return Receipt(inbox_id, "conflict")
+        mark(conn, inbox_id, FAILED, error)
+        return Receipt(inbox_id, "conflict", error)
     return Receipt(inbox_id, "duplicate")
 
 

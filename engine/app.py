@@ -10,6 +10,7 @@ transaction for the inbox and one for the ledger, each delivery in a savepoint.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import logging
 import traceback
 from collections.abc import Iterable, Mapping
@@ -105,10 +106,13 @@ class Engine:
     def ingest(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str] | None = None) -> Outcome:
         """Store one delivery durably, then apply it. Never raises for bad input:
         the outcome says what happened and the delivery is kept."""
-        prepared = self._receive([(topic, body, dict(headers or {}))], channel)[0]
-        if prepared.outcome is not None:
-            return prepared.outcome
-        return self._apply_one(prepared)
+        # One connection for both transactions: half the pool checkouts (and
+        # PostgreSQL pre-pings) of two.
+        with self.db.connect() as conn:
+            prepared = self._receive([(topic, body, dict(headers or {}))], channel, conn)[0]
+            if prepared.outcome is not None:
+                return prepared.outcome
+            return self._apply_one(prepared, conn)
 
     def ingest_batch(
         self, channel: str, deliveries: Iterable[tuple[str, bytes, Mapping[str, str] | None]]
@@ -161,7 +165,17 @@ class Engine:
 
     # -- internals ------------------------------------------------------------
 
-    def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str) -> list[_Prepared]:
+    @contextmanager
+    def _transaction(self, conn=None):
+        """A transaction on ``conn``, or on a connection of its own."""
+        if conn is None:
+            with self.db.begin() as own:
+                yield own
+        else:
+            with conn.begin():
+                yield conn
+
+    def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str, conn=None) -> list[_Prepared]:
         self.ensure_schema()
         connector = self.connector(channel)
         keyed = []
@@ -181,9 +195,9 @@ class Engine:
             keyed.append((topic, body, headers, payload, error, key or _hash_key(topic, body)))
 
         prepared = []
-        with self.db.begin() as conn:
+        with self._transaction(conn) as tx:
             for topic, body, headers, payload, error, key in keyed:
-                receipt = inbox.receive(conn, channel, topic, key, body, headers)
+                receipt = inbox.receive(tx, channel, topic, key, body, headers)
                 if receipt.status == "duplicate":
                     prepared.append(_Prepared(receipt.inbox_id, outcome=Outcome(receipt.inbox_id, "duplicate")))
                 elif receipt.status == "conflict":
@@ -201,7 +215,7 @@ class Engine:
             else:
                 p = self._translate(inbox_id, channel, topic, body, headers, payload)
             if p.outcome is not None:
-                self._record(p.outcome)
+                self._record(p.outcome, conn)
             result.append(p)
         return result
 
@@ -234,12 +248,12 @@ class Engine:
             return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", "nothing in this delivery for loyalty"))
         return _Prepared(inbox_id, events=events)
 
-    def _apply_one(self, prepared: _Prepared) -> Outcome:
+    def _apply_one(self, prepared: _Prepared, conn=None) -> Outcome:
         for attempt in range(RETRIES):
             try:
-                with self.db.begin() as conn:
-                    entries = sum(self.pipeline.apply(conn, e) for e in prepared.events)
-                    inbox.mark(conn, prepared.inbox_id, inbox.APPLIED)
+                with self._transaction(conn) as tx:
+                    entries = sum(self.pipeline.apply(tx, e) for e in prepared.events)
+                    inbox.mark(tx, prepared.inbox_id, inbox.APPLIED)
                 return Outcome(prepared.inbox_id, "applied", entries=entries)
             except (PluginFailed, EventRefused) as exc:
                 outcome = self._failure_outcome(prepared.inbox_id, exc)
@@ -256,7 +270,7 @@ class Engine:
                 log.error("delivery %s failed:\n%s", prepared.inbox_id, traceback.format_exc())
                 outcome = Outcome(prepared.inbox_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
                 break
-        self._record(outcome)
+        self._record(outcome, conn)
         return outcome
 
     @staticmethod
@@ -265,11 +279,11 @@ class Engine:
             return Outcome(inbox_id, "failed", f"{type(exc.error).__name__}: {exc.error}", exc.plugin)
         return Outcome(inbox_id, "failed", str(exc))
 
-    def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome, conn=None) -> None:
         status = {"failed": inbox.FAILED, "ignored": inbox.IGNORED}.get(outcome.status)
         if status:
-            with self.db.begin() as conn:
-                inbox.mark(conn, outcome.inbox_id, status, outcome.error, outcome.plugin)
+            with self._transaction(conn) as tx:
+                inbox.mark(tx, outcome.inbox_id, status, outcome.error, outcome.plugin)
 
 
 def _hash_key(topic: str, body: bytes) -> str:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import phonenumbers
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, literal, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
 from engine.db.models import accounts, customer_links, customers, lots, orders
-from engine.ledger import Ledger
+from engine.ledger import Ledger, insert_ignore
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -69,6 +69,43 @@ def normalize_phone(raw: str | None, country: str | None = None) -> str | None:
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_LOOKUP_COLUMNS = [c for c in customers.c]
+# One query for every key a delivery gives: which customer each one finds.
+_LOOKUP = union_all(
+    select(literal("email").label("via"), *_LOOKUP_COLUMNS).where(customers.c.email == bindparam("email")),
+    select(literal("phone").label("via"), *_LOOKUP_COLUMNS).where(customers.c.phone == bindparam("phone")),
+    select(literal("link").label("via"), *_LOOKUP_COLUMNS)
+    .select_from(customers.join(customer_links, customer_links.c.customer_id == customers.c.id))
+    .where(customer_links.c.channel == bindparam("channel"), customer_links.c.external_id == bindparam("external")),
+    select(literal("card").label("via"), *_LOOKUP_COLUMNS).where(customers.c.card_code == bindparam("card")),
+)
+_UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("b_id"))
+_INSERT_CUSTOMER = customers.insert().returning(customers.c.id)
+
+
+class _Merged:
+    """A customer row we read, with the changes we just wrote over it."""
+
+    def __init__(self, row, changes: dict):
+        self._row, self._changes = row, changes
+
+    def __getattr__(self, name):
+        return self._changes[name] if name in self._changes else getattr(self._row, name)
+
+
+def _view_of(row) -> CustomerView:
+    return CustomerView(
+        id=row.id,
+        email=row.email,
+        phone=row.phone,
+        first_name=row.first_name,
+        last_name=row.last_name,
+        card_code=row.card_code,
+        referral_code=row.referral_code,
+        created_at=as_utc(row.created_at),
+    )
 
 
 class Identity:
@@ -133,11 +170,62 @@ class Identity:
     def resolve(self, conn: Connection, channel: str, hints: dict, at: datetime) -> int | None:
         """The customer these hints mean, created or merged as needed; None when
         the hints hold no usable key (a guest with no email or phone)."""
+        found = self.resolve_view(conn, channel, hints, at)
+        return found.id if found is not None else None
+
+    def resolve_view(self, conn: Connection, channel: str, hints: dict, at: datetime) -> CustomerView | None:
+        """``resolve``, returning what rules see of the customer. The common
+        case (the hints lead to at most one customer, none merged) costs one
+        query and at most one write; anything else takes the careful path."""
         email = normalize_email(hints.get("email"))
         phone = normalize_phone(hints.get("phone"), hints.get("country") or self.default_country)
         external = hints.get("external_id")
         card = (hints.get("card_code") or "").strip().upper() or None
+        if not (email or phone or external or card):
+            return None
+        params = {"email": email, "phone": phone, "channel": channel, "external": external, "card": card}
+        rows = {row.via: row for row in conn.execute(_LOOKUP, params)}
+        if any(row.merged_into is not None for row in rows.values()):
+            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card))
+        by_phone = rows.get("phone")
+        if by_phone is not None and email and by_phone.email not in (None, email):
+            by_phone = None  # a household's shared phone: not this person
+        candidates = [r for r in (rows.get("email"), by_phone, rows.get("link"), rows.get("card")) if r is not None]
+        if len({r.id for r in candidates}) > 1:
+            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card))
+        if not candidates:
+            # Keys go into the INSERT itself: a concurrent creation of the same
+            # person then fails on the unique key and the retry finds them.
+            row = self._create(conn, at, email=email, phone=None if "phone" in rows else phone, hints=hints)
+        else:
+            row = candidates[0]
+            values = {"email": row.email, "phone": row.phone}
+            taken = {
+                "email": "email" in rows and rows["email"].id != row.id,
+                "phone": "phone" in rows and rows["phone"].id != row.id,
+            }
+            wanted = {"email": email, "phone": phone}
+            values = self._update_row(conn, row.id, row._mapping, hints, {k: v for k, v in wanted.items() if v and not taken[k]}, at)
+            row = _Merged(row, values)
+        if external and "link" not in rows:
+            self._link(conn, channel, external, row.id)
+        return _view_of(row)
 
+    def _update_row(self, conn, customer_id, current, hints, keys, at) -> dict:
+        """Write what the hints add to a customer we already read; returns the changes."""
+        changes = {k: v for k, v in keys.items() if current.get(k) != v}
+        for name in ("first_name", "last_name", "accepts_marketing"):
+            value = hints.get(name)
+            if value is not None and value != "" and current.get(name) != value:
+                changes[name] = value
+        if hints.get("birthday") and current.get("birthday") is None:
+            changes["birthday"] = datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+        if changes:
+            conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **changes, "updated_at": at})
+        return changes
+
+    def _resolve_carefully(self, conn, channel, hints, at, email, phone, external, card) -> int:
+        """Several customers, or merged ones: find each, merge the compatible."""
         found: list[int | None] = []
         if email:
             cid = conn.execute(select(customers.c.id).where(customers.c.email == email)).scalar_one_or_none()
@@ -161,8 +249,6 @@ class Identity:
 
         matched = list(dict.fromkeys(c for c in found if c is not None))
         if not matched:
-            if not (email or phone or external or card):
-                return None
             # Keys go into the INSERT itself: a concurrent creation of the same
             # person then fails on the unique key and the retry finds them.
             primary = self._create(
@@ -191,16 +277,23 @@ class Identity:
                 select(customers.c.id).where(customers.c.id.in_(sorted(ids))).with_for_update()
             ).all()
 
-    def _create(self, conn: Connection, at: datetime, email: str | None, phone: str | None) -> int:
+    def _create(self, conn: Connection, at: datetime, email: str | None, phone: str | None, hints: dict) -> _Merged:
         values = {
             "email": email,
             "phone": phone,
+            "first_name": hints.get("first_name") or None,
+            "last_name": hints.get("last_name") or None,
+            "accepts_marketing": hints.get("accepts_marketing"),
+            "birthday": datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+            if hints.get("birthday")
+            else None,
             "card_code": new_code(12),
             "referral_code": new_code(8),
             "created_at": at,
             "updated_at": at,
         }
-        return conn.execute(customers.insert().values(**values).returning(customers.c.id)).scalar_one()
+        values["id"] = conn.execute(_INSERT_CUSTOMER, values).scalar_one()
+        return _Merged(None, values)
 
     @staticmethod
     def _if_same_email(conn: Connection, customer_id: int | None, email: str | None) -> int | None:
@@ -244,26 +337,26 @@ class Identity:
         return holder is not None and holder != customer_id
 
     def _link(self, conn: Connection, channel: str, external: str, customer_id: int) -> None:
-        current = conn.execute(
-            select(customer_links.c.customer_id).where(
-                customer_links.c.channel == channel, customer_links.c.external_id == external
-            )
-        ).scalar_one_or_none()
-        if current is None:
-            conn.execute(
-                customer_links.insert().values(channel=channel, external_id=external, customer_id=customer_id)
-            )
+        """Remember the channel's id for this customer, unless it is already
+        someone's (a link is never moved silently)."""
+        insert_ignore(
+            conn,
+            customer_links,
+            {"channel": channel, "external_id": external, "customer_id": customer_id},
+            ["channel", "external_id"],
+        )
 
     def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger
         entries, lots, orders and links follow, keys move over."""
         for account in conn.execute(select(accounts).where(accounts.c.customer_id == gone)).all():
-            target = self.ledger.account(conn, keep, account.unit)
-            if account.balance:
-                key = f"merge:{gone}:{keep}:{account.unit}"
+            unit, balance = account.unit, account.balance
+            if balance:
+                key = f"merge:{gone}:{keep}:{unit}"
                 source = f"merge:{gone}"
-                self.ledger.post(conn, account.id, -account.balance, "merge", source, None, key + ":out", at, lots=False)
-                self.ledger.post(conn, target, account.balance, "merge", source, None, key + ":in", at, lots=False)
+                self.ledger.post(conn, gone, unit, -balance, "merge", source, None, key + ":out", at, lots=False)
+                self.ledger.post(conn, keep, unit, balance, "merge", source, None, key + ":in", at, lots=False)
+            target = self.ledger.account(conn, keep, unit)
             conn.execute(update(lots).where(lots.c.account_id == account.id).values(account_id=target))
         conn.execute(update(orders).where(orders.c.customer_id == gone).values(customer_id=keep))
         conn.execute(update(customer_links).where(customer_links.c.customer_id == gone).values(customer_id=keep))

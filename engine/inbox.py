@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
@@ -72,11 +72,12 @@ def _id(conn: Connection, channel: str, key: str) -> int:
     return conn.execute(select(inbox.c.id).where(inbox.c.channel == channel, inbox.c.key == key)).scalar_one()
 
 
+_MARK = update(inbox).where(inbox.c.id == bindparam("b_id")).values(attempts=inbox.c.attempts + 1)
+
+
 def mark(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
     conn.execute(
-        update(inbox)
-        .where(inbox.c.id == inbox_id)
-        .values(status=status, error=error, plugin=plugin, processed_at=utcnow(), attempts=inbox.c.attempts + 1)
+        _MARK, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
     )
 
 

@@ -11,7 +11,9 @@ import calendar
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
@@ -36,15 +38,41 @@ def add_months(moment: datetime, months: int) -> datetime:
     return moment.replace(year=year, month=month, day=day)
 
 
+_INSERT_IGNORE_CACHE: dict[tuple, Any] = {}
+
+
 def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) -> int | None:
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike; the new
-    row's id, or None when the row already existed."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
-    return conn.execute(statement.returning(table.c.id)).scalar_one_or_none()
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, on SQLite and PostgreSQL
+    alike (same syntax); the new row's id, or None when the row existed.
+
+    The statement is built once per table and column set (the dialects'
+    ``on_conflict_do_nothing`` constructs are never cached by SQLAlchemy, and
+    compiling them per call cost more than the database work)."""
+    names = tuple(values)
+    cache_key = (table.name, names, tuple(conflict))
+    statement = _INSERT_IGNORE_CACHE.get(cache_key)
+    if statement is None:
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(names)}) "
+            f"VALUES ({', '.join(':' + n for n in names)}) "
+            f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING id"
+        )
+        statement = text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
+        _INSERT_IGNORE_CACHE[cache_key] = statement
+    return conn.execute(statement, values).scalar_one_or_none()
+
+
+# Built once: SQLAlchemy then reuses their compiled form and cache keys.
+_ADD_TO_BALANCE = text(
+    "INSERT INTO accounts (customer_id, unit, balance) VALUES (:customer_id, :unit, :amount) "
+    "ON CONFLICT (customer_id, unit) DO UPDATE SET balance = accounts.balance + excluded.balance "
+    "RETURNING id"
+)
+_INSERT_ENTRY = ledger_entries.insert().returning(ledger_entries.c.id)
+_INSERT_LOT = lots.insert()
+_SELECT_ACCOUNT = select(accounts.c.id).where(
+    accounts.c.customer_id == bindparam("customer_id"), accounts.c.unit == bindparam("unit")
+)
 
 
 class Ledger:
@@ -54,19 +82,18 @@ class Ledger:
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
-        query = select(accounts.c.id).where(accounts.c.customer_id == customer_id, accounts.c.unit == unit)
-        found = conn.execute(query).scalar_one_or_none()
+        params = {"customer_id": customer_id, "unit": unit}
+        found = conn.execute(_SELECT_ACCOUNT, params).scalar_one_or_none()
         if found is not None:
             return found
-        created = insert_ignore(
-            conn, accounts, {"customer_id": customer_id, "unit": unit, "balance": 0}, ["customer_id", "unit"]
-        )
-        return created if created is not None else conn.execute(query).scalar_one()
+        created = insert_ignore(conn, accounts, {**params, "balance": 0}, ["customer_id", "unit"])
+        return created if created is not None else conn.execute(_SELECT_ACCOUNT, params).scalar_one()
 
     def post(
         self,
         conn: Connection,
-        account_id: int,
+        customer_id: int,
+        unit: str,
         amount: int,
         reason: str,
         source: str,
@@ -74,33 +101,34 @@ class Ledger:
         key: str,
         occurred_at: datetime,
         detail: dict | None = None,
-        unit: str | None = None,
         lots: bool = True,
     ) -> int:
-        """Append one entry and move the cached balance by ``amount``, in the
-        caller's transaction. Positive points open a lot; negative points close
-        lots soonest-expiring first. Returns the entry id."""
+        """Append one entry to the customer's account in ``unit`` (created if
+        new) and move its cached balance by ``amount``, in the caller's
+        transaction. Positive points open a lot; negative points close lots
+        soonest-expiring first. Returns the entry id."""
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise TypeError(f"ledger amounts are integers, got {amount!r}")
-        entry_id = conn.execute(
-            ledger_entries.insert()
-            .values(
-                account_id=account_id,
-                amount=amount,
-                reason=reason,
-                source=source,
-                rule=rule,
-                key=key,
-                occurred_at=occurred_at,
-                created_at=utcnow(),
-                detail=detail,
-            )
-            .returning(ledger_entries.c.id)
+        # One statement finds or creates the account and moves its balance; the
+        # row lock it takes orders concurrent postings to the same account.
+        account_id = conn.execute(
+            _ADD_TO_BALANCE, {"customer_id": customer_id, "unit": unit, "amount": amount}
         ).scalar_one()
-        conn.execute(
-            update(accounts).where(accounts.c.id == account_id).values(balance=accounts.c.balance + amount)
-        )
-        if lots and (unit or UNIT_POINTS) == UNIT_POINTS:
+        entry_id = conn.execute(
+            _INSERT_ENTRY,
+            {
+                "account_id": account_id,
+                "amount": amount,
+                "reason": reason,
+                "source": source,
+                "rule": rule,
+                "key": key,
+                "occurred_at": occurred_at,
+                "created_at": utcnow(),
+                "detail": detail,
+            },
+        ).scalar_one()
+        if lots and unit == UNIT_POINTS:
             if amount > 0:
                 self._open_lot(conn, account_id, entry_id, amount, occurred_at)
             elif amount < 0:
@@ -112,14 +140,15 @@ class Ledger:
         if self.expiry_months:
             expires = add_months(earned_at, self.expiry_months)
         conn.execute(
-            lots.insert().values(
-                account_id=account_id,
-                entry_id=entry_id,
-                amount=amount,
-                remaining=amount,
-                earned_at=earned_at,
-                expires_at=expires,
-            )
+            _INSERT_LOT,
+            {
+                "account_id": account_id,
+                "entry_id": entry_id,
+                "amount": amount,
+                "remaining": amount,
+                "earned_at": earned_at,
+                "expires_at": expires,
+            },
         )
 
     def consume_lots(self, conn: Connection, account_id: int, amount: int) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc, utcnow
@@ -25,6 +25,13 @@ from engine.ledger import Ledger, insert_ignore
 from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.rules_api import Award, Multiplier
+
+
+_SELECT_ORDER = select(orders).where(
+    orders.c.channel == bindparam("channel"), orders.c.external_id == bindparam("external_id")
+)
+_SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
+_UPDATE_ORDER = update(orders).where(orders.c.id == bindparam("b_id"))
 
 
 class EventRefused(ValueError):
@@ -50,38 +57,28 @@ class Pipeline:
     # -- orders -------------------------------------------------------------
 
     def _lock_order(self, conn: Connection, channel: str, external_id: str):
-        query = select(orders).where(orders.c.channel == channel, orders.c.external_id == external_id)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).one_or_none()
+        params = {"channel": channel, "external_id": external_id}
+        query = _SELECT_ORDER_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_ORDER
+        row = conn.execute(query, params).one_or_none()
         if row is None:
             now = utcnow()
-            insert_ignore(
-                conn,
-                orders,
-                {
-                    "channel": channel,
-                    "external_id": external_id,
-                    "state": {},
-                    "awarded": {},
-                    "revision": 0,
-                    "eligible": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                },
-                ["channel", "external_id"],
-            )
-            row = conn.execute(query).one()
+            values = {**params, "state": {}, "awarded": {}, "revision": 0, "eligible": 0, "created_at": now, "updated_at": now}
+            # A concurrent first delivery of the same order may insert it first:
+            # then this waits for it and reads (and locks) its row.
+            insert_ignore(conn, orders, values, ["channel", "external_id"])
+            row = conn.execute(query, params).one()
         return row
 
     def apply_order(self, conn: Connection, event: dict) -> int:
         channel, external_id = event["channel"], event["order"]["id"]
         at = event["occurred_at"]
-        resolved = self.identity.resolve(conn, channel, event["customer"], at)
+        resolved = self.identity.resolve_view(conn, channel, event["customer"], at)
         row = self._lock_order(conn, channel, external_id)
         state = merge(row.state or None, event)
-        previous = self.identity.follow(conn, row.customer_id)
-        customer_id = resolved or previous
+        previous = row.customer_id
+        if previous is not None and (resolved is None or resolved.id != previous):
+            previous = self.identity.follow(conn, previous)  # merged since?
+        customer_id = resolved.id if resolved is not None else previous
         awarded = dict(row.awarded or {})
         multipliers = row.multipliers
         if state == row.state and customer_id == row.customer_id:
@@ -96,7 +93,7 @@ class Pipeline:
 
         order = view(row.id, channel, external_id, state, multipliers)
         if customer_id is not None:
-            customer = self.identity.view(conn, customer_id)
+            customer = resolved if resolved is not None else self.identity.view(conn, customer_id)
             if order.awardable and multipliers is None:
                 multipliers = self._multipliers(order, customer)
                 order = view(row.id, channel, external_id, state, multipliers)
@@ -108,19 +105,19 @@ class Pipeline:
             awarded = {k: v for k, v in targets.items() if v}
 
         conn.execute(
-            update(orders)
-            .where(orders.c.id == row.id)
-            .values(
-                state=state,
-                customer_id=customer_id,
-                status=order.status,
-                eligible=order.eligible,
-                multipliers=multipliers,
-                awarded=awarded,
-                revision=row.revision + 1,
-                paid_at=order.paid_at,
-                updated_at=utcnow(),
-            )
+            _UPDATE_ORDER,
+            {
+                "b_id": row.id,
+                "state": state,
+                "customer_id": customer_id,
+                "status": order.status,
+                "eligible": order.eligible,
+                "multipliers": multipliers,
+                "awarded": awarded,
+                "revision": row.revision + 1,
+                "paid_at": order.paid_at,
+                "updated_at": utcnow(),
+            },
         )
         return posted
 
@@ -154,10 +151,10 @@ class Pipeline:
                 continue
             plugin, unit = key.split("|", 1)
             entry_reason = reason if reason != "order" else ("order" if diff > 0 else "refund")
-            account = self.ledger.account(conn, customer_id, unit)
             self.ledger.post(
                 conn,
-                account,
+                customer_id,
+                unit,
                 diff,
                 entry_reason,
                 source,
@@ -165,7 +162,6 @@ class Pipeline:
                 f"order:{row.id}:{row.revision + 1}:{customer_id}:{key}",
                 at,
                 detail={"eligible": eligible, "multipliers": multipliers},
-                unit=unit,
             )
             posted += 1
         return posted
@@ -187,8 +183,7 @@ class Pipeline:
             if exists or not amount:
                 continue
             plugin, unit = key.split("|", 1)
-            account = self.ledger.account(conn, customer_id, unit)
-            self.ledger.post(conn, account, amount, "visit", source, plugin, entry_key, at, unit=unit)
+            self.ledger.post(conn, customer_id, unit, amount, "visit", source, plugin, entry_key, at)
             posted += 1
         return posted
 

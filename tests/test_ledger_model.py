@@ -68,8 +68,7 @@ def ledger_machine(make_engine, tmp_path, _sqlite_template, request):
             cid = data.draw(st.sampled_from(self.alive))
             self.keys += 1
             with self.engine.db.begin() as conn:
-                account = self.engine.ledger.account(conn, cid, unit)
-                self.engine.ledger.post(conn, account, amount, "adjust", "model", None, f"k{self.keys}", AT, unit=unit)
+                self.engine.ledger.post(conn, cid, unit, amount, "adjust", "model", None, f"k{self.keys}", AT)
             self.model[cid][unit] = self.model[cid].get(unit, 0) + amount
             self.posted_total += amount
 

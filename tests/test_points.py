@@ -159,8 +159,7 @@ def test_a_reversal_may_take_the_balance_below_zero(engine):
     send(engine, "shopify", "orders/paid", _shopify_order(planned, "paid", order_time(1), [], False))
     with engine.db.begin() as conn:
         customer_id = engine.identity.find(conn, EMAIL)
-        account = engine.ledger.account(conn, customer_id, "points")
-        engine.ledger.post(conn, account, -40, "adjust", "test", None, "manual-debit", order_time(2))
+        engine.ledger.post(conn, customer_id, "points", -40, "adjust", "test", None, "manual-debit", order_time(2))
     send(engine, "shopify", "orders/cancelled", _shopify_order(planned, "refunded", order_time(3), [], True))
     assert points(engine) == 8 - 48
 

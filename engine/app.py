@@ -10,10 +10,10 @@ transaction for the inbox and one for the ledger, each delivery in a savepoint.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 import logging
 import traceback
 from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass
 from datetime import datetime
-
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update

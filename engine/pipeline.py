@@ -26,7 +26,6 @@ from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.rules_api import Award, Multiplier
 
-
 _SELECT_ORDER = select(orders).where(
     orders.c.channel == bindparam("channel"), orders.c.external_id == bindparam("external_id")
 )

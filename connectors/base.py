@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar
 
 from engine.hookspecs import hookimpl
@@ -65,6 +66,21 @@ class Connector:
     @hookimpl
     def regulars_register_connectors(self):
         return [self]
+
+
+def read_decimal(value: Any, what: str) -> Decimal:
+    """An exact Decimal from a JSON number or a decimal string; ``BadDelivery``
+    saying ``what`` must be a number otherwise. Floats go through ``str()``: their
+    shortest repr (89.99) is what the shop meant."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadDelivery(f"{what} must be a number, got {value!r}.")
+    try:
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise BadDelivery(f"{what} must be a number, got {value!r}.") from None
+    if not result.is_finite():
+        raise BadDelivery(f"{what} must be a finite number, got {value!r}.")
+    return result
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

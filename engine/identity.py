@@ -116,17 +116,7 @@ class Identity:
         self.default_country = default_country
 
     def view(self, conn: Connection, customer_id: int) -> CustomerView:
-        row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()
-        return CustomerView(
-            id=row.id,
-            email=row.email,
-            phone=row.phone,
-            first_name=row.first_name,
-            last_name=row.last_name,
-            card_code=row.card_code,
-            referral_code=row.referral_code,
-            created_at=as_utc(row.created_at),
-        )
+        return _view_of(conn.execute(select(customers).where(customers.c.id == customer_id)).one())
 
     def follow(self, conn: Connection, customer_id: int | None) -> int | None:
         """The customer a (possibly merged) id leads to now."""

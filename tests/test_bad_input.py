@@ -152,7 +152,7 @@ BAD_DELIVERIES = [
         "woo-price-abc",
         encode(woo_order(lambda b: _set_line(b, subtotal="abc", total="abc"))),
         "subtotal",
-        "not a number",
+        "must be a number",
         "'abc'",
     ),
     woo_case("woo-form-encoded", b"webhook_id=42", "not valid json", headers=FORM),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
-from connectors.base import BadDelivery
+from connectors.base import BadDelivery, read_decimal
 
 ZERO = Decimal(0)
 
@@ -50,16 +50,7 @@ def read_text(value: Any) -> str | None:
 
 def read_amount(value: Any, what: str) -> Decimal:
     """A money value (a JSON number or a decimal string) as an exact Decimal."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise BadDelivery(f"The {what} must be a number, got {value!r}.")
-    try:
-        # str() first: a float's shortest repr (89.99) is what Shopify meant.
-        result = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise BadDelivery(f"The {what} must be a number, got {value!r}.") from None
-    if not result.is_finite():
-        raise BadDelivery(f"The {what} must be a finite number, got {value!r}.")
-    return result
+    return read_decimal(value, f"The {what}")
 
 
 def read_money(obj: Mapping[str, Any], key: str, what: str) -> Decimal | None:

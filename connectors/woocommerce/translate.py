@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from connectors.base import BadDelivery
+from connectors.base import BadDelivery, read_decimal
 from engine.events import MAX_MONEY, MAX_QUANTITY
 
 CHANNEL = "woocommerce"
@@ -257,17 +257,8 @@ def _is_gift_card(item: Mapping[str, Any]) -> bool:
 
 
 def _number(value: Any, where: str) -> Decimal:
-    """A money value as Decimal; WooCommerce sends strings, but a number is
-    read through ``str`` so that 29.35 stays 29.35."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
-        raise BadDelivery(f"{where} is not a number: {value!r}.")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise BadDelivery(f"{where} is not a number: {value!r}.") from None
-    if not amount.is_finite():
-        raise BadDelivery(f"{where} is not a finite number: {value!r}.")
-    return amount
+    """A money value as Decimal; WooCommerce sends strings, numbers go through ``str``."""
+    return read_decimal(str(value) if isinstance(value, Decimal) else value, where)
 
 
 def _bounded(amount: Decimal, where: str) -> Decimal:

@@ -462,14 +462,14 @@ def test_payload_without_id_is_a_bad_delivery(connector, topic):
 def test_non_numeric_total_is_a_bad_delivery(connector):
     payload = _order_727()
     payload["total"] = "twenty-nine"
-    with pytest.raises(BadDelivery, match="Order 727's total is not a number"):
+    with pytest.raises(BadDelivery, match="Order 727's total must be a number"):
         connector.translate("order.updated", payload, {})
 
 
 def test_non_numeric_line_total_is_a_bad_delivery(connector):
     payload = _order_727()
     payload["line_items"][1]["total"] = "N/A"
-    with pytest.raises(BadDelivery, match="line 316 total is not a number"):
+    with pytest.raises(BadDelivery, match="line 316 total must be a number"):
         connector.translate("order.updated", payload, {})
 
 

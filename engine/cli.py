@@ -17,7 +17,7 @@ from engine.config import ConfigError, load_config
 from engine.plugins import PluginLoadError
 
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Context:
@@ -320,5 +320,18 @@ def demo(ctx: Context, customers: int, seed: int) -> None:
     run_demo(ctx.engine, customers, seed, console)
 
 
+def run() -> None:
+    """The console script: the CLI, with a database that can't be reached (or
+    refuses a statement) reported in one sentence instead of a traceback."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        main(standalone_mode=True)
+    except DBAPIError as exc:
+        first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+        err.print(f"Error: database: {first}", highlight=False)
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

@@ -357,3 +357,14 @@ def test_a_wrong_key_in_plugins_toml_gives_no_traceback_from_the_console_script(
         and "[rules.points] per_unt: unknown key" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_database_is_one_clear_sentence_not_a_traceback(shop):
+    env = {**shop.env, "REGULARS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
+    result = subprocess.run(
+        [REGULARS, "--config", str(shop.config), "audit"],
+        cwd=shop.root, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: database: ")
+    assert "Traceback" not in result.stderr

@@ -246,7 +246,8 @@ class Identity:
                 at,
                 email=email,
                 phone=phone if not self._taken(conn, customers.c.phone, phone, None) else None,
-            )
+                hints={},
+            ).id
         else:
             primary = matched[0]
             self._lock(conn, matched)

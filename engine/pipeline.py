@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
-from engine.db import as_utc, utcnow
+from engine.db import utcnow
 from engine.db.models import ledger_entries, orders
 from engine.identity import Identity
 from engine.ledger import Ledger, insert_ignore
@@ -187,4 +187,4 @@ class Pipeline:
         return posted
 
 
-__all__ = ["EventRefused", "Pipeline", "as_utc"]
+__all__ = ["EventRefused", "Pipeline"]

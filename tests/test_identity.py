@@ -104,3 +104,18 @@ def test_a_guest_order_without_email_or_phone_is_kept_until_someone_claims_it(en
     with engine.db.connect() as conn:
         assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 0
         assert conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one() == 0
+
+
+def test_a_merged_customers_shared_phone_with_another_email_makes_a_new_customer(engine):
+    """The careful path (a merged customer among the matches) still refuses a
+    household's phone and creates the new person."""
+    with engine.db.begin() as conn:
+        a = engine.identity.resolve(conn, "pos", {"phone": "+420601123456"}, AT)
+        b = engine.identity.resolve(conn, "shopify", {"email": "jana@example.com", "external_id": "7"}, AT)
+        # one delivery joins them: b keeps, a is merged into b
+        assert engine.identity.resolve(conn, "shopify", {"email": "jana@example.com", "phone": "+420601123456"}, AT) == b
+    with engine.db.begin() as conn:
+        petr = engine.identity.resolve(conn, "woocommerce", {"email": "petr@example.com", "phone": "+420601123456"}, AT)
+    assert petr not in (a, b)
+    assert customer_summary(engine, "petr@example.com")["phone"] is None
+    assert customer_summary(engine, "+420601123456")["id"] == b

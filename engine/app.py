@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from marshmallow import ValidationError
@@ -23,12 +24,13 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from connectors.base import BadDelivery
 from engine import inbox
 from engine.config import Config, format_errors
-from engine.db import ensure_schema, make_engine
+from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
 from engine.identity import Identity
 from engine.ledger import Ledger
 from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
+from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
 
 log = logging.getLogger("regulars")
 
@@ -81,7 +83,9 @@ class Engine:
         self.db = make_engine(config.database_url)
         self.ledger = Ledger()
         self.identity = Identity(self.ledger, config.engine.get("default_country"))
-        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger)
+        self.catalogue = Catalogue.build(config, self.plugins)
+        self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
+        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards)
         self._schema_checked = False
 
     @property
@@ -148,6 +152,32 @@ class Engine:
                         p.outcome = self._apply_one(p)
                     break
         return [p.outcome for p in prepared]
+
+    def redeem(
+        self,
+        key: str,
+        reward: str,
+        channel: str | None = None,
+        units: int = 1,
+        idempotency_key: str | None = None,
+        at: datetime | None = None,
+    ) -> Issued:
+        """Redeem a catalogue reward for the customer a key finds (email, phone,
+        card code, ...): points debited and reward issued in one transaction.
+        Raises ``RedemptionRefused`` saying why (unknown customer included)."""
+        self.ensure_schema()
+        at = at or utcnow()
+        for attempt in range(RETRIES):
+            try:
+                with self.db.begin() as conn:
+                    customer_id = self.identity.find(conn, key)
+                    if customer_id is None:
+                        raise RedemptionRefused(f"no customer matches {key!r}")
+                    return self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
+            except (IntegrityError, OperationalError):
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def replay(self, inbox_id: int) -> Outcome:
         """Apply a stored delivery again from its raw body (after a fix, or to

@@ -309,6 +309,52 @@ def db_upgrade(obj: Context, revision: str) -> None:
 
 
 @main.command()
+@click.argument("key")
+@click.argument("reward")
+@click.option("--channel", help="Where the customer will spend it (shopify, woocommerce, ...).")
+@click.option("--units", default=1, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Multiples of a partial reward (so many times its cost for so many times its value).")
+@click.option("--key", "idempotency_key", help="A request key: retrying with it returns the same reward.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_ctx
+def redeem(ctx: Context, key: str, reward: str, channel: str | None, units: int,
+           idempotency_key: str | None, as_json: bool) -> None:
+    """Redeem REWARD from the catalogue for the customer KEY finds: the points
+    are debited and the reward issued with its code. Exit 1, saying why, when
+    it is refused (balance short or negative, unknown reward or channel)."""
+    from engine.rewards import RedemptionRefused
+
+    try:
+        issued = ctx.engine.redeem(key, reward, channel, units, idempotency_key)
+    except RedemptionRefused as exc:
+        err.print(f"refused: {exc}", highlight=False)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(issued.as_json(), indent=2))
+        return
+    console.print(f"issued {issued.reward} ({issued.kind}) for {issued.cost} points: code {issued.code}", highlight=False)
+
+
+@main.group()
+def jobs() -> None:
+    """Scheduled work, run by hand (Celery beat runs it in production)."""
+
+
+@jobs.command("run")
+@click.argument("job", type=click.Choice(["reward-expiry"]))
+@pass_ctx
+def jobs_run(ctx: Context, job: str) -> None:
+    """Run one job now. reward-expiry: expire unused rewards past their date,
+    giving their points back where the catalogue says so."""
+    from engine.db import utcnow
+
+    engine = ctx.engine
+    with engine.db.begin() as conn:
+        expired = engine.rewards.expire(conn, utcnow())
+    console.print(f"{len(expired)} rewards expired", highlight=False)
+
+
+@main.command()
 @click.option("--customers", default=300, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--seed", default=7, show_default=True, help="Random seed (the same seed, the same shop).")
 @pass_ctx

@@ -25,6 +25,7 @@ def customer_summary(engine, key: str) -> dict | None:
             .where(customer_links.c.customer_id == customer_id)
             .order_by(customer_links.c.channel, customer_links.c.external_id)
         ).all()
+        unused = engine.rewards.unused(conn, customer_id)
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
         ).scalar_one()
@@ -41,9 +42,9 @@ def customer_summary(engine, key: str) -> dict | None:
         "referral_code": row.referral_code,
         "points": balances.get(UNIT_POINTS, 0),
         "stamps": {u[len(STAMPS_PREFIX):]: n for u, n in sorted(balances.items()) if u.startswith(STAMPS_PREFIX)},
-        # tiers and rewards arrive with their rules; the keys are the contract
+        # tiers arrive with their rule; the key is the contract
         "tier": None,
-        "rewards": [],
+        "rewards": [r.as_json() for r in unused],
         "channels": channels,
         "orders": n_orders,
     }

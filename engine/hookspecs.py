@@ -51,6 +51,18 @@ def regulars_register_connectors():
     """
 
 
+@hookspec
+def regulars_register_reward_kinds():
+    """Register kinds of reward for the catalogue (``[rewards.*]`` in plugins.toml).
+
+    Called once at start, before the catalogue is validated.
+
+    :return: a list of ``engine.rules_api.RewardKind``. All results are
+        collected; two kinds with the same name stop the start, naming both
+        plugins.
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 

@@ -24,6 +24,7 @@ from engine.identity import Identity
 from engine.ledger import Ledger, insert_ignore
 from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
+from engine.rewards import Rewards
 from engine.rules_api import Award, Multiplier
 
 _SELECT_ORDER = select(orders).where(
@@ -38,10 +39,11 @@ class EventRefused(ValueError):
 
 
 class Pipeline:
-    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger):
+    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards):
         self.plugins = plugins
         self.identity = identity
         self.ledger = ledger
+        self.rewards = rewards
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
@@ -102,6 +104,9 @@ class Pipeline:
                 conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible)
             )
             awarded = {k: v for k, v in targets.items() if v}
+            if order.awardable and order.discount_codes:
+                # coupon.used: a paid order that carries a reward's code spends it
+                self.rewards.mark_used(conn, customer_id, order.discount_codes, f"order:{channel}:{external_id}", at)
 
         conn.execute(
             _UPDATE_ORDER,

@@ -23,6 +23,7 @@ from engine.config import Config, ConfigError, validate_table
 #: the built-in plugins, registered exactly like third-party ones
 BUILTINS = (
     "rules.points:PointsRule",
+    "rules.rewards:RewardCatalogue",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
 )

@@ -44,3 +44,21 @@ class Multiplier:
             raise TypeError(f"Multiplier.factor must be a finite Decimal, got {self.factor!r}")
         if self.factor < 0:
             raise ValueError(f"Multiplier.factor must not be negative, got {self.factor}")
+
+
+@dataclass(frozen=True)
+class RewardKind:
+    """A kind of reward the catalogue in plugins.toml may use.
+
+    :param name: what ``kind = "..."`` says in ``[rewards.<name>]``.
+    :param settings_schema: a marshmallow Schema class for the keys this kind
+        adds to a catalogue entry (``value``, ``sku``, ...); the common keys
+        (``kind``, ``cost``, ``partial``, ``expires_days``, ``refund_on_expiry``,
+        ``channels``) are the engine's.
+    :param describe: optional; a function of the validated entry returning a
+        short text for people (``"5.00 off"``).
+    """
+
+    name: str
+    settings_schema: type
+    describe: object = None

@@ -167,3 +167,40 @@ ledger_entries = LedgerEntry.__table__
 lots = Lot.__table__
 orders = Order.__table__
 inbox = InboxDelivery.__table__
+
+
+class IssuedReward(Base):
+    """A reward issued to a customer: redeemed for points or earned by a full
+    stamp card. Its code is what the customer spends in a channel."""
+
+    __tablename__ = "rewards"
+    __table_args__ = (Index("ix_rewards_customer_status", "customer_id", "status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    #: the catalogue name ([rewards.<name>] in plugins.toml)
+    reward: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    #: unguessable, what the customer types or the coupon carries
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    #: issued, used, voided, expired
+    status: Mapped[str] = mapped_column(String(16))
+    #: points debited for it (0 for a stamp card's reward)
+    cost: Mapped[int] = mapped_column(BigInteger, default=0)
+    value: Mapped[str | None] = mapped_column(Numeric(18, 4))
+    sku: Mapped[str | None] = mapped_column(String(255))
+    #: the channel it was issued for (None: any)
+    channel: Mapped[str | None] = mapped_column(String(64))
+    #: what issued it: "redeem", "card:coffee"
+    source: Mapped[str] = mapped_column(String(64))
+    #: makes issuing idempotent (a retried redemption, a card completed twice)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: where it was used: "order:shopify:123"
+    used_in: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+rewards = IssuedReward.__table__

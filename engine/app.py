@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from connectors.base import BadDelivery
 from engine import inbox
+from engine.cards import Cards
 from engine.config import Config, format_errors
 from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
@@ -85,7 +86,8 @@ class Engine:
         self.identity = Identity(self.ledger, config.engine.get("default_country"))
         self.catalogue = Catalogue.build(config, self.plugins)
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
-        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards)
+        self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
+        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards, self.cards)
         self._schema_checked = False
 
     @property

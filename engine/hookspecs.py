@@ -63,6 +63,21 @@ def regulars_register_reward_kinds():
     """
 
 
+@hookspec
+def regulars_register_stamp_cards():
+    """Register stamp cards.
+
+    Called once at start. The engine keeps each card: when awards bring the
+    ``stamps:<name>`` balance to ``required``, it issues the card's reward and
+    starts the card again, extra stamps carried over; when a refund takes stamps
+    back from a completed card, the reward is voided if still unused.
+
+    :return: a list of ``engine.rules_api.StampCard``. All results are
+        collected; two cards with the same name stop the start, naming both
+        plugins, and a card whose reward is not in the catalogue stops it too.
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 

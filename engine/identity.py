@@ -20,7 +20,7 @@ from sqlalchemy import bindparam, literal, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
-from engine.db.models import accounts, customer_links, customers, lots, orders
+from engine.db.models import accounts, customer_links, customers, lots, orders, rewards
 from engine.ledger import Ledger, insert_ignore
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -350,6 +350,7 @@ class Identity:
             target = self.ledger.account(conn, keep, unit)
             conn.execute(update(lots).where(lots.c.account_id == account.id).values(account_id=target))
         conn.execute(update(orders).where(orders.c.customer_id == gone).values(customer_id=keep))
+        conn.execute(update(rewards).where(rewards.c.customer_id == gone).values(customer_id=keep))
         conn.execute(update(customer_links).where(customer_links.c.customer_id == gone).values(customer_id=keep))
         gone_row = conn.execute(select(customers).where(customers.c.id == gone)).one()
         keep_row = conn.execute(select(customers).where(customers.c.id == keep)).one()

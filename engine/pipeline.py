@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
+from engine.cards import Cards
 from engine.db import utcnow
 from engine.db.models import ledger_entries, orders
 from engine.identity import Identity
@@ -39,21 +40,28 @@ class EventRefused(ValueError):
 
 
 class Pipeline:
-    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards):
+    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards):
         self.plugins = plugins
         self.identity = identity
         self.ledger = ledger
         self.rewards = rewards
+        self.cards = cards
+        self.cards_to_settle: set[tuple[int, str]] = set()
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
         kind = event["type"]
+        self.cards_to_settle = set()
         if kind.startswith("order."):
-            return self.apply_order(conn, event)
-        if kind == "visit":
-            return self.apply_visit(conn, event)
-        self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
-        return 0
+            posted = self.apply_order(conn, event)
+        elif kind == "visit":
+            posted = self.apply_visit(conn, event)
+        else:
+            self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
+            return 0
+        for customer_id, unit in sorted(self.cards_to_settle):
+            self.cards.settle(conn, customer_id, unit, event["occurred_at"])
+        return posted
 
     # -- orders -------------------------------------------------------------
 
@@ -155,6 +163,7 @@ class Pipeline:
                 continue
             plugin, unit = key.split("|", 1)
             entry_reason = reason if reason != "order" else ("order" if diff > 0 else "refund")
+            self.cards_to_settle.add((customer_id, unit))
             self.ledger.post(
                 conn,
                 customer_id,
@@ -187,6 +196,7 @@ class Pipeline:
             if exists or not amount:
                 continue
             plugin, unit = key.split("|", 1)
+            self.cards_to_settle.add((customer_id, unit))
             self.ledger.post(conn, customer_id, unit, amount, "visit", source, plugin, entry_key, at)
             posted += 1
         return posted

@@ -24,6 +24,7 @@ from engine.config import Config, ConfigError, validate_table
 BUILTINS = (
     "rules.points:PointsRule",
     "rules.rewards:RewardCatalogue",
+    "rules.stamps:StampsRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
 )

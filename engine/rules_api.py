@@ -62,3 +62,17 @@ class RewardKind:
     name: str
     settings_schema: type
     describe: object = None
+
+
+@dataclass(frozen=True)
+class StampCard:
+    """A stamp card a rule keeps in the ``stamps:<name>`` unit.
+
+    :param name: the card's name (``coffee``); its balance is the open card.
+    :param required: stamps that fill the card.
+    :param reward: the catalogue reward a full card issues.
+    """
+
+    name: str
+    required: int
+    reward: str

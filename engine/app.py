@@ -32,6 +32,7 @@ from engine.ledger import Ledger
 from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
 from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
+from engine.rules_api import PointsPolicy
 
 log = logging.getLogger("regulars")
 
@@ -82,7 +83,8 @@ class Engine:
         self.config = config
         self.plugins = Plugins(config, **({"builtins": builtins} if builtins is not None else {}), extra=extra_plugins)
         self.db = make_engine(config.database_url)
-        self.ledger = Ledger()
+        self.policy = self.plugins.pm.hook.regulars_points_policy() or PointsPolicy()
+        self.ledger = Ledger(self.policy.expiry_months, self.policy.pending_days)
         self.identity = Identity(self.ledger, config.engine.get("default_country"))
         self.catalogue = Catalogue.build(config, self.plugins)
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))

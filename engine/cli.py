@@ -341,17 +341,23 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job", type=click.Choice(["reward-expiry"]))
+@click.argument("job", type=click.Choice(["expire", "expiry-reminders", "reward-expiry"]))
+@click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Run as of this UTC time instead of now (to catch up, or to rehearse).")
 @pass_ctx
-def jobs_run(ctx: Context, job: str) -> None:
-    """Run one job now. reward-expiry: expire unused rewards past their date,
-    giving their points back where the catalogue says so."""
-    from engine.db import utcnow
+def jobs_run(ctx: Context, job: str, at) -> None:
+    """Run one job now.
 
-    engine = ctx.engine
-    with engine.db.begin() as conn:
-        expired = engine.rewards.expire(conn, utcnow())
-    console.print(f"{len(expired)} rewards expired", highlight=False)
+    \b
+    expire            expire what is left of points past their date
+    expiry-reminders  tell plugins whose points expire within remind_days
+    reward-expiry     expire unused rewards (points back where the catalogue says)
+    """
+    from datetime import UTC
+
+    from engine.jobs import run
+
+    console.print(run(ctx.engine, job, at.replace(tzinfo=UTC) if at else None), highlight=False)
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from engine.db import utcnow
 from engine.db.models import customer_links, customers, orders
 from engine.rules_api import UNIT_POINTS
 
@@ -26,6 +27,7 @@ def customer_summary(engine, key: str) -> dict | None:
             .order_by(customer_links.c.channel, customer_links.c.external_id)
         ).all()
         unused = engine.rewards.unused(conn, customer_id)
+        pending = engine.ledger.pending(conn, customer_id, utcnow()) if engine.ledger.pending_days else 0
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
         ).scalar_one()
@@ -41,6 +43,8 @@ def customer_summary(engine, key: str) -> dict | None:
         "card_code": row.card_code,
         "referral_code": row.referral_code,
         "points": balances.get(UNIT_POINTS, 0),
+        #: of which not yet spendable (inside an order's return window)
+        "points_pending": pending,
         "stamps": {u[len(STAMPS_PREFIX):]: n for u, n in sorted(balances.items()) if u.startswith(STAMPS_PREFIX)},
         # tiers arrive with their rule; the key is the contract
         "tier": None,

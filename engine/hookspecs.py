@@ -78,6 +78,17 @@ def regulars_register_stamp_cards():
     """
 
 
+@hookspec(firstresult=True)
+def regulars_points_policy():
+    """Say how points age: expiry, pending days, reminders.
+
+    Called once at start.
+
+    :return: an ``engine.rules_api.PointsPolicy``, or None. The first non-None
+        result wins (the built-in ``[rules.expiry]`` plugin gives one).
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 
@@ -127,4 +138,22 @@ def regulars_visit_awards(visit, customer):
     :param customer: the ``engine.identity.CustomerView`` who visited.
     :return: a list of ``engine.rules_api.Award``, or None. All results are
         collected.
+    """
+
+
+# -- Observers (after commit) ----------------------------------------------------
+
+
+@hookspec
+def regulars_points_expiring(customer, points, expires_at):
+    """Hear that a customer's points will expire soon, to tell them.
+
+    Called after commit by the ``expiry-reminders`` job, once per customer and
+    batch of lots (a lot is announced once). An exception is logged with the
+    plugin's name and does not stop the job or other plugins.
+
+    :param customer: the ``engine.identity.CustomerView``.
+    :param points: how many points expire.
+    :param expires_at: when the soonest of them expire (aware datetime).
+    :return: None; every implementation is called (nothing is collected).
     """

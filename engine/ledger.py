@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
-from engine.db import utcnow
+from engine.db import as_utc, utcnow
 from engine.db.models import accounts, ledger_entries, lots
 from engine.rules_api import UNIT_POINTS
 
@@ -65,7 +65,7 @@ def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) ->
 _ADD_TO_BALANCE = text(
     "INSERT INTO accounts (customer_id, unit, balance) VALUES (:customer_id, :unit, :amount) "
     "ON CONFLICT (customer_id, unit) DO UPDATE SET balance = accounts.balance + excluded.balance "
-    "RETURNING id"
+    "RETURNING id, balance"
 )
 _INSERT_ENTRY = ledger_entries.insert().returning(ledger_entries.c.id)
 _INSERT_LOT = lots.insert()
@@ -75,9 +75,11 @@ _SELECT_ACCOUNT = select(accounts.c.id).where(
 
 
 class Ledger:
-    def __init__(self, expiry_months: int | None = None):
-        #: months after which earned points expire (None: never); set by the expiry rule
+    def __init__(self, expiry_months: int | None = None, pending_days: int = 0):
+        #: months after which earned points expire (None: never); from the points policy
         self.expiry_months = expiry_months
+        #: days an order's points stay pending (its return window)
+        self.pending_days = pending_days
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
@@ -101,18 +103,23 @@ class Ledger:
         occurred_at: datetime,
         detail: dict | None = None,
         lots: bool = True,
+        pending: bool = False,
     ) -> int:
         """Append one entry to the customer's account in ``unit`` (created if
         new) and move its cached balance by ``amount``, in the caller's
-        transaction. Positive points open a lot; negative points close lots
-        soonest-expiring first. Returns the entry id."""
+        transaction. Returns the entry id.
+
+        Points keep lots: positive points open one (``pending`` ones only become
+        spendable after the return window), negative points close lots: the same
+        source's first (a refund takes back its own order's points), then the
+        spendable ones soonest-expiring first."""
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise TypeError(f"ledger amounts are integers, got {amount!r}")
         # One statement finds or creates the account and moves its balance; the
         # row lock it takes orders concurrent postings to the same account.
-        account_id = conn.execute(
+        account_id, balance = conn.execute(
             _ADD_TO_BALANCE, {"customer_id": customer_id, "unit": unit, "amount": amount}
-        ).scalar_one()
+        ).one()
         entry_id = conn.execute(
             _INSERT_ENTRY,
             {
@@ -129,15 +136,17 @@ class Ledger:
         ).scalar_one()
         if lots and unit == UNIT_POINTS:
             if amount > 0:
-                self._open_lot(conn, account_id, entry_id, amount, occurred_at)
+                # A debt (a negative balance) takes new points first.
+                covered = max(0, min(amount, balance))
+                if covered:
+                    self._open_lot(conn, account_id, entry_id, covered, occurred_at, pending)
             elif amount < 0:
-                self.consume_lots(conn, account_id, -amount)
+                self.consume_lots(conn, account_id, -amount, occurred_at, source)
         return entry_id
 
-    def _open_lot(self, conn, account_id, entry_id, amount, earned_at) -> None:
-        expires = None
-        if self.expiry_months:
-            expires = add_months(earned_at, self.expiry_months)
+    def _open_lot(self, conn, account_id, entry_id, amount, earned_at, pending) -> None:
+        expires = add_months(earned_at, self.expiry_months) if self.expiry_months else None
+        available = earned_at + timedelta(days=self.pending_days) if pending and self.pending_days else None
         conn.execute(
             _INSERT_LOT,
             {
@@ -147,24 +156,75 @@ class Ledger:
                 "remaining": amount,
                 "earned_at": earned_at,
                 "expires_at": expires,
+                "available_at": available,
             },
         )
 
-    def consume_lots(self, conn: Connection, account_id: int, amount: int) -> int:
-        """Take ``amount`` from the account's open lots, soonest-expiring first
-        (lots that never expire last). Returns what could not be taken."""
-        open_lots = conn.execute(
-            select(lots.c.id, lots.c.remaining)
+    def consume_lots(self, conn: Connection, account_id: int, amount: int, at: datetime, source: str | None = None) -> int:
+        """Take ``amount`` from the account's open lots: ``source``'s own first,
+        then spendable ones soonest-expiring first (never-expiring last), pending
+        ones last. Returns what could not be taken."""
+        rows = conn.execute(
+            select(lots.c.id, lots.c.remaining, lots.c.expires_at, lots.c.available_at, ledger_entries.c.source)
+            .join(ledger_entries, ledger_entries.c.id == lots.c.entry_id)
             .where(lots.c.account_id == account_id, lots.c.remaining > 0)
-            .order_by(lots.c.expires_at.is_(None), lots.c.expires_at, lots.c.id)
         ).all()
-        for lot_id, remaining in open_lots:
+
+        def order(row):
+            pending = row.available_at is not None and as_utc(row.available_at) > at
+            expires = as_utc(row.expires_at)
+            return (row.source != source, pending, expires is None, expires or at, row.id)
+
+        for row in sorted(rows, key=order):
             if amount <= 0:
                 break
-            take = min(remaining, amount)
-            conn.execute(update(lots).where(lots.c.id == lot_id).values(remaining=remaining - take))
+            take = min(row.remaining, amount)
+            conn.execute(update(lots).where(lots.c.id == row.id).values(remaining=row.remaining - take))
             amount -= take
         return amount
+
+    def pending(self, conn: Connection, customer_id: int, at: datetime) -> int:
+        """Points earned but not yet spendable (inside an order's return window)."""
+        return conn.execute(
+            select(func.coalesce(func.sum(lots.c.remaining), 0))
+            .join(accounts, accounts.c.id == lots.c.account_id)
+            .where(accounts.c.customer_id == customer_id, accounts.c.unit == UNIT_POINTS,
+                   lots.c.remaining > 0, lots.c.available_at > at)
+        ).scalar_one()
+
+    def expire(self, conn: Connection, now: datetime) -> list[tuple[int, int]]:
+        """Expire what is left of every lot past its date: one ``expiry`` entry
+        per lot, for its remaining points only (spent points are not in a lot
+        any more). Safe to run twice. Returns (customer id, points) pairs."""
+        due = conn.execute(
+            select(lots.c.id, lots.c.remaining, lots.c.expires_at, accounts.c.customer_id)
+            .join(accounts, accounts.c.id == lots.c.account_id)
+            .where(lots.c.remaining > 0, lots.c.expires_at <= now)
+            .order_by(lots.c.id)
+        ).all()
+        done = []
+        for lot in due:
+            conn.execute(update(lots).where(lots.c.id == lot.id).values(remaining=0))
+            self.post(conn, lot.customer_id, UNIT_POINTS, -lot.remaining, "expiry", f"lot:{lot.id}", None,
+                      f"expiry:{lot.id}", as_utc(lot.expires_at), lots=False)
+            done.append((lot.customer_id, lot.remaining))
+        return done
+
+    def expiring(self, conn: Connection, now: datetime, within_days: int) -> dict[int, tuple[int, datetime]]:
+        """Lots expiring within ``within_days`` that nobody was told about yet,
+        marked as told: customer id → (points, soonest expiry)."""
+        rows = conn.execute(
+            select(lots.c.id, lots.c.remaining, lots.c.expires_at, accounts.c.customer_id)
+            .join(accounts, accounts.c.id == lots.c.account_id)
+            .where(lots.c.remaining > 0, lots.c.reminded_at.is_(None), lots.c.expires_at > now,
+                   lots.c.expires_at <= now + timedelta(days=within_days))
+        ).all()
+        found: dict[int, tuple[int, datetime]] = {}
+        for row in rows:
+            points, soonest = found.get(row.customer_id, (0, as_utc(row.expires_at)))
+            found[row.customer_id] = (points + row.remaining, min(soonest, as_utc(row.expires_at)))
+            conn.execute(update(lots).where(lots.c.id == row.id).values(reminded_at=now))
+        return found
 
     def balances(self, conn: Connection, customer_id: int) -> dict[str, int]:
         rows = conn.execute(

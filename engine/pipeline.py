@@ -175,6 +175,7 @@ class Pipeline:
                 f"order:{row.id}:{row.revision + 1}:{customer_id}:{key}",
                 at,
                 detail={"eligible": eligible, "multipliers": multipliers},
+                pending=entry_reason == "order",
             )
             posted += 1
         return posted

@@ -25,6 +25,7 @@ BUILTINS = (
     "rules.points:PointsRule",
     "rules.rewards:RewardCatalogue",
     "rules.stamps:StampsRule",
+    "rules.expiry:ExpiryRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
 )

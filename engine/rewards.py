@@ -192,6 +192,12 @@ class Rewards:
             )
         if balance < cost:
             raise RedemptionRefused(f"{name!r} costs {cost} points and the balance is {balance}")
+        pending = self.ledger.pending(conn, customer_id, at) if self.ledger.pending_days else 0
+        if balance - pending < cost:
+            raise RedemptionRefused(
+                f"{name!r} costs {cost} points and only {balance - pending} of the {balance} are spendable; "
+                f"{pending} are pending until their orders' return window closes"
+            )
         code = new_reward_code()
         self.ledger.post(conn, customer_id, UNIT_POINTS, -cost, "redeem", f"reward:{code}", None, f"redeem:{code}", at)
         value = entry.get("value")

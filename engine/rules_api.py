@@ -76,3 +76,19 @@ class StampCard:
     name: str
     required: int
     reward: str
+
+
+@dataclass(frozen=True)
+class PointsPolicy:
+    """How points age (the ``regulars_points_policy`` hook).
+
+    :param expiry_months: earned points expire so many months later (None: never).
+    :param pending_days: an order's points become spendable so many days after
+        it was paid (its return window); 0: at once.
+    :param remind_days: tell the customer (``regulars_points_expiring``) so many
+        days before points expire; None: never.
+    """
+
+    expiry_months: int | None = None
+    pending_days: int = 0
+    remind_days: int | None = None

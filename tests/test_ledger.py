@@ -43,19 +43,44 @@ def test_a_key_posts_once(engine):
         assert engine.ledger.balances(conn, customer) == {"points": 10}
 
 
+def _lots(engine):
+    with engine.db.connect() as conn:
+        rows = conn.execute(select(lots.c.amount, lots.c.remaining, lots.c.expires_at).order_by(lots.c.expires_at)).all()
+    return [(r.amount, r.remaining, as_utc(r.expires_at)) for r in rows]
+
+
 def test_earned_points_open_lots_that_expire_and_spending_takes_the_soonest_first(engine):
     engine.ledger.expiry_months = 12
     customer = _customer(engine)
     with engine.db.begin() as conn:
         engine.ledger.post(conn, customer, "points", 100, "order", "o1", None, "k1", datetime(2026, 3, 1, tzinfo=UTC))
         engine.ledger.post(conn, customer, "points", 50, "order", "o2", None, "k2", datetime(2026, 1, 1, tzinfo=UTC))
-        engine.ledger.post(conn, customer, "points", -70, "refund", "o1", None, "k3", datetime(2026, 4, 1, tzinfo=UTC))
-    with engine.db.connect() as conn:
-        rows = conn.execute(select(lots.c.amount, lots.c.remaining, lots.c.expires_at).order_by(lots.c.expires_at)).all()
-    assert [(r.amount, r.remaining, as_utc(r.expires_at)) for r in rows] == [
+        engine.ledger.post(conn, customer, "points", -70, "redeem", "reward:X", None, "k3", datetime(2026, 4, 1, tzinfo=UTC))
+    assert _lots(engine) == [
         (50, 0, datetime(2027, 1, 1, tzinfo=UTC)),
         (100, 80, datetime(2027, 3, 1, tzinfo=UTC)),
     ]
+
+
+def test_a_refund_takes_back_its_own_orders_points_first(engine):
+    engine.ledger.expiry_months = 12
+    customer = _customer(engine)
+    with engine.db.begin() as conn:
+        engine.ledger.post(conn, customer, "points", 100, "order", "o1", None, "k1", datetime(2026, 3, 1, tzinfo=UTC))
+        engine.ledger.post(conn, customer, "points", 50, "order", "o2", None, "k2", datetime(2026, 1, 1, tzinfo=UTC))
+        engine.ledger.post(conn, customer, "points", -70, "refund", "o1", None, "k3", datetime(2026, 4, 1, tzinfo=UTC))
+    assert _lots(engine) == [
+        (50, 50, datetime(2027, 1, 1, tzinfo=UTC)),
+        (100, 30, datetime(2027, 3, 1, tzinfo=UTC)),
+    ]
+
+
+def test_points_earned_while_in_debt_pay_the_debt_first(engine):
+    customer = _customer(engine)
+    with engine.db.begin() as conn:
+        engine.ledger.post(conn, customer, "points", -40, "refund", "o1", None, "k1", AT)
+        engine.ledger.post(conn, customer, "points", 100, "order", "o2", None, "k2", AT)
+    assert [(a, r) for a, r, _ in _lots(engine)] == [(60, 60)]
 
 
 def test_stamps_open_no_lots(engine):

@@ -109,6 +109,10 @@ class Lot(Base):
     remaining: Mapped[int] = mapped_column(BigInteger)
     earned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: before this, the points are pending (an order's return window)
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: when the customer was told these points expire soon
+    reminded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Order(Base):

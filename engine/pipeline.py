@@ -19,7 +19,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
-from engine.db import utcnow
+from engine.db import as_utc, utcnow
 from engine.db.models import ledger_entries, orders
 from engine.identity import Identity
 from engine.ledger import Ledger, insert_ignore
@@ -103,7 +103,11 @@ class Pipeline:
         order = view(row.id, channel, external_id, state, multipliers)
         if customer_id is not None:
             customer = resolved if resolved is not None else self.identity.view(conn, customer_id)
-            if order.awardable and multipliers is None:
+            # Multipliers are asked once, when the order is first awardable, and
+            # kept; again only if an earlier payment turns up late (paid_at moved),
+            # since a multiplier may depend on when the order was paid.
+            paid_at_moved = row.paid_at is not None and order.paid_at != as_utc(row.paid_at)
+            if order.awardable and (multipliers is None or paid_at_moved):
                 multipliers = self._multipliers(order, customer)
                 order = view(row.id, channel, external_id, state, multipliers)
             targets = self._awards("regulars_order_awards", order=order, customer=customer)

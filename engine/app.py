@@ -33,6 +33,7 @@ from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
 from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
 from engine.rules_api import PointsPolicy
+from engine.tiers import Tiers
 
 log = logging.getLogger("regulars")
 
@@ -89,7 +90,8 @@ class Engine:
         self.catalogue = Catalogue.build(config, self.plugins)
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
-        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards, self.cards)
+        self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
+        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers)
         self._schema_checked = False
 
     @property

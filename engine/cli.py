@@ -341,7 +341,7 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job", type=click.Choice(["expire", "expiry-reminders", "reward-expiry"]))
+@click.argument("job", type=click.Choice(["expire", "expiry-reminders", "reward-expiry", "tier-review"]))
 @click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="Run as of this UTC time instead of now (to catch up, or to rehearse).")
 @pass_ctx
@@ -352,6 +352,7 @@ def jobs_run(ctx: Context, job: str, at) -> None:
     expire            expire what is left of points past their date
     expiry-reminders  tell plugins whose points expire within remind_days
     reward-expiry     expire unused rewards (points back where the catalogue says)
+    tier-review       downgrade customers below their tier (after the grace period)
     """
     from datetime import UTC
 

@@ -27,6 +27,7 @@ def customer_summary(engine, key: str) -> dict | None:
             .order_by(customer_links.c.channel, customer_links.c.external_id)
         ).all()
         unused = engine.rewards.unused(conn, customer_id)
+        tier_history = engine.tiers.history(conn, customer_id) if engine.tiers.program else []
         pending = engine.ledger.pending(conn, customer_id, utcnow()) if engine.ledger.pending_days else 0
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
@@ -46,8 +47,8 @@ def customer_summary(engine, key: str) -> dict | None:
         #: of which not yet spendable (inside an order's return window)
         "points_pending": pending,
         "stamps": {u[len(STAMPS_PREFIX):]: n for u, n in sorted(balances.items()) if u.startswith(STAMPS_PREFIX)},
-        # tiers arrive with their rule; the key is the contract
-        "tier": None,
+        "tier": row.tier,
+        "tier_history": tier_history,
         "rewards": [r.as_json() for r in unused],
         "channels": channels,
         "orders": n_orders,

@@ -89,6 +89,18 @@ def regulars_points_policy():
     """
 
 
+@hookspec(firstresult=True)
+def regulars_register_tier_program():
+    """Give the tiers the engine keeps: upgrades as soon as a customer's metric
+    reaches a threshold, downgrades at the review job, a history per customer.
+
+    Called once at start.
+
+    :return: an ``engine.rules_api.TierProgram``, or None. The first non-None
+        result wins (the built-in ``[rules.tiers]`` plugin gives one).
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 

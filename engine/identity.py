@@ -25,7 +25,7 @@ from engine.ledger import Ledger, insert_ignore
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
-_ATTRS = ("email", "phone", "first_name", "last_name", "accepts_marketing")
+_ATTRS = ("email", "phone", "first_name", "last_name", "accepts_marketing", "tier", "tier_since")
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ class CustomerView:
     card_code: str
     referral_code: str
     created_at: datetime
+    #: the tier that holds now (None: no tier)
+    tier: str | None = None
 
 
 def new_code(length: int) -> str:
@@ -105,6 +107,7 @@ def _view_of(row) -> CustomerView:
         card_code=row.card_code,
         referral_code=row.referral_code,
         created_at=as_utc(row.created_at),
+        tier=getattr(row, "tier", None),
     )
 
 

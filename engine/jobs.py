@@ -46,7 +46,17 @@ def expire_rewards(engine, now: datetime) -> str:
     return f"{len(expired)} rewards expired"
 
 
+def review_tiers(engine, now: datetime) -> str:
+    """Downgrade customers below their tier, as the programme says."""
+    if not engine.tiers.program:
+        return "no tiers: add a [rules.tiers] table"
+    with engine.db.begin() as conn:
+        reviewed, downgraded = engine.tiers.review(conn, now)
+    return f"{reviewed} tiers reviewed, {downgraded} downgraded"
+
+
 JOBS: dict[str, Callable[..., str]] = {
+    "tier-review": review_tiers,
     "expire": expire_points,
     "expiry-reminders": remind_expiring,
     "reward-expiry": expire_rewards,

@@ -27,6 +27,7 @@ from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.rewards import Rewards
 from engine.rules_api import Award, Multiplier
+from engine.tiers import Tiers
 
 _SELECT_ORDER = select(orders).where(
     orders.c.channel == bindparam("channel"), orders.c.external_id == bindparam("external_id")
@@ -40,12 +41,13 @@ class EventRefused(ValueError):
 
 
 class Pipeline:
-    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards):
+    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards, tiers: Tiers):
         self.plugins = plugins
         self.identity = identity
         self.ledger = ledger
         self.rewards = rewards
         self.cards = cards
+        self.tiers = tiers
         self.cards_to_settle: set[tuple[int, str]] = set()
 
     def apply(self, conn: Connection, event: dict) -> int:
@@ -135,6 +137,8 @@ class Pipeline:
                 "updated_at": utcnow(),
             },
         )
+        if self.tiers.program and customer_id is not None:
+            self.tiers.settle(conn, customer_id, at)  # upgrade at once, after this order counts
         return posted
 
     def _multipliers(self, order, customer) -> list[list[str]]:

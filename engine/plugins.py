@@ -26,6 +26,7 @@ BUILTINS = (
     "rules.rewards:RewardCatalogue",
     "rules.stamps:StampsRule",
     "rules.expiry:ExpiryRule",
+    "rules.tiers:TiersRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
 )

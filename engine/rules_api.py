@@ -92,3 +92,30 @@ class PointsPolicy:
     expiry_months: int | None = None
     pending_days: int = 0
     remind_days: int | None = None
+
+
+@dataclass(frozen=True)
+class TierLevel:
+    name: str
+    threshold: Decimal
+    multiplier: Decimal
+
+
+@dataclass(frozen=True)
+class TierProgram:
+    """Tiers the engine keeps (the ``regulars_register_tier_program`` hook).
+
+    :param metric: ``"points_earned"`` (points from orders, net of refunds; spending
+        never lowers it) or ``"spend"`` (eligible spend of paid orders).
+    :param window_days: the rolling window the metric is summed over.
+    :param levels: ``TierLevel`` from the lowest threshold up.
+    :param downgrade: ``"one_level"`` or ``"to_earned"``, at the review job.
+    :param grace_days: a customer below their tier keeps it so many days
+        (counted from the first review that found them below).
+    """
+
+    metric: str
+    window_days: int
+    levels: tuple[TierLevel, ...]
+    downgrade: str = "one_level"
+    grace_days: int = 0

@@ -44,9 +44,30 @@ class Customer(Base):
     #: set when this customer was joined into another; every key then leads there
     merged_into: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
     accepts_marketing: Mapped[bool | None] = mapped_column(Boolean)
+    #: the tier that holds now (None: no tier), since when, and since when the
+    #: customer has been below it (for the review's grace period)
+    tier: Mapped[str | None] = mapped_column(String(64))
+    tier_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    tier_below_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     birthday: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TierChange(Base):
+    """A customer's tier history: every upgrade and downgrade."""
+
+    __tablename__ = "tier_history"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    from_tier: Mapped[str | None] = mapped_column(String(64))
+    to_tier: Mapped[str | None] = mapped_column(String(64))
+    #: upgrade, downgrade, merge
+    reason: Mapped[str] = mapped_column(String(32))
+    #: the metric (points earned or spend in the window) that decided it
+    metric: Mapped[str] = mapped_column(Numeric(18, 4))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class CustomerLink(Base):
@@ -166,6 +187,7 @@ class InboxDelivery(Base):
 
 customers = Customer.__table__
 customer_links = CustomerLink.__table__
+tier_history = TierChange.__table__
 accounts = Account.__table__
 ledger_entries = LedgerEntry.__table__
 lots = Lot.__table__

@@ -108,10 +108,11 @@ def regulars_register_tier_program():
 def regulars_order_multipliers(order, customer):
     """Say which multipliers apply to an order's points.
 
-    Called once per order, the first time the order becomes awardable (paid and
-    not cancelled). The result is stored with the order and reused for every
-    later change to it (a refund is recomputed with the multipliers the order
-    was awarded with).
+    Called the first time an order becomes awardable (paid and not cancelled),
+    and again only if an earlier payment of it arrives late (its ``paid_at``
+    moves). The result is stored with the order and reused for every later
+    change to it (a refund is recomputed with the multipliers the order was
+    awarded with).
 
     :param order: the ``engine.orders.OrderView`` being awarded.
     :param customer: the ``engine.identity.CustomerView`` who placed it.

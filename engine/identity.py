@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime
 
 import phonenumbers
 from sqlalchemy import bindparam, literal, select, union_all, update
@@ -42,6 +42,7 @@ class CustomerView:
     created_at: datetime
     #: the tier that holds now (None: no tier)
     tier: str | None = None
+    birthday: date | None = None
 
 
 def new_code(length: int) -> str:
@@ -108,7 +109,13 @@ def _view_of(row) -> CustomerView:
         referral_code=row.referral_code,
         created_at=as_utc(row.created_at),
         tier=getattr(row, "tier", None),
+        birthday=as_utc(row.birthday).date() if getattr(row, "birthday", None) else None,
     )
+
+
+def _birthday(day: date) -> datetime:
+    # Stored as midnight UTC, so that it reads back as the same day anywhere.
+    return datetime.combine(day, datetime.min.time(), UTC)
 
 
 class Identity:
@@ -212,7 +219,7 @@ class Identity:
             if value is not None and value != "" and current.get(name) != value:
                 changes[name] = value
         if hints.get("birthday") and current.get("birthday") is None:
-            changes["birthday"] = datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+            changes["birthday"] = _birthday(hints["birthday"])
         if changes:
             conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **changes, "updated_at": at})
         return changes
@@ -278,7 +285,7 @@ class Identity:
             "first_name": hints.get("first_name") or None,
             "last_name": hints.get("last_name") or None,
             "accepts_marketing": hints.get("accepts_marketing"),
-            "birthday": datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+            "birthday": _birthday(hints["birthday"])
             if hints.get("birthday")
             else None,
             "card_code": new_code(12),
@@ -318,7 +325,7 @@ class Identity:
             if value is not None and value != "" and getattr(row, name) != value:
                 changes[name] = value
         if hints.get("birthday") and row.birthday is None:
-            changes["birthday"] = datetime.combine(hints["birthday"], datetime.min.time(), at.tzinfo)
+            changes["birthday"] = _birthday(hints["birthday"])
         if changes:
             changes["updated_at"] = at
             conn.execute(update(customers).where(customers.c.id == customer_id).values(**changes))

@@ -29,6 +29,10 @@ BUILTINS = (
     "rules.tiers:TiersRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
+    "plugins.double_points:DoublePoints",
+    "plugins.sku_multipliers:SkuMultipliers",
+    "plugins.first_order:FirstOrderBonus",
+    "plugins.birthday:BirthdayBonus",
 )
 
 

@@ -1,0 +1,1 @@
+"""Tests of the built-in campaign plugins in ``plugins/``, one file each."""

@@ -122,7 +122,7 @@ def regulars_order_multipliers(order, customer):
 
 
 @hookspec
-def regulars_order_awards(order, customer):
+def regulars_order_awards(order, customer, history):
     """Say what an order is worth, as it stands now.
 
     Called every time an order's merged state changes (paid, updated, refunded,
@@ -135,6 +135,12 @@ def regulars_order_awards(order, customer):
         fully refunded or not paid), ``order.multiplier`` the product of the
         stored multipliers.
     :param customer: the ``engine.identity.CustomerView`` who placed it.
+    :param history: the customer's other paid orders (``OrderView``, as they
+        stand now, cancelled and refunded ones included). Only implementations
+        that take ``history`` get it, and only they are asked again, in the same
+        transaction, about each of those orders whenever one of the customer's
+        orders changes: a decision that depends on other orders ("the first
+        order") then stays the same whatever order deliveries came in.
     :return: a list of ``engine.rules_api.Award`` (unit, amount, reason), or
         None. All results are collected; awards for the same unit add up.
     """

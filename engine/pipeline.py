@@ -49,6 +49,13 @@ class Pipeline:
         self.cards = cards
         self.tiers = tiers
         self.cards_to_settle: set[tuple[int, str]] = set()
+        # Plugins whose awards depend on the customer's other orders: they get
+        # ``history`` and are asked again about those orders when one changes.
+        self.history_plugins = {
+            impl.plugin_name
+            for impl in plugins.pm.hook.regulars_order_awards.get_hookimpls()
+            if "history" in impl.argnames
+        }
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
@@ -112,7 +119,9 @@ class Pipeline:
             if order.awardable and (multipliers is None or paid_at_moved):
                 multipliers = self._multipliers(order, customer)
                 order = view(row.id, channel, external_id, state, multipliers)
-            targets = self._awards("regulars_order_awards", order=order, customer=customer)
+            siblings = self._siblings(conn, customer_id, row.id) if self.history_plugins else []
+            history = [sibling_view for _, sibling_view in siblings]
+            targets = self._awards("regulars_order_awards", order=order, customer=customer, history=history)
             reason = "order" if order.awardable else ("cancel" if order.cancelled else "unpaid")
             posted += self._post_differences(
                 conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible)
@@ -137,8 +146,40 @@ class Pipeline:
                 "updated_at": utcnow(),
             },
         )
+        if customer_id is not None and self.history_plugins:
+            posted += self._ask_again_about(conn, siblings, order, customer, at)
         if self.tiers.program and customer_id is not None:
             self.tiers.settle(conn, customer_id, at)  # upgrade at once, after this order counts
+        return posted
+
+    def _siblings(self, conn: Connection, customer_id: int, order_id: int) -> list:
+        """The customer's other paid orders, locked, with their views."""
+        query = select(orders).where(
+            orders.c.customer_id == customer_id, orders.c.id != order_id, orders.c.paid_at.is_not(None)
+        ).order_by(orders.c.id)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return [(r, view(r.id, r.channel, r.external_id, r.state, r.multipliers)) for r in conn.execute(query)]
+
+    def _ask_again_about(self, conn: Connection, siblings: list, changed, customer, at: datetime) -> int:
+        """Let history plugins re-decide the customer's other orders now that
+        one of them changed (a first order cancelled, an earlier one arrived)."""
+        posted = 0
+        for sibling, sibling_view in siblings:
+            history = [changed, *(v for r, v in siblings if r.id != sibling.id)]
+            targets = self._awards("regulars_order_awards", only=self.history_plugins,
+                                   order=sibling_view, customer=customer, history=history)
+            awarded = dict(sibling.awarded or {})
+            mine = {k: v for k, v in awarded.items() if k.split("|", 1)[0] in self.history_plugins}
+            if {k: v for k, v in targets.items() if v} == mine:
+                continue
+            reason = "order" if sibling_view.awardable else ("cancel" if sibling_view.cancelled else "unpaid")
+            posted += self._post_differences(conn, sibling, customer.id, targets, mine, reason, at,
+                                             sibling.multipliers, str(sibling_view.eligible))
+            kept = {k: v for k, v in awarded.items() if k not in mine}
+            kept.update({k: v for k, v in targets.items() if v})
+            conn.execute(_UPDATE_ORDER, {"b_id": sibling.id, "awarded": kept, "revision": sibling.revision + 1,
+                                         "updated_at": utcnow()})
         return posted
 
     def _multipliers(self, order, customer) -> list[list[str]]:
@@ -150,10 +191,11 @@ class Pipeline:
                 frozen.append([item.name, str(item.factor)])
         return frozen
 
-    def _awards(self, hook: str, **kwargs) -> dict[str, int]:
-        """``{"plugin|unit": amount}`` summed over every plugin's awards."""
+    def _awards(self, hook: str, only: set[str] | None = None, **kwargs) -> dict[str, int]:
+        """``{"plugin|unit": amount}`` summed over every plugin's awards (or
+        only those of the plugins named)."""
         totals: dict[str, int] = defaultdict(int)
-        for plugin, result in self.plugins.collect(hook, **kwargs):
+        for plugin, result in self.plugins.collect(hook, only=only, **kwargs):
             for award in result:
                 if not isinstance(award, Award):
                     raise PluginFailed(plugin, hook, TypeError(f"expected Award, got {award!r}"))

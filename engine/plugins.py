@@ -173,13 +173,15 @@ class Plugins:
                 providers[channel] = name
         return connectors
 
-    def collect(self, hook: str, **kwargs) -> list[tuple[str, Any]]:
+    def collect(self, hook: str, only: set[str] | None = None, **kwargs) -> list[tuple[str, Any]]:
         """Call every implementation of ``hook`` in pluggy's order and return
         ``(plugin name, result)`` pairs for the non-None results. An exception
         is raised as ``PluginFailed`` naming the plugin."""
         caller = getattr(self.pm.hook, hook)
         results = []
         for impl in reversed(caller.get_hookimpls()):
+            if only is not None and impl.plugin_name not in only:
+                continue
             args = {k: kwargs[k] for k in impl.argnames}
             try:
                 result = impl.function(**args)

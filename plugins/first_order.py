@@ -6,21 +6,13 @@ points = 100
 min_order = "20.00"   # eligible spend the first order must reach (after refunds)
 ```
 
-**Not available yet: this plugin refuses to start** on an engine whose
-``regulars_order_awards`` hook does not pass ``history``, and says so.
+"First" is a fact about a customer's *other* orders, so this plugin takes the
+``history`` argument of ``regulars_order_awards``: the engine passes the
+customer's other paid orders and asks it again about them whenever one of the
+customer's orders changes (docs/writing-a-plugin.md, "Decisions that need
+other orders").
 
-Why: "first" is a fact about a customer's *other* orders, and a decision hook
-sees one order. Deliveries arrive late and out of order, so an order that
-looks first when it is applied may not be: a rule that decides from one order
-(or from ``customer.created_at``, which is the time of whichever delivery
-created the customer) gives a different answer on a replay or a reordering, and
-so different balances. The rule needs every paid order of the customer, and
-the engine must ask again about the customer's other orders when one of them
-changes: both are the proposed ``history`` argument (docs/writing-a-plugin.md,
-"Decisions that need other orders").
-
-The rule itself is written and tested here (``first_order_bonus``), so wiring
-it is the one hook argument away:
+The rule (``first_order_bonus``):
 
 - the *first* order is the customer's paid, not-cancelled order with the
   earliest ``paid_at`` (ties broken by channel, then the channel's order id);
@@ -35,25 +27,16 @@ order deliveries came in, so replays and reorderings end in the same bonus.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterable
 from decimal import Decimal
 
 from marshmallow import fields, validate
 
-from engine import hookspecs
 from engine.config import DecimalString, StrictSchema
 from engine.hookspecs import hookimpl
 from engine.rules_api import UNIT_POINTS, Award
 
 REASON = "first order bonus"
-NEEDS_HISTORY = (
-    "first-order-bonus needs the `history` argument of regulars_order_awards (the "
-    "customer's other paid orders), which this version of regulars does not pass: a first "
-    "order can't be told from one order without breaking replays. Remove "
-    "[plugins.first-order-bonus] for now; see docs/writing-a-plugin.md, "
-    "'Decisions that need other orders'"
-)
 
 
 class FirstOrderSettings(StrictSchema):
@@ -84,11 +67,6 @@ def first_order_bonus(order, history: Iterable, points: int, min_order: Decimal)
     return points if order.eligible > 0 and order.eligible >= min_order else 0
 
 
-def hook_passes_history() -> bool:
-    """Whether this engine's ``regulars_order_awards`` offers ``history``."""
-    return "history" in inspect.signature(hookspecs.regulars_order_awards).parameters
-
-
 class FirstOrderBonus:
     """``[plugins.first-order-bonus]``: a bonus for a customer's first paid order."""
 
@@ -96,10 +74,6 @@ class FirstOrderBonus:
     settings_schema = FirstOrderSettings
 
     def __init__(self, settings: dict):
-        if not hook_passes_history():
-            # Refuse loudly at start: a bonus decided from one order would differ
-            # between a replay and the original stream.
-            raise RuntimeError(NEEDS_HISTORY)
         self.points: int = settings["points"]
         self.min_order: Decimal = settings["min_order"]
 

@@ -18,6 +18,7 @@ from decimal import ROUND_FLOOR, Decimal
 from tests.conftest import load_contract
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+EMAIL_FOR_TESTS = "jana@example.com"
 CENT = Decimal("0.01")
 
 

@@ -1,5 +1,5 @@
-"""[plugins.first-order-bonus]: the rule (plugins/first_order.py) and why it
-refuses to start until regulars_order_awards passes ``history``."""
+"""[plugins.first-order-bonus]: the rule (plugins/first_order.py), and the
+engine asking it again about the customer's other orders (``history``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import itertools
 from datetime import timedelta
 from decimal import Decimal
 
-import pytest
-
 from engine.orders import OrderView
-from engine.plugins import PluginLoadError
-from plugins.first_order import first_order_bonus, first_paid_order, hook_passes_history
-from tests.plugins_builtin.shop import planned, points, programme, send, start
+from plugins.first_order import first_order_bonus, first_paid_order
+from tests.plugins_builtin.shop import planned, points, programme, send
 from tests.streams import T0, _shopify_order, _woo_order
 
 BONUS = {"points": 100, "min_order": "20.00"}
@@ -75,16 +72,6 @@ def test_orders_paid_at_the_same_moment_are_told_apart_by_channel_then_id():
     assert bonuses(same) == {"9": 0, "2": 0, "10": 100}  # "shopify" < "woocommerce"; "10" < "2"
 
 
-@pytest.mark.skipif(hook_passes_history(), reason="regulars_order_awards passes history now")
-def test_turning_it_on_stops_the_start_and_says_the_hook_argument_it_needs(tmp_path):
-    with pytest.raises(PluginLoadError) as raised:
-        start(tmp_path, "[plugins.first-order-bonus]\npoints = 100\n")
-    message = str(raised.value)
-    assert message.startswith("plugin 'plugins.first_order' failed to start: RuntimeError: ")
-    assert "needs the `history` argument of regulars_order_awards" in message
-
-
-@pytest.mark.skipif(not hook_passes_history(), reason="needs the proposed `history` argument")
 def test_the_bonus_goes_to_the_first_paid_order_once_whatever_order_deliveries_come_in(make_engine):
     engine = make_engine(programme(**{"first-order-bonus": BONUS}))
     first, second = planned("shopify", 1), planned("woocommerce", 2)  # 48.00 each
@@ -105,3 +92,39 @@ def test_the_bonus_goes_to_the_first_paid_order_once_whatever_order_deliveries_c
     cancelled = _shopify_order(first, "refunded", T0 + timedelta(days=3), [], True)
     send(engine, "shopify", "orders/cancelled", cancelled)
     assert points(engine) == 48 + 100  # a cancelled order never happened: the second is first
+
+
+def test_whatever_the_order_of_deliveries_the_bonus_is_paid_once_to_the_first_standing_order(make_engine):
+    import random
+
+    from tests.conftest import POSTGRES_URL, reset_postgres
+    from tests.streams import EMAIL_FOR_TESTS, Line, PlannedOrder, deliveries, expected_by_email
+
+    engine = make_engine(programme(**{"first-order-bonus": BONUS}))
+    for seed in range(6):
+        if POSTGRES_URL:
+            reset_postgres(engine.db)
+        else:
+            with engine.db.begin() as conn:
+                for table in ("rewards", "lots", "ledger_entries", "accounts", "orders", "customer_links",
+                              "customers", "inbox", "tier_history"):
+                    conn.exec_driver_sql(f"DELETE FROM {table}")
+        rng = random.Random(seed)
+        planned_orders = [
+            PlannedOrder(rng.choice(["shopify", "woocommerce"]), n, EMAIL_FOR_TESTS,
+                         (Line(Decimal(rng.choice(["12.00", "25.00", "40.00"])), 1),),
+                         cancelled=rng.random() < 0.3)
+            for n in range(1, 5)
+        ]
+        stream = [d for o in planned_orders for d in deliveries(o)]
+        rng.shuffle(stream)
+        for channel, topic, body in stream:
+            assert engine.ingest(channel, topic, body).status in ("applied", "duplicate")
+        standing = [o for o in planned_orders if not o.cancelled]
+        # deliveries() pays order n at T0 + 1 hour for every n: the first is the
+        # lowest channel, then order id, among those that stand
+        first = min(standing, key=lambda o: (o.channel, str(o.number if o.channel == "woocommerce"
+                                                                else 5_000_000_000_000_000_000 + o.number)),
+                    default=None)
+        bonus = 100 if first is not None and first.gross >= Decimal("20.00") else 0
+        assert points(engine, EMAIL_FOR_TESTS) == expected_by_email(planned_orders)[EMAIL_FOR_TESTS] + bonus, seed

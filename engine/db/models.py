@@ -46,6 +46,8 @@ class Customer(Base):
     accepts_marketing: Mapped[bool | None] = mapped_column(Boolean)
     #: the tier that holds now (None: no tier), since when, and since when the
     #: customer has been below it (for the review's grace period)
+    #: the last shipping address seen, normalized (referral self-checks)
+    address: Mapped[str | None] = mapped_column(String(500))
     tier: Mapped[str | None] = mapped_column(String(64))
     tier_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     tier_below_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -68,6 +70,27 @@ class TierChange(Base):
     #: the metric (points earned or spend in the window) that decided it
     metric: Mapped[str] = mapped_column(Numeric(18, 4))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Referral(Base):
+    """A referee's claim of a referrer's code, and what became of it."""
+
+    __tablename__ = "referrals"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    referrer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    referee_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    #: claimed, rewarded, refused, reversed
+    status: Mapped[str] = mapped_column(String(16))
+    #: why it was refused (or reversed), in words
+    reason: Mapped[str | None] = mapped_column(Text)
+    #: how it was claimed: "order:shopify:123", "cli", "api"
+    via: Mapped[str] = mapped_column(String(255))
+    #: the referee's first paid order that earned (or lost) the rewards
+    order_ref: Mapped[str | None] = mapped_column(String(255))
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class CustomerLink(Base):
@@ -188,6 +211,7 @@ class InboxDelivery(Base):
 customers = Customer.__table__
 customer_links = CustomerLink.__table__
 tier_history = TierChange.__table__
+referrals = Referral.__table__
 accounts = Account.__table__
 ledger_entries = LedgerEntry.__table__
 lots = Lot.__table__

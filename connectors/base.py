@@ -83,6 +83,14 @@ def read_decimal(value: Any, what: str) -> Decimal:
     return result
 
 
+def address_line(street: Any, postcode: Any, country: Any) -> str | None:
+    """A shipping address as one line (street, postcode, country), for the
+    referral guard that stops a customer referring themselves under another
+    email; None when the street is unknown."""
+    parts = [str(p).strip() for p in (street, postcode, country) if isinstance(p, str | int) and str(p).strip()]
+    return ", ".join(parts) if parts and isinstance(street, str) and street.strip() else None
+
+
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header's value whatever its casing (HTTP headers are case-insensitive)."""
     wanted = name.lower()

@@ -31,6 +31,7 @@ from engine.identity import Identity
 from engine.ledger import Ledger
 from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
+from engine.referrals import ReferralRefused, Referrals
 from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
 from engine.rules_api import PointsPolicy
 from engine.tiers import Tiers
@@ -91,7 +92,10 @@ class Engine:
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
         self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
-        self.pipeline = Pipeline(self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers)
+        self.referrals = Referrals(self.plugins.pm.hook.regulars_register_referral_program(), self.ledger)
+        self.pipeline = Pipeline(
+            self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers, self.referrals
+        )
         self._schema_checked = False
 
     @property
@@ -184,6 +188,23 @@ class Engine:
                 if attempt == RETRIES - 1:
                     raise
         raise AssertionError("unreachable")
+
+    def claim_referral(self, key: str, code: str, via: str = "cli", at: datetime | None = None) -> int:
+        """The customer a key finds claims a referral code (when signing up, at
+        the counter). Raises ``ReferralRefused`` saying why; the refusal is
+        recorded all the same."""
+        self.ensure_schema()
+        if not self.referrals.program:
+            raise ReferralRefused("referrals are off: add a [rules.referrals] table")
+        at = at or utcnow()
+        with self.db.begin() as conn:
+            customer_id = self.identity.find(conn, key)
+            if customer_id is None:
+                raise ReferralRefused(f"no customer matches {key!r}")
+            referral_id, reason = self.referrals.claim(conn, customer_id, code, at, via)
+        if reason:
+            raise ReferralRefused(reason)
+        return referral_id
 
     def replay(self, inbox_id: int) -> Outcome:
         """Apply a stored delivery again from its raw body (after a fix, or to

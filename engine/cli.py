@@ -15,6 +15,7 @@ from rich.table import Table
 
 from engine.config import ConfigError, load_config
 from engine.plugins import PluginLoadError
+from engine.simulate import simulate_command
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -336,6 +337,29 @@ def redeem(ctx: Context, key: str, reward: str, channel: str | None, units: int,
 
 
 @main.group()
+def referral() -> None:
+    """Referral codes."""
+
+
+@referral.command("claim")
+@click.argument("key")
+@click.argument("code")
+@pass_ctx
+def referral_claim(ctx: Context, key: str, code: str) -> None:
+    """The customer KEY finds claims the referral CODE (exit 1, saying why, when
+    refused: the refusal is recorded all the same)."""
+    from engine.referrals import ReferralRefused
+
+    try:
+        ctx.engine.claim_referral(key, code)
+    except ReferralRefused as exc:
+        err.print(f"refused: {exc}", highlight=False)
+        sys.exit(1)
+    console.print(f"{key} claimed referral code {code.upper()}: both rewards come with their first paid order",
+                  highlight=False)
+
+
+@main.group()
 def jobs() -> None:
     """Scheduled work, run by hand (Celery beat runs it in production)."""
 
@@ -371,6 +395,9 @@ def demo(ctx: Context, customers: int, seed: int) -> None:
     from engine.demo import run_demo
 
     run_demo(ctx.engine, customers, seed, console)
+
+
+main.add_command(simulate_command)
 
 
 def run() -> None:

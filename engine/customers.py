@@ -28,6 +28,7 @@ def customer_summary(engine, key: str) -> dict | None:
         ).all()
         unused = engine.rewards.unused(conn, customer_id)
         tier_history = engine.tiers.history(conn, customer_id) if engine.tiers.program else []
+        referrals = engine.referrals.listing(conn, customer_id) if engine.referrals.program else []
         pending = engine.ledger.pending(conn, customer_id, utcnow()) if engine.ledger.pending_days else 0
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
@@ -43,6 +44,7 @@ def customer_summary(engine, key: str) -> dict | None:
         "last_name": row.last_name,
         "card_code": row.card_code,
         "referral_code": row.referral_code,
+        "referrals": referrals,
         "points": balances.get(UNIT_POINTS, 0),
         #: of which not yet spendable (inside an order's return window)
         "points_pending": pending,

@@ -63,6 +63,8 @@ class CustomerHintsSchema(_Strict):
     #: ISO 3166 country used to read a phone number written without a country code
     country = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2))
     accepts_marketing = fields.Boolean(load_default=None, allow_none=True)
+    #: the shipping address as one line (street, postcode, country)
+    address = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     birthday = fields.Date(load_default=None, allow_none=True)
 
 

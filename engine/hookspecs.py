@@ -101,6 +101,18 @@ def regulars_register_tier_program():
     """
 
 
+@hookspec(firstresult=True)
+def regulars_register_referral_program():
+    """Give the referral programme the engine keeps: claims of codes, the
+    guards, and both rewards on the referee's first paid order.
+
+    Called once at start.
+
+    :return: an ``engine.rules_api.ReferralProgram``, or None. The first
+        non-None result wins (the built-in ``[rules.referrals]`` gives one).
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 

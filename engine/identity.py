@@ -61,6 +61,16 @@ def normalize_email(raw: str | None) -> str | None:
     return email
 
 
+def normalize_address(raw: str | None) -> str | None:
+    """A shipping address reduced for comparison: NFKC, lower-case, letters
+    and digits only, single spaces."""
+    if not raw:
+        return None
+    text = unicodedata.normalize("NFKC", raw).lower()
+    words = "".join(c if c.isalnum() else " " for c in text).split()
+    return " ".join(words) or None
+
+
 def normalize_phone(raw: str | None, country: str | None = None) -> str | None:
     """E.164 (``+420601123456``), or None when it isn't a valid number."""
     if not raw:
@@ -218,6 +228,9 @@ class Identity:
             value = hints.get(name)
             if value is not None and value != "" and current.get(name) != value:
                 changes[name] = value
+        address = normalize_address(hints.get("address"))
+        if address and current.get("address") != address:
+            changes["address"] = address
         if hints.get("birthday") and current.get("birthday") is None:
             changes["birthday"] = _birthday(hints["birthday"])
         if changes:
@@ -285,6 +298,7 @@ class Identity:
             "first_name": hints.get("first_name") or None,
             "last_name": hints.get("last_name") or None,
             "accepts_marketing": hints.get("accepts_marketing"),
+            "address": normalize_address(hints.get("address")),
             "birthday": _birthday(hints["birthday"])
             if hints.get("birthday")
             else None,
@@ -314,21 +328,13 @@ class Identity:
 
     def _update(self, conn, customer_id, hints, email, phone, at) -> None:
         row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()
-        changes = {}
         # A key another customer holds is not taken from them.
-        if email and row.email != email and not self._taken(conn, customers.c.email, email, customer_id):
-            changes["email"] = email
-        if phone and row.phone != phone and not self._taken(conn, customers.c.phone, phone, customer_id):
-            changes["phone"] = phone
-        for name in ("first_name", "last_name", "accepts_marketing"):
-            value = hints.get(name)
-            if value is not None and value != "" and getattr(row, name) != value:
-                changes[name] = value
-        if hints.get("birthday") and row.birthday is None:
-            changes["birthday"] = _birthday(hints["birthday"])
-        if changes:
-            changes["updated_at"] = at
-            conn.execute(update(customers).where(customers.c.id == customer_id).values(**changes))
+        keys = {
+            name: value
+            for name, value, column in (("email", email, customers.c.email), ("phone", phone, customers.c.phone))
+            if value and not self._taken(conn, column, value, customer_id)
+        }
+        self._update_row(conn, customer_id, row._mapping, hints, keys, at)
 
     @staticmethod
     def _taken(conn, column, value, customer_id) -> bool:

@@ -25,6 +25,7 @@ from engine.identity import Identity
 from engine.ledger import Ledger, insert_ignore
 from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
+from engine.referrals import Referrals
 from engine.rewards import Rewards
 from engine.rules_api import Award, Multiplier
 from engine.tiers import Tiers
@@ -41,13 +42,15 @@ class EventRefused(ValueError):
 
 
 class Pipeline:
-    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards, tiers: Tiers):
+    def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards, tiers: Tiers,
+                 referrals: Referrals):
         self.plugins = plugins
         self.identity = identity
         self.ledger = ledger
         self.rewards = rewards
         self.cards = cards
         self.tiers = tiers
+        self.referrals = referrals
         self.cards_to_settle: set[tuple[int, str]] = set()
         # Plugins whose awards depend on the customer's other orders: they get
         # ``history`` and are asked again about those orders when one changes.
@@ -148,6 +151,8 @@ class Pipeline:
         )
         if customer_id is not None and self.history_plugins:
             posted += self._ask_again_about(conn, siblings, order, customer, at)
+        if self.referrals.program and customer_id is not None:
+            posted += self.referrals.on_order(conn, order, customer_id, at)
         if self.tiers.program and customer_id is not None:
             self.tiers.settle(conn, customer_id, at)  # upgrade at once, after this order counts
         return posted

@@ -27,6 +27,7 @@ BUILTINS = (
     "rules.stamps:StampsRule",
     "rules.expiry:ExpiryRule",
     "rules.tiers:TiersRule",
+    "rules.referrals:ReferralsRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
     "plugins.double_points:DoublePoints",

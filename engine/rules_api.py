@@ -119,3 +119,24 @@ class TierProgram:
     levels: tuple[TierLevel, ...]
     downgrade: str = "one_level"
     grace_days: int = 0
+
+
+@dataclass(frozen=True)
+class ReferralProgram:
+    """Referrals the engine keeps (the ``regulars_register_referral_program`` hook).
+
+    :param referrer_points: points for the referrer when the referee's first
+        paid order reaches ``min_order``.
+    :param referee_points: points for the referee for the same order.
+    :param min_order: eligible spend the first order must reach.
+    :param weekly_limit: rewarded referrals per referrer in any 7 days.
+    :param attribute_keys: order attributes (Shopify note/cart attributes,
+        WooCommerce meta keys) that may carry a referral code; a discount code
+        equal to a referral code counts too.
+    """
+
+    referrer_points: int
+    referee_points: int
+    min_order: Decimal = Decimal(0)
+    weekly_limit: int = 10
+    attribute_keys: tuple[str, ...] = ("ref", "referral", "_regulars_ref")

@@ -1,21 +1,16 @@
-"""``regulars simulate``: what would the programme look like under another
-configuration?
+"""``regulars simulate``: the programme as it would be under another configuration.
 
 Every delivery in the inbox (applied, failed or ignored alike: everything that
-was received) is fed again, in the order it was received (inbox id), from its
-raw body and headers, through ``Engine.ingest_batch`` of an engine built from
-the other configuration on a *scratch* database: a temporary SQLite file,
-migrated here and deleted afterwards. The real database is only read.
+was received) is fed again from its raw body and headers, in the order it was
+received (inbox id), through ``Engine.ingest_batch`` of an engine built from the
+other configuration on a *scratch* database: a temporary SQLite file, migrated
+here and deleted afterwards. The real database is only read. ``figures(engine)``
+measures both databases the same way (SQL aggregates).
 
-``figures(engine)`` measures a database (SQL aggregates); it measures today's
-and the simulated one, and the command prints both and their difference.
-
-What is replayed is deliveries only. Redemptions (``regulars redeem``), the
-scheduled jobs (points and reward expiry, the tier review) and anything else
-that is not a delivery are not, so compare *points issued*; outstanding points
-are comparable only when nothing was redeemed or expired. With ``--since``
-only deliveries received since then are replayed, and the scratch balances
-start from zero at that moment.
+Only deliveries are replayed: redemptions (``regulars redeem``), the scheduled
+jobs (points and reward expiry, the tier review) and anything else that is not
+a delivery are not, so compare *points issued*. With ``--since`` only
+deliveries received since then are replayed: scratch balances start from zero.
 """
 
 from __future__ import annotations
@@ -42,6 +37,8 @@ if TYPE_CHECKING:
 #: deliveries per transaction in the scratch database, and per page read
 BATCH = 500
 CENT = Decimal("0.01")
+#: the ``tiers`` key of customers without a tier
+NO_TIER = "none"
 REPLAY_NOTE = (
     "simulate replays inbox deliveries only: redemptions, expiry and tier reviews are not replayed, "
     "so compare points issued; outstanding points differ by whatever was redeemed or expired"
@@ -51,13 +48,9 @@ REPLAY_NOTE = (
 def point_value(catalogue: Catalogue) -> tuple[str, Decimal] | None:
     """The money a point is worth: value / cost of the best (lowest cost per
     unit of value) ``fixed_amount`` reward that can be bought; None if none."""
-    best: tuple[str, Decimal] | None = None
-    for name, entry in sorted(catalogue.entries.items()):
-        if entry["kind"] == "fixed_amount" and entry.get("cost"):
-            worth = Decimal(entry["value"]) / entry["cost"]
-            if best is None or worth > best[1]:
-                best = (name, worth)
-    return best
+    offers = [(name, Decimal(entry["value"]) / entry["cost"]) for name, entry in catalogue.entries.items()
+              if entry["kind"] == "fixed_amount" and entry.get("cost")]
+    return min(offers, key=lambda offer: (-offer[1], offer[0]), default=None)
 
 
 def figures(engine: Engine) -> dict[str, Any]:
@@ -69,19 +62,20 @@ def figures(engine: Engine) -> dict[str, Any]:
     - ``points_redeemed``: points spent on rewards (``redeem`` entries);
     - ``points_outstanding``: the sum of every points balance;
     - ``liability``: outstanding × ``point_value`` (None: no fixed_amount reward);
+    - ``deliveries_failed``: inbox deliveries that failed (the other
+      configuration's plugins may fail on some);
     - ``customers``, ``tiers`` (tier → customers; merged ones not counted),
       ``rewards`` (name → issued, voided ones not counted), ``cards`` (card →
       rewards its full cards issued), ``stamps`` (card → stamps on open cards).
     """
     from sqlalchemy import case, func, select
 
-    from engine.db.models import accounts, customers, ledger_entries, rewards
+    from engine.db.models import accounts, customers, inbox, ledger_entries, rewards
     from engine.rules_api import UNIT_POINTS
 
     amount, source = ledger_entries.c.amount, ledger_entries.c.source
     from_orders = source.like("order:%")
     alive, kept = customers.c.merged_into.is_(None), rewards.c.status != "voided"
-    stamps = accounts.c.unit.like("stamps:%")
     with engine.db.connect() as conn:
         issued, net, redeemed = conn.execute(
             select(
@@ -96,20 +90,20 @@ def figures(engine: Engine) -> dict[str, Any]:
             select(func.coalesce(func.sum(accounts.c.balance), 0)).where(accounts.c.unit == UNIT_POINTS)
         ).scalar_one()
         people = conn.execute(select(func.count()).select_from(customers).where(alive)).scalar_one()
-        tiers = conn.execute(select(customers.c.tier, func.count()).where(alive).group_by(customers.c.tier)).all()
-        issued_rewards = conn.execute(
-            select(rewards.c.reward, func.count()).where(kept).group_by(rewards.c.reward)
-        ).all()
-        cards = conn.execute(
-            select(rewards.c.source, func.count()).where(kept, rewards.c.source.like("card:%")).group_by(rewards.c.source)
-        ).all()
-        open_stamps = conn.execute(
-            select(accounts.c.unit, func.sum(accounts.c.balance)).where(stamps).group_by(accounts.c.unit)
-        ).all()
+        failed = conn.execute(select(func.count()).select_from(inbox).where(inbox.c.status == "failed")).scalar_one()
+
+        def grouped(column, measure, *where) -> list:
+            return conn.execute(select(column, measure).where(*where).group_by(column).order_by(column)).all()
+
+        tiers = grouped(customers.c.tier, func.count(), alive)
+        issued_rewards = grouped(rewards.c.reward, func.count(), kept)
+        cards = grouped(rewards.c.source, func.count(), kept, rewards.c.source.like("card:%"))
+        open_stamps = grouped(accounts.c.unit, func.sum(accounts.c.balance), accounts.c.unit.like("stamps:%"))
     value = point_value(engine.catalogue)
     return {
         "currency": engine.config.currency,
         "customers": int(people),
+        "deliveries_failed": int(failed),
         "points_issued": int(issued),
         "points_net": int(net),
         "points_redeemed": int(redeemed),
@@ -117,10 +111,10 @@ def figures(engine: Engine) -> dict[str, Any]:
         "point_value": value[1].normalize() if value else None,
         "point_value_reward": value[0] if value else None,
         "liability": (int(outstanding) * value[1]).quantize(CENT) if value else None,
-        "tiers": {tier or "none": int(n) for tier, n in sorted(tiers, key=lambda r: r[0] or "")},
-        "rewards": {name: int(n) for name, n in sorted(issued_rewards)},
-        "cards": {src.split(":", 1)[1]: int(n) for src, n in sorted(cards)},
-        "stamps": {unit.split(":", 1)[1]: int(n) for unit, n in sorted(open_stamps)},
+        "tiers": {tier or NO_TIER: int(n) for tier, n in tiers},
+        "rewards": {name: int(n) for name, n in issued_rewards},
+        "cards": {src.split(":", 1)[1]: int(n) for src, n in cards},
+        "stamps": {unit.split(":", 1)[1]: int(n) for unit, n in open_stamps},
     }
 
 
@@ -168,7 +162,8 @@ def replay_into(source: Engine, target: Engine, since: datetime | None = None, b
     across channels). Returns outcome → count; ``skipped`` counts deliveries of
     a channel ``target`` has no connector for."""
     counts: Counter = Counter()
-    channel, run = None, []
+    channel: str | None = None
+    run: list[tuple[str, bytes, dict]] = []
 
     def flush() -> None:
         if run:
@@ -199,7 +194,7 @@ def difference(today: Any, simulated: Any) -> Any:
 
 
 MEASURES = {
-    "customers": "customers", "points_issued": "points issued (orders)",
+    "customers": "customers", "deliveries_failed": "deliveries failed", "points_issued": "points issued (orders)",
     "points_net": "points net of refunds (orders)", "points_redeemed": "points redeemed (not replayed)",
     "points_outstanding": "points outstanding", "liability": "liability ({currency})",
     "point_value": "value of a point ({currency})",
@@ -223,6 +218,8 @@ def simulate(today: Engine, other: Config, since: datetime | None = None, batch:
         if figs["liability"] is None:
             notes.append(f"no liability in money {side}: the catalogue has no fixed_amount reward with a cost, "
                          "so a point has no money value")
+    if any(status.startswith("skipped") for status in replayed):
+        notes.append("deliveries of channels the other configuration has no connector for were skipped")
     return {
         "since": since.isoformat() if since else None,
         "replayed": dict(replayed),
@@ -233,13 +230,14 @@ def simulate(today: Engine, other: Config, since: datetime | None = None, batch:
     }
 
 
-def rows(result: dict[str, Any]) -> list[tuple[str, Any, Any, Any]]:
-    """(measure, today, simulated, difference) for the table."""
+def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, today, simulated, difference) as the table shows them."""
     today, sim, diff = result["today"], result["simulated"], result["difference"]
     out = [(label.format(currency=today["currency"]), today[k], sim[k], diff[k]) for k, label in MEASURES.items()]
     for k, label in GROUPS.items():
-        out += [(label.format(name), today[k].get(name, 0), sim[k].get(name, 0), d) for name, d in diff[k].items()]
-    return out
+        out += [(label.format("(no tier)" if k == "tiers" and name == NO_TIER else name),
+                 today[k].get(name, 0), sim[k].get(name, 0), d) for name, d in diff[k].items()]
+    return [(measure, _cell(a), _cell(b), _cell(d, signed=True)) for measure, a, b, d in out]
 
 
 def _cell(value: Any, signed: bool = False) -> str:
@@ -257,13 +255,10 @@ def _cell(value: Any, signed: bool = False) -> str:
 @click.pass_obj
 def simulate_command(ctx: Context, other_path: str, since: datetime | None, as_json: bool) -> None:
     """What if the programme had been configured as OTHER.toml? Replays every
-    stored delivery (inbox: applied, failed and ignored alike) under it into a
-    scratch SQLite database, and prints points issued, outstanding points and
-    their liability, customers per tier, rewards and stamp cards: today,
-    simulated and the difference. The real database is only read.
-
-    Only deliveries are replayed: redemptions (`regulars redeem`), expiry and
-    tier reviews are not, so compare points issued."""
+    stored delivery under it into a scratch SQLite database (the real one is only
+    read) and prints points issued, outstanding points and their liability,
+    customers per tier, rewards and stamp cards: today, simulated, difference.
+    Redemptions, expiry and tier reviews are not deliveries and are not replayed."""
     from rich.console import Console
     from rich.table import Table
 
@@ -278,9 +273,11 @@ def simulate_command(ctx: Context, other_path: str, since: datetime | None, as_j
         click.echo(json.dumps(result, indent=2, default=str))
         return
     console = Console()
-    table = Table("measure", "today", "simulated", "difference", title=f"simulate {other_path}")
-    for measure, today, sim, diff in rows(result):
-        table.add_row(measure, _cell(today), _cell(sim), _cell(diff, signed=True))
+    table = Table(title=f"simulate {other_path}")
+    for header in ("measure", "today", "simulated", "difference"):
+        table.add_column(header, overflow="fold", justify="left" if header == "measure" else "right")
+    for row in rows(result):
+        table.add_row(*row)
     console.print(table)
     console.print("replayed: " + (", ".join(f"{n} {s}" for s, n in result["replayed"].items()) or "nothing"),
                   highlight=False)

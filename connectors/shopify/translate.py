@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from connectors.base import BadDelivery
+from connectors.base import BadDelivery, address_line
 from connectors.shopify.values import (
     ZERO,
     as_mapping,
@@ -149,6 +149,7 @@ def order_customer_hints(order: Mapping[str, Any]) -> dict[str, Any]:
         "last_name": read_text(names.get("last_name")),
         "country": _first_text(billing.get("country_code"), shipping.get("country_code")),
         "accepts_marketing": _consent(customer) if customer else None,
+        "address": address_line(shipping.get("address1"), shipping.get("zip"), shipping.get("country_code")),
     }
 
 

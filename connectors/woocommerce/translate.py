@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-from connectors.base import BadDelivery, read_decimal
+from connectors.base import BadDelivery, address_line, read_decimal
 from engine.events import MAX_MONEY, MAX_QUANTITY
 
 CHANNEL = "woocommerce"
@@ -233,6 +233,7 @@ def _attributes(payload: Mapping[str, Any], order_key_meta: str, order_id: str) 
 
 def _order_customer(payload: Mapping[str, Any]) -> dict[str, str | None]:
     billing = _mapping(payload.get("billing"))
+    shipping = _mapping(payload.get("shipping"))
     customer_id = payload.get("customer_id")
     guest = customer_id in (None, 0, "0", "") or isinstance(customer_id, bool)
     return {
@@ -242,6 +243,7 @@ def _order_customer(payload: Mapping[str, Any]) -> dict[str, str | None]:
         "first_name": _text(billing.get("first_name")),
         "last_name": _text(billing.get("last_name")),
         "country": _text(billing.get("country")),
+        "address": address_line(shipping.get("address_1"), shipping.get("postcode"), shipping.get("country")),
     }
 
 

@@ -156,6 +156,7 @@ def test_delivery_2024_10_order_lines_totals_and_customer_hints():
         "last_name": "Smith",
         "country": "US",  # billing address, not the customer's default (CA)
         "accepts_marketing": False,  # email_marketing_consent.state "not_subscribed"
+        "address": "123 Shipping Street, 40003, US",  # the shipping address
     }
 
 
@@ -299,6 +300,7 @@ def test_rest_order_fixture_translates_like_a_webhook():
         "last_name": "Norman",
         "country": "US",
         "accepts_marketing": None,
+        "address": "Chestnut Street 92, 40202, US",
         "card_code": None,
         "birthday": None,
     }

@@ -152,6 +152,7 @@ def test_processing_guest_order_727_is_paid_with_its_lines_totals_and_hints(conn
         "first_name": "John",
         "last_name": "Doe",
         "country": "US",
+        "address": "969 Market, 94103, US",
     }
 
 
@@ -189,6 +190,7 @@ def test_order_723_keeps_unicode_names_and_the_registered_customer_id(connector)
         "first_name": "João",
         "last_name": "Silva",
         "country": "BR",
+        "address": "Av. Brasil, 432, 12345-000, BR",
     }
 
 
@@ -364,6 +366,7 @@ def test_unknown_keys_in_the_payload_are_ignored(connector):
 def test_php_empty_array_billing_gives_empty_hints(connector):
     payload = _order_727()
     payload["billing"] = []
+    payload["shipping"] = []
     assert set(_one(connector, "order.updated", payload)["customer"].values()) == {None}
 
 

@@ -1,0 +1,164 @@
+"""Referrals: every customer has a code; a new customer who uses it earns the
+referee reward and the referrer theirs, once the referee's first paid order (in
+any channel) reaches the minimum.
+
+A code is claimed with the first order (a discount code equal to it, or an
+order attribute such as Shopify's ``ref`` note attribute or a WooCommerce meta
+key) or explicitly (``regulars referral claim``). Every refusal is recorded with
+its reason: an unknown code, a self-referral (same customer, normalized email,
+phone or shipping address), a referee who already bought before, a first order
+below the minimum, a referrer over the weekly limit. A rewarded referral is
+reversed if that first order is fully refunded or cancelled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+
+from engine.db.models import customers, orders, referrals
+from engine.rules_api import UNIT_POINTS, ReferralProgram
+
+ACTIVE = ("claimed", "rewarded")
+
+
+class ReferralRefused(Exception):
+    """A claim refused; the message says why."""
+
+
+class Referrals:
+    def __init__(self, program: ReferralProgram | None, ledger):
+        self.program = program
+        self.ledger = ledger
+
+    def claim(self, conn: Connection, referee_id: int, code: str, at: datetime, via: str,
+              order_id: int | None = None) -> tuple[int, str | None]:
+        """Record a claim of ``code`` by ``referee_id``. Returns the referral's
+        id and, when it was refused, why (the refusal is recorded too)."""
+        code = code.strip().upper()
+        active = conn.execute(
+            select(referrals.c.id, referrals.c.code).where(
+                referrals.c.referee_id == referee_id, referrals.c.status.in_(ACTIVE)
+            )
+        ).first()
+        if active is not None and active.code == code:
+            return active.id, None  # claimed again with the same code: nothing new
+        referrer = conn.execute(
+            select(customers.c.id, customers.c.email, customers.c.phone, customers.c.address, customers.c.merged_into)
+            .where(customers.c.referral_code == code)
+        ).one_or_none()
+        referee = conn.execute(
+            select(customers.c.email, customers.c.phone, customers.c.address).where(customers.c.id == referee_id)
+        ).one()
+        reason = None
+        if active is not None:
+            reason = f"this customer was already referred with code {active.code}"
+        elif referrer is None:
+            reason = f"no customer has the referral code {code}"
+        elif referrer.id == referee_id or referrer.merged_into == referee_id:
+            reason = "a customer can't refer themselves"
+        elif any(a and a == b for a, b in ((referrer.email, referee.email), (referrer.phone, referee.phone),
+                                           (referrer.address, referee.address))):
+            reason = "self-referral: the referrer has the same email, phone or shipping address"
+        elif self._bought_before(conn, referee_id, order_id):
+            reason = "the customer had already bought (in some channel) before using the code"
+        row_id = conn.execute(
+            referrals.insert().returning(referrals.c.id),
+            {"referrer_id": referrer.id if referrer else None, "referee_id": referee_id, "code": code,
+             "status": "refused" if reason else "claimed", "reason": reason, "via": via, "claimed_at": at,
+             "decided_at": at if reason else None},
+        ).scalar_one()
+        return row_id, reason
+
+    @staticmethod
+    def _bought_before(conn: Connection, customer_id: int, order_id: int | None) -> bool:
+        query = select(func.count()).select_from(orders).where(
+            orders.c.customer_id == customer_id, orders.c.paid_at.is_not(None)
+        )
+        if order_id is not None:
+            query = query.where(orders.c.id != order_id)
+        return conn.execute(query).scalar_one() > 0
+
+    def codes_in(self, order) -> list[str]:
+        """Referral codes an order may carry."""
+        found = [str(order.attributes[k]) for k in self.program.attribute_keys if order.attributes.get(k)]
+        return found + list(order.discount_codes)
+
+    def on_order(self, conn: Connection, order, customer_id: int, at: datetime) -> int:
+        """Claim a code the order carries, reward a claim on the referee's first
+        paid order, reverse one whose order no longer stands. Returns entries posted."""
+        if not self.program:
+            return 0
+        source = f"order:{order.channel}:{order.external_id}"
+        if order.paid:
+            for code in self.codes_in(order):
+                if conn.execute(select(customers.c.id).where(customers.c.referral_code == code.strip().upper())).first():
+                    self.claim(conn, customer_id, code, at, via=source, order_id=order.id)  # refusals are recorded
+                    break
+        claim = conn.execute(
+            select(referrals).where(referrals.c.referee_id == customer_id, referrals.c.status.in_(ACTIVE))
+        ).one_or_none()
+        if claim is None:
+            return 0
+        if claim.status == "rewarded":
+            if claim.order_ref == source and not order.awardable:
+                self._post_both(conn, claim, -1, at)
+                self._decide(conn, claim.id, "reversed", "the first order was refunded in full or cancelled", at)
+                return 2
+            return 0
+        if not order.awardable or self._bought_before_this(conn, customer_id, order):
+            return 0
+        if order.eligible < self.program.min_order:
+            self._decide(conn, claim.id, "refused", f"the first order ({order.eligible}) is below the minimum "
+                         f"({self.program.min_order})", at, source)
+            return 0
+        week = conn.execute(
+            select(func.count()).select_from(referrals).where(
+                referrals.c.referrer_id == claim.referrer_id, referrals.c.status == "rewarded",
+                referrals.c.decided_at > at - timedelta(days=7), referrals.c.decided_at <= at,
+            )
+        ).scalar_one()
+        if week >= self.program.weekly_limit:
+            self._decide(conn, claim.id, "refused",
+                         f"the referrer reached the limit of {self.program.weekly_limit} referrals a week", at, source)
+            return 0
+        self._decide(conn, claim.id, "rewarded", None, at, source)
+        claim = conn.execute(select(referrals).where(referrals.c.id == claim.id)).one()
+        return self._post_both(conn, claim, 1, at)
+
+    @staticmethod
+    def _bought_before_this(conn: Connection, customer_id: int, order) -> bool:
+        """Another paid order of the customer, paid before this one."""
+        return conn.execute(
+            select(func.count()).select_from(orders).where(
+                orders.c.customer_id == customer_id, orders.c.id != order.id,
+                orders.c.paid_at.is_not(None), orders.c.paid_at < order.paid_at,
+            )
+        ).scalar_one() > 0
+
+    def _decide(self, conn, referral_id, status, reason, at, order_ref=None) -> None:
+        values = {"status": status, "reason": reason, "decided_at": at}
+        if order_ref:
+            values["order_ref"] = order_ref
+        conn.execute(update(referrals).where(referrals.c.id == referral_id).values(**values))
+
+    def _post_both(self, conn, claim, sign: int, at: datetime) -> int:
+        kind = "reward" if sign > 0 else "reverse"
+        posted = 0
+        for who, customer_id, points in (("referee", claim.referee_id, self.program.referee_points),
+                                         ("referrer", claim.referrer_id, self.program.referrer_points)):
+            if points:
+                self.ledger.post(conn, customer_id, UNIT_POINTS, sign * points, "referral", f"referral:{claim.id}",
+                                 None, f"referral:{claim.id}:{who}:{kind}", at)
+                posted += 1
+        return posted
+
+    def listing(self, conn: Connection, customer_id: int) -> list[dict]:
+        rows = conn.execute(
+            select(referrals).where((referrals.c.referee_id == customer_id) | (referrals.c.referrer_id == customer_id))
+            .order_by(referrals.c.id)
+        ).all()
+        return [{"role": "referee" if r.referee_id == customer_id else "referrer", "code": r.code,
+                 "status": r.status, "reason": r.reason, "via": r.via, "order": r.order_ref} for r in rows]

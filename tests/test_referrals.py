@@ -1,0 +1,160 @@
+"""Referrals (issue 3, part 3): a code per customer, claimed with the first
+order (discount code or order attribute) or explicitly; both rewards when the
+referee's first paid order reaches the minimum; reversed on a full refund; the
+guards, each refusal recorded with its reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from engine.config import ConfigError
+from engine.customers import customer_summary
+from engine.db.models import referrals
+from engine.hookspecs import hookimpl
+from engine.referrals import ReferralRefused
+from engine.rules_api import ReferralProgram
+from tests.conftest import DEFAULT_TABLES
+from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
+
+REFERRER = "petr@example.cz"
+REFEREE = "jana@example.com"
+PROGRAM = {"referrer_points": 200, "referee_points": 100, "min_order": "20.00", "weekly_limit": 2}
+
+
+def tables(**program):
+    return {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}, "referrals": {**PROGRAM, **program}}}
+
+
+@pytest.fixture
+def shop(make_engine):
+    engine = make_engine(tables=tables())
+    buy(engine, 1, REFERRER, "10.00")  # the referrer is a customer with a code
+    return engine
+
+
+def code_of(engine, email=REFERRER) -> str:
+    return customer_summary(engine, email)["referral_code"]
+
+
+def buy(engine, number, email, euros, *, code=None, attribute=None, channel="shopify", hours=0, cancelled=False,
+        address=None):
+    order = PlannedOrder(channel, number, email, (Line(Decimal(euros), 1),))
+    at = T0 + timedelta(hours=number + hours)
+    if channel == "shopify":
+        body = _shopify_order(order, "refunded" if cancelled else "paid", at, [], cancelled)
+        if code:
+            body["discount_codes"] = [{"code": code, "amount": "0.00", "type": "fixed_amount"}]
+        if attribute:
+            body["note_attributes"] = [{"name": "ref", "value": attribute}]
+        body["shipping_address"] = {**body["shipping_address"], "address1": address or f"{number} Elm Street"}
+        topic = "orders/cancelled" if cancelled else "orders/paid"
+    else:
+        body = _woo_order(order, "cancelled" if cancelled else "completed", at, [])
+        if attribute:
+            body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": attribute}]
+        body["shipping"] = {**body["shipping"], "address_1": address or f"{number} Oak Street"}
+        topic = "order.updated"
+    outcome = engine.ingest(channel, topic, json.dumps(body).encode())
+    assert outcome.status == "applied", outcome
+
+
+def points(engine, email) -> int:
+    return customer_summary(engine, email)["points"]
+
+
+def statuses(engine) -> list[tuple[str, str | None]]:
+    with engine.db.connect() as conn:
+        return [(r.status, r.reason) for r in conn.execute(select(referrals).order_by(referrals.c.id))]
+
+
+def test_a_code_used_as_a_discount_code_on_the_first_order_rewards_both(shop):
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop).lower())
+    assert points(shop, REFEREE) == 30 + 100
+    assert points(shop, REFERRER) == 10 + 200
+    assert statuses(shop) == [("rewarded", None)]
+    assert customer_summary(shop, REFEREE)["referrals"][0]["role"] == "referee"
+
+
+def test_a_code_in_a_woocommerce_meta_key_counts_too(shop):
+    buy(shop, 2, REFEREE, "30.00", attribute=code_of(shop), channel="woocommerce")
+    assert points(shop, REFEREE) == 130
+
+
+def test_a_claim_at_signup_is_rewarded_with_the_first_paid_order_in_any_channel(shop):
+    buy(shop, 9, REFEREE, "5.00", channel="woocommerce", cancelled=True)  # known, never bought
+    shop.claim_referral(REFEREE, code_of(shop))
+    buy(shop, 10, REFEREE, "25.00", channel="woocommerce")
+    assert points(shop, REFEREE) == 125
+
+
+def test_a_first_order_below_the_minimum_earns_no_referral(shop):
+    buy(shop, 2, REFEREE, "19.99", code=code_of(shop))
+    buy(shop, 3, REFEREE, "50.00")
+    assert points(shop, REFERRER) == 10
+    assert statuses(shop) == [("refused", "the first order (19.99) is below the minimum (20.00)")]
+
+
+def test_a_full_refund_of_the_first_order_reverses_both_rewards(shop):
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop))
+    buy(shop, 2, REFEREE, "30.00", cancelled=True, hours=30)
+    assert points(shop, REFEREE) == 0
+    assert points(shop, REFERRER) == 10
+    assert statuses(shop)[0][0] == "reversed"
+
+
+def test_someone_who_already_bought_earns_no_referral(shop):
+    buy(shop, 2, REFEREE, "30.00")
+    buy(shop, 3, REFEREE, "30.00", code=code_of(shop))
+    assert points(shop, REFEREE) == 60
+    assert statuses(shop) == [("refused", "the customer had already bought (in some channel) before using the code")]
+
+
+@pytest.mark.parametrize("same", ["customer", "address"])
+def test_self_referrals_are_refused(shop, same):
+    if same == "customer":
+        buy(shop, 2, REFERRER, "30.00", code=code_of(shop))
+        expected = "a customer can't refer themselves"
+    else:
+        buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="1 Elm Street")  # the referrer's address
+        expected = "self-referral: the referrer has the same email, phone or shipping address"
+    assert statuses(shop)[-1] == ("refused", expected)
+    assert points(shop, REFERRER) in (10, 40)
+
+
+def test_a_referrer_has_a_weekly_limit(shop):
+    code = code_of(shop)
+    for n, email in enumerate(["a@example.com", "b@example.com", "c@example.com"], start=2):
+        buy(shop, n, email, "30.00", code=code)
+    assert points(shop, REFERRER) == 10 + 2 * 200
+    assert statuses(shop)[-1] == ("refused", "the referrer reached the limit of 2 referrals a week")
+
+
+def test_explicit_claims_say_why_they_are_refused_and_are_recorded(shop):
+    with pytest.raises(ReferralRefused, match="no customer has the referral code NOPE"):
+        shop.claim_referral(REFERRER, "nope")
+    with pytest.raises(ReferralRefused, match="can't refer themselves"):
+        shop.claim_referral(REFERRER, code_of(shop))
+    assert [s for s, _ in statuses(shop)] == ["refused", "refused"]
+
+
+def test_a_wrong_referral_setting_is_refused_naming_it(make_engine):
+    with pytest.raises(ConfigError, match=r"\[rules.referrals\] referrer_points: Missing data"):
+        make_engine(tables={**DEFAULT_TABLES, "rules": {"referrals": {"referee_points": 1}}})
+
+
+class FriendsProgram:
+    @hookimpl
+    def regulars_register_referral_program(self):
+        return ReferralProgram(referrer_points=5, referee_points=5)
+
+
+def test_a_plugin_can_give_the_referral_programme(make_engine):
+    engine = make_engine(extra_plugins=(("friends", FriendsProgram()),))
+    buy(engine, 1, REFERRER, "10.00")
+    buy(engine, 2, REFEREE, "1.00", attribute=code_of(engine))
+    assert points(engine, REFEREE) == 1 + 5

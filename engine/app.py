@@ -137,6 +137,7 @@ class Engine:
         todo = [p for p in prepared if p.outcome is None]
         if todo:
             for attempt in range(RETRIES):
+                self.rewards.take_issued()
                 try:
                     with self.db.begin() as conn:
                         for p in todo:
@@ -151,6 +152,7 @@ class Engine:
                                 nested.rollback()
                                 p.outcome = self._failure_outcome(p.inbox_id, exc)
                                 inbox.mark(conn, p.inbox_id, inbox.FAILED, p.outcome.error, p.outcome.plugin)
+                    self._announce_rewards()
                     break
                 except (IntegrityError, OperationalError):
                     if attempt == RETRIES - 1:
@@ -178,12 +180,15 @@ class Engine:
         self.ensure_schema()
         at = at or utcnow()
         for attempt in range(RETRIES):
+            self.rewards.take_issued()
             try:
                 with self.db.begin() as conn:
                     customer_id = self.identity.find(conn, key)
                     if customer_id is None:
                         raise RedemptionRefused(f"no customer matches {key!r}")
-                    return self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
+                    issued = self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
+                self._announce_rewards()
+                return issued
             except (IntegrityError, OperationalError):
                 if attempt == RETRIES - 1:
                     raise
@@ -307,10 +312,12 @@ class Engine:
 
     def _apply_one(self, prepared: _Prepared, conn=None) -> Outcome:
         for attempt in range(RETRIES):
+            self.rewards.take_issued()  # what a rolled-back try issued never was
             try:
                 with self._transaction(conn) as tx:
                     entries = sum(self.pipeline.apply(tx, e) for e in prepared.events)
                     inbox.mark(tx, prepared.inbox_id, inbox.APPLIED)
+                self._announce_rewards()
                 return Outcome(prepared.inbox_id, "applied", entries=entries)
             except (PluginFailed, EventRefused) as exc:
                 outcome = self._failure_outcome(prepared.inbox_id, exc)
@@ -329,6 +336,22 @@ class Engine:
                 break
         self._record(outcome, conn)
         return outcome
+
+    def _announce_rewards(self) -> None:
+        """Tell observers about the rewards the committed transaction issued;
+        a failing observer is logged, named, and stops nothing."""
+        issued = self.rewards.take_issued()
+        if not issued:
+            return
+        with self.db.connect() as conn:
+            customers = {cid: self.identity.view(conn, cid) for cid in {cid for cid, _ in issued}}
+        caller = self.plugins.pm.hook.regulars_reward_issued
+        for customer_id, reward in issued:
+            for impl in reversed(caller.get_hookimpls()):
+                try:
+                    impl.function(reward=reward, customer=customers[customer_id])
+                except Exception:
+                    log.exception("plugin %s failed in regulars_reward_issued (reward %s)", impl.plugin_name, reward.code)
 
     @staticmethod
     def _failure_outcome(inbox_id: int, exc: Exception) -> Outcome:

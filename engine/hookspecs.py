@@ -188,3 +188,21 @@ def regulars_points_expiring(customer, points, expires_at):
     :param expires_at: when the soonest of them expire (aware datetime).
     :return: None; every implementation is called (nothing is collected).
     """
+
+
+@hookspec
+def regulars_reward_issued(reward, customer):
+    """Hear that a reward was issued (redeemed, or earned by a full stamp card),
+    to make it real in a channel: a Shopify discount code, a WooCommerce coupon,
+    a message with the code.
+
+    Called after the transaction that issued it commits, once per reward. An
+    exception is logged with the plugin's name and does not undo the reward or
+    stop other plugins. (Until the outbox delivers these with retries, a
+    failure here is not retried: the reward's code stays valid at the till.)
+
+    :param reward: the ``engine.rewards.Issued`` (code, kind, value, sku,
+        channel, ...).
+    :param customer: the ``engine.identity.CustomerView`` it was issued to.
+    :return: None; every implementation is called (nothing is collected).
+    """

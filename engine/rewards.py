@@ -9,6 +9,7 @@ points at the same moment get one reward and one clear refusal.
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -154,6 +155,19 @@ class Rewards:
         self.catalogue = catalogue
         self.ledger = ledger
         self.channels = channels
+        # Rewards issued by the current thread's open transaction, announced to
+        # observers once it commits (engine.app).
+        self._local = threading.local()
+
+    def issued_in_transaction(self) -> list[tuple[int, Issued]]:
+        if not hasattr(self._local, "issued"):
+            self._local.issued = []
+        return self._local.issued
+
+    def take_issued(self) -> list[tuple[int, Issued]]:
+        """The rewards the committed transaction issued, (customer id, reward)."""
+        issued, self._local.issued = self.issued_in_transaction(), []
+        return issued
 
     def redeem(
         self,
@@ -233,7 +247,9 @@ class Rewards:
                 "expires_at": expires,
             },
         ).scalar_one()
-        return _issued(conn.execute(select(rewards).where(rewards.c.id == row_id)).one())
+        issued = _issued(conn.execute(select(rewards).where(rewards.c.id == row_id)).one())
+        self.issued_in_transaction().append((customer_id, issued))
+        return issued
 
     def _check_channel(self, name: str, entry: dict, channel: str | None) -> None:
         if channel is None:

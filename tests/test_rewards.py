@@ -250,3 +250,32 @@ def test_eight_terminals_redeeming_the_same_points_at_once_get_one_reward_on_pos
     assert points(engine) == 200
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []
+
+
+class Coupons:
+    """Stands for a connector that makes each reward a coupon in its shop."""
+
+    def __init__(self):
+        self.made = []
+
+    @hookimpl
+    def regulars_reward_issued(self, reward, customer):
+        self.made.append((customer.email, reward.reward, reward.code))
+
+
+class BrokenCoupons:
+    @hookimpl
+    def regulars_reward_issued(self, reward, customer):
+        raise ConnectionError("the shop is down")
+
+
+def test_observers_hear_of_each_issued_reward_after_commit_and_a_failing_one_undoes_nothing(make_engine):
+    coupons = Coupons()
+    engine = make_engine(tables=TABLES, extra_plugins=(("broken", BrokenCoupons()), ("coupons", coupons)))
+    earn(engine, "600.00")
+    issued = engine.redeem(EMAIL, "five-off")
+    assert coupons.made == [(EMAIL, "five-off", issued.code)]
+    with pytest.raises(RedemptionRefused):
+        engine.redeem(EMAIL, "five-off")  # refused: nobody hears of anything
+    assert len(coupons.made) == 1
+    assert [r["code"] for r in customer_summary(engine, EMAIL)["rewards"]] == [issued.code]

@@ -206,3 +206,12 @@ def test_cards_and_rewards_end_the_same_whatever_the_order_of_sales_and_refunds(
     assert issued(shop).count("free-coffee") == standing // 10
     with shop.db.connect() as conn:
         assert shop.ledger.audit(conn) == []
+
+
+def test_a_full_card_is_announced_to_observers_after_commit(make_engine):
+    from tests.test_rewards import Coupons
+
+    coupons = Coupons()
+    shop = make_engine(tables=TABLES, extra_plugins=(("till", TillPlugin()), ("coupons", coupons)))
+    shopify(shop, 1, line("COFFEE-LATTE", 10))
+    assert [(email, reward) for email, reward, _ in coupons.made] == [(EMAIL, "free-coffee")]

@@ -86,6 +86,19 @@ def reset_postgres(engine) -> None:
         conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
 
 
+def empty_database(engine) -> None:
+    """Empty every table of an engine's database (between hypothesis examples,
+    which share one test's database)."""
+    from engine.db.models import Base
+
+    if engine.db.dialect.name == "postgresql":
+        reset_postgres(engine.db)
+        return
+    with engine.db.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
 @pytest.fixture(scope="session")
 def _postgres_schema():
     """A migrated PostgreSQL database, or the reason there is none."""

@@ -21,7 +21,7 @@ from engine.db.models import ledger_entries
 from engine.hookspecs import hookimpl
 from engine.jobs import run
 from engine.rewards import RedemptionRefused
-from tests.conftest import DEFAULT_TABLES, POSTGRES_URL, reset_postgres
+from tests.conftest import DEFAULT_TABLES, empty_database
 from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund
 
 EMAIL = "jana@example.com"
@@ -138,12 +138,7 @@ def test_a_wrong_expiry_setting_is_refused_naming_it(make_engine, expiry, messag
 ), min_size=1, max_size=12))
 def test_expiry_never_takes_points_that_were_spent(make_engine, steps):
     engine = make_engine(tables=tables(months=3))
-    if POSTGRES_URL:
-        reset_postgres(engine.db)
-    else:
-        with engine.db.begin() as conn:
-            for table in ("rewards", "lots", "ledger_entries", "accounts", "orders", "customer_links", "customers", "inbox"):
-                conn.exec_driver_sql(f"DELETE FROM {table}")
+    empty_database(engine)
     at, earned, spent, number = JAN, 0, 0, 0
     for kind, amount in steps:
         at += timedelta(days=20)

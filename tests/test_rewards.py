@@ -199,14 +199,9 @@ def test_two_plugins_registering_one_kind_are_refused_naming_both(make_engine):
     st.tuples(st.just("redeem"), st.sampled_from(["five-off", "points-off", "ten-percent"]), st.integers(1, 6)),
 ), max_size=12))
 def test_redemption_never_overspends(shop, steps):
-    from tests.conftest import POSTGRES_URL, reset_postgres
+    from tests.conftest import empty_database
 
-    if POSTGRES_URL:
-        reset_postgres(shop.db)
-    else:
-        with shop.db.begin() as conn:
-            for table in ("rewards", "lots", "ledger_entries", "accounts", "orders", "customer_links", "customers", "inbox"):
-                conn.exec_driver_sql(f"DELETE FROM {table}")
+    empty_database(shop)
     balance, spent, number = 0, 0, 0
     for step in steps:
         if step[0] == "earn":

@@ -97,18 +97,12 @@ def test_the_bonus_goes_to_the_first_paid_order_once_whatever_order_deliveries_c
 def test_whatever_the_order_of_deliveries_the_bonus_is_paid_once_to_the_first_standing_order(make_engine):
     import random
 
-    from tests.conftest import POSTGRES_URL, reset_postgres
+    from tests.conftest import empty_database
     from tests.streams import EMAIL_FOR_TESTS, Line, PlannedOrder, deliveries, expected_by_email
 
     engine = make_engine(programme(**{"first-order-bonus": BONUS}))
     for seed in range(6):
-        if POSTGRES_URL:
-            reset_postgres(engine.db)
-        else:
-            with engine.db.begin() as conn:
-                for table in ("rewards", "lots", "ledger_entries", "accounts", "orders", "customer_links",
-                              "customers", "inbox", "tier_history"):
-                    conn.exec_driver_sql(f"DELETE FROM {table}")
+        empty_database(engine)
         rng = random.Random(seed)
         planned_orders = [
             PlannedOrder(rng.choice(["shopify", "woocommerce"]), n, EMAIL_FOR_TESTS,

@@ -34,6 +34,7 @@ from engine.plugins import PluginFailed, Plugins
 from engine.referrals import ReferralRefused, Referrals
 from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
 from engine.rules_api import PointsPolicy
+from engine.subscriptions import ACTIONS, SubscriptionRefused, Subscriptions
 from engine.tiers import Tiers
 
 log = logging.getLogger("regulars")
@@ -93,8 +94,10 @@ class Engine:
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
         self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
         self.referrals = Referrals(self.plugins.pm.hook.regulars_register_referral_program(), self.ledger)
+        self.subscriptions = Subscriptions(self.plugins, self.ledger)
         self.pipeline = Pipeline(
-            self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers, self.referrals
+            self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers, self.referrals,
+            subscriptions=self.subscriptions,
         )
         self._schema_checked = False
 
@@ -210,6 +213,41 @@ class Engine:
         if reason:
             raise ReferralRefused(reason)
         return referral_id
+
+    def subscription(self, action: str, key: str, plan: str, external_id: str | None = None, channel: str = "cli",
+                     at: datetime | None = None, period_end: datetime | None = None,
+                     idempotency_key: str | None = None) -> dict:
+        """Start, renew, pause, resume or cancel (``action``) the membership in
+        ``plan`` of the customer a key finds, as that ``subscription.*`` event
+        from a channel would, in one transaction. ``external_id`` defaults to one
+        subscription per customer and plan; ``idempotency_key`` makes a retry
+        change nothing (a renewal earns once per ``period_end``, or per key).
+        Returns the subscription's state; raises ``SubscriptionRefused`` saying
+        why (an unknown customer or plan)."""
+        self.ensure_schema()
+        kind = ACTIONS[action]
+        at = at or utcnow()
+        for attempt in range(RETRIES):
+            try:
+                with self.db.begin() as conn:
+                    customer_id = self.identity.find(conn, key)
+                    if customer_id is None:
+                        raise SubscriptionRefused(f"no customer matches {key!r}")
+                    sub_id = external_id or f"{customer_id}:{plan}"
+                    raw = {"type": kind, "channel": channel, "occurred_at": at.isoformat(),
+                           "idempotency_key": idempotency_key or f"{channel}:{sub_id}:{kind}:{at.isoformat()}",
+                           "subscription": {"id": sub_id, "plan": plan,
+                                            "period_end": period_end.isoformat() if period_end else None}}
+                    try:
+                        event = load_event(raw)
+                    except ValidationError as exc:
+                        raise SubscriptionRefused(format_errors("event", kind, exc.messages).replace("event [", "[")) from None
+                    self.subscriptions.apply(conn, event, customer_id)
+                    return self.subscriptions.state(conn, channel, sub_id)
+            except (IntegrityError, OperationalError):
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def replay(self, inbox_id: int) -> Outcome:
         """Apply a stored delivery again from its raw body (after a fix, or to

@@ -176,6 +176,7 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
         ("referral code", summary["referral_code"]),
         ("channels", ", ".join(f"{c}: {i}" for c, ids in summary["channels"].items() for i in ids) or "-"),
         ("orders", str(summary["orders"])),
+        ("memberships", ", ".join(f"{m['plan']}: {m['status']}" for m in summary.get("memberships", ())) or "-"),
     ]
     for label, value in rows:
         table.add_row(f"[bold]{label}[/bold]", value)
@@ -357,6 +358,59 @@ def referral_claim(ctx: Context, key: str, code: str) -> None:
         sys.exit(1)
     console.print(f"{key} claimed referral code {code.upper()}: both rewards come with their first paid order",
                   highlight=False)
+
+
+@main.group()
+def subscription() -> None:
+    """Memberships by hand: start, renew, pause, resume or cancel a customer's plan."""
+
+
+_MOMENT = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
+_SUBSCRIPTION_HELP = {
+    "start": "Start the customer's membership in PLAN: the plan's start points.",
+    "renew": "Renew the customer's membership in PLAN: its renewal points, once per --period-end (or --key).",
+    "pause": "Pause the customer's membership in PLAN: its multiplier stops for orders awarded after.",
+    "resume": "Resume the customer's paused membership in PLAN.",
+    "cancel": "Cancel the customer's membership in PLAN: points earned stay, the multiplier stops.",
+}
+
+
+def _subscription_command(action: str) -> None:
+    @subscription.command(action, help=_SUBSCRIPTION_HELP[action] + " KEY is an email, phone, card code or id. "
+                          "Exit 1, saying why, for an unknown customer or plan.")
+    @click.argument("key")
+    @click.argument("plan")
+    @click.option("--id", "external_id", help="The subscription's id (default: one per customer and plan).")
+    @click.option("--channel", default="cli", show_default=True, help="Where the subscription lives.")
+    @click.option("--at", "at", type=_MOMENT, help="When it happened (UTC unless an offset is given; default now).")
+    @click.option("--period-end", type=_MOMENT, help="The end of the period paid for.")
+    @click.option("--key", "idempotency_key", help="A request key: retrying with it changes nothing.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the subscription as JSON.")
+    @pass_ctx
+    def command(ctx: Context, key, plan, external_id, channel, at, period_end, idempotency_key, as_json) -> None:
+        from datetime import UTC
+
+        from engine.subscriptions import SubscriptionRefused
+
+        def aware(moment):
+            return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)
+
+        try:
+            state = ctx.engine.subscription(action, key, plan, external_id, channel, aware(at), aware(period_end),
+                                            idempotency_key)
+        except SubscriptionRefused as exc:
+            err.print(f"refused: {exc}", highlight=False)
+            sys.exit(1)
+        if as_json:
+            click.echo(json.dumps(state, indent=2))
+            return
+        end = f", period ends {state['period_end']}" if state["period_end"] else ""
+        console.print(f"{key}: {state['plan']} {state['status']} (member since {state['since']}{end}; "
+                      f"subscription {state['channel']}:{state['id']})", highlight=False)
+
+
+for _action in ("start", "renew", "pause", "resume", "cancel"):
+    _subscription_command(_action)
 
 
 @main.group()

@@ -29,6 +29,7 @@ def customer_summary(engine, key: str) -> dict | None:
         unused = engine.rewards.unused(conn, customer_id)
         tier_history = engine.tiers.history(conn, customer_id) if engine.tiers.program else []
         referrals = engine.referrals.listing(conn, customer_id) if engine.referrals.program else []
+        memberships = engine.subscriptions.listing(conn, customer_id)
         pending = engine.ledger.pending(conn, customer_id, utcnow()) if engine.ledger.pending_days else 0
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
@@ -52,6 +53,8 @@ def customer_summary(engine, key: str) -> dict | None:
         "tier": row.tier,
         "tier_history": tier_history,
         "rewards": [r.as_json() for r in unused],
+        #: plan, status (active, paused, cancelled), since, period_end, status_since, channel, id
+        "memberships": memberships,
         "channels": channels,
         "orders": n_orders,
     }

@@ -26,7 +26,14 @@ from marshmallow import (
 )
 
 ORDER_TOPICS = ("order.paid", "order.updated", "order.refunded", "order.cancelled")
-EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit")
+SUBSCRIPTION_TOPICS = (
+    "subscription.started",
+    "subscription.renewed",
+    "subscription.paused",
+    "subscription.resumed",
+    "subscription.cancelled",
+)
+EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit", *SUBSCRIPTION_TOPICS)
 
 #: The order's status in the channel, reduced to what the rules need.
 #: ``refunded`` means refunded in full; partial refunds are listed in ``refunds``.
@@ -123,6 +130,17 @@ class VisitSchema(_Strict):
     location = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
 
 
+class SubscriptionSchema(_Strict):
+    """A membership as the channel knows it (``subscription.*`` events)."""
+
+    #: the channel's subscription id
+    id = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    #: the plan's name in plugins.toml ([rules.subscriptions.<plan>])
+    plan = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    #: the end of the period paid for (a renewal for the same period earns once)
+    period_end = fields.AwareDateTime(load_default=None, allow_none=True)
+
+
 class EventSchema(_Strict):
     """A canonical event. ``idempotency_key`` is unique per channel; the same key
     delivered again changes nothing."""
@@ -134,6 +152,7 @@ class EventSchema(_Strict):
     customer = fields.Nested(CustomerHintsSchema, load_default=dict)
     order = fields.Nested(OrderSchema, load_default=None, allow_none=True)
     visit = fields.Nested(VisitSchema, load_default=None, allow_none=True)
+    subscription = fields.Nested(SubscriptionSchema, load_default=None, allow_none=True)
 
     @validates_schema
     def _payload_matches_type(self, data, **kwargs):
@@ -143,6 +162,8 @@ class EventSchema(_Strict):
                 raise ValidationError(f"{kind} needs an 'order'", "order")
             if kind in ("order.paid", "order.updated") and data["order"].get("lines") is None:
                 raise ValidationError(f"{kind} needs the order's 'lines'", "order")
+        elif kind in SUBSCRIPTION_TOPICS and data.get("subscription") is None:
+            raise ValidationError(f"{kind} needs a 'subscription'", "subscription")
         elif kind == "visit" and data.get("visit") is None:
             raise ValidationError("visit needs a 'visit'", "visit")
         elif kind == "customer.upserted" and not any(data.get("customer", {}).values()):
@@ -178,8 +199,10 @@ __all__ = [
     "EVENT_TYPES",
     "ORDER_STATUSES",
     "ORDER_TOPICS",
+    "SUBSCRIPTION_TOPICS",
     "EXCLUDE",
     "EventSchema",
+    "SubscriptionSchema",
     "dump_event",
     "line_eligible",
     "load_event",

@@ -113,6 +113,24 @@ def regulars_register_referral_program():
     """
 
 
+@hookspec
+def regulars_register_subscription_plans():
+    """Register membership plans. The engine keeps each customer's
+    subscriptions from ``subscription.*`` events (newest event by event time
+    wins the status), posts a plan's start points once per subscription and its
+    renewal points once per renewal, and fills ``customer.plans`` with the
+    plans of the customer's active memberships for the decision hooks (a plan's
+    multiplier is its plugin's to give in ``regulars_order_multipliers``).
+
+    Called once at start. An event naming a plan nobody registered fails,
+    naming the plan, and can be replayed once it is configured.
+
+    :return: a list of ``engine.rules_api.SubscriptionPlan``. All results are
+        collected; two plans with the same name stop the start, naming both
+        plugins.
+    """
+
+
 # -- Decisions (inside the ledger transaction) ----------------------------------
 
 

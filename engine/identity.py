@@ -20,7 +20,15 @@ from sqlalchemy import bindparam, literal, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
-from engine.db.models import accounts, customer_links, customers, lots, orders, rewards
+from engine.db.models import (
+    accounts,
+    customer_links,
+    customers,
+    lots,
+    orders,
+    rewards,
+    subscriptions,
+)
 from engine.ledger import Ledger, insert_ignore
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -43,6 +51,10 @@ class CustomerView:
     #: the tier that holds now (None: no tier)
     tier: str | None = None
     birthday: date | None = None
+    #: the plans of the customer's active memberships, sorted; filled by the
+    #: pipeline for the decision hooks when subscription plans are configured
+    #: (empty otherwise)
+    plans: tuple[str, ...] = ()
 
 
 def new_code(length: int) -> str:
@@ -367,6 +379,7 @@ class Identity:
             conn.execute(update(lots).where(lots.c.account_id == account.id).values(account_id=target))
         conn.execute(update(orders).where(orders.c.customer_id == gone).values(customer_id=keep))
         conn.execute(update(rewards).where(rewards.c.customer_id == gone).values(customer_id=keep))
+        conn.execute(update(subscriptions).where(subscriptions.c.customer_id == gone).values(customer_id=keep))
         conn.execute(update(customer_links).where(customer_links.c.customer_id == gone).values(customer_id=keep))
         gone_row = conn.execute(select(customers).where(customers.c.id == gone)).one()
         keep_row = conn.execute(select(customers).where(customers.c.id == keep)).one()

@@ -13,6 +13,7 @@ behind.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from datetime import datetime
 
 from sqlalchemy import bindparam, select, update
@@ -28,6 +29,7 @@ from engine.plugins import PluginFailed, Plugins
 from engine.referrals import Referrals
 from engine.rewards import Rewards
 from engine.rules_api import Award, Multiplier
+from engine.subscriptions import SubscriptionRefused, Subscriptions
 from engine.tiers import Tiers
 
 _SELECT_ORDER = select(orders).where(
@@ -43,7 +45,7 @@ class EventRefused(ValueError):
 
 class Pipeline:
     def __init__(self, plugins: Plugins, identity: Identity, ledger: Ledger, rewards: Rewards, cards: Cards, tiers: Tiers,
-                 referrals: Referrals):
+                 referrals: Referrals, subscriptions: Subscriptions | None = None):
         self.plugins = plugins
         self.identity = identity
         self.ledger = ledger
@@ -51,6 +53,7 @@ class Pipeline:
         self.cards = cards
         self.tiers = tiers
         self.referrals = referrals
+        self.subscriptions = subscriptions
         self.cards_to_settle: set[tuple[int, str]] = set()
         # Plugins whose awards depend on the customer's other orders: they get
         # ``history`` and are asked again about those orders when one changes.
@@ -68,6 +71,8 @@ class Pipeline:
             posted = self.apply_order(conn, event)
         elif kind == "visit":
             posted = self.apply_visit(conn, event)
+        elif kind.startswith("subscription."):
+            posted = self.apply_subscription(conn, event)
         else:
             self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
             return 0
@@ -115,6 +120,7 @@ class Pipeline:
         order = view(row.id, channel, external_id, state, multipliers)
         if customer_id is not None:
             customer = resolved if resolved is not None else self.identity.view(conn, customer_id)
+            customer = self._with_plans(conn, customer)
             # Multipliers are asked once, when the order is first awardable, and
             # kept; again only if an earlier payment turns up late (paid_at moved),
             # since a multiplier may depend on when the order was paid.
@@ -243,7 +249,7 @@ class Pipeline:
         if customer_id is None:
             raise EventRefused("a visit needs a customer: give an email, phone, card code or channel id")
         visit = {**event["visit"], "occurred_at": at, "channel": event["channel"]}
-        customer = self.identity.view(conn, customer_id)
+        customer = self._with_plans(conn, self.identity.view(conn, customer_id))
         source = f"visit:{event['channel']}:{visit['id']}"
         posted = 0
         for key, amount in sorted(self._awards("regulars_visit_awards", visit=visit, customer=customer).items()):
@@ -256,6 +262,24 @@ class Pipeline:
             self.ledger.post(conn, customer_id, unit, amount, "visit", source, plugin, entry_key, at)
             posted += 1
         return posted
+
+    # -- subscriptions --------------------------------------------------------
+
+    def apply_subscription(self, conn: Connection, event: dict) -> int:
+        if self.subscriptions is None:
+            raise EventRefused(f"{event['type']}: this engine keeps no subscriptions")
+        customer_id = self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
+        try:
+            return self.subscriptions.apply(conn, event, customer_id)
+        except SubscriptionRefused as exc:
+            raise EventRefused(str(exc)) from None
+
+    def _with_plans(self, conn: Connection, customer):
+        """The customer with their active membership plans, for the decision
+        hooks; no query at all when no plans are configured."""
+        if self.subscriptions is None or not self.subscriptions.plans:
+            return customer
+        return replace(customer, plans=self.subscriptions.active_plans(conn, customer.id))
 
 
 __all__ = ["EventRefused", "Pipeline"]

@@ -28,6 +28,7 @@ BUILTINS = (
     "rules.expiry:ExpiryRule",
     "rules.tiers:TiersRule",
     "rules.referrals:ReferralsRule",
+    "rules.subscriptions:SubscriptionsRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
     "plugins.double_points:DoublePoints",

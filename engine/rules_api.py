@@ -140,3 +140,39 @@ class ReferralProgram:
     min_order: Decimal = Decimal(0)
     weekly_limit: int = 10
     attribute_keys: tuple[str, ...] = ("ref", "referral", "_regulars_ref")
+
+
+@dataclass(frozen=True)
+class SubscriptionPlan:
+    """A membership plan (the ``regulars_register_subscription_plans`` hook).
+
+    :param name: the plan ``subscription.*`` events name (``"vip"``).
+    :param multiplier: the factor on orders paid while the membership is
+        active. The engine fills ``customer.plans``; the plugin that registers
+        the plan gives the factor through ``regulars_order_multipliers`` (the
+        built-in ``[rules.subscriptions]`` does).
+    :param renewal_points: points on each renewal.
+    :param start_points: points when the subscription starts; None: as many as
+        ``renewal_points``.
+    """
+
+    name: str
+    multiplier: Decimal = Decimal(1)
+    renewal_points: int = 0
+    start_points: int | None = None
+
+    def __post_init__(self):
+        if not self.name or len(self.name) > 64:
+            raise ValueError(f"SubscriptionPlan.name must be 1 to 64 characters, got {self.name!r}")
+        if not isinstance(self.multiplier, Decimal) or not self.multiplier.is_finite() or self.multiplier < 0:
+            raise TypeError(f"SubscriptionPlan.multiplier must be a non-negative Decimal, got {self.multiplier!r}")
+        for name in ("renewal_points", "start_points"):
+            value = getattr(self, name)
+            if value is None and name == "start_points":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise TypeError(f"SubscriptionPlan.{name} must be a non-negative int, got {value!r}")
+
+    @property
+    def points_at_start(self) -> int:
+        return self.renewal_points if self.start_points is None else self.start_points

@@ -254,3 +254,34 @@ class IssuedReward(Base):
 
 
 rewards = IssuedReward.__table__
+
+
+class Subscription(Base):
+    """A customer's membership in a plan, merged from its ``subscription.*``
+    events: the newest event (by event time) gives the status (engine.subscriptions)."""
+
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("channel", "external_id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    #: the channel's subscription id
+    external_id: Mapped[str] = mapped_column(String(128))
+    #: the plan's name ([rules.subscriptions.<plan>])
+    plan: Mapped[str] = mapped_column(String(64))
+    #: active, paused, cancelled
+    status: Mapped[str] = mapped_column(String(16))
+    #: the event time of the event that set the status, and its rank among
+    #: events ("time|kind|key"): an older event changes nothing
+    status_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status_stamp: Mapped[str] = mapped_column(String(320))
+    #: the earliest event seen
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the latest period_end seen
+    current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+subscriptions = Subscription.__table__

@@ -1,0 +1,207 @@
+"""Subscriptions and memberships: a plan grants a multiplier on orders paid while
+the membership is active, points when it starts and points on every renewal.
+
+A channel (or ``regulars subscription ...``) sends ``subscription.started``,
+``.renewed``, ``.paused``, ``.resumed`` and ``.cancelled`` events; the engine
+keeps one row per subscription (``channel`` + the channel's id) and merges each
+event into it so that duplicates and reordered deliveries converge:
+
+- the status (and the plan, and the customer) come from the newest event by
+  event time (``occurred_at``), then the kind of event (a cancellation beats a
+  start at the same instant), then its key: a stale ``started`` that arrives
+  after the ``cancelled`` changes nothing;
+- ``started_at`` is the earliest event seen, ``current_period_end`` the latest
+  ``period_end`` seen;
+- points are posted once per fact, whatever the order: the start points once
+  per subscription, the renewal points once per renewal, keyed by the period
+  it renews (its ``period_end``) or, without one, by the event's idempotency
+  key. A stale renewal still earns its points (the renewal happened).
+
+A membership is active from a start, renewal or resumption until a newer pause
+or cancellation. The multiplier applies to an order by the membership as the
+engine knows it when the order is first awarded (like a tier), not as it stood
+at the order's ``paid_at``; ``period_end`` is reported, not enforced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
+
+from engine.config import ConfigError
+from engine.db import as_utc, utcnow
+from engine.db.models import ledger_entries, subscriptions
+from engine.ledger import insert_ignore
+from engine.rules_api import UNIT_POINTS, SubscriptionPlan
+
+#: what each event sets the status to, and its rank among events at the same instant
+STATUS = {"started": "active", "renewed": "active", "resumed": "active", "paused": "paused",
+          "cancelled": "cancelled"}
+_RANK = {"started": 0, "renewed": 1, "resumed": 2, "paused": 3, "cancelled": 4}
+ACTIVE = "active"
+#: ``regulars subscription ACTION``: the event each action stands for
+ACTIONS = {"start": "subscription.started", "renew": "subscription.renewed", "pause": "subscription.paused",
+           "resume": "subscription.resumed", "cancel": "subscription.cancelled"}
+
+_SELECT = select(subscriptions).where(
+    subscriptions.c.channel == bindparam("channel"), subscriptions.c.external_id == bindparam("external_id")
+)
+_SELECT_FOR_UPDATE = _SELECT.with_for_update()
+_ACTIVE_PLANS = (
+    select(subscriptions.c.plan)
+    .where(subscriptions.c.customer_id == bindparam("customer_id"), subscriptions.c.status == ACTIVE)
+    .distinct()
+)
+
+
+class SubscriptionRefused(ValueError):
+    """A subscription event that can't be applied (an unknown plan, no customer);
+    the message says why."""
+
+
+def _stamp(kind: str, at: datetime, key: str) -> str:
+    """The order in which events win the status: time, kind, key."""
+    return f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}|{_RANK[kind]}|{key}"
+
+
+def _entry_key(*parts: str) -> str:
+    key = ":".join(parts)
+    if len(key) <= 255:
+        return key
+    return f"subscription:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+class Subscriptions:
+    """The plans plugins register, and each customer's subscriptions."""
+
+    def __init__(self, plugins, ledger):
+        self.plans: dict[str, SubscriptionPlan] = {}
+        #: plan name → the plugin that registered it (the ledger's ``rule``)
+        self.providers: dict[str, str] = {}
+        for plugin, result in plugins.collect("regulars_register_subscription_plans"):
+            for plan in result:
+                if not isinstance(plan, SubscriptionPlan):
+                    raise ConfigError(
+                        f"plugin {plugin!r} registered {plan!r} as a subscription plan: expected "
+                        "engine.rules_api.SubscriptionPlan"
+                    )
+                if plan.name in self.plans:
+                    raise ConfigError(
+                        f"plugins {self.providers[plan.name]!r} and {plugin!r} both register the "
+                        f"subscription plan {plan.name!r}"
+                    )
+                self.plans[plan.name], self.providers[plan.name] = plan, plugin
+        self.ledger = ledger
+
+    def plan(self, name: str) -> SubscriptionPlan:
+        found = self.plans.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.plans)) or "none"
+            raise SubscriptionRefused(
+                f"unknown subscription plan {name!r} (configured plans: {known}); "
+                f"add a [rules.subscriptions.{name}] table to plugins.toml, then replay"
+            )
+        return found
+
+    def active_plans(self, conn: Connection, customer_id: int) -> tuple[str, ...]:
+        """The plans of the customer's active memberships, sorted."""
+        return tuple(sorted(conn.execute(_ACTIVE_PLANS, {"customer_id": customer_id}).scalars()))
+
+    def _lock(self, conn: Connection, channel: str, external_id: str):
+        query = _SELECT_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT
+        return conn.execute(query, {"channel": channel, "external_id": external_id}).one_or_none()
+
+    def apply(self, conn: Connection, event: dict, customer_id: int | None) -> int:
+        """Merge one loaded ``subscription.*`` event into its subscription and
+        post its points, in the caller's transaction. ``customer_id`` is who the
+        event's hints found (None: the subscription's customer). Returns the
+        entries posted; raises ``SubscriptionRefused`` saying why it can't."""
+        kind = event["type"].split(".", 1)[1]
+        sub = event["subscription"]
+        channel, external_id, at = event["channel"], sub["id"], event["occurred_at"]
+        plan = self.plan(sub["plan"])
+        period_end = sub.get("period_end")
+        stamp = _stamp(kind, at, event["idempotency_key"])
+
+        row = self._lock(conn, channel, external_id)
+        if row is None:
+            if customer_id is None:
+                raise SubscriptionRefused(
+                    f"{event['type']} {external_id!r}: unknown subscription and no customer: give an email, "
+                    "phone, card code or channel customer id"
+                )
+            now = utcnow()
+            created = insert_ignore(
+                conn,
+                subscriptions,
+                {"customer_id": customer_id, "channel": channel, "external_id": external_id, "plan": plan.name,
+                 "status": STATUS[kind], "status_at": at, "status_stamp": stamp, "started_at": at,
+                 "current_period_end": period_end, "created_at": now, "updated_at": now},
+                ["channel", "external_id"],
+            )
+            if created is None:  # a concurrent first event of the same subscription
+                row = self._lock(conn, channel, external_id)
+        if row is not None:
+            customer_id = self._merge(conn, row, kind, plan, at, period_end, stamp, customer_id)
+        return self._post_points(conn, kind, plan, channel, external_id, customer_id, at, period_end,
+                                 event["idempotency_key"])
+
+    def _merge(self, conn, row, kind, plan, at, period_end, stamp, customer_id) -> int:
+        """Fold one event into an existing subscription; returns whose it is."""
+        values: dict = {}
+        if stamp > row.status_stamp:
+            values.update(plan=plan.name, status=STATUS[kind], status_at=at, status_stamp=stamp)
+            if customer_id is not None and customer_id != row.customer_id:
+                values["customer_id"] = customer_id  # the channel gave it to someone else
+        if at < as_utc(row.started_at):
+            values["started_at"] = at
+        current_end = as_utc(row.current_period_end)
+        if period_end is not None and (current_end is None or period_end > current_end):
+            values["current_period_end"] = period_end
+        if values:
+            values["updated_at"] = utcnow()
+            conn.execute(update(subscriptions).where(subscriptions.c.id == row.id).values(**values))
+        return customer_id if customer_id is not None else row.customer_id
+
+    def _post_points(self, conn, kind, plan, channel, external_id, customer_id, at, period_end, event_key) -> int:
+        source = f"subscription:{channel}:{external_id}"
+        if kind == "started":
+            amount, key = plan.points_at_start, _entry_key(source, "started")
+        elif kind == "renewed":
+            period = period_end.astimezone(UTC).isoformat() if period_end is not None else event_key
+            amount, key = plan.renewal_points, _entry_key(source, "renewed", period)
+        else:
+            return 0
+        if not amount or conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == key)).first():
+            return 0
+        detail = {"plan": plan.name, "event": kind,
+                  "period_end": period_end.isoformat() if period_end is not None else None}
+        self.ledger.post(conn, customer_id, UNIT_POINTS, amount, "subscription", source,
+                         self.providers.get(plan.name), key, at, detail=detail)
+        return 1
+
+    def listing(self, conn: Connection, customer_id: int) -> list[dict]:
+        """The customer's memberships, for ``customer show``: plan, status, since
+        (when it started), period_end, and where it comes from."""
+        rows = conn.execute(
+            select(subscriptions).where(subscriptions.c.customer_id == customer_id)
+            .order_by(subscriptions.c.started_at, subscriptions.c.id)
+        ).all()
+        return [_as_json(r) for r in rows]
+
+    def state(self, conn: Connection, channel: str, external_id: str) -> dict | None:
+        row = conn.execute(_SELECT, {"channel": channel, "external_id": external_id}).one_or_none()
+        return _as_json(row) if row is not None else None
+
+
+def _as_json(row) -> dict:
+    period_end = as_utc(row.current_period_end)
+    return {"plan": row.plan, "status": row.status, "since": as_utc(row.started_at).isoformat(),
+            "period_end": period_end.isoformat() if period_end else None,
+            "status_since": as_utc(row.status_at).isoformat(), "channel": row.channel, "id": row.external_id}
+
+
+__all__ = ["ACTIONS", "ACTIVE", "STATUS", "SubscriptionRefused", "Subscriptions"]

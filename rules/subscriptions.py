@@ -1,0 +1,86 @@
+"""Memberships: a plan's multiplier on orders paid while it is active, and points
+when it starts and on every renewal.
+
+```toml
+[rules.subscriptions.vip]
+multiplier = 2.0        # on orders paid while the membership is active
+renewal_points = 100    # points on each renewal (and at the start, if start_points is not given)
+start_points = 50       # optional
+```
+
+The engine keeps the subscriptions and posts the points (engine/subscriptions.py);
+this plugin gives the plans and the multiplier of the customer's active ones
+(``customer.plans``) when an order is first awarded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from marshmallow import ValidationError, fields, validate, validates_schema
+
+from engine.config import DecimalString, StrictSchema
+from engine.hookspecs import hookimpl
+from engine.rules_api import Multiplier, SubscriptionPlan
+
+POINTS = validate.Range(min=0, max=1_000_000)
+
+
+class PlanSettings(StrictSchema):
+    multiplier = DecimalString(load_default=Decimal(1), validate=validate.Range(min=Decimal(0), max=Decimal(100)))
+    renewal_points = fields.Integer(strict=True, load_default=0, validate=POINTS)
+    start_points = fields.Integer(strict=True, load_default=None, allow_none=True, validate=POINTS)
+
+
+class SubscriptionsSettings(StrictSchema):
+    """``[rules.subscriptions.<plan>]`` tables, one per plan."""
+
+    plans = fields.Dict(keys=fields.String(validate=validate.Regexp(
+                            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                            error="a plan name is letters, digits, '_', '.' or '-' (up to 64)")),
+                        values=fields.Nested(PlanSettings))
+
+    def load(self, data, **kwargs):  # the table's keys are the plans
+        try:
+            return super().load({"plans": data}, **kwargs)["plans"]
+        except ValidationError as exc:
+            # Report "[rules.subscriptions] vip.multiplier", not the wrapper's path.
+            plans = exc.messages.get("plans", exc.messages) if isinstance(exc.messages, dict) else exc.messages
+            if isinstance(plans, dict):
+                plans = {k: _name_the_keys(v.get("value", v) if isinstance(v, dict) else v) for k, v in plans.items()}
+            raise ValidationError(plans) from None
+
+    @validates_schema
+    def _some_plan(self, data, **kwargs):
+        if not data.get("plans"):
+            raise ValidationError("add at least one plan, e.g. [rules.subscriptions.vip]", "plans")
+
+
+def _name_the_keys(messages):
+    """A plan's unknown key says which keys a plan takes (not the wrapper's)."""
+    if not isinstance(messages, dict):
+        return messages
+    known = ", ".join(sorted(PlanSettings().fields))
+    return {key: [f"unknown key (expected one of: {known})"] if value == ["Unknown field."] else value
+            for key, value in messages.items()}
+
+
+class SubscriptionsRule:
+    table = "rules.subscriptions"
+    settings_schema = SubscriptionsSettings
+
+    def __init__(self, settings: dict):
+        self.plans = {
+            name: SubscriptionPlan(name, plan["multiplier"], plan["renewal_points"], plan["start_points"])
+            for name, plan in settings.items()
+        }
+
+    @hookimpl
+    def regulars_register_subscription_plans(self):
+        return list(self.plans.values())
+
+    @hookimpl
+    def regulars_order_multipliers(self, order, customer):
+        found = [Multiplier(f"{name} membership", self.plans[name].multiplier)
+                 for name in customer.plans if name in self.plans and self.plans[name].multiplier != 1]
+        return found or None

@@ -33,7 +33,7 @@ SUBSCRIPTION_TOPICS = (
     "subscription.resumed",
     "subscription.cancelled",
 )
-EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit", *SUBSCRIPTION_TOPICS)
+EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit", "coupon.used", *SUBSCRIPTION_TOPICS)
 
 #: The order's status in the channel, reduced to what the rules need.
 #: ``refunded`` means refunded in full; partial refunds are listed in ``refunds``.
@@ -125,6 +125,15 @@ class OrderSchema(_Strict):
     test = fields.Boolean(load_default=False)
 
 
+class CouponSchema(_Strict):
+    """A reward's code spent in a channel, reported on its own (an order that
+    carries the code in its discount codes uses it too)."""
+
+    code = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    #: the order it was spent on, if the channel says
+    order_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+
+
 class VisitSchema(_Strict):
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     location = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
@@ -152,6 +161,7 @@ class EventSchema(_Strict):
     customer = fields.Nested(CustomerHintsSchema, load_default=dict)
     order = fields.Nested(OrderSchema, load_default=None, allow_none=True)
     visit = fields.Nested(VisitSchema, load_default=None, allow_none=True)
+    coupon = fields.Nested(CouponSchema, load_default=None, allow_none=True)
     subscription = fields.Nested(SubscriptionSchema, load_default=None, allow_none=True)
 
     @validates_schema
@@ -164,6 +174,8 @@ class EventSchema(_Strict):
                 raise ValidationError(f"{kind} needs the order's 'lines'", "order")
         elif kind in SUBSCRIPTION_TOPICS and data.get("subscription") is None:
             raise ValidationError(f"{kind} needs a 'subscription'", "subscription")
+        elif kind == "coupon.used" and data.get("coupon") is None:
+            raise ValidationError("coupon.used needs a 'coupon' with its code", "coupon")
         elif kind == "visit" and data.get("visit") is None:
             raise ValidationError("visit needs a 'visit'", "visit")
         elif kind == "customer.upserted" and not any(data.get("customer", {}).values()):

@@ -73,6 +73,8 @@ class Pipeline:
             posted = self.apply_visit(conn, event)
         elif kind.startswith("subscription."):
             posted = self.apply_subscription(conn, event)
+        elif kind == "coupon.used":
+            return self.apply_coupon(conn, event)
         else:
             self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
             return 0
@@ -240,6 +242,14 @@ class Pipeline:
             )
             posted += 1
         return posted
+
+    def apply_coupon(self, conn: Connection, event: dict) -> int:
+        """``coupon.used``: the reward with this code is spent (once; a code is
+        unguessable, so it is found by itself)."""
+        coupon = event["coupon"]
+        where = f"order:{event['channel']}:{coupon['order_id']}" if coupon.get("order_id") else event["channel"]
+        self.rewards.mark_used(conn, None, [coupon["code"]], where, event["occurred_at"])
+        return 0
 
     # -- visits -------------------------------------------------------------
 

@@ -259,17 +259,18 @@ class Rewards:
         if entry["channels"] and channel not in entry["channels"]:
             raise RedemptionRefused(f"{name!r} can be spent in {', '.join(entry['channels'])}, not in {channel}")
 
-    def mark_used(self, conn: Connection, customer_id: int, codes: list[str], used_in: str, at: datetime) -> int:
-        """An order that carries a reward's code uses it (``coupon.used``).
-        Returns how many rewards it marked."""
+    def mark_used(self, conn: Connection, customer_id: int | None, codes: list[str], used_in: str,
+                  at: datetime) -> int:
+        """Rewards whose codes were spent (an order's discount codes, a
+        ``coupon.used`` event) are used; with ``customer_id``, only that
+        customer's. Returns how many rewards it marked."""
         wanted = [c.strip().upper() for c in codes if c and c.strip()]
         if not wanted:
             return 0
-        return conn.execute(
-            update(rewards)
-            .where(rewards.c.code.in_(wanted), rewards.c.customer_id == customer_id, rewards.c.status == "issued")
-            .values(status="used", used_at=at, used_in=used_in)
-        ).rowcount
+        condition = rewards.c.code.in_(wanted) & (rewards.c.status == "issued")
+        if customer_id is not None:
+            condition &= rewards.c.customer_id == customer_id
+        return conn.execute(update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)).rowcount
 
     def unused(self, conn: Connection, customer_id: int) -> list[Issued]:
         rows = conn.execute(

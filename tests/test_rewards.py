@@ -274,3 +274,20 @@ def test_observers_hear_of_each_issued_reward_after_commit_and_a_failing_one_und
         engine.redeem(EMAIL, "five-off")  # refused: nobody hears of anything
     assert len(coupons.made) == 1
     assert [r["code"] for r in customer_summary(engine, EMAIL)["rewards"]] == [issued.code]
+
+
+def test_a_coupon_used_event_spends_the_reward_once(make_engine):
+    from tests.plugins.counter import TillPlugin
+
+    engine = make_engine(tables=TABLES, extra_plugins=(("till", TillPlugin()),))
+    earn(engine, "600.00")
+    issued = engine.redeem(EMAIL, "five-off")
+    connector = engine.connectors["counter"]
+    connector.topics = (*connector.topics, "coupon.used")
+    event = {"type": "coupon.used", "idempotency_key": "use-1", "occurred_at": "2026-03-05T10:00:00+00:00",
+             "coupon": {"code": issued.code, "order_id": "till-77"}}
+    assert engine.ingest("counter", "coupon.used", json.dumps(event).encode()).status == "applied"
+    with engine.db.connect() as conn:
+        row = conn.execute(select(rewards)).one()
+    assert (row.status, row.used_in) == ("used", "order:counter:till-77")
+    assert customer_summary(engine, EMAIL)["rewards"] == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from engine.config import ConfigError
@@ -25,6 +25,9 @@ from engine.db.models import accounts, rewards
 from engine.rules_api import StampCard
 
 PREFIX = "stamps:"
+_BALANCE = select(accounts.c.balance).where(
+    accounts.c.customer_id == bindparam("customer_id"), accounts.c.unit == bindparam("unit")
+)
 
 
 class Cards:
@@ -53,9 +56,7 @@ class Cards:
         if card is None:
             return
         source = f"card:{card.name}"
-        balance = conn.execute(
-            select(accounts.c.balance).where(accounts.c.customer_id == customer_id, accounts.c.unit == unit)
-        ).scalar_one_or_none() or 0
+        balance = conn.execute(_BALANCE, {"customer_id": customer_id, "unit": unit}).scalar_one_or_none() or 0
         while balance >= card.required:
             number = conn.execute(
                 select(func.count()).select_from(rewards).where(

@@ -162,7 +162,8 @@ class Pipeline:
         if self.referrals.program and customer_id is not None:
             posted += self.referrals.on_order(conn, order, customer_id, at)
         if self.tiers.program and customer_id is not None:
-            self.tiers.settle(conn, customer_id, at)  # upgrade at once, after this order counts
+            known = resolved.tier if resolved is not None and resolved.id == customer_id else None
+            self.tiers.settle(conn, customer_id, at, known)  # upgrade at once, after this order counts
         return posted
 
     def _siblings(self, conn: Connection, customer_id: int, order_id: int) -> list:

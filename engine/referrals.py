@@ -15,13 +15,17 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db.models import customers, orders, referrals
 from engine.rules_api import UNIT_POINTS, ReferralProgram
 
 ACTIVE = ("claimed", "rewarded")
+# Built once: looked up after every order.
+_ACTIVE_CLAIM = select(referrals).where(
+    referrals.c.referee_id == bindparam("customer_id"), referrals.c.status.in_(ACTIVE)
+)
 
 
 class ReferralRefused(Exception):
@@ -97,9 +101,7 @@ class Referrals:
                 if conn.execute(select(customers.c.id).where(customers.c.referral_code == code.strip().upper())).first():
                     self.claim(conn, customer_id, code, at, via=source, order_id=order.id)  # refusals are recorded
                     break
-        claim = conn.execute(
-            select(referrals).where(referrals.c.referee_id == customer_id, referrals.c.status.in_(ACTIVE))
-        ).one_or_none()
+        claim = conn.execute(_ACTIVE_CLAIM, {"customer_id": customer_id}).one_or_none()
         if claim is None:
             return 0
         if claim.status == "rewarded":

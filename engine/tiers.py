@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
@@ -25,6 +25,27 @@ from engine.db.models import accounts, customers, ledger_entries, orders, tier_h
 from engine.rules_api import UNIT_POINTS, TierProgram
 
 ORDER_REASONS = ("order", "refund", "cancel", "unpaid", "reassign")
+
+
+# Built once: SQLAlchemy reuses their compiled form (this runs after every order).
+_SPEND = select(func.coalesce(func.sum(orders.c.eligible), 0)).where(
+    orders.c.customer_id == bindparam("customer_id"),
+    orders.c.paid_at > bindparam("since"),
+    orders.c.paid_at <= bindparam("until"),
+)
+_POINTS_EARNED = (
+    select(func.coalesce(func.sum(ledger_entries.c.amount), 0))
+    .join(accounts, accounts.c.id == ledger_entries.c.account_id)
+    .where(
+        and_(
+            accounts.c.customer_id == bindparam("customer_id"),
+            accounts.c.unit == UNIT_POINTS,
+            ledger_entries.c.reason.in_(ORDER_REASONS),
+            ledger_entries.c.occurred_at > bindparam("since"),
+            ledger_entries.c.occurred_at <= bindparam("until"),
+        )
+    )
+)
 
 
 class Tiers:
@@ -35,26 +56,8 @@ class Tiers:
     def metric(self, conn: Connection, customer_id: int, at: datetime) -> Decimal:
         """Points earned by orders (or their eligible spend) in the window up to ``at``."""
         since = at - timedelta(days=self.program.window_days)
-        if self.program.metric == "spend":
-            total = conn.execute(
-                select(func.coalesce(func.sum(orders.c.eligible), 0)).where(
-                    orders.c.customer_id == customer_id, orders.c.paid_at > since, orders.c.paid_at <= at
-                )
-            ).scalar_one()
-        else:
-            total = conn.execute(
-                select(func.coalesce(func.sum(ledger_entries.c.amount), 0))
-                .join(accounts, accounts.c.id == ledger_entries.c.account_id)
-                .where(
-                    and_(
-                        accounts.c.customer_id == customer_id,
-                        accounts.c.unit == UNIT_POINTS,
-                        ledger_entries.c.reason.in_(ORDER_REASONS),
-                        ledger_entries.c.occurred_at > since,
-                        ledger_entries.c.occurred_at <= at,
-                    )
-                )
-            ).scalar_one()
+        query = _SPEND if self.program.metric == "spend" else _POINTS_EARNED
+        total = conn.execute(query, {"customer_id": customer_id, "since": since, "until": at}).scalar_one()
         return Decimal(str(total))
 
     def earned(self, metric: Decimal) -> str | None:
@@ -85,11 +88,15 @@ class Tiers:
             )
         )
 
-    def settle(self, conn: Connection, customer_id: int, at: datetime) -> None:
-        """Upgrade at once when the metric reached a higher level."""
+    def settle(self, conn: Connection, customer_id: int, at: datetime, current: str | None = None) -> None:
+        """Upgrade at once when the metric reached a higher level (``current``:
+        the tier the caller already knows holds)."""
         if not self.program:
             return
-        current = conn.execute(select(customers.c.tier).where(customers.c.id == customer_id)).scalar_one()
+        if current is None:
+            current = conn.execute(select(customers.c.tier).where(customers.c.id == customer_id)).scalar_one()
+        if current == self.program.levels[-1].name:
+            return  # the top: nothing to upgrade to
         metric = self.metric(conn, customer_id, at)
         earned = self.earned(metric)
         if self._rank(earned) > self._rank(current):

@@ -138,7 +138,7 @@ class Pipeline:
                 conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible)
             )
             awarded = {k: v for k, v in targets.items() if v}
-            if order.awardable and order.discount_codes:
+            if order.awardable and order.discount_codes and self.rewards.catalogue.entries:
                 # coupon.used: a paid order that carries a reward's code spends it
                 self.rewards.mark_used(conn, customer_id, order.discount_codes, f"order:{channel}:{external_id}", at)
 

@@ -467,7 +467,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     from rich.table import Table
     from sqlalchemy import func, select
 
-    from engine.db.models import accounts
+    from engine.db.models import accounts, rewards
     from engine.db.models import customers as people
 
     console = console or Console()
@@ -491,9 +491,13 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
         alive = people.c.merged_into.is_(None)
         n_people = conn.execute(select(func.count()).select_from(people).where(alive)).scalar_one()
         outstanding = conn.execute(select(func.coalesce(func.sum(accounts.c.balance), 0)).where(points)).scalar()
-        top = conn.execute(select(people.c.email, accounts.c.balance)
+        top = conn.execute(select(people.c.email, accounts.c.balance, people.c.tier)
                            .join(accounts, accounts.c.customer_id == people.c.id).where(points)
                            .order_by(accounts.c.balance.desc(), people.c.id).limit(5)).all()
+        tiers = dict(conn.execute(select(people.c.tier, func.count()).where(alive, people.c.tier.is_not(None))
+                                  .group_by(people.c.tier)).all())
+        issued = dict(conn.execute(select(rewards.c.reward, func.count()).where(rewards.c.status == "issued")
+                                   .group_by(rewards.c.reward)).all())
     seconds = time.perf_counter() - started
     console.print(f"[bold]{sum(counts.values())} deliveries[/bold] in {seconds:.1f} s: "
                   + ", ".join(f"{n} {status}" for status, n in counts.items()), highlight=False)
@@ -501,10 +505,14 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
                   f"cancelled); {tally['both']} of {customers} customers bought in both shops", highlight=False)
     for outcome in failures[:10]:
         console.print(f"[red]failed[/red] delivery {outcome.inbox_id}: {outcome.error}", highlight=False)
-    table = Table("top customers", "points", title=f"{n_people} customers, {outstanding} points outstanding")
-    for email, balance in top:
-        table.add_row(email, str(balance))
+    table = Table("top customers", "points", "tier", title=f"{n_people} customers, {outstanding} points outstanding")
+    for email, balance, tier in top:
+        table.add_row(email, str(balance), tier or "-")
     console.print(table)
+    if tiers or issued:
+        console.print("tiers: " + (", ".join(f"{n} {t}" for t, n in sorted(tiers.items())) or "none") + "; "
+                      + "rewards waiting to be spent: " + (", ".join(f"{n} {r}" for r, n in sorted(issued.items())) or "none"),
+                      highlight=False)
     if drifts:
         console.print(f"[red]audit: {len(drifts)} accounts drift from the ledger[/red]; see `regulars audit`")
     else:
@@ -512,5 +520,5 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     if top:
         console.print(f"look one up: [bold]regulars customer show {top[0][0]}[/bold]", highlight=False)
     return {**counts, "deliveries": sum(counts.values()), "customers": n_people, "points": int(outstanding),
-            "top": [(email, int(balance)) for email, balance in top], "drifts": len(drifts),
+            "top": [(email, int(balance)) for email, balance, _ in top], "drifts": len(drifts),
             "orders": tally["orders"], "both_channels": tally["both"], "seconds": round(seconds, 2)}

@@ -49,7 +49,11 @@ def customer_summary(engine, key: str) -> dict | None:
         "points": balances.get(UNIT_POINTS, 0),
         #: of which not yet spendable (inside an order's return window)
         "points_pending": pending,
-        "stamps": {u[len(STAMPS_PREFIX):]: n for u, n in sorted(balances.items()) if u.startswith(STAMPS_PREFIX)},
+        # every configured card, an empty one as 0, and any other stamps held
+        "stamps": dict(sorted({
+            **dict.fromkeys(engine.cards.cards, 0),
+            **{u[len(STAMPS_PREFIX):]: n for u, n in balances.items() if u.startswith(STAMPS_PREFIX)},
+        }.items())),
         "tier": row.tier,
         "tier_history": tier_history,
         "rewards": [r.as_json() for r in unused],

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.customers import customer_summary
-from tests.conftest import POSTGRES_URL, reset_postgres
+from tests.conftest import DEFAULT_TABLES, POSTGRES_URL, reset_postgres
 from tests.streams import Line, PlannedOrder, deliveries, expected_by_email, ingest_all
 
 EMAILS = ["jana@example.com", "petr@example.cz", "zuzana@example.sk"]
@@ -68,15 +68,15 @@ def programmes(draw):
     return planned, ordered, shuffled
 
 
-def _fresh(make_engine, tmp_path, sqlite_template, counter=[0]):  # noqa: B006 - a per-process counter
+def _fresh(make_engine, tmp_path, sqlite_template, tables=None, counter=[0]):  # noqa: B006 - a per-process counter
     if POSTGRES_URL:
-        engine = make_engine()
+        engine = make_engine(tables=tables)
         reset_postgres(engine.db)
         return engine
     counter[0] += 1
     path = tmp_path / f"example-{counter[0]}.sqlite3"
     shutil.copy(sqlite_template, path)
-    return make_engine(url=f"sqlite:///{path}")
+    return make_engine(tables=tables, url=f"sqlite:///{path}")
 
 
 def _points_by_email(engine) -> dict[str, int]:
@@ -150,4 +150,60 @@ def test_replaying_every_stored_delivery_changes_nothing(engine):
     for inbox_id in ids:
         assert engine.replay(inbox_id).status == "applied"
     assert _points_by_email(engine) == before
+    assert _audit_clean(engine)
+
+
+# Every rule whose outcome depends only on the orders as they stand (not on the
+# order they were applied in): points with expiry lots, a stamp card and its
+# rewards, SKU multipliers and the first-order bonus.
+ORDER_INDEPENDENT = {
+    **DEFAULT_TABLES,
+    "rules": {
+        "points": {"per_unit": 1},
+        "expiry": {"months": 12},
+        "stamps": {"sku0": {"required": 3, "per": "item", "skus": ["SKU-0"], "reward": "free"}},
+    },
+    "rewards": {"free": {"kind": "free_product", "sku": "SKU-0"}},
+    "plugins": {
+        "sku-multipliers": {"rules": [{"skus": ["SKU-1"], "multiplier": 2}]},
+        "first-order-bonus": {"points": 50, "min_order": "10.00"},
+    },
+}
+
+
+def _state(engine) -> dict:
+    from sqlalchemy import func, select
+
+    from engine.db.models import customers, rewards
+
+    found = {}
+    for email in EMAILS:
+        summary = customer_summary(engine, email)
+        if summary is not None:
+            found[email] = (summary["points"], summary["stamps"])
+    with engine.db.connect() as conn:
+        issued = conn.execute(
+            select(customers.c.email, func.count())
+            .join(rewards, rewards.c.customer_id == customers.c.id)
+            .where(rewards.c.status == "issued")
+            .group_by(customers.c.email)
+        ).all()
+    return {"balances": found, "rewards": dict(issued)}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(programme=programmes())
+def test_with_stamp_cards_campaigns_and_the_first_order_bonus_any_reordering_ends_the_same(
+    programme, make_engine, tmp_path, _sqlite_template
+):
+    _planned, ordered, shuffled = programme
+    engine = _fresh(make_engine, tmp_path, _sqlite_template, ORDER_INDEPENDENT)
+    assert all(o.status in ("applied", "duplicate") for o in ingest_all(engine, ordered))
+    expected = _state(engine)
+    assert _audit_clean(engine)
+    engine.db.dispose()
+
+    engine = _fresh(make_engine, tmp_path, _sqlite_template, ORDER_INDEPENDENT)
+    assert all(o.status in ("applied", "duplicate") for o in ingest_all(engine, shuffled))
+    assert _state(engine) == expected
     assert _audit_clean(engine)

@@ -55,6 +55,22 @@ class CustomerView:
     #: pipeline for the decision hooks when subscription plans are configured
     #: (empty otherwise)
     plans: tuple[str, ...] = ()
+    #: the tier changes, oldest first: (when, tier from then on); filled by the
+    #: pipeline before an order's multipliers are asked, when tiers are on
+    tier_changes: tuple[tuple[datetime, str | None], ...] = ()
+
+    def tier_at(self, moment: datetime | None) -> str | None:
+        """The tier that held at ``moment`` (an order's paid time): the last
+        change strictly before it, so an order that reaches a tier earns at the
+        tier it was paid in. Without changes (or a moment), the tier now."""
+        if moment is None or not self.tier_changes:
+            return self.tier
+        held = None
+        for when, tier in self.tier_changes:
+            if when >= moment:
+                break
+            held = tier
+        return held
 
 
 def new_code(length: int) -> str:

@@ -128,6 +128,8 @@ class Pipeline:
             # since a multiplier may depend on when the order was paid.
             paid_at_moved = row.paid_at is not None and order.paid_at != as_utc(row.paid_at)
             if order.awardable and (multipliers is None or paid_at_moved):
+                if self.tiers.program:
+                    customer = replace(customer, tier_changes=self.tiers.changes(conn, customer_id))
                 multipliers = self._multipliers(order, customer)
                 order = view(row.id, channel, external_id, state, multipliers)
             siblings = self._siblings(conn, customer_id, row.id) if self.history_plugins else []

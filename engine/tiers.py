@@ -7,9 +7,9 @@ tier-review``): one level at a time or straight to the level earned, after an
 optional grace period. Spending points never lowers the metric: it counts points
 *earned* by orders, net of their refunds.
 
-Late deliveries: the tier that holds when an order is first awarded gives its
-multiplier; an order that arrives long after it was paid is measured by the
-tier of the day it arrives.
+The multiplier is the tier's that held when the order was paid (from the tier
+history), so an order delivered late still earns at the tier of its paid time,
+as far as the engine knew the history when the order was first awarded.
 """
 
 from __future__ import annotations
@@ -45,6 +45,13 @@ _POINTS_EARNED = (
             ledger_entries.c.occurred_at <= bindparam("until"),
         )
     )
+)
+
+
+_CHANGES = (
+    select(tier_history.c.at, tier_history.c.to_tier)
+    .where(tier_history.c.customer_id == bindparam("customer_id"))
+    .order_by(tier_history.c.at, tier_history.c.id)
 )
 
 
@@ -135,6 +142,11 @@ class Tiers:
             self._change(conn, row.id, row.tier, new, "downgrade", metric, now, still_below)
             downgraded += 1
         return len(rows), downgraded
+
+    def changes(self, conn: Connection, customer_id: int) -> tuple:
+        """(when, tier from then on) for each change, oldest first."""
+        rows = conn.execute(_CHANGES, {"customer_id": customer_id}).all()
+        return tuple((as_utc(r.at), r.to_tier) for r in rows)
 
     def history(self, conn: Connection, customer_id: int) -> list[dict]:
         rows = conn.execute(

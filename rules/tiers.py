@@ -13,7 +13,7 @@ levels = [
 ```
 
 The engine keeps the tiers (engine/tiers.py); this plugin gives the program and
-the multiplier of the tier that holds when an order is first awarded.
+the multiplier of the tier that held when an order was paid.
 """
 
 from __future__ import annotations
@@ -70,5 +70,6 @@ class TiersRule:
 
     @hookimpl
     def regulars_order_multipliers(self, order, customer):
-        factor = self.multipliers.get(customer.tier)
-        return [Multiplier(f"{customer.tier} tier", factor)] if factor is not None else None
+        tier = customer.tier_at(order.paid_at)  # the tier that held when it was paid
+        factor = self.multipliers.get(tier)
+        return [Multiplier(f"{tier} tier", factor)] if factor is not None else None

@@ -134,3 +134,13 @@ def test_a_plugin_can_give_the_tier_programme(make_engine):
     engine = make_engine(extra_plugins=(("vip", VipProgram()),))
     buy(engine, 1, "150.00", JAN)
     assert summary(engine)["tier"] == "vip"
+
+
+def test_a_late_delivered_order_earns_at_the_tier_that_held_when_it_was_paid(make_engine):
+    engine = make_engine(tables=tables())
+    buy(engine, 1, "300.00", JAN)
+    buy(engine, 2, "250.00", JAN + timedelta(days=1))  # silver from here
+    buy(engine, 3, "100.00", JAN + timedelta(hours=12))  # paid before the upgrade, delivered after
+    assert summary(engine)["points"] == 550 + 100
+    buy(engine, 4, "100.00", JAN + timedelta(days=2))  # paid while silver holds
+    assert summary(engine)["points"] == 650 + 125

@@ -62,6 +62,44 @@ class EngineSettingsSchema(StrictSchema):
     timezone = fields.String(load_default="UTC")
 
 
+def named_tables(
+    item: type[Schema], noun: str, example: str, name_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+) -> type[Schema]:
+    """A schema for a table whose keys are names, each a sub-table validated by
+    ``item`` (``[rules.stamps.coffee]``, ``[rules.subscriptions.vip]``). It loads
+    to ``{name: settings}``, and reports errors as ``coffee.required`` with the
+    keys a sub-table takes."""
+    known = ", ".join(sorted(item._declared_fields))
+
+    def name_the_keys(messages):
+        if not isinstance(messages, dict):
+            return messages
+        return {key: [f"unknown key (expected one of: {known})"] if value == ["Unknown field."] else value
+                for key, value in messages.items()}
+
+    class NamedTables(StrictSchema):
+        entries = fields.Dict(
+            keys=fields.String(validate=validate.Regexp(
+                name_pattern, error=f"a {noun} name is letters, digits, '_', '.' or '-' (up to 64)")),
+            values=fields.Nested(item),
+        )
+
+        def load(self, data, **kwargs):
+            try:
+                entries = super().load({"entries": data}, **kwargs)["entries"]
+            except ValidationError as exc:
+                messages = exc.messages.get("entries", exc.messages) if isinstance(exc.messages, dict) else exc.messages
+                if isinstance(messages, dict):
+                    messages = {name: name_the_keys(value.get("value", value) if isinstance(value, dict) else value)
+                                for name, value in messages.items()}
+                raise ValidationError(messages) from None
+            if not entries:
+                raise ValidationError({"(table)": [f"add at least one {noun}, e.g. {example}"]})
+            return entries
+
+    return NamedTables
+
+
 @dataclass
 class Config:
     """What the engine is started with."""

@@ -22,9 +22,9 @@ from __future__ import annotations
 from decimal import Decimal
 from fnmatch import fnmatchcase
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import fields, validate
 
-from engine.config import DecimalString, StrictSchema
+from engine.config import DecimalString, StrictSchema, named_tables
 from engine.hookspecs import hookimpl
 from engine.rules_api import Award, StampCard
 
@@ -38,26 +38,7 @@ class CardSettings(StrictSchema):
     visits = fields.Boolean(load_default=None, allow_none=True)
 
 
-class StampsSettings(StrictSchema):
-    """``[rules.stamps.<card>]`` tables, one per card."""
-
-    cards = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[a-z0-9][a-z0-9_-]{0,40}$")),
-                        values=fields.Nested(CardSettings))
-
-    def load(self, data, **kwargs):  # the table's keys are the cards
-        try:
-            return super().load({"cards": data}, **kwargs)["cards"]
-        except ValidationError as exc:
-            # Report "[rules.stamps] coffee.required", not the wrapper's path.
-            cards = exc.messages.get("cards", exc.messages) if isinstance(exc.messages, dict) else exc.messages
-            if isinstance(cards, dict):
-                cards = {k: (v.get("value", v) if isinstance(v, dict) else v) for k, v in cards.items()}
-            raise ValidationError(cards) from None
-
-    @validates_schema
-    def _some_card(self, data, **kwargs):
-        if not data.get("cards"):
-            raise ValidationError("add at least one card, e.g. [rules.stamps.coffee]", "cards")
+StampsSettings = named_tables(CardSettings, "card", "[rules.stamps.coffee]")
 
 
 class StampsRule:

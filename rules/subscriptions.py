@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from marshmallow import ValidationError, fields, validate, validates_schema
+from marshmallow import fields, validate
 
-from engine.config import DecimalString, StrictSchema
+from engine.config import DecimalString, StrictSchema, named_tables
 from engine.hookspecs import hookimpl
 from engine.rules_api import Multiplier, SubscriptionPlan
 
@@ -32,37 +32,7 @@ class PlanSettings(StrictSchema):
     start_points = fields.Integer(strict=True, load_default=None, allow_none=True, validate=POINTS)
 
 
-class SubscriptionsSettings(StrictSchema):
-    """``[rules.subscriptions.<plan>]`` tables, one per plan."""
-
-    plans = fields.Dict(keys=fields.String(validate=validate.Regexp(
-                            r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                            error="a plan name is letters, digits, '_', '.' or '-' (up to 64)")),
-                        values=fields.Nested(PlanSettings))
-
-    def load(self, data, **kwargs):  # the table's keys are the plans
-        try:
-            return super().load({"plans": data}, **kwargs)["plans"]
-        except ValidationError as exc:
-            # Report "[rules.subscriptions] vip.multiplier", not the wrapper's path.
-            plans = exc.messages.get("plans", exc.messages) if isinstance(exc.messages, dict) else exc.messages
-            if isinstance(plans, dict):
-                plans = {k: _name_the_keys(v.get("value", v) if isinstance(v, dict) else v) for k, v in plans.items()}
-            raise ValidationError(plans) from None
-
-    @validates_schema
-    def _some_plan(self, data, **kwargs):
-        if not data.get("plans"):
-            raise ValidationError("add at least one plan, e.g. [rules.subscriptions.vip]", "plans")
-
-
-def _name_the_keys(messages):
-    """A plan's unknown key says which keys a plan takes (not the wrapper's)."""
-    if not isinstance(messages, dict):
-        return messages
-    known = ", ".join(sorted(PlanSettings().fields))
-    return {key: [f"unknown key (expected one of: {known})"] if value == ["Unknown field."] else value
-            for key, value in messages.items()}
+SubscriptionsSettings = named_tables(PlanSettings, "plan", "[rules.subscriptions.vip]")
 
 
 class SubscriptionsRule:

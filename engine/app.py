@@ -131,6 +131,22 @@ class Engine:
                 return prepared.outcome
             return self._apply_one(prepared, conn)
 
+    def receive(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str] | None = None) -> Outcome:
+        """Store a delivery and check that it translates, without applying it:
+        what a webhook receiver does before answering. The outcome is
+        ``received`` (to be applied by ``apply_received``), or already decided:
+        ``duplicate``, ``ignored`` or ``failed`` with the reason."""
+        prepared = self._receive([(topic, body, dict(headers or {}))], channel)[0]
+        return prepared.outcome or Outcome(prepared.inbox_id, "received")
+
+    def apply_received(self, limit: int = 200) -> list[Outcome]:
+        """Apply deliveries stored but not applied yet, oldest first, from their
+        raw bodies (the background work of ``regulars serve``)."""
+        self.ensure_schema()
+        with self.db.connect() as conn:
+            ids = [row.id for row in inbox.pending(conn, limit)]
+        return [self.replay(inbox_id) for inbox_id in ids]
+
     def ingest_batch(
         self, channel: str, deliveries: Iterable[tuple[str, bytes, Mapping[str, str] | None]]
     ) -> list[Outcome]:

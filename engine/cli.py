@@ -312,6 +312,24 @@ def db_upgrade(obj: Context, revision: str) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@pass_ctx
+def serve(ctx: Context, host: str, port: int) -> None:
+    """Serve the webhook receivers (POST /webhooks/shopify, /webhooks/woocommerce).
+
+    Deliveries are verified, stored and answered at once; on the embedded
+    defaults they are applied in the background in this process. Secrets come
+    from REGULARS_SHOPIFY_WEBHOOK_SECRET and REGULARS_WOOCOMMERCE_WEBHOOK_SECRET
+    (comma-separated while rotating)."""
+    import uvicorn
+
+    from engine.web import create_app
+
+    uvicorn.run(create_app(ctx.engine), host=host, port=port, log_level="info")
+
+
+@main.command()
 @click.option("--customers", default=300, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--seed", default=7, show_default=True, help="Random seed (the same seed, the same shop).")
 @pass_ctx

@@ -85,6 +85,13 @@ def get(conn: Connection, inbox_id: int):
     return conn.execute(select(inbox).where(inbox.c.id == inbox_id)).one_or_none()
 
 
+def pending(conn: Connection, limit: int = 200):
+    """Deliveries stored but not applied yet, oldest first."""
+    return conn.execute(
+        select(inbox.c.id).where(inbox.c.status == RECEIVED).order_by(inbox.c.id).limit(limit)
+    ).all()
+
+
 def listing(conn: Connection, status: str | None = None, limit: int = 50, channel: str | None = None):
     query = select(
         inbox.c.id, inbox.c.channel, inbox.c.topic, inbox.c.key, inbox.c.status, inbox.c.error,

@@ -184,6 +184,42 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
     console.print(table)
 
 
+@customer.command("export")
+@click.argument("key")
+@pass_ctx
+def customer_export(ctx: Context, key: str) -> None:
+    """Print everything regulars holds about a customer, as JSON (a GDPR data
+    request): the customer, channels, ledger, orders, rewards, referrals, tier
+    history and the raw deliveries that mention them."""
+    from engine.privacy import UnknownCustomer, dumps, export
+
+    try:
+        click.echo(dumps(export(ctx.engine, key)))
+    except UnknownCustomer as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@customer.command("erase")
+@click.argument("key")
+@click.option("--yes", is_flag=True, help="Do it (without this, nothing is erased).")
+@pass_ctx
+def customer_erase(ctx: Context, key: str, yes: bool) -> None:
+    """Erase a customer's personal data (email, phone, names, address, birthday,
+    order notes and the raw deliveries that mention them), keeping the ledger's
+    sums exact. Needs --yes."""
+    from engine.db import utcnow
+    from engine.privacy import UnknownCustomer, erase
+
+    if not yes:
+        raise click.UsageError("erasing can't be undone: add --yes")
+    try:
+        done = erase(ctx.engine, key, utcnow())
+    except UnknownCustomer as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"erased: {done['customers']} customer record(s), {done['deliveries']} raw deliveries, "
+                  f"notes of {done['orders_with_notes']} orders; balances unchanged", highlight=False)
+
+
 # -- audit, plugins, events, db ------------------------------------------------
 
 

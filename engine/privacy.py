@@ -1,0 +1,133 @@
+"""A customer's data, exported or erased (GDPR requests; Shopify's mandatory
+privacy webhooks will call the same two functions).
+
+Erasing removes what identifies the person (email, phone, names, address,
+birthday, marketing consent, order notes, and the raw deliveries that carry any
+of them) and keeps everything the ledger's sums need: the customer row under its
+id, its accounts and entries, its orders' amounts. The audit stays clean and
+every balance stays exact.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import select, text, update
+from sqlalchemy.engine import Connection
+
+from engine.db.models import (
+    accounts,
+    customer_links,
+    customers,
+    inbox,
+    ledger_entries,
+    orders,
+    referrals,
+    rewards,
+    tier_history,
+)
+
+PERSONAL = ("email", "phone", "first_name", "last_name", "address", "birthday", "accepts_marketing")
+ERASED_BODY = b'{"erased": "personal data removed on request"}'
+
+
+class UnknownCustomer(LookupError):
+    pass
+
+
+def _people(conn: Connection, customer_id: int) -> list[int]:
+    """The customer and every customer merged into them."""
+    found, frontier = [customer_id], [customer_id]
+    while frontier:
+        rows = conn.execute(select(customers.c.id).where(customers.c.merged_into.in_(frontier))).all()
+        frontier = [r.id for r in rows if r.id not in found]
+        found += frontier
+    return found
+
+
+def _jsonable(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str | int | float | bool | dict | list | type(None)) else str(value)
+
+
+def _rows(conn: Connection, query) -> list[dict]:
+    return [{k: _jsonable(v) for k, v in row._mapping.items()} for row in conn.execute(query)]
+
+
+def export(engine, key: str) -> dict:
+    """Everything regulars holds about the customer a key finds, as JSON-able data."""
+    with engine.db.connect() as conn:
+        customer_id = engine.identity.find(conn, key)
+        if customer_id is None:
+            raise UnknownCustomer(f"no customer matches {key!r}")
+        ids = _people(conn, customer_id)
+        return {
+            "customer": _rows(conn, select(customers).where(customers.c.id.in_(ids))),
+            "channels": _rows(conn, select(customer_links).where(customer_links.c.customer_id.in_(ids))),
+            "accounts": _rows(conn, select(accounts).where(accounts.c.customer_id.in_(ids))),
+            "ledger": _rows(conn, select(ledger_entries).join(accounts, accounts.c.id == ledger_entries.c.account_id)
+                            .where(accounts.c.customer_id.in_(ids)).order_by(ledger_entries.c.id)),
+            "orders": _rows(conn, select(orders).where(orders.c.customer_id.in_(ids))),
+            "rewards": _rows(conn, select(rewards).where(rewards.c.customer_id.in_(ids))),
+            "referrals": _rows(conn, select(referrals).where(
+                referrals.c.referee_id.in_(ids) | referrals.c.referrer_id.in_(ids))),
+            "tier_history": _rows(conn, select(tier_history).where(tier_history.c.customer_id.in_(ids))),
+            "deliveries": [{"id": r["id"], "channel": r["channel"], "topic": r["topic"], "received_at": r["received_at"],
+                            "body": r["body"]} for r in _rows(conn, _deliveries_of(conn, ids))],
+        }
+
+
+def _needles(conn: Connection, ids: list[int]) -> list[bytes]:
+    """What marks a raw delivery as this person's: their email, phone and the
+    channels' ids for them, as they appear in a JSON body."""
+    needles = set()
+    for row in conn.execute(select(customers.c.email, customers.c.phone).where(customers.c.id.in_(ids))):
+        needles.update(v for v in (row.email, row.phone) if v)
+    for row in conn.execute(select(customer_links.c.external_id).where(customer_links.c.customer_id.in_(ids))):
+        needles.update({f'"id": {row.external_id}', f'"customer_id": {row.external_id}', f'"id":{row.external_id}'})
+    return [n.encode() for n in needles]
+
+
+def _deliveries_of(conn: Connection, ids: list[int]):
+    """Inbox rows whose raw body mentions the person (by email, phone or a
+    channel's customer id)."""
+    needles = _needles(conn, ids)
+    if not needles:
+        return select(inbox).where(inbox.c.id < 0)
+    # A byte search inside the stored body, in each database's own words.
+    find = "position(:n{i} in body) > 0" if conn.dialect.name == "postgresql" else "instr(body, :n{i}) > 0"
+    condition = " OR ".join(find.format(i=i) for i in range(len(needles)))
+    return select(inbox).where(text(f"({condition})").bindparams(**{f"n{i}": n for i, n in enumerate(needles)}))
+
+
+def erase(engine, key: str, at: datetime) -> dict:
+    """Erase the personal data of the customer a key finds (and of customers
+    merged into them); keep the ledger and the amounts. Returns what changed."""
+    with engine.db.begin() as conn:
+        customer_id = engine.identity.find(conn, key)
+        if customer_id is None:
+            raise UnknownCustomer(f"no customer matches {key!r}")
+        ids = _people(conn, customer_id)
+        deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids))]
+        if deliveries:
+            conn.execute(update(inbox).where(inbox.c.id.in_(deliveries)).values(body=ERASED_BODY, headers=None))
+        conn.execute(update(customers).where(customers.c.id.in_(ids))
+                     .values(**dict.fromkeys(PERSONAL), updated_at=at))
+        notes = 0
+        for row in conn.execute(select(orders.c.id, orders.c.state).where(orders.c.customer_id.in_(ids))).all():
+            state = dict(row.state or {})
+            snapshot = dict(state.get("snapshot") or {})
+            if snapshot.get("attributes"):
+                snapshot["attributes"] = {}
+                state["snapshot"] = snapshot
+                conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
+                notes += 1
+    return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes}
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)

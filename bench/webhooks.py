@@ -253,6 +253,18 @@ def engine_app_quiet():
     return engine_app(background=False)
 
 
+def engine_app_inline():
+    """The app with the applier off and ``engine.receive`` called on the event
+    loop's own thread: what the thread pool's hand-offs cost (``--profile``)."""
+    import engine.web.app as web
+
+    async def inline(fn, *args):
+        return fn(*args)
+
+    web.run_in_threadpool = inline  # this server process only
+    return engine_app(background=False)
+
+
 def bare_app(store: bool = False):
     """The same stack with no storage: read, verify, parse, answer. With
     ``store`` (``--profile``), also a floor for durable receipt: one writer
@@ -393,11 +405,25 @@ def serve(kind: str, port: int, workers: int, sample: Path | None) -> None:
     if sample is not None:
         sampler(sample)
     factory = {"engine": "engine_app", "quiet": "engine_app_quiet", "bare": "bare_app",
-               "floor": "bare_store_app"}[kind]
+               "floor": "bare_store_app",
+               "inline": "engine_app_inline"}[kind]
     if workers == 1:  # in this process, as `regulars serve`
         app = globals()[factory]()
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
     else:
+        # uvicorn's supervisor binds the socket with proto 0, so asyncio leaves
+        # Nagle on for every connection it accepts (uvicorn issue 3149): each
+        # answer after the first on a connection then waits ~40 ms for the
+        # client's delayed ACK. Mark the socket TCP, as the one-worker path does.
+        bind = uvicorn.Config.bind_socket
+
+        def bind_tcp(config):
+            sock = bind(config)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+            return sock
+
+        uvicorn.Config.bind_socket = bind_tcp
         uvicorn.run(f"webhooks:{factory}", factory=True, host="127.0.0.1", port=port, log_level="info",
                     workers=workers)
 
@@ -605,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="seconds to wait for the applier after the last answer (default 60)")
     parser.add_argument("--profile", action="store_true",
                         help="add a receipt breakdown, a pass with the applier off and a stack sampler")
-    parser.add_argument("--serve", choices=["engine", "quiet", "bare", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["engine", "quiet", "inline", "bare", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -660,9 +686,10 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
     server, engine_run, caught = one_pass("engine", "regulars serve", args, workdir,
                                           pipe, sample)
     problems = exactly_once(server.database, ids, engine_run) if caught and caught.done else []
-    quiet = floor = None
+    quiet = inline = floor = None
     if args.profile:
         _, quiet, _ = one_pass("quiet", "regulars app, applier off", args, workdir, pipe)
+        _, inline, _ = one_pass("inline", "applier off, receive on the loop", args, workdir, pipe)
         floor_server, floor, _ = one_pass("floor", "bare + sqlite3 group commit", args, workdir, pipe)
         floor_problems = exactly_once(floor_server.database, ids, floor, orders=False)
     _, bare_run, _ = one_pass("bare", "bare endpoint", args, workdir, pipe)
@@ -672,7 +699,7 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
     for column in ("endpoint", "deliveries/s", "p50 ms", "p99 ms", "max ms", "seconds", "not 200",
                    "server CPU", "load CPU", "× bare"):
         table.add_column(column, justify="left" if column == "endpoint" else "right")
-    for r in (engine_run, quiet, floor, bare_run):
+    for r in (engine_run, quiet, inline, floor, bare_run):
         if r is None:
             continue
         ratio = "" if r is bare_run else f"{r.seconds / bare_run.seconds:.1f}×"
@@ -689,7 +716,7 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
     if args.profile:
         console.print("[yellow]the regulars serve row ran with the stack sampler in the server: slower than "
                       "without[/yellow]")
-    for r in (engine_run, quiet, floor, bare_run):
+    for r in (engine_run, quiet, inline, floor, bare_run):
         if r is not None and r.errors:
             console.print(f"[red]{r.label}: {len(r.errors)} errors, e.g.[/red] {r.errors[:3]}")
 

@@ -21,7 +21,7 @@ from typing import Any
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from connectors.base import BadDelivery
+from connectors.base import BadDelivery, body_key
 from engine import inbox
 from engine.cards import Cards
 from engine.config import Config, format_errors
@@ -308,7 +308,7 @@ class Engine:
                     key = connector.delivery_key(topic, payload, headers, body)
                 except Exception:  # a payload too broken to key: its hash keys it
                     key = None
-            keyed.append((topic, body, headers, payload, error, key or _hash_key(topic, body)))
+            keyed.append((topic, body, headers, payload, error, key or body_key(topic, body)))
 
         prepared = []
         with self._transaction(conn) as tx:
@@ -418,12 +418,6 @@ class Engine:
         if status:
             with self._transaction(conn) as tx:
                 inbox.mark(tx, outcome.inbox_id, status, outcome.error, outcome.plugin)
-
-
-def _hash_key(topic: str, body: bytes) -> str:
-    import hashlib
-
-    return f"{topic}:sha256:{hashlib.sha256(body).hexdigest()}"
 
 
 def _first_line(exc: Exception) -> str:

@@ -25,10 +25,12 @@ from connectors.base import BadDelivery, body_key
 from engine import inbox
 from engine.cards import Cards
 from engine.config import Config, format_errors
+from engine.credentials import Credentials
 from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
 from engine.identity import Identity
 from engine.ledger import Ledger
+from engine.outbox import Outbox
 from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
 from engine.referrals import ReferralRefused, Referrals
@@ -99,6 +101,10 @@ class Engine:
             self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers, self.referrals,
             subscriptions=self.subscriptions,
         )
+        self.credentials = Credentials(self.db, config.base_dir)
+        self.outbox = Outbox(self.credentials, self.connectors)
+        if self.outbox.channels:
+            self.ledger.outbox = self.rewards.outbox = self.tiers.outbox = self.outbox
         self._schema_checked = False
 
     @property

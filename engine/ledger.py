@@ -80,6 +80,8 @@ class Ledger:
         self.expiry_months = expiry_months
         #: days an order's points stay pending (its return window)
         self.pending_days = pending_days
+        #: engine.outbox.Outbox: told of every balance change, to sync the shops
+        self.outbox = None
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
@@ -134,6 +136,8 @@ class Ledger:
                 "detail": detail,
             },
         ).scalar_one()
+        if self.outbox is not None:
+            self.outbox.customer_changed(conn, customer_id)
         if lots and unit == UNIT_POINTS:
             if amount > 0:
                 # A debt (a negative balance) takes new points first.

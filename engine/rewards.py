@@ -158,6 +158,8 @@ class Rewards:
         # Rewards issued by the current thread's open transaction, announced to
         # observers once it commits (engine.app).
         self._local = threading.local()
+        #: engine.outbox.Outbox: makes issued rewards coupons in the shops
+        self.outbox = None
 
     def issued_in_transaction(self) -> list[tuple[int, Issued]]:
         if not hasattr(self._local, "issued"):
@@ -249,6 +251,8 @@ class Rewards:
         ).scalar_one()
         issued = _issued(conn.execute(select(rewards).where(rewards.c.id == row_id)).one())
         self.issued_in_transaction().append((customer_id, issued))
+        if self.outbox is not None:
+            self.outbox.reward_issued(conn, customer_id, code, entry["kind"], channel)
         return issued
 
     def _check_channel(self, name: str, entry: dict, channel: str | None) -> None:
@@ -270,7 +274,14 @@ class Rewards:
         condition = rewards.c.code.in_(wanted) & (rewards.c.status == "issued")
         if customer_id is not None:
             condition &= rewards.c.customer_id == customer_id
-        return conn.execute(update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)).rowcount
+        if self.outbox is None:
+            return conn.execute(update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)).rowcount
+        spent = [r.code for r in conn.execute(
+            update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)
+            .returning(rewards.c.code))]
+        # The coupons made for it in the other shops go (the one spent is used up).
+        self.outbox.reward_closed(conn, spent, spent_in=used_in.split(":")[1] if used_in.startswith("order:") else used_in)
+        return len(spent)
 
     def unused(self, conn: Connection, customer_id: int) -> list[Issued]:
         rows = conn.execute(
@@ -296,6 +307,8 @@ class Rewards:
                     f"reward-expired:{row.code}", now,
                 )
             expired.append(_issued(row))
+        if self.outbox is not None:
+            self.outbox.reward_closed(conn, [row.code for row in expired])
         return expired
 
 

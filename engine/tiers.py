@@ -59,6 +59,8 @@ class Tiers:
     def __init__(self, program: TierProgram | None):
         self.program = program
         self.ranks = {level.name: i for i, level in enumerate(program.levels)} if program else {}
+        #: engine.outbox.Outbox: told of every tier change, to sync the shops
+        self.outbox = None
 
     def metric(self, conn: Connection, customer_id: int, at: datetime) -> Decimal:
         """Points earned by orders (or their eligible spend) in the window up to ``at``."""
@@ -94,6 +96,8 @@ class Tiers:
                 customer_id=customer_id, from_tier=old, to_tier=new, reason=reason, metric=metric, at=at
             )
         )
+        if self.outbox is not None:
+            self.outbox.customer_changed(conn, customer_id)
 
     def settle(self, conn: Connection, customer_id: int, at: datetime, current: str | None = None) -> None:
         """Upgrade at once when the metric reached a higher level (``current``:

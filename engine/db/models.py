@@ -285,3 +285,82 @@ class Subscription(Base):
 
 
 subscriptions = Subscription.__table__
+
+
+class OutboxMessage(Base):
+    """An effect in a shop, written in the same transaction as the change that
+    calls for it and delivered afterwards, with retries (engine.outbox).
+
+    ``customer.sync`` rows carry no values: the deliverer sends the customer's
+    state as it is when it runs, so one row per customer and channel is enough
+    (``version`` counts the changes; a delivery that raced a newer change
+    leaves the row pending). ``reward.coupon`` creates a reward's code as a
+    coupon in the shop; ``reward.retire`` removes one spent elsewhere."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    #: one row per effect: "sync:shopify:12", "coupon:woocommerce:7KX..."
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    #: what it is about: the channel's customer id, or the reward's code
+    subject: Mapped[str] = mapped_column(String(255))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    #: pending, done, failed (gave up: `regulars outbox retry`)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: what the shop answered (a discount's id, a coupon's id)
+    result: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+outbox = OutboxMessage.__table__
+
+
+class ShopCredential(Base):
+    """A shop's API credentials from an install (OAuth, wc-auth), encrypted
+    with the key in ``REGULARS_SECRET_KEY`` (engine.credentials)."""
+
+    __tablename__ = "shop_credentials"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64), unique=True)
+    #: the shop: "example.myshopify.com", "https://shop.example"
+    shop: Mapped[str] = mapped_column(String(255))
+    #: Fernet token of the JSON credentials
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    scopes: Mapped[str | None] = mapped_column(String(1000))
+    installed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+shop_credentials = ShopCredential.__table__
+
+
+class PrivacyRequest(Base):
+    """A privacy request from a shop (Shopify's customers/data_request,
+    customers/redact, shop/redact) or the CLI, and what was done about it."""
+
+    __tablename__ = "privacy_requests"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    #: data_request, redact, shop_redact
+    kind: Mapped[str] = mapped_column(String(32))
+    #: the channel's request id, or the delivery that carried it
+    reference: Mapped[str] = mapped_column(String(255), unique=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    #: exported (data waiting for the merchant), erased, nothing-held
+    status: Mapped[str] = mapped_column(String(32))
+    #: the export, for a data request
+    data: Mapped[dict | None] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+privacy_requests = PrivacyRequest.__table__

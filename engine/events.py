@@ -33,7 +33,10 @@ SUBSCRIPTION_TOPICS = (
     "subscription.resumed",
     "subscription.cancelled",
 )
-EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit", "coupon.used", *SUBSCRIPTION_TOPICS)
+#: a shop's privacy requests (Shopify's mandatory customers/data_request,
+#: customers/redact and shop/redact webhooks): engine.privacy acts on them
+PRIVACY_TOPICS = ("privacy.data_request", "privacy.redact", "privacy.shop_redact")
+EVENT_TYPES = (*ORDER_TOPICS, "customer.upserted", "visit", "coupon.used", *SUBSCRIPTION_TOPICS, *PRIVACY_TOPICS)
 
 #: The order's status in the channel, reduced to what the rules need.
 #: ``refunded`` means refunded in full; partial refunds are listed in ``refunds``.
@@ -150,6 +153,17 @@ class SubscriptionSchema(_Strict):
     period_end = fields.AwareDateTime(load_default=None, allow_none=True)
 
 
+class PrivacySchema(_Strict):
+    """A privacy request: who asks (the shop) and its reference."""
+
+    #: the channel's request id (Shopify's data_request.id), if it has one
+    request_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
+    #: the shop the request is from ("example.myshopify.com")
+    shop = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
+    #: the orders the request names
+    orders = fields.List(fields.String(validate=validate.Length(max=128)), load_default=list)
+
+
 class EventSchema(_Strict):
     """A canonical event. ``idempotency_key`` is unique per channel; the same key
     delivered again changes nothing."""
@@ -163,6 +177,7 @@ class EventSchema(_Strict):
     visit = fields.Nested(VisitSchema, load_default=None, allow_none=True)
     coupon = fields.Nested(CouponSchema, load_default=None, allow_none=True)
     subscription = fields.Nested(SubscriptionSchema, load_default=None, allow_none=True)
+    privacy = fields.Nested(PrivacySchema, load_default=None, allow_none=True)
 
     @validates_schema
     def _payload_matches_type(self, data, **kwargs):
@@ -174,6 +189,8 @@ class EventSchema(_Strict):
                 raise ValidationError(f"{kind} needs the order's 'lines'", "order")
         elif kind in SUBSCRIPTION_TOPICS and data.get("subscription") is None:
             raise ValidationError(f"{kind} needs a 'subscription'", "subscription")
+        elif kind in PRIVACY_TOPICS and data.get("privacy") is None:
+            raise ValidationError(f"{kind} needs a 'privacy' with the shop and the request's reference", "privacy")
         elif kind == "coupon.used" and data.get("coupon") is None:
             raise ValidationError("coupon.used needs a 'coupon' with its code", "coupon")
         elif kind == "visit" and data.get("visit") is None:
@@ -212,6 +229,7 @@ __all__ = [
     "ORDER_STATUSES",
     "ORDER_TOPICS",
     "SUBSCRIPTION_TOPICS",
+    "PRIVACY_TOPICS",
     "EXCLUDE",
     "EventSchema",
     "SubscriptionSchema",

@@ -75,6 +75,11 @@ class Pipeline:
             posted = self.apply_subscription(conn, event)
         elif kind == "coupon.used":
             return self.apply_coupon(conn, event)
+        elif kind.startswith("privacy."):
+            from engine.privacy import apply_request
+
+            apply_request(conn, self.identity, event)
+            return 0
         else:
             self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
             return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.db.models import (
@@ -23,8 +23,10 @@ from engine.db.models import (
     inbox,
     ledger_entries,
     orders,
+    privacy_requests,
     referrals,
     rewards,
+    shop_credentials,
     tier_history,
 )
 
@@ -64,21 +66,26 @@ def export(engine, key: str) -> dict:
         customer_id = engine.identity.find(conn, key)
         if customer_id is None:
             raise UnknownCustomer(f"no customer matches {key!r}")
-        ids = _people(conn, customer_id)
-        return {
-            "customer": _rows(conn, select(customers).where(customers.c.id.in_(ids))),
-            "channels": _rows(conn, select(customer_links).where(customer_links.c.customer_id.in_(ids))),
-            "accounts": _rows(conn, select(accounts).where(accounts.c.customer_id.in_(ids))),
-            "ledger": _rows(conn, select(ledger_entries).join(accounts, accounts.c.id == ledger_entries.c.account_id)
-                            .where(accounts.c.customer_id.in_(ids)).order_by(ledger_entries.c.id)),
-            "orders": _rows(conn, select(orders).where(orders.c.customer_id.in_(ids))),
-            "rewards": _rows(conn, select(rewards).where(rewards.c.customer_id.in_(ids))),
-            "referrals": _rows(conn, select(referrals).where(
-                referrals.c.referee_id.in_(ids) | referrals.c.referrer_id.in_(ids))),
-            "tier_history": _rows(conn, select(tier_history).where(tier_history.c.customer_id.in_(ids))),
-            "deliveries": [{"id": r["id"], "channel": r["channel"], "topic": r["topic"], "received_at": r["received_at"],
-                            "body": r["body"]} for r in _rows(conn, _deliveries_of(conn, ids))],
-        }
+        return export_customer(conn, customer_id)
+
+
+def export_customer(conn: Connection, customer_id: int) -> dict:
+    """Everything held about one customer (and those merged into them)."""
+    ids = _people(conn, customer_id)
+    return {
+        "customer": _rows(conn, select(customers).where(customers.c.id.in_(ids))),
+        "channels": _rows(conn, select(customer_links).where(customer_links.c.customer_id.in_(ids))),
+        "accounts": _rows(conn, select(accounts).where(accounts.c.customer_id.in_(ids))),
+        "ledger": _rows(conn, select(ledger_entries).join(accounts, accounts.c.id == ledger_entries.c.account_id)
+                        .where(accounts.c.customer_id.in_(ids)).order_by(ledger_entries.c.id)),
+        "orders": _rows(conn, select(orders).where(orders.c.customer_id.in_(ids))),
+        "rewards": _rows(conn, select(rewards).where(rewards.c.customer_id.in_(ids))),
+        "referrals": _rows(conn, select(referrals).where(
+            referrals.c.referee_id.in_(ids) | referrals.c.referrer_id.in_(ids))),
+        "tier_history": _rows(conn, select(tier_history).where(tier_history.c.customer_id.in_(ids))),
+        "deliveries": [{"id": r["id"], "channel": r["channel"], "topic": r["topic"], "received_at": r["received_at"],
+                        "body": r["body"]} for r in _rows(conn, _deliveries_of(conn, ids))],
+    }
 
 
 def _needles(conn: Connection, ids: list[int]) -> list[bytes]:
@@ -111,23 +118,98 @@ def erase(engine, key: str, at: datetime) -> dict:
         customer_id = engine.identity.find(conn, key)
         if customer_id is None:
             raise UnknownCustomer(f"no customer matches {key!r}")
-        ids = _people(conn, customer_id)
-        deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids))]
-        if deliveries:
-            conn.execute(update(inbox).where(inbox.c.id.in_(deliveries)).values(body=ERASED_BODY, headers=None))
-        conn.execute(update(customers).where(customers.c.id.in_(ids))
-                     .values(**dict.fromkeys(PERSONAL), updated_at=at))
-        notes = 0
-        for row in conn.execute(select(orders.c.id, orders.c.state).where(orders.c.customer_id.in_(ids))).all():
-            state = dict(row.state or {})
-            snapshot = dict(state.get("snapshot") or {})
-            if snapshot.get("attributes"):
-                snapshot["attributes"] = {}
-                state["snapshot"] = snapshot
-                conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
-                notes += 1
+        return erase_customer(conn, customer_id, at)
+
+
+def erase_customer(conn: Connection, customer_id: int, at: datetime) -> dict:
+    """Erase one customer's personal data in the caller's transaction."""
+    ids = _people(conn, customer_id)
+    deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids))]
+    if deliveries:
+        conn.execute(update(inbox).where(inbox.c.id.in_(deliveries)).values(body=ERASED_BODY, headers=None))
+    conn.execute(update(customers).where(customers.c.id.in_(ids))
+                 .values(**dict.fromkeys(PERSONAL), updated_at=at))
+    notes = 0
+    for row in conn.execute(select(orders.c.id, orders.c.state).where(orders.c.customer_id.in_(ids))).all():
+        state = dict(row.state or {})
+        snapshot = dict(state.get("snapshot") or {})
+        if snapshot.get("attributes"):
+            snapshot["attributes"] = {}
+            state["snapshot"] = snapshot
+            conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
+            notes += 1
     return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes}
 
 
 def dumps(data: dict) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def _requester(conn: Connection, identity, event: dict) -> int | None:
+    """The customer a privacy request names: the channel's id for them first,
+    then their email, then their phone. Never creates one."""
+    hints = event.get("customer") or {}
+    keys = []
+    if hints.get("external_id"):
+        keys.append(f"{event['channel']}:{hints['external_id']}")
+    keys += [hints[k] for k in ("email", "phone") if hints.get(k)]
+    for key in keys:
+        found = identity.find(conn, key)
+        if found is not None:
+            return found
+    return None
+
+
+def apply_request(conn: Connection, identity, event: dict) -> dict:
+    """Act on a ``privacy.*`` event in the caller's transaction and record it
+    (once per request: the same request again changes nothing).
+
+    - ``privacy.data_request``: the customer's data is exported and kept for
+      the merchant (`regulars privacy show ID`);
+    - ``privacy.redact``: the customer's personal data is erased, the ledger kept;
+    - ``privacy.shop_redact``: the shop is gone: personal data of customers
+      known only through it is erased, and every raw delivery from it.
+    """
+    kind = event["type"].split(".", 1)[1]
+    reference = f"{event['channel']}:{event['idempotency_key']}"[:255]
+    if conn.execute(select(privacy_requests.c.id).where(privacy_requests.c.reference == reference)).first():
+        return {"status": "duplicate"}
+    at = event["occurred_at"]
+    customer_id, data, status = None, None, "nothing-held"
+    if kind == "shop_redact":
+        data = erase_channel(conn, event["channel"], at)
+        status = "erased"
+    else:
+        customer_id = _requester(conn, identity, event)
+        if customer_id is not None and kind == "data_request":
+            data, status = export_customer(conn, customer_id), "exported"
+        elif customer_id is not None:
+            data, status = erase_customer(conn, customer_id, at), "erased"
+    conn.execute(privacy_requests.insert().values(
+        channel=event["channel"], kind=kind, reference=reference, customer_id=customer_id, status=status,
+        data=json.loads(dumps(data)) if data is not None else None, received_at=at))
+    return {"status": status, "customer_id": customer_id}
+
+
+def erase_channel(conn: Connection, channel: str, at: datetime) -> dict:
+    """A shop's redaction: erase customers known only through ``channel``, the
+    raw bodies of its deliveries, and its stored credentials."""
+    linked = {r.customer_id for r in conn.execute(
+        select(customer_links.c.customer_id).where(customer_links.c.channel == channel))}
+    # Known elsewhere: linked in another channel, or buying there.
+    elsewhere = {r.customer_id for r in conn.execute(
+        select(customer_links.c.customer_id).where(customer_links.c.channel != channel,
+                                                   customer_links.c.customer_id.in_(linked))
+        .union(select(orders.c.customer_id).where(orders.c.channel != channel, orders.c.customer_id.in_(linked))))}
+    only_here = sorted(linked - elsewhere)
+    for customer_id in only_here:
+        erase_customer(conn, customer_id, at)
+    bodies = conn.execute(update(inbox).where(inbox.c.channel == channel, inbox.c.body != ERASED_BODY)
+                          .values(body=ERASED_BODY, headers=None)).rowcount
+    conn.execute(delete(shop_credentials).where(shop_credentials.c.channel == channel))
+    return {"customers_erased": len(only_here), "customers_kept_for_other_channels": len(linked & elsewhere),
+            "deliveries_erased": bodies}
+
+
+def requests(conn: Connection, limit: int = 100) -> list:
+    return conn.execute(select(privacy_requests).order_by(privacy_requests.c.id.desc()).limit(limit)).all()

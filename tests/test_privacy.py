@@ -76,3 +76,92 @@ def test_the_cli_exports_and_erases_only_with_yes(engine, tmp_path):
     assert refused.exit_code == 2 and "--yes" in refused.output
     erased = runner.invoke(main, [*config, "customer", "erase", EMAIL, "--yes"])
     assert erased.exit_code == 0 and "balances unchanged" in " ".join(erased.output.split())
+
+
+# -- Shopify's mandatory privacy webhooks ----------------------------------------------
+#
+# The bodies are the examples of shopify.dev's "Privacy law compliance" page
+# (shared/contracts has none): customers/data_request, customers/redact, shop/redact.
+
+def _privacy_body(topic: str, customer_id: str | None = None, email: str = EMAIL) -> bytes:
+    body = {"shop_id": 954889, "shop_domain": "example.myshopify.com"}
+    if topic != "shop/redact":
+        body["customer"] = {"id": int(customer_id), "email": email, "phone": "555-625-1199"}
+    if topic == "customers/data_request":
+        body["orders_requested"] = [299938, 280263, 220458]
+        body["data_request"] = {"id": 9999}
+    elif topic == "customers/redact":
+        body["orders_to_redact"] = [299938, 280263, 220458]
+    return json.dumps(body).encode()
+
+
+def _headers(topic: str, webhook_id: str) -> dict:
+    return {"X-Shopify-Topic": topic, "X-Shopify-Webhook-Id": webhook_id,
+            "X-Shopify-Triggered-At": "2026-11-20T10:00:00.123456789Z", "X-Shopify-Shop-Domain": "example.myshopify.com"}
+
+
+def _requests(engine):
+    from engine.privacy import requests
+
+    with engine.db.connect() as conn:
+        return requests(conn)
+
+
+def test_a_shopify_data_request_keeps_the_customer_s_export_for_the_merchant(engine):
+    shop_with_jana(engine)
+    shopify_id = customer_summary(engine, EMAIL)["channels"]["shopify"][0]
+    topic = "customers/data_request"
+    body = _privacy_body(topic, shopify_id)
+    assert engine.ingest("shopify", topic, body, _headers(topic, "b1")).status == "applied"
+    assert engine.ingest("shopify", topic, body, _headers(topic, "b2")).status == "applied"  # resent: recorded once
+    (request,) = _requests(engine)
+    assert (request.kind, request.status) == ("data_request", "exported")
+    assert request.data["customer"][0]["email"] == EMAIL
+    assert sum(e["amount"] for e in request.data["ledger"]) == 50
+    assert customer_summary(engine, EMAIL)["points"] == 50  # nothing else changed
+
+
+def test_a_shopify_redact_request_erases_the_person_and_keeps_the_ledger(engine):
+    shop_with_jana(engine)
+    summary = customer_summary(engine, EMAIL)
+    topic = "customers/redact"
+    outcome = engine.ingest("shopify", topic, _privacy_body(topic, summary["channels"]["shopify"][0]),
+                            _headers(topic, "r1"))
+    assert outcome.status == "applied"
+    after = customer_summary(engine, summary["card_code"])
+    assert (after["email"], after["phone"], after["points"]) == (None, None, 50)
+    (request,) = _requests(engine)
+    assert (request.kind, request.status) == ("redact", "erased")
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+        bodies = [bytes(inbox.get(conn, row.id).body) for row in inbox.listing(conn)]
+    assert not any(EMAIL.encode() in b for b in bodies)  # the request's own body included
+
+
+def test_a_request_for_someone_never_seen_is_recorded_as_nothing_held(engine):
+    topic = "customers/data_request"
+    body = _privacy_body(topic, "191167", email="nobody@example.com")
+    assert engine.ingest("shopify", topic, body, _headers(topic, "n1")).status == "applied"
+    (request,) = _requests(engine)
+    assert (request.status, request.customer_id, request.data) == ("nothing-held", None, None)
+
+
+def test_a_shop_redact_erases_customers_known_only_through_the_shop(engine):
+    shop_with_jana(engine)  # Jana buys in both shops; Petr only in Shopify
+    topic = "shop/redact"
+    assert engine.ingest("shopify", topic, _privacy_body(topic), _headers(topic, "s1")).status == "applied"
+    (request,) = _requests(engine)
+    assert request.data["customers_erased"] == 1 and request.data["customers_kept_for_other_channels"] == 1
+    assert customer_summary(engine, "petr@example.cz") is None  # no longer findable by email
+    assert customer_summary(engine, EMAIL)["points"] == 50
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+        shopify_bodies = [bytes(inbox.get(conn, r.id).body) for r in inbox.listing(conn) if r.channel == "shopify"]
+    assert all(b.startswith(b'{"erased"') for b in shopify_bodies)
+
+
+def test_a_privacy_webhook_without_a_customer_is_refused_with_the_reason(engine):
+    topic = "customers/redact"
+    outcome = engine.ingest("shopify", topic, b'{"shop_id": 954889, "shop_domain": "example.myshopify.com"}',
+                            _headers(topic, "x1"))
+    assert outcome.status == "failed" and "customer" in outcome.error

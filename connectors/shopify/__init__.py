@@ -13,7 +13,14 @@ from typing import Any, ClassVar
 from marshmallow import RAISE, Schema, fields, validate
 
 from connectors.base import BadDelivery, Connector, header
-from connectors.shopify.translate import CHANNEL, TOPICS, content_key, translate_payload
+from connectors.shopify.translate import (
+    CHANNEL,
+    PRIVACY_EVENT_TYPES,
+    TOPICS,
+    content_key,
+    translate_payload,
+    translate_privacy,
+)
 
 DEFAULT_API_VERSION = "2026-04"
 
@@ -48,6 +55,12 @@ class ShopifyConnector(Connector):
         to the body's hash, so the delivery is still stored and ``translate``
         can say what is wrong with it.
         """
+        if topic in PRIVACY_EVENT_TYPES and not header(headers, "X-Shopify-Event-Id") \
+                and not header(headers, "X-Shopify-Webhook-Id"):
+            try:
+                return translate_privacy(topic, payload)["idempotency_key"]
+            except BadDelivery:
+                return super().delivery_key(topic, payload, headers, body)
         event_id = header(headers, "X-Shopify-Event-Id")
         if event_id:
             return f"event:{topic}:{event_id}"
@@ -64,6 +77,8 @@ class ShopifyConnector(Connector):
     ) -> list[dict[str, Any]]:
         """The canonical events of one delivery (the engine validates them);
         ``BadDelivery`` saying why when the payload can't be translated."""
+        if topic in PRIVACY_EVENT_TYPES:
+            return [translate_privacy(topic, payload, header(headers, "X-Shopify-Triggered-At"))]
         return translate_payload(topic, payload)
 
 

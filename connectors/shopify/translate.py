@@ -46,7 +46,13 @@ ORDER_EVENT_TYPES = {
 }
 REFUND_TOPIC = "refunds/create"
 CUSTOMER_TOPICS = ("customers/create", "customers/update")
-TOPICS = (*ORDER_EVENT_TYPES, REFUND_TOPIC, *CUSTOMER_TOPICS)
+#: Shopify's mandatory privacy webhooks (every app must take them)
+PRIVACY_EVENT_TYPES = {
+    "customers/data_request": "privacy.data_request",
+    "customers/redact": "privacy.redact",
+    "shop/redact": "privacy.shop_redact",
+}
+TOPICS = (*ORDER_EVENT_TYPES, REFUND_TOPIC, *CUSTOMER_TOPICS, *PRIVACY_EVENT_TYPES)
 
 ORDER_MOMENTS = ("updated_at", "processed_at", "created_at")
 CUSTOMER_MOMENTS = ("updated_at", "created_at")
@@ -307,6 +313,50 @@ def translate_customer(topic: str, payload: Any) -> Event:
     }
 
 
+# -- Privacy -----------------------------------------------------------------------
+
+
+def translate_privacy(topic: str, payload: Any, triggered_at: str | None = None) -> Event:
+    """The canonical ``privacy.*`` event of a mandatory privacy webhook:
+    ``customers/data_request`` ({shop_id, shop_domain, customer {id, email,
+    phone}, orders_requested, data_request {id}}), ``customers/redact``
+    (the same with ``orders_to_redact``) or ``shop/redact`` ({shop_id,
+    shop_domain}). Their bodies carry no time: ``triggered_at`` is the
+    delivery's ``X-Shopify-Triggered-At`` header."""
+    body = as_object(payload, f"Shopify {topic} payload")
+    shop_id = read_id(body.get("shop_id"), f"{topic} shop_id")
+    shop = read_text(body.get("shop_domain"))
+    kind = PRIVACY_EVENT_TYPES[topic]
+    occurred_at = read_timestamp(triggered_at, "X-Shopify-Triggered-At") if triggered_at else None
+    if kind == "privacy.shop_redact":
+        return {
+            "type": kind, "channel": CHANNEL, "idempotency_key": f"{topic}:{shop_id}",
+            "occurred_at": occurred_at or _now(), "privacy": {"shop": shop},
+        }
+    person = as_object(body.get("customer"), f"{topic} customer")
+    customer_id = read_id(person.get("id"), f"{topic} customer id")
+    orders_field = "orders_requested" if kind == "privacy.data_request" else "orders_to_redact"
+    orders = [read_id(o, f"{topic} {orders_field}") for o in (body.get(orders_field) or [])]
+    request_id = None
+    if kind == "privacy.data_request":
+        request_id = read_id(as_object(body.get("data_request"), f"{topic} data_request").get("id"),
+                             f"{topic} data_request id")
+    reference = request_id or customer_id
+    return {
+        "type": kind, "channel": CHANNEL, "idempotency_key": f"{topic}:{shop_id}:{reference}",
+        "occurred_at": occurred_at or _now(),
+        "customer": {"email": read_text(person.get("email")), "phone": read_text(person.get("phone")),
+                     "external_id": customer_id},
+        "privacy": {"request_id": request_id, "shop": shop, "orders": orders},
+    }
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat()
+
+
 # -- Dispatch ----------------------------------------------------------------------
 
 
@@ -318,6 +368,8 @@ def translate_payload(topic: str, payload: Any) -> list[Event]:
         return [translate_refund_event(payload)]
     if topic in CUSTOMER_TOPICS:
         return [translate_customer(topic, payload)]
+    if topic in PRIVACY_EVENT_TYPES:
+        return [translate_privacy(topic, payload)]
     raise BadDelivery(f"The Shopify connector does not handle the topic {topic!r}.")
 
 

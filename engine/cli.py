@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.cli_programme import programme_commands
+from engine.cli_shops import shop_commands
 from engine.config import ConfigError, load_config
 from engine.plugins import PluginLoadError
 from engine.simulate import simulate_command
@@ -377,7 +378,7 @@ def demo(ctx: Context, customers: int, seed: int) -> None:
     run_demo(ctx.engine, customers, seed, console)
 
 
-for command in (simulate_command, *programme_commands):
+for command in (simulate_command, *programme_commands, *shop_commands):
     main.add_command(command)
 
 

@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
+from engine.credentials import ENV_CREDENTIALS
 from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, outbox, rewards
 from engine.ledger import insert_ignore
@@ -43,6 +44,7 @@ from engine.ledger import insert_ignore
 log = logging.getLogger("regulars.outbox")
 
 OUTBOUND_CHANNELS = ("shopify", "woocommerce")
+CREDENTIAL_HINTS = {channel: tuple(names.values()) for channel, names in ENV_CREDENTIALS.items()}
 PENDING, DONE, FAILED = "pending", "done", "failed"
 SYNC, COUPON, RETIRE = "customer.sync", "reward.coupon", "reward.retire"
 #: tries before a retryable failure is given up as failed (about a day)
@@ -142,6 +144,27 @@ class Outbox:
             }, ["key"])
 
 
+def shop_client(engine, channel: str):
+    """The API client for a channel's shop (``ShopifyAdmin``, ``WooStore``),
+    with its credentials; ``Unreachable`` saying what is missing."""
+    creds = engine.credentials.get(channel)
+    if creds is None:
+        variables = " and ".join(CREDENTIAL_HINTS.get(channel, ()))
+        raise Unreachable(f"no credentials for {channel}: install the app (see the README) or set {variables}",
+                          retryable=True)
+    settings = engine.connector(channel).settings
+    if channel == "shopify":
+        from connectors.shopify.admin import ShopifyAdmin
+
+        return ShopifyAdmin(creds.get("shop") or settings["shop"], creds["token"],
+                            settings.get("api_version") or "2026-04", base_url=settings.get("api_url"))
+    if channel == "woocommerce":
+        from connectors.woocommerce.rest import WooStore
+
+        return WooStore(creds.get("shop") or settings["url"], creds["consumer_key"], creds["consumer_secret"])
+    raise Unreachable(f"{channel} has no shop API", retryable=False)
+
+
 class Unreachable(Exception):
     """A delivery that can't be done now; ``retryable`` says whether later may."""
 
@@ -175,21 +198,7 @@ class Deliverer:
     def client(self, channel: str):
         if channel in self._clients:
             return self._clients[channel]()
-        creds = self.engine.credentials.get(channel)
-        if creds is None:
-            raise Unreachable(f"no credentials for {channel}: install the app or set its access variables",
-                              retryable=True)
-        settings = self.engine.connector(channel).settings
-        if channel == "shopify":
-            from connectors.shopify.admin import ShopifyAdmin
-
-            return ShopifyAdmin(creds.get("shop") or settings["shop"], creds["token"],
-                                settings.get("api_version") or "2026-04", base_url=settings.get("api_url"))
-        if channel == "woocommerce":
-            from connectors.woocommerce.rest import WooStore
-
-            return WooStore(creds.get("shop") or settings["url"], creds["consumer_key"], creds["consumer_secret"])
-        raise Unreachable(f"{channel} takes no outbound effects", retryable=False)
+        return shop_client(self.engine, channel)
 
     # -- delivering ---------------------------------------------------------------
 

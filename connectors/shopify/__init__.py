@@ -34,6 +34,8 @@ class ShopifySettingsSchema(Schema):
     #: the shop's myshopify domain, e.g. "example.myshopify.com"
     shop = fields.String(required=True, validate=validate.Length(min=1, max=255))
     api_version = fields.String(load_default=DEFAULT_API_VERSION, validate=validate.Length(min=1))
+    #: where the Admin API is reached, when not https://{shop} (a proxy; a test double)
+    api_url = fields.Url(load_default=None, allow_none=True, schemes={"http", "https"}, require_tld=False)
 
 
 class ShopifyConnector(Connector):

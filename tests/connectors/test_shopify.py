@@ -673,13 +673,14 @@ def test_an_unknown_topic_is_a_bad_delivery():
 def test_connector_declares_its_channel_table_and_topics():
     assert ShopifyConnector.channel == "shopify"
     assert ShopifyConnector.table == "connectors.shopify"
-    assert set(ShopifyConnector.topics) == set(EXPECTED_TYPES)
+    privacy = {"customers/data_request", "customers/redact", "shop/redact"}
+    assert set(ShopifyConnector.topics) == set(EXPECTED_TYPES) | privacy
 
 
 def test_settings_default_the_api_version():
     settings = ShopifySettingsSchema().load({"shop": "example.myshopify.com"})
 
-    assert settings == {"shop": "example.myshopify.com", "api_version": "2026-04"}
+    assert settings == {"shop": "example.myshopify.com", "api_version": "2026-04", "api_url": None}
     assert ShopifyConnector(settings).settings["api_version"] == "2026-04"
 
 

@@ -99,6 +99,18 @@ class Credentials:
                 "without keeping the old one after it (key1,key0)?"
             ) from None
 
+    def seal(self, data: dict) -> str:
+        """An opaque, tamper-proof token of ``data`` (an install's ``state``)."""
+        return self.encrypt(data).decode()
+
+    def unseal(self, token: str, max_age: int) -> dict | None:
+        """The data of a token ``seal`` made at most ``max_age`` seconds ago;
+        None when it is forged, altered or too old."""
+        try:
+            return json.loads(self._cipher(create=False).decrypt(token.encode(), ttl=max_age))
+        except (InvalidToken, CredentialsError, ValueError):
+            return None
+
     # -- look-up ---------------------------------------------------------------
 
     def from_env(self, channel: str) -> dict | None:

@@ -214,3 +214,106 @@ def test_backoff_grows_and_honours_retry_after():
     assert ob.backoff(1) < ob.backoff(4) < ob.MAX_DELAY * 1.3
     assert ob.backoff(30) <= ob.MAX_DELAY * 1.2
     assert ob.backoff(1, retry_after=500) >= 500
+
+
+# -- Shopify -------------------------------------------------------------------------
+
+SHOPIFY_ORDER = "shopify/webhooks/orders_paid.docs-2026-04.json"
+SHOPIFY_CUSTOMER = "115310627314723954"  # the contract order's customer (its gid's exact id)
+
+
+@pytest.fixture
+def shopify(monkeypatch):
+    from tests.fakes.shopify import FakeShopify
+
+    with FakeShopify() as fake:
+        monkeypatch.setenv("REGULARS_SHOPIFY_ACCESS_TOKEN", fake.token)
+        yield fake
+
+
+def _shopify_tables(fake, woo_url: str | None = None) -> dict:
+    connectors = {"shopify": {"shop": fake.shop, "api_url": fake.base_url}}
+    if woo_url:
+        connectors["woocommerce"] = {"url": woo_url}
+    return {
+        "engine": {"currency": "EUR"},
+        "rules": {"points": {"per_unit": 10},
+                  "stamps": {"kava": {"required": 1, "per": "order", "reward": "free-bag"}}},
+        "rewards": {"five-off": {"kind": "fixed_amount", "cost": 100, "value": "5.00", "expires_days": 30},
+                    "free-bag": {"kind": "free_product", "sku": "KAVA-1"}},
+        "connectors": connectors,
+    }
+
+
+def _shopify_order(order_id: int = 820982911946154508, **changes) -> bytes:
+    body = copy.deepcopy(load_contract(SHOPIFY_ORDER))
+    body.update(id=order_id, financial_status="paid", cancelled_at=None, cancel_reason=None, test=False, **changes)
+    body["customer"] = {**body["customer"], "id": int(SHOPIFY_CUSTOMER)}
+    return json.dumps(body).encode()
+
+
+def test_shopify_metafields_get_the_balance_through_metafieldsset(make_engine, shopify):
+    engine = make_engine(_shopify_tables(shopify))
+    assert engine.ingest("shopify", "orders/paid", _shopify_order()).status == "applied"
+    assert ob.Deliverer(engine).deliver_due().failed == 0
+    assert _rows(engine, kind="customer.sync")[0].status == "done"
+    fields = shopify.metafields[SHOPIFY_CUSTOMER]
+    with engine.db.connect() as conn:
+        customer = engine.identity.find(conn, f"shopify:{SHOPIFY_CUSTOMER}")
+        points = engine.ledger.balances(conn, customer)["points"]
+    assert fields["points"] == ("number_integer", str(points))
+    assert json.loads(fields["stamps"][1]) == {"kava": 0}  # the one-stamp card filled and reset
+    assert "tier" not in fields  # no tier: no blank metafield
+    sent = [r for r in shopify.requests if r.json and "metafieldsSet" in r.json.get("query", "")]
+    assert sent and all(r.headers.get("x-shopify-access-token") == shopify.token for r in sent)
+
+
+def test_a_full_card_s_reward_becomes_a_discount_for_that_customer_only(make_engine, shopify):
+    engine = make_engine(_shopify_tables(shopify))
+    engine.ingest("shopify", "orders/paid", _shopify_order())
+    with engine.db.connect() as conn:
+        (reward,) = conn.execute(select(rewards)).all()
+    assert ob.Deliverer(engine).deliver_due().failed == 0
+    given = shopify.discounts[reward.code]
+    assert given["usageLimit"] == 1 and given["appliesOncePerCustomer"] is True
+    assert given["context"]["customers"]["add"] == [f"gid://shopify/Customer/{SHOPIFY_CUSTOMER}"]
+    row = _rows(engine, kind="reward.coupon")[0]
+    assert row.status == "done" and row.result.startswith("gid://shopify/DiscountCodeNode/")
+
+
+def test_shopify_throttling_and_errors_are_retried_and_user_errors_kept(make_engine, shopify):
+    engine = make_engine(_shopify_tables(shopify))
+    engine.ingest("shopify", "orders/paid", _shopify_order())
+    deliverer = ob.Deliverer(engine)
+    shopify.fail_next(429, count=2, retry_after=2)
+    report = deliverer.deliver_due()
+    assert report.delivered == 0 and report.retrying == 2  # the sync and the coupon
+    assert all(r.status == "pending" and r.attempts == 1 for r in _rows(engine))
+    assert deliverer.deliver_due(now=utcnow() + timedelta(hours=1)).delivered == 2
+    assert shopify.metafields[SHOPIFY_CUSTOMER]["points"][0] == "number_integer"
+
+
+def test_a_reward_spent_in_one_shop_is_removed_from_the_other(make_engine, shopify, woo):
+    engine = make_engine(_shopify_tables(shopify, woo.url))
+    # The same person in both shops: a Shopify order and a WooCommerce one, by email.
+    engine.ingest("shopify", "orders/paid", _shopify_order())
+    woo_body = json.loads(_woo_order())
+    woo_body["billing"]["email"] = json.loads(_shopify_order())["email"]
+    outcome = engine.ingest("woocommerce", "order.updated", json.dumps(woo_body).encode())
+    assert outcome.status == "applied", outcome
+    with engine.db.connect() as conn:
+        codes = [r.code for r in conn.execute(select(rewards).order_by(rewards.c.id))]
+    first = codes[1]  # issued once the customer was known in both shops
+    ob.Deliverer(engine).deliver_due()
+    assert first in shopify.discounts and first.lower() in woo.coupons
+
+    spent = _woo_order(id=901, date_modified_gmt="2017-05-01T10:00:00",
+                       billing={**woo_body["billing"]},
+                       coupon_lines=[{"id": 1, "code": first.lower(), "discount": "1.00", "discount_tax": "0",
+                                      "meta_data": []}])
+    assert engine.ingest("woocommerce", "order.updated", spent).status == "applied"
+    (retire,) = _rows(engine, kind="reward.retire")
+    assert (retire.channel, retire.subject) == ("shopify", first)
+    ob.Deliverer(engine).deliver_due()
+    assert first not in shopify.discounts  # gone from Shopify
+    assert first.lower() in woo.coupons  # used up where it was spent

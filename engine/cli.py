@@ -353,12 +353,15 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @pass_ctx
 def serve(ctx: Context, host: str, port: int) -> None:
-    """Serve the webhook receivers (POST /webhooks/shopify, /webhooks/woocommerce).
+    """Serve the webhook receivers (POST /webhooks/shopify, /webhooks/woocommerce)
+    and the install links (/install/shopify, /install/woocommerce).
 
     Deliveries are verified, stored and answered at once; on the embedded
-    defaults they are applied in the background in this process. Secrets come
-    from REGULARS_SHOPIFY_WEBHOOK_SECRET and REGULARS_WOOCOMMERCE_WEBHOOK_SECRET
-    (comma-separated while rotating)."""
+    defaults they are applied in the background in this process, and the
+    outbox (balances and coupons for the shops) is delivered from it too.
+    Secrets come from REGULARS_SHOPIFY_WEBHOOK_SECRET and
+    REGULARS_WOOCOMMERCE_WEBHOOK_SECRET (comma-separated while rotating), and
+    from an install."""
     import uvicorn
 
     from engine.web import create_app

@@ -1,14 +1,19 @@
 """The webhook receivers, on Starlette (served by uvicorn: `regulars serve`).
 
 A delivery is verified over its raw bytes, stored in the inbox and answered
-before any rule runs; an applier thread then applies it in the background (the
-embedded default: no broker, no worker to run). Answers are JSON; errors have
-one shape, ``{"error": {"code", "message"}}``, and never a stack trace:
+before any rule runs: the requests waiting share one transaction, and each is
+answered once it is committed (``engine.web.receipts``). An applier thread
+then translates and applies it in the background (the embedded default: no
+broker, no worker to run). Answers are JSON; errors have one shape,
+``{"error": {"code", "message"}}``, and never a stack trace:
 
 - wrong or missing signature: 401, nothing stored;
-- a body that is not JSON, truncated, or that its connector can't read: 400
-  saying what is wrong, kept in the inbox as failed;
+- a body that is not JSON, truncated, or not UTF-8: 400 saying what is wrong,
+  kept in the inbox as failed;
 - an unknown topic: 200, kept as ignored;
+- a JSON body its connector can't read (a missing id, a negative quantity):
+  200 ``received``, then kept as failed by the applier with what is wrong;
+- the database unavailable: 503, send it again;
 - a body over the size limit: 413.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +31,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from connectors.base import header
+from engine import inbox
+from engine.web.receipts import ReceiptWriter
 from engine.web.signatures import secrets_from_env, verify
 
 log = logging.getLogger("regulars.web")
@@ -43,11 +50,26 @@ def error(status: int, code: str, message: str) -> JSONResponse:
 
 class Applier:
     """Applies stored deliveries in the background, in-process: woken by each
-    delivery, and every second in any case (for one stored before a restart)."""
+    commit of received deliveries, and every second in any case (for one
+    stored before a restart).
 
-    def __init__(self, engine, interval: float = 1.0):
+    Receipts come first. It reads the pending deliveries ``batch`` at a time,
+    and applies each in a transaction of its own inside the receipt writer's
+    gate, so a receipt waits at most one delivery's transaction for the lock.
+    Before each, it waits for a lull: ``lull`` seconds without webhook
+    requests overlapping, for up to ``patience`` seconds
+    (``ReceiptWriter.wait_for_lull``). During a burst it so applies about one
+    delivery every ``patience`` seconds and the backlog waits, safely stored;
+    between bursts and under a light load it goes at full speed."""
+
+    def __init__(self, engine, receipts: ReceiptWriter | None = None, interval: float = 1.0, batch: int = 20,
+                 lull: float = 0.005, patience: float = 0.05):
         self.engine = engine
+        self.receipts = receipts
         self.interval = interval
+        self.batch = batch
+        self.lull = lull
+        self.patience = patience
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="regulars-applier", daemon=True)
@@ -65,20 +87,53 @@ class Applier:
             self.wake.wait(self.interval)
             self.wake.clear()
             try:
-                while self.engine.apply_received() and not self.stopping.is_set():
+                while self.apply_some() and not self.stopping.is_set():
                     pass
             except Exception:  # a database outage: keep the thread, try again
                 log.exception("applying stored deliveries failed; retrying in %s s", self.interval)
 
+    def apply_some(self) -> int:
+        """Apply up to ``batch`` stored deliveries, oldest first, giving way to
+        receipts before each; how many were pending."""
+        gate = self.receipts.gate if self.receipts is not None else nullcontext()
+        with gate, self.engine.db.connect() as conn:
+            ids = [row.id for row in inbox.pending(conn, self.batch)]
+        for inbox_id in ids:
+            if self.stopping.is_set():
+                break
+            if self.receipts is not None:
+                self.receipts.wait_for_lull(self.lull, self.patience)
+            with gate:
+                self.engine.replay(inbox_id)
+        return len(ids)
 
-def create_app(engine, secrets: dict[str, list[str]] | None = None, background: bool = True) -> Starlette:
+
+def create_app(engine, secrets: dict[str, list[str]] | None = None, background: bool = True,
+               install=None) -> Starlette:
     """The HTTP app for an ``Engine``. ``secrets``: channel → valid webhook
-    secrets (default: from the environment). ``background``: apply deliveries
-    in-process (the embedded default)."""
+    secrets (default: from the environment; an install's secrets are valid
+    too). ``background``: apply deliveries and deliver the outbox in-process
+    (the embedded default). ``install``: the install routes
+    (``engine.web.install.Install``; default: configured from the environment)."""
+    from engine.outbox import Deliverer, OutboxWorker
+    from engine.web.install import Install, installed_webhook_secrets
+
     secrets = secrets if secrets is not None else secrets_from_env()
-    applier = Applier(engine) if background else None
+    install = install if install is not None else Install(engine)
+    outbox_worker = OutboxWorker(Deliverer(engine)) if background else None
+    receipts = ReceiptWriter(engine)
+    applier = Applier(engine, receipts) if background else None
+    if applier is not None:
+        receipts.on_received = applier.wake.set
 
     async def receive(request: Request, channel: str) -> JSONResponse:
+        receipts.enter()
+        try:
+            return await _receive(request, channel)
+        finally:
+            receipts.leave()
+
+    async def _receive(request: Request, channel: str) -> JSONResponse:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY:
             return error(413, "too_large", f"a webhook body is at most {MAX_BODY} bytes")
@@ -89,22 +144,24 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
         signature = header(headers, _SIGNATURE_HEADERS[channel])
         if channel == "woocommerce" and signature is None and _WOO_PING.match(body.strip()):
             return JSONResponse({"status": "ok", "ping": True})  # the unsigned ping of a new webhook
-        if not secrets.get(channel):
-            return error(401, "no_secret", f"no webhook secret is configured for {channel}")
-        if not verify(body, signature, secrets[channel]):
-            return error(401, "bad_signature", f"the {_SIGNATURE_HEADERS[channel]} signature does not match the body")
+        if not verify(body, signature, secrets.get(channel) or []):
+            # The secrets an install brought (the Shopify app's, WooCommerce's
+            # webhooks'): looked up only when the configured ones don't match.
+            installed = (await run_in_threadpool(installed_webhook_secrets, engine)).get(channel) or []
+            if not secrets.get(channel) and not installed:
+                return error(401, "no_secret", f"no webhook secret is configured for {channel}")
+            if not verify(body, signature, installed):
+                return error(401, "bad_signature",
+                             f"the {_SIGNATURE_HEADERS[channel]} signature does not match the body")
         topic = header(headers, _TOPIC_HEADERS[channel])
         if not topic:
             return error(400, "no_topic", f"the {_TOPIC_HEADERS[channel]} header is missing")
         try:
-            outcome = await run_in_threadpool(engine.receive, channel, topic, body, headers)
-        except Exception:
-            log.exception("storing a %s delivery failed", channel)
+            outcome = await receipts.submit(channel, topic, body, headers)
+        except Exception:  # logged where it failed
             return error(503, "unavailable", "the delivery could not be stored; send it again")
         if outcome.status == "failed":
             return error(400, "bad_delivery", outcome.error or "the delivery can't be read")
-        if outcome.status == "received" and applier is not None:
-            applier.wake.set()
         return JSONResponse({"status": outcome.status, "delivery": outcome.inbox_id})
 
     async def shopify(request: Request) -> JSONResponse:
@@ -119,9 +176,15 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     @asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(engine.ensure_schema)
+        receipts.start()
         if applier is not None:
             applier.start()
+        if outbox_worker is not None:
+            outbox_worker.start()
         yield
+        if outbox_worker is not None:
+            await run_in_threadpool(outbox_worker.stop)
+        await run_in_threadpool(receipts.stop)
         if applier is not None:
             await run_in_threadpool(applier.stop)
 
@@ -129,6 +192,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
         Route("/webhooks/shopify", shopify, methods=["POST"]),
         Route("/webhooks/woocommerce", woocommerce, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
+        *install.routes(),
     ]
     async def not_found(request: Request, exc) -> JSONResponse:
         return error(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")
@@ -143,4 +207,5 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_allowed, 500: internal})
     app.state.applier = applier
+    app.state.receipts = receipts
     return app

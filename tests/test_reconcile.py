@@ -106,3 +106,36 @@ def test_a_shop_that_is_down_is_one_sentence(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().startswith("Error: woocommerce:") and "Connection refused" in result.output
+
+
+def test_shopify_webhooks_and_reconciliation_together_count_each_order_once(make_engine, monkeypatch):
+    """Shopify's webhook deliveries and reconciliation have different keys (a
+    webhook id against the order's id and updated_at); the order's merged
+    state makes the second one change nothing."""
+    from tests.fakes.shopify import FakeShopify, make_orders
+
+    orders = make_orders(6)
+    for order in orders:  # paid, not test orders, so they earn
+        order.update(financial_status="paid", cancelled_at=None, test=False)
+    with FakeShopify(orders=orders) as shop:
+        monkeypatch.setenv("REGULARS_SHOPIFY_ACCESS_TOKEN", shop.token)
+        tables = {"engine": {"currency": "EUR"}, "rules": {"points": {"per_unit": 1}},
+                  "connectors": {"shopify": {"shop": shop.shop, "api_url": shop.base_url}}}
+        engine = make_engine(tables)
+        for number, order in enumerate(orders[:3]):  # three came by webhook, with Shopify's headers
+            headers = {"X-Shopify-Webhook-Id": f"b54557e4-{number}", "X-Shopify-Topic": "orders/paid"}
+            assert engine.ingest("shopify", "orders/paid", json.dumps(order).encode(), headers).status == "applied"
+        by_webhook = _balances(engine)
+        counts, failed = reconcile(engine, "shopify")
+        assert failed == [] and sum(counts.values()) == 6
+        once = _balances(engine)
+        assert reconcile(engine, "shopify")[0] == {"duplicate": 6}
+        assert _balances(engine) == once
+        with engine.db.connect() as conn:
+            assert engine.ledger.audit(conn) == []
+
+        fresh = make_engine(tables, url=f"sqlite:///{engine.config.base_dir / 'fresh.sqlite3'}")
+        for order in orders:
+            fresh.ingest("shopify", "orders/paid", json.dumps(order).encode())
+        assert sorted(_balances(fresh).values()) == sorted(once.values())
+        assert by_webhook != once  # reconciliation did bring the missed orders

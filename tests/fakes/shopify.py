@@ -40,12 +40,13 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from tests.conftest import load_contract
+from tests.fakes.server import JSONHandler
 
 Reply = tuple[int, Any, dict[str, str]]
 #: the metafield types the fake knows, with the pattern a value must match
@@ -403,33 +404,9 @@ class _Server(ThreadingHTTPServer):
         pass  # a client that gave up on a stalled answer
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     shopify: FakeShopify
 
-    def _handle(self) -> None:
-        parts = urlsplit(self.path)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if "x-www-form-urlencoded" in (self.headers.get("Content-Type") or ""):
-            body: Any = dict(parse_qsl(raw.decode()))
-        else:
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        self.shopify.requests.append(Request(self.command, parts.path, query, headers, body))
-        status, data, extra = self.shopify.respond(self.command, parts.path, query, headers, body)
-        payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in extra.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
+    def handle_json(self, method, path, query, headers, body):
+        self.shopify.requests.append(Request(method, path, query, headers, body))
+        return self.shopify.respond(method, path, query, headers, body)

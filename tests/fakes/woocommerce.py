@@ -19,17 +19,17 @@ import hashlib
 import hmac
 import inspect
 import itertools
-import json
 import math
 import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import quote
 
 from tests.conftest import load_contract
+from tests.fakes.server import JSONHandler
 
 API = "/wp-json/wc/v3/"
 OAUTH_PARAMS = ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature",
@@ -311,30 +311,10 @@ class FakeWoo:
         return self._page(orders, query)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JSONHandler):
     woo: FakeWoo
 
-    def _handle(self) -> None:
-        parts = urlsplit(self.path)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))  # PHP: the last value wins
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw
+    def handle_json(self, method, path, query, headers, body):
         public = {k: v for k, v in query.items() if not k.startswith("oauth_")}
-        self.woo.requests.append({"method": self.command, "path": parts.path, "query": public, "json": body})
-        status, data, headers = self.woo.respond(self.command, parts.path, query, body)
-        payload = json.dumps(data).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        pass
+        self.woo.requests.append({"method": method, "path": path, "query": public, "json": body})
+        return self.woo.respond(method, path, query, body)

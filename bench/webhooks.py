@@ -11,8 +11,9 @@ time from writing a request to reading its whole answer.
 
 - **regulars serve**: the real command, with a plugins.toml holding the points
   rule and the Shopify connector, REGULARS_DATABASE_URL on a fresh SQLite file
-  and REGULARS_SHOPIFY_WEBHOOK_SECRET. A 200 means verified, translated and
-  committed to the inbox; the applier thread applies it in the background.
+  and REGULARS_SHOPIFY_WEBHOOK_SECRET. A 200 means verified, parsed, keyed and
+  committed to the inbox (group commit: the requests waiting share one
+  transaction); the applier thread translates and applies it in the background.
   After the last answer the script polls the inbox until no row is
   ``received`` (the applier's catch-up), then checks that every delivery is
   stored exactly once and applied. With ``--workers`` above 1 the same app is
@@ -24,13 +25,13 @@ The load is bounded: N requests, and ``--timeout`` seconds per pass at most.
 The table also gives the CPU the server used per request (all its threads and
 workers) and the load process's share of a core.
 
-``--profile`` adds three passes that find where the time goes: the app with the
-applier off; the same with ``engine.receive`` called on the event loop (no thread
-pool); and the bare endpoint plus one writer thread that group-commits the inbox
-rows through the bare ``sqlite3`` module before answering (a floor for durable
-receipt). It also samples the server's thread stacks during the first pass and
-times each step of the receipt path in process. ``--threads`` caps the server's
-thread pool. Not part of the test suite.
+``--profile`` adds two passes that find where the time goes: the app with the
+applier off; and the bare endpoint plus one writer thread that group-commits the
+inbox rows through the bare ``sqlite3`` module before answering (a floor for
+durable receipt). It also samples the server's thread stacks during the first
+pass and times each step of the receipt path in process. ``--threads`` caps the
+server's thread pool (which the receipt path no longer uses). Not part of the
+test suite.
 """
 
 from __future__ import annotations
@@ -265,18 +266,6 @@ def engine_app_quiet():
     return engine_app(background=False)
 
 
-def engine_app_inline():
-    """The app with the applier off and ``engine.receive`` called on the event
-    loop's own thread: what the thread pool's hand-offs cost (``--profile``)."""
-    import engine.web.app as web
-
-    async def inline(fn, *args):
-        return fn(*args)
-
-    web.run_in_threadpool = inline  # this server process only
-    return engine_app(background=False)
-
-
 def bare_app(store: bool = False):
     """The same stack with no storage: read, verify, parse, answer. With
     ``store`` (``--profile``), also a floor for durable receipt: one writer
@@ -374,10 +363,15 @@ def sampler(out: Path, interval: float = 0.002) -> None:
     stop = threading.Event()
     project = str(ROOT) + "/"
     idle = {"wait", "get", "select", "_worker", "run_forever", "_run_once", "sleep"}
+    # Our frames that only block in C: the receipt writer's queue.get, the
+    # applier's time.sleep while it gives way to receipts.
+    blocking = {("receipts.py", "_run"), ("receipts.py", "wait_for_lull")}
 
     def where(frame) -> str:
         leaf = frame.f_code
         if leaf.co_name in idle and not leaf.co_filename.startswith(project):
+            return "idle"
+        if (Path(leaf.co_filename).name, leaf.co_name) in blocking:
             return "idle"
         ours, library = [], None
         while frame is not None:
@@ -417,8 +411,7 @@ def serve(kind: str, port: int, workers: int, sample: Path | None) -> None:
     if sample is not None:
         sampler(sample)
     factory = {"engine": "engine_app", "quiet": "engine_app_quiet", "bare": "bare_app",
-               "floor": "bare_store_app",
-               "inline": "engine_app_inline"}[kind]
+               "floor": "bare_store_app"}[kind]
     if workers == 1:  # in this process, as `regulars serve`
         app = globals()[factory]()
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
@@ -574,49 +567,72 @@ def exactly_once(database: Path, ids: Sequence[str], run: Pass, orders: bool = T
 # -- profile -----------------------------------------------------------------------------
 
 
-def receipt_breakdown(workdir: Path, n: int, customers: int) -> list[tuple[str, float]]:
+def receipt_breakdown(workdir: Path, n: int, customers: int, batch: int) -> list[tuple[str, float]]:
     """Each step of the receipt path in process, µs per delivery, over ``n``
-    bodies on a fresh SQLite file (what the app does before it answers)."""
+    bodies on fresh SQLite files (what the app does before it answers, the
+    group commit taking ``batch`` deliveries at a time), beside what it no
+    longer does: a transaction per delivery, and translation (the applier's)."""
+    import tomllib
+
     from engine import inbox
     from engine.config import config_from_tables
+    from engine.web.receipts import ReceiptWriter, prepare
 
     requests, ids, _ = make_requests(n, customers)
     bodies = [r.split(b"\r\n\r\n", 1)[1] for r in requests]
     heads = [dict(line.split(": ", 1) for line in r.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")[1:])
              for r in requests]
     heads = [{k.lower(): v for k, v in h.items()} for h in heads]
-    env = {"REGULARS_DATABASE_URL": f"sqlite:///{workdir / 'profile.sqlite3'}"}
-    import tomllib
-
-    engine = Engine(config_from_tables(tomllib.loads(PLUGINS_TOML), workdir / "plugins.toml", env))
-    engine.ensure_schema()
-    connector = engine.connector("shopify")
     steps: list[tuple[str, float]] = []
 
-    def timed(label, fn, items):
+    def fresh(name: str) -> Engine:
+        env = {"REGULARS_DATABASE_URL": f"sqlite:///{workdir / name}"}
+        engine = Engine(config_from_tables(tomllib.loads(PLUGINS_TOML), workdir / "plugins.toml", env))
+        engine.ensure_schema()
+        return engine
+
+    def timed(label, fn, items, deliveries=None):
+        """µs per delivery: per item, or over ``deliveries`` for batches."""
         items = list(items)
         t = time.perf_counter()
         out = [fn(*item) for item in items]
-        steps.append((label, (time.perf_counter() - t) / len(items) * 1e6))
+        steps.append((label, (time.perf_counter() - t) / (deliveries or len(items)) * 1e6))
         return out
 
+    batches = [(start,) for start in range(0, n, batch)]
+    engine = fresh("profile.sqlite3")
+    connector = engine.connector("shopify")
     timed("verify the HMAC", lambda b, h: verify(b, h["x-shopify-hmac-sha256"], [SECRET]), zip(bodies, heads, strict=True))
     payloads = timed("parse the JSON (parse_body)", lambda b: parse_body(b), [(b,) for b in bodies])
     keys = timed("delivery key", lambda p, h, b: connector.delivery_key(TOPIC, p, h, b), zip(payloads, heads, bodies, strict=True))
+    rows = [("shopify", TOPIC, k, b, h) for k, b, h in zip(keys, bodies, heads, strict=True)]
 
-    def store(key, body, headers):
+    def group(start):
+        with engine.db.begin() as conn:
+            return [r.inbox_id for r in inbox.receive_many(conn, rows[start:start + batch])]
+
+    stored = [i for got in timed(f"inbox rows, {batch} per transaction (receive_many + COMMIT)", group, batches, n)
+              for i in got]
+    engine.db.dispose()
+
+    engine = fresh("profile-whole.sqlite3")
+    writer = ReceiptWriter(engine)
+    prepared = timed("receipt, whole: prepare (parse, key)", lambda b, h: prepare(engine, "shopify", TOPIC, b, h),
+                     zip(bodies, heads, strict=True))
+    timed(f"receipt, whole: ReceiptWriter.write, {batch} per transaction",
+          lambda start: writer.write(prepared[start:start + batch]), batches, n)
+    engine.db.dispose()
+
+    engine = fresh("profile-one.sqlite3")
+
+    def alone(key, body, headers):
         with engine.db.begin() as conn:
             return inbox.receive(conn, "shopify", TOPIC, key, body, headers).inbox_id
 
-    stored = timed("inbox INSERT + COMMIT (own transaction)", store, zip(keys, bodies, heads, strict=True))
-    timed("translate + validate (connector, load_event)",
+    timed("(no longer at receipt) inbox INSERT + COMMIT, one per transaction", alone,
+          zip(keys, bodies, heads, strict=True))
+    timed("(no longer at receipt: the applier's) translate + validate (connector, load_event)",
           lambda i, b, h, p: engine._translate(i, "shopify", TOPIC, b, h, p), zip(stored, bodies, heads, payloads, strict=True))
-    engine.db.dispose()
-    env["REGULARS_DATABASE_URL"] = f"sqlite:///{workdir / 'profile-whole.sqlite3'}"
-    engine = Engine(config_from_tables(tomllib.loads(PLUGINS_TOML), workdir / "plugins.toml", env))
-    engine.ensure_schema()
-    timed("engine.receive, whole (parse, key, store, translate)",
-          lambda b, h: engine.receive("shopify", TOPIC, b, h), zip(bodies, heads, strict=True))
     engine.db.dispose()
     return steps
 
@@ -655,7 +671,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="add passes that find where the time goes, a stack sampler in the server "
                         "and a step-by-step timing of the receipt path")
-    parser.add_argument("--serve", choices=["engine", "quiet", "inline", "bare", "floor"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["engine", "quiet", "bare", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -710,10 +726,9 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
     server, engine_run, caught = one_pass("engine", "regulars serve", args, workdir,
                                           pipe, sample)
     problems = exactly_once(server.database, ids, engine_run) if caught and caught.done else []
-    quiet = inline = floor = None
+    quiet = floor = None
     if args.profile:
         _, quiet, _ = one_pass("quiet", "regulars app, applier off", args, workdir, pipe)
-        _, inline, _ = one_pass("inline", "applier off, receive on the loop", args, workdir, pipe)
         floor_server, floor, _ = one_pass("floor", "bare + sqlite3 group commit", args, workdir, pipe)
         floor_problems = exactly_once(floor_server.database, ids, floor, orders=False)
     _, bare_run, _ = one_pass("bare", "bare endpoint", args, workdir, pipe)
@@ -723,7 +738,7 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
     for column in ("endpoint", "deliveries/s", "p50 ms", "p99 ms", "max ms", "seconds", "not 200",
                    "server CPU", "load CPU", "× bare"):
         table.add_column(column, justify="left" if column == "endpoint" else "right")
-    for r in (engine_run, quiet, inline, floor, bare_run):
+    for r in (engine_run, quiet, floor, bare_run):
         if r is None:
             continue
         ratio = "" if r is bare_run or not r.rate else f"{bare_run.rate / r.rate:.1f}×"
@@ -735,12 +750,12 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
                   f"[dim]< {TARGET_P99_MS:.0f}[/dim]", "", "", "", "", "", "")
     console.print(table)
     console.print("server CPU: user + system time of the server per request (all its threads: the event "
-                  "loop, the thread pool, the applier; and its workers); load CPU: the load process's CPU over the pass's "
+                  "loop, the receipt writer, the applier; and its workers); load CPU: the load process's CPU over the pass's "
                   "wall time; × bare: the bare endpoint's rate over the pass's")
     if args.profile:
         console.print("[yellow]the regulars serve row ran with the stack sampler in the server: slower than "
                       "without[/yellow]")
-    for r in (engine_run, quiet, inline, floor, bare_run):
+    for r in (engine_run, quiet, floor, bare_run):
         if r is not None and r.errors:
             console.print(f"[red]{r.label}: {len(r.errors)} errors, e.g.[/red] {r.errors[:3]}")
 
@@ -772,7 +787,7 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
                       + ("; ".join(floor_problems) if floor_problems else f"{floor.sent} inbox rows, one 200 each"))
     if args.profile:
         print_samples(sample, "regulars app during its pass")
-        steps = receipt_breakdown(workdir, min(args.n, 1000), args.customers)
+        steps = receipt_breakdown(workdir, min(args.n, 1000), args.customers, args.concurrency)
         breakdown = Table(title="the receipt path in process, µs per delivery (one thread, no HTTP)")
         breakdown.add_column("step")
         breakdown.add_column("µs", justify="right")

@@ -63,7 +63,7 @@ class Applier:
     between bursts and under a light load it goes at full speed."""
 
     def __init__(self, engine, receipts: ReceiptWriter | None = None, interval: float = 1.0, batch: int = 20,
-                 lull: float = 0.005, patience: float = 0.05):
+                 lull: float = 0.02, patience: float = 0.2):
         self.engine = engine
         self.receipts = receipts
         self.interval = interval

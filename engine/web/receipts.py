@@ -122,15 +122,14 @@ class ReceiptWriter:
         self.max_batch = max_batch
         #: held around each write transaction of this process's receipts and applier
         self.gate = threading.Lock()
-        #: set while fewer than ``BUSY`` webhook requests are in flight
-        self.quiet = threading.Event()
-        self.quiet.set()
+        #: webhook requests in flight, and the monotonic time when ``BUSY`` or
+        #: more were last (written on the event loop, read by the applier)
         self._in_flight = 0
-        #: monotonic time when ``BUSY`` or more requests were last in flight
         self._last_busy = 0.0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
+        self._stopped = False
 
     # -- the request side (on the event loop) -----------------------------------------
 
@@ -139,30 +138,26 @@ class ReceiptWriter:
         self._in_flight += 1
         if self._in_flight >= BUSY:
             self._last_busy = time.monotonic()
-            self.quiet.clear()
 
     def leave(self) -> None:
         if self._in_flight >= BUSY:
             self._last_busy = time.monotonic()
         self._in_flight -= 1
-        if self._in_flight < BUSY:
-            self.quiet.set()
 
     def wait_for_lull(self, lull: float, patience: float) -> None:
-        """Wait until requests have not overlapped (``BUSY`` in flight) for
-        ``lull`` seconds, or ``patience`` seconds at most: the applier's way of
-        giving way to receipts under load. A group commit answers many
-        requests at once, so one moment with few in flight is no pause in the
-        load; requests one at a time are a light load, and don't stop it."""
+        """Wait until webhook requests have not overlapped (``BUSY`` in
+        flight) for ``lull`` seconds, looking every ``lull`` seconds, for
+        ``patience`` seconds at most: the applier's way of giving way to
+        receipts under load. A group commit answers many requests at once, so
+        one moment with few in flight is no pause in the load; requests one at
+        a time are a light load, and don't hold the applier back."""
         deadline = time.monotonic() + patience
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not self.quiet.wait(left):
+            now = time.monotonic()
+            calm = now - self._last_busy if self._in_flight < BUSY else 0.0
+            if calm >= lull or now >= deadline:
                 return
-            calm = time.monotonic() - self._last_busy
-            if calm >= lull and self.quiet.is_set():
-                return
-            time.sleep(max(0.0, min(lull - calm, deadline - time.monotonic())))
+            time.sleep(min(lull - calm, deadline - now))
 
     async def submit(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str]) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -172,6 +167,8 @@ class ReceiptWriter:
             log.exception("storing a %s delivery failed", channel)
             raise
         delivery.future, delivery.loop = loop.create_future(), loop
+        if self._stopped:
+            raise RuntimeError("the receipt writer has stopped")
         if self._thread is None:
             self.start()
         self._queue.put(delivery)
@@ -192,6 +189,7 @@ class ReceiptWriter:
 
     def stop(self) -> None:
         """Store what is queued, then stop."""
+        self._stopped = True
         if self._thread is not None and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join(timeout=60)
@@ -213,12 +211,19 @@ class ReceiptWriter:
                     batch.append(more)
             if not batch:
                 continue
-            results = self.write(batch)
+            try:
+                results = self.write(batch)
+            except Exception as exc:  # a bug: answer the requests all the same
+                log.exception("storing %d webhook deliveries failed", len(batch))
+                results = [exc] * len(batch)
             _answer(batch, results)
             if self.on_received is not None and any(
                 isinstance(r, Outcome) and r.status == "received" for r in results
             ):
-                self.on_received()
+                try:
+                    self.on_received()
+                except Exception:
+                    log.exception("waking the applier failed")
 
     def write(self, batch: list[Delivery]) -> list[Outcome | Exception]:
         """Store a batch in one transaction; if that fails, each delivery in a

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
+from engine.background import BackgroundLoop
 from engine.credentials import ENV_CREDENTIALS
 from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, outbox, rewards
@@ -350,31 +350,13 @@ def depth(conn: Connection) -> dict[str, int]:
     return {status: n for status, n in rows}
 
 
-class OutboxWorker:
+class OutboxWorker(BackgroundLoop):
     """Delivers the outbox in the background, in-process (``regulars serve``):
     every ``interval`` seconds, or at once when woken."""
 
     def __init__(self, deliverer: Deliverer, interval: float = 1.0):
+        super().__init__("outbox", interval, join_timeout=15)
         self.deliverer = deliverer
-        self.interval = interval
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="regulars-outbox", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
-        self.thread.join(timeout=15)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            try:
-                while self.deliverer.deliver_due() and not self.stopping.is_set():
-                    pass
-            except Exception:
-                log.exception("delivering the outbox failed; retrying in %s s", self.interval)
+    def step(self) -> Report:
+        return self.deliverer.deliver_due()

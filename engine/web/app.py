@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from contextlib import asynccontextmanager, nullcontext
 
 from starlette.applications import Starlette
@@ -32,6 +31,7 @@ from starlette.routing import Route
 
 from connectors.base import header
 from engine import inbox
+from engine.background import BackgroundLoop
 from engine.web.receipts import ReceiptWriter
 from engine.web.signatures import secrets_from_env, verify
 
@@ -48,7 +48,7 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-class Applier:
+class Applier(BackgroundLoop):
     """Applies stored deliveries in the background, in-process: woken by each
     commit of received deliveries, and every second in any case (for one
     stored before a restart).
@@ -64,33 +64,15 @@ class Applier:
 
     def __init__(self, engine, receipts: ReceiptWriter | None = None, interval: float = 1.0, batch: int = 20,
                  lull: float = 0.02, patience: float = 0.2):
+        super().__init__("applier", interval)
         self.engine = engine
         self.receipts = receipts
-        self.interval = interval
         self.batch = batch
         self.lull = lull
         self.patience = patience
-        self.wake = threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="regulars-applier", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.wake.set()
-        self.thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self.stopping.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            try:
-                while self.apply_some() and not self.stopping.is_set():
-                    pass
-            except Exception:  # a database outage: keep the thread, try again
-                log.exception("applying stored deliveries failed; retrying in %s s", self.interval)
+    def step(self) -> int:
+        return self.apply_some()
 
     def apply_some(self) -> int:
         """Apply up to ``batch`` stored deliveries, oldest first, giving way to

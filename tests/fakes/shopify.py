@@ -40,13 +40,12 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from tests.conftest import load_contract
-from tests.fakes.server import JSONHandler
+from tests.fakes.server import JSONHandler, LoopbackServer
 
 Reply = tuple[int, Any, dict[str, str]]
 #: the metafield types the fake knows, with the pattern a value must match
@@ -146,7 +145,7 @@ class FakeShopify:
         self._failures: list[tuple[str, Any, float | None]] = []
         self._ids = itertools.count(1001)
         self._lock = threading.Lock()
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -157,7 +156,7 @@ class FakeShopify:
         class Handler(_Handler):
             shopify = fake
 
-        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server = LoopbackServer(Handler)
         if self.tls:
             self._tmp = tempfile.TemporaryDirectory()
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -165,14 +164,13 @@ class FakeShopify:
             self.ca_file = str(Path(self._tmp.name) / "cert.pem")
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         scheme = "https" if self.tls else "http"
-        self.base_url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self.base_url = f"{scheme}://127.0.0.1:{self._server.port}"
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -395,13 +393,6 @@ def _self_signed(directory: Path) -> tuple[str, str]:
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return str(cert_file), str(key_file)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass  # a client that gave up on a stalled answer
 
 
 class _Handler(JSONHandler):

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 from tests.conftest import load_contract
-from tests.fakes.server import JSONHandler
+from tests.fakes.server import JSONHandler, LoopbackServer
 
 API = "/wp-json/wc/v3/"
 OAUTH_PARAMS = ("oauth_consumer_key", "oauth_timestamp", "oauth_nonce", "oauth_signature",
@@ -117,16 +117,13 @@ class FakeWoo:
         class Handler(_Handler):
             woo = fake
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
+        self._server = LoopbackServer(Handler).start()
+        self.url = f"http://127.0.0.1:{self._server.port}"
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def fail_next(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (and Retry-After)."""

@@ -31,6 +31,7 @@ BUILTINS = (
     "rules.subscriptions:SubscriptionsRule",
     "connectors.shopify:ShopifyConnector",
     "connectors.woocommerce:WooCommerceConnector",
+    "connectors.pos:PosConnector",
     "plugins.double_points:DoublePoints",
     "plugins.sku_multipliers:SkuMultipliers",
     "plugins.first_order:FirstOrderBonus",

@@ -364,3 +364,56 @@ class PrivacyRequest(Base):
 
 
 privacy_requests = PrivacyRequest.__table__
+
+
+class Terminal(Base):
+    """A till allowed to use the API, with its key stored hashed (engine.terminals)."""
+
+    __tablename__ = "terminals"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    location: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str | None] = mapped_column(String(200))
+    #: the key's first characters, to tell keys apart in a listing
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    #: SHA-256 of the key (a 256-bit random key needs no slow hash)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+terminals = Terminal.__table__
+
+
+class ApiRequest(Base):
+    """The first answer to a write with an Idempotency-Key, per terminal."""
+
+    __tablename__ = "api_requests"
+    __table_args__ = (UniqueConstraint("terminal_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    terminal_id: Mapped[int] = mapped_column(ForeignKey("terminals.id"))
+    key: Mapped[str] = mapped_column(String(200))
+    #: SHA-256 of the method, path and body: the same key with another request is refused
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+api_requests = ApiRequest.__table__
+
+
+class CardLink(Base):
+    """A signed link to a customer's own card (engine.links)."""
+
+    __tablename__ = "card_links"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+card_links = CardLink.__table__

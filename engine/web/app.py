@@ -98,6 +98,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     (the embedded default). ``install``: the install routes
     (``engine.web.install.Install``; default: configured from the environment)."""
     from engine.outbox import Deliverer, OutboxWorker
+    from engine.web.api import Api
     from engine.web.install import Install, installed_webhook_secrets
 
     secrets = secrets if secrets is not None else secrets_from_env()
@@ -175,6 +176,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
         Route("/webhooks/woocommerce", woocommerce, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         *install.routes(),
+        *Api(engine).routes(),
     ]
     async def not_found(request: Request, exc) -> JSONResponse:
         return error(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")

@@ -1,0 +1,231 @@
+"""The till's and the customer's API over real HTTP on loopback: terminal keys,
+idempotent writes, sales, visits, voids, redemptions, offline batches, card
+links, QR codes, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import uvicorn
+
+from engine import terminals
+from engine.links import make_link, revoke
+from engine.web import create_app
+
+TABLES = {
+    "engine": {"currency": "EUR"},
+    "rules": {"points": {"per_unit": 1},
+              "stamps": {"coffee": {"required": 3, "reward": "free-coffee"}}},  # orders and visits
+    "rewards": {"five-off": {"kind": "fixed_amount", "cost": 50, "value": "5.00"},
+                "free-coffee": {"kind": "free_product", "sku": "COFFEE"}},
+    "connectors": {"pos": {}},
+}
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def api(make_engine, monkeypatch):
+    """(engine, base URL, a terminal's key) with the app served on loopback."""
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
+    engine = make_engine(TABLES)
+    engine.ensure_schema()
+    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, secrets={}), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    yield engine, f"http://127.0.0.1:{port}", key
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def call(url: str, method: str = "GET", body=None, key: str | None = None, idem: str | None = None,
+         raw: bytes | None = None) -> tuple[int, object]:
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    if idem:
+        headers["idempotency-key"] = idem
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+            kind = response.headers.get("content-type", "")
+            return response.status, json.loads(payload) if "json" in kind else payload
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def enrol(base, key, email="jana@example.cz", idem="enrol-1"):
+    return call(f"{base}/api/v1/customers", "POST", {"email": email, "first_name": "Jana", "last_name": "Nováková"},
+                key, idem)
+
+
+def sale(sale_id: str, card: str, price: str = "12.50", at: datetime = T0) -> dict:
+    return {"id": sale_id, "occurred_at": at.isoformat(), "customer": {"card_code": card},
+            "lines": [{"sku": "COFFEE", "name": "Flat white", "quantity": 2, "unit_price": price}]}
+
+
+def test_a_terminal_enrols_sells_and_sees_the_balance_at_once(api):
+    engine, base, key = api
+    status, answer = enrol(base, key)
+    assert status == 201 and answer["status"] == "applied"
+    card = answer["customer"]["card_code"]
+    assert answer["customer"]["last_name"] == "Nováková"
+
+    status, answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "sale-s1")
+    assert status == 200 and answer["customer"]["points"] == 25
+    status, found = call(f"{base}/api/v1/customers?email=JANA@example.cz", key=key)
+    assert status == 200 and found["points"] == 25 and found["card_code"] == card
+
+
+def test_a_retried_write_gets_the_first_answer_and_a_reused_key_is_refused(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    first = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "k1")
+    again = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "k1")
+    assert first == again and first[1]["customer"]["points"] == 25
+    assert call(f"{base}/api/v1/customers?card_code={card}", key=key)[1]["points"] == 25
+    status, answer = call(f"{base}/api/v1/sales", "POST", sale("s2", card), key, "k1")
+    assert status == 422 and answer["error"]["code"] == "idempotency_key_reused"
+    status, answer = call(f"{base}/api/v1/sales", "POST", sale("s3", card), key)
+    assert status == 400 and answer["error"]["code"] == "idempotency_key"
+    # The same sale under a new key (a till that lost its key) is still counted once.
+    status, answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "k9")
+    assert status == 200 and answer["status"] == "duplicate" and answer["customer"]["points"] == 25
+
+
+def test_visits_fill_a_stamp_card_and_a_void_takes_a_sale_s_points_back(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    for n in range(3):
+        status, answer = call(f"{base}/api/v1/visits", "POST",
+                              {"id": f"v{n}", "customer": {"card_code": card}}, key, f"v{n}")
+        assert status == 200
+    assert answer["customer"]["stamps"] == {"coffee": 0}
+    assert [r["reward"] for r in answer["customer"]["rewards"]] == ["free-coffee"]
+    answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "s1")[1]
+    assert (answer["customer"]["points"], answer["customer"]["stamps"]) == (25, {"coffee": 1})
+    status, answer = call(f"{base}/api/v1/sales/s1/void", "POST", {"reason": "wrong card"}, key, "void-s1")
+    assert status == 200 and (answer["customer"]["points"], answer["customer"]["stamps"]) == (0, {"coffee": 0})
+    status, answer = call(f"{base}/api/v1/sales/nope/void", "POST", {}, key, "void-nope")
+    assert status == 404
+
+
+def test_redeeming_at_the_counter_debits_the_points_or_says_why_not(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    call(f"{base}/api/v1/sales", "POST", sale("s1", card, "30.00"), key, "s1")  # 60 points
+    body = {"customer": {"card_code": card}, "reward": "five-off"}
+    status, answer = call(f"{base}/api/v1/redemptions", "POST", body, key, "r1")
+    assert status == 201 and answer["customer"]["points"] == 10 and answer["reward"]["code"]
+    assert call(f"{base}/api/v1/redemptions", "POST", body, key, "r1")[1] == answer  # a retry
+    status, answer = call(f"{base}/api/v1/redemptions", "POST", body, key, "r2")
+    assert status == 409 and "costs 50 points" in answer["error"]["message"]
+
+
+def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_nothing(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    lines = [
+        {"topic": "void", "key": "void-a", "sale_id": "a", "occurred_at": (T0 + timedelta(hours=2)).isoformat()},
+        {"topic": "sale", "key": "a", **sale("a", card, "10.00", T0)},
+        {"topic": "sale", "key": "b", **sale("b", card, "5.00", T0 + timedelta(hours=1))},
+        {"topic": "visit", "key": "v", "id": "v", "customer": {"card_code": card},
+         "occurred_at": (T0 + timedelta(hours=3)).isoformat()},
+    ]
+    body = b"\n".join(json.dumps(line).encode() for line in lines) + b"\n{\"topic\": \"sale\", \"id\"\n"
+    status, answer = call(f"{base}/api/v1/batches", "POST", raw=body, key=key)
+    assert status == 200
+    results = answer["results"]
+    assert [r["status"] for r in results] == ["applied", "applied", "applied", "applied", "refused"]
+    assert "truncated" in results[4]["reason"]
+    points = call(f"{base}/api/v1/customers?card_code={card}", key=key)[1]["points"]
+    assert points == 10  # sale a voided (after it, though sent before), sale b kept
+
+    status, again = call(f"{base}/api/v1/batches", "POST", raw=body, key=key)
+    assert [r["status"] for r in again["results"]][:4] == ["duplicate"] * 4
+    # A batch cut off halfway, then sent again whole, applies only what is missing.
+    cut = b"\n".join(json.dumps(line).encode() for line in lines[:2])
+    more = [{"topic": "sale", "key": "c", **sale("c", card, "1.00", T0 + timedelta(hours=4))}]
+    whole = cut + b"\n" + b"\n".join(json.dumps(line).encode() for line in more)
+    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=cut, key=key)[1]["results"]] == \
+        ["duplicate", "duplicate"]
+    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=whole, key=key)[1]["results"]] == \
+        ["duplicate", "duplicate", "applied"]
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
+def test_a_wrong_or_revoked_terminal_key_and_bad_input_get_clear_4xx(api):
+    engine, base, key = api
+    assert call(f"{base}/api/v1/customers?email=a@b.cz")[0] == 401
+    assert call(f"{base}/api/v1/customers?email=a@b.cz", key="rt_wrong")[0] == 401
+    status, answer = call(f"{base}/api/v1/sales", "POST", raw=b'{"id": "x", "lines": [', key=key, idem="t1")
+    assert status == 400 and answer["error"]["code"] == "bad_json"
+    status, answer = call(f"{base}/api/v1/sales", "POST",
+                          {"id": "x", "customer": {}, "lines": [{"quantity": -1, "unit_price": "1e400"}]}, key, "t2")
+    assert status == 422 and "customer" in answer["error"]["message"] and "quantity" in answer["error"]["message"]
+    assert call(f"{base}/api/v1/customers?email=nobody@example.cz", key=key)[0] == 404
+    terminal_id = terminals.listing(engine.db)[0].id
+    terminals.revoke(engine.db, terminal_id)
+    assert call(f"{base}/api/v1/customers?email=a@b.cz", key=key)[0] == 401
+
+
+def test_the_card_s_qr_code_and_printable_card(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    status, svg = call(f"{base}/api/v1/cards/{card}.svg", key=key)
+    assert status == 200 and svg.startswith(b"<?xml") and b"<svg" in svg
+    status, png = call(f"{base}/api/v1/cards/{card}.png", key=key)
+    assert status == 200 and png.startswith(b"\x89PNG")
+    status, page = call(f"{base}/api/v1/cards/{card}.html", key=key)
+    assert status == 200 and card.encode() in page and "Nováková".encode() in page
+    assert call(f"{base}/api/v1/cards/NOSUCHCARD.svg", key=key)[0] == 404
+
+
+def test_a_card_link_shows_the_customer_their_card_until_it_expires_or_is_revoked(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    call(f"{base}/api/v1/sales", "POST", sale("s1", card, "30.00"), key, "s1")
+    with engine.db.connect() as conn:
+        customer_id = engine.identity.find(conn, card)
+    token = make_link(engine, customer_id, days=30)
+    status, me = call(f"{base}/api/v1/me?token={token}")
+    assert status == 200 and me["points"] == 60 and me["referral_code"]
+    status, answer = call(f"{base}/api/v1/me/redemptions?token={token}", "POST",
+                          {"reward": "five-off", "channel": "pos"})
+    assert status == 201 and answer["customer"]["points"] == 10
+    assert call(f"{base}/api/v1/me?token={token[:-4]}AAAA")[0] == 401
+    old = make_link(engine, customer_id, days=1, at=datetime.now(UTC) - timedelta(days=2))
+    status, answer = call(f"{base}/api/v1/me?token={old}")
+    assert status == 401 and "expired" in answer["error"]["message"]
+    revoke(engine, customer_id)
+    status, answer = call(f"{base}/api/v1/me?token={token}")
+    assert status == 401 and "revoked" in answer["error"]["message"]
+
+
+def test_the_openapi_document_describes_every_route_and_the_reference_page_reads_it(api):
+    engine, base, key = api
+    status, document = call(f"{base}/api/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    assert {"/api/v1/customers", "/api/v1/sales", "/api/v1/visits", "/api/v1/redemptions", "/api/v1/batches",
+            "/api/v1/me"} <= set(document["paths"])
+    assert document["components"]["schemas"]["Sale"]["required"] == ["customer", "id", "lines"]
+    status, page = call(f"{base}/api/docs")
+    assert status == 200 and b"/api/v1/sales" in page and b"<table>" in page

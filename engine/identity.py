@@ -189,7 +189,7 @@ class Identity:
             candidates.append(customers.c.phone == phone)
         candidates.append(customers.c.card_code == key.upper())
         candidates.append(customers.c.referral_code == key.upper())
-        if key.isdigit() and len(key) < 19:
+        if key.isascii() and key.isdigit() and len(key) < 19:
             candidates.append(customers.c.id == int(key))
         for condition in candidates:
             found = conn.execute(select(customers.c.id).where(condition)).scalar_one_or_none()

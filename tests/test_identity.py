@@ -119,3 +119,9 @@ def test_a_merged_customers_shared_phone_with_another_email_makes_a_new_customer
     assert petr not in (a, b)
     assert customer_summary(engine, "petr@example.com")["phone"] is None
     assert customer_summary(engine, "+420601123456")["id"] == b
+
+
+def test_a_key_of_unicode_digits_finds_nobody_instead_of_failing(engine):
+    with engine.db.connect() as conn:
+        assert engine.identity.find(conn, "¹") is None
+        assert engine.identity.find(conn, "١٢٣") is None  # Arabic-Indic digits

@@ -10,6 +10,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -30,13 +32,9 @@ TABLES = {
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-def api(make_engine, monkeypatch):
-    """(engine, base URL, a terminal's key) with the app served on loopback."""
-    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
-    engine = make_engine(TABLES)
-    engine.ensure_schema()
-    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+@contextmanager
+def served(engine):
+    """The engine's app on a free loopback port; yields its base URL."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -48,9 +46,22 @@ def api(make_engine, monkeypatch):
     while not server.started:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    yield engine, f"http://127.0.0.1:{port}", key
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def api(make_engine, monkeypatch):
+    """(engine, base URL, a terminal's key) with the app served on loopback."""
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
+    engine = make_engine(TABLES)
+    engine.ensure_schema()
+    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    with served(engine) as base:
+        yield engine, base, key
 
 
 def call(url: str, method: str = "GET", body=None, key: str | None = None, idem: str | None = None,
@@ -90,7 +101,7 @@ def test_a_terminal_enrols_sells_and_sees_the_balance_at_once(api):
 
     status, answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "sale-s1")
     assert status == 200 and answer["customer"]["points"] == 25
-    status, found = call(f"{base}/api/v1/customers?email=JANA@example.cz", key=key)
+    status, found = call(f"{base}/api/v1/customers?key=JANA@example.cz", key=key)
     assert status == 200 and found["points"] == 25 and found["card_code"] == card
 
 
@@ -100,7 +111,7 @@ def test_a_retried_write_gets_the_first_answer_and_a_reused_key_is_refused(api):
     first = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "k1")
     again = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "k1")
     assert first == again and first[1]["customer"]["points"] == 25
-    assert call(f"{base}/api/v1/customers?card_code={card}", key=key)[1]["points"] == 25
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == 25
     status, answer = call(f"{base}/api/v1/sales", "POST", sale("s2", card), key, "k1")
     assert status == 422 and answer["error"]["code"] == "idempotency_key_reused"
     status, answer = call(f"{base}/api/v1/sales", "POST", sale("s3", card), key)
@@ -155,7 +166,7 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
     results = answer["results"]
     assert [r["status"] for r in results] == ["applied", "applied", "applied", "applied", "refused"]
     assert "truncated" in results[4]["reason"]
-    points = call(f"{base}/api/v1/customers?card_code={card}", key=key)[1]["points"]
+    points = call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"]
     assert points == 10  # sale a voided (after it, though sent before), sale b kept
 
     status, again = call(f"{base}/api/v1/batches", "POST", raw=body, key=key)
@@ -174,17 +185,17 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
 
 def test_a_wrong_or_revoked_terminal_key_and_bad_input_get_clear_4xx(api):
     engine, base, key = api
-    assert call(f"{base}/api/v1/customers?email=a@b.cz")[0] == 401
-    assert call(f"{base}/api/v1/customers?email=a@b.cz", key="rt_wrong")[0] == 401
+    assert call(f"{base}/api/v1/customers?key=a@b.cz")[0] == 401
+    assert call(f"{base}/api/v1/customers?key=a@b.cz", key="rt_wrong")[0] == 401
     status, answer = call(f"{base}/api/v1/sales", "POST", raw=b'{"id": "x", "lines": [', key=key, idem="t1")
     assert status == 400 and answer["error"]["code"] == "bad_json"
     status, answer = call(f"{base}/api/v1/sales", "POST",
                           {"id": "x", "customer": {}, "lines": [{"quantity": -1, "unit_price": "1e400"}]}, key, "t2")
     assert status == 422 and "customer" in answer["error"]["message"] and "quantity" in answer["error"]["message"]
-    assert call(f"{base}/api/v1/customers?email=nobody@example.cz", key=key)[0] == 404
+    assert call(f"{base}/api/v1/customers?key=nobody@example.cz", key=key)[0] == 404
     terminal_id = terminals.listing(engine.db)[0].id
     terminals.revoke(engine.db, terminal_id)
-    assert call(f"{base}/api/v1/customers?email=a@b.cz", key=key)[0] == 401
+    assert call(f"{base}/api/v1/customers?key=a@b.cz", key=key)[0] == 401
 
 
 def test_the_card_s_qr_code_and_printable_card(api):
@@ -229,3 +240,22 @@ def test_the_openapi_document_describes_every_route_and_the_reference_page_reads
     assert document["components"]["schemas"]["Sale"]["required"] == ["customer", "id", "lines"]
     status, page = call(f"{base}/api/docs")
     assert status == 200 and b"/api/v1/sales" in page and b"<table>" in page
+
+
+@pytest.mark.postgres
+def test_eight_terminals_redeeming_the_same_points_at_once_get_one_reward_on_postgresql(make_engine, postgres_url):
+    engine = make_engine(TABLES, url=postgres_url)
+    engine.ensure_schema()
+    keys = [terminals.add_terminal(engine.db, "Main Street", f"till {n}")[1] for n in range(8)]
+    with served(engine) as base:
+        card = enrol(base, keys[0])[1]["customer"]["card_code"]
+        call(f"{base}/api/v1/sales", "POST", sale("s1", card, "30.00"), keys[0], "s1")  # 60 points: one five-off
+        body = {"customer": {"card_code": card}, "reward": "five-off"}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda k: call(f"{base}/api/v1/redemptions", "POST", body, k, "same-moment"),
+                                    keys))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [201] + [409] * 7, answers
+    assert all("costs 50 points and the balance is 10" in a["error"]["message"] for s, a in answers if s == 409)
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []

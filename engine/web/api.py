@@ -31,7 +31,19 @@ from engine.customers import customer_summary
 from engine.web.qr import printable_card, qr
 
 MAX_BATCH = 5 * 1024 * 1024
-MONEY = validate.Range(min=Decimal(0), max=Decimal(1_000_000_000))
+MAX_MONEY = Decimal(1_000_000_000)
+
+
+def _money_range(value: Decimal) -> None:
+    if not value.is_finite() or not Decimal(0) <= value <= MAX_MONEY:
+        raise ValidationError(f"must be an amount from 0 to {MAX_MONEY}")
+
+
+def Money(**kwargs):  # noqa: N802 - a field factory, read as a type
+    """An amount of money: a decimal string in, a decimal string out (never a float)."""
+    return fields.Decimal(as_string=True, places=None, allow_nan=False, validate=_money_range,
+                          metadata={"type": "string", "pattern": r"^[0-9]{1,10}(\.[0-9]{1,4})?$", "example": "12.50"},
+                          **kwargs)
 
 
 class ApiError(Exception):
@@ -68,8 +80,8 @@ class LineSchema(_In):
     sku = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
     name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=1_000_000))
-    unit_price = fields.Decimal(required=True, as_string=True, places=None, allow_nan=False, validate=MONEY)
-    discount = fields.Decimal(load_default=Decimal(0), as_string=True, places=None, allow_nan=False, validate=MONEY)
+    unit_price = Money(required=True)
+    discount = Money(load_default=Decimal(0))
 
 
 class SaleSchema(_In):
@@ -219,6 +231,7 @@ class Api:
             raise ApiError(400, "bad_json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", "the body must be a JSON object")
+        _no_nul(data)
         try:
             return schema.load(data)
         except ValidationError as exc:
@@ -276,10 +289,12 @@ class Api:
 
     async def lookup(self, request: Request) -> Response:
         await self._terminal(request)
-        params = {k: v for k, v in request.query_params.items() if k in ("card_code", "phone", "email") and v}
-        if not params:
-            raise ApiError(400, "no_key", "give card_code, phone or email")
-        found = await run_in_threadpool(self._find, params)
+        key = _no_nul((request.query_params.get("key") or "").strip())
+        if not key:
+            raise ApiError(400, "no_key", "give key: the card code (what the QR says), a phone or an email")
+        found = await run_in_threadpool(self._summary, key)
+        if found is None:
+            raise ApiError(404, "no_customer", "no customer matches that card code, phone or email")
         return JSONResponse(_customer_json(found))
 
     async def enrol(self, request: Request) -> Response:
@@ -317,7 +332,7 @@ class Api:
     async def void(self, request: Request) -> Response:
         terminal = await self._terminal(request)
         data = await self._json(request, VoidSchema())
-        sale_id = request.path_params["sale_id"]
+        sale_id = _no_nul(request.path_params["sale_id"])
 
         async def work():
             order = await run_in_threadpool(self._order_customer, f"{terminal.id}:{sale_id}")
@@ -381,7 +396,7 @@ class Api:
 
     async def card(self, request: Request) -> Response:
         await self._terminal(request)
-        code, kind = request.path_params["code"], request.path_params["kind"]
+        code, kind = _no_nul(request.path_params["code"]), request.path_params["kind"]
         found = await run_in_threadpool(self._summary, code)
         if found is None or found["card_code"] != code.upper():
             raise ApiError(404, "no_customer", "no customer has that card code")
@@ -459,6 +474,20 @@ class Api:
         ]
 
 
+def _no_nul(value):
+    """Refuse text with NUL characters (no database stores them in text)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ApiError(422, "invalid", "text may not contain NUL characters")
+    elif isinstance(value, dict):
+        for item in value.items():
+            _no_nul(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
 def _messages(messages) -> str:
     parts = []
 
@@ -516,7 +545,8 @@ def openapi_document() -> dict:
                    RewardSchema, CustomerSchema, ResultSchema, RedemptionSchema, BatchLineSchema, BatchSchema,
                    ErrorSchema):
         spec.components.schema(schema.__name__[:-6], schema=schema)
-    keys = [{"in": "query", "name": n, "schema": {"type": "string"}} for n in ("card_code", "phone", "email")]
+    keys = [{"in": "query", "name": "key", "required": True, "schema": {"type": "string", "minLength": 1},
+             "description": "the card code (what the QR code says), a phone or an email"}]
     spec.path("/api/v1/customers", operations={
         "get": _operation("Find a customer by card code (the QR), phone or email", None, CustomerSchema, params=keys),
         "post": _operation("Enrol a new customer and issue a card", EnrolSchema, ResultSchema, "201", write=True),

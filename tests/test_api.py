@@ -259,3 +259,35 @@ def test_eight_terminals_redeeming_the_same_points_at_once_get_one_reward_on_pos
     assert all("costs 50 points and the balance is 10" in a["error"]["message"] for s, a in answers if s == 409)
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []
+
+
+def test_the_cli_adds_lists_and_revokes_terminals_and_makes_card_links(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from engine.app import Engine
+    from engine.cli import main
+    from engine.config import load_config
+
+    config = tmp_path / "plugins.toml"
+    config.write_text('[engine]\ncurrency = "EUR"\n[rules.points]\nper_unit = 1\n[connectors.pos]\n')
+    monkeypatch.setenv("REGULARS_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "cli test key")
+    run = lambda *args: CliRunner().invoke(main, ["--config", str(config), *args])  # noqa: E731
+    added = run("pos", "add-terminal", "Main Street", "--name", "till 1")
+    assert added.exit_code == 0, added.output
+    key = next(line for line in added.output.splitlines() if line.startswith("rt_"))
+    engine = Engine(load_config(str(config)))
+    assert terminals.authenticate(engine.db, key).location == "Main Street"
+    listed = run("pos", "terminals")
+    assert key[:10] in listed.output and key not in listed.output  # only the prefix is shown
+    assert run("pos", "revoke-terminal", "1").exit_code == 0
+    assert terminals.authenticate(engine.db, key) is None
+    assert run("pos", "revoke-terminal", "1").exit_code == 1
+
+    assert run("card", "link", "nobody@example.cz").exit_code == 1
+    with engine.db.begin() as conn:
+        engine.identity.resolve(conn, "pos", {"email": "jana@example.cz"}, T0)
+    link = run("card", "link", "jana@example.cz", "--base-url", "https://shop.example")
+    assert link.exit_code == 0 and link.output.startswith("https://shop.example/api/v1/me?token=")
+    assert "1 link(s) revoked" in run("card", "revoke", "jana@example.cz").output
+    engine.db.dispose()

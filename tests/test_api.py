@@ -161,7 +161,7 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
          "occurred_at": (T0 + timedelta(hours=3)).isoformat()},
     ]
     body = b"\n".join(json.dumps(line).encode() for line in lines) + b"\n{\"topic\": \"sale\", \"id\"\n"
-    status, answer = call(f"{base}/api/v1/batches", "POST", raw=body, key=key)
+    status, answer = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="batch-1")
     assert status == 200
     results = answer["results"]
     assert [r["status"] for r in results] == ["applied", "applied", "applied", "applied", "refused"]
@@ -169,15 +169,16 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
     points = call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"]
     assert points == 10  # sale a voided (after it, though sent before), sale b kept
 
-    status, again = call(f"{base}/api/v1/batches", "POST", raw=body, key=key)
+    assert call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="batch-1")[1] == answer  # a retry
+    status, again = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="batch-1-resent")
     assert [r["status"] for r in again["results"]][:4] == ["duplicate"] * 4
     # A batch cut off halfway, then sent again whole, applies only what is missing.
     cut = b"\n".join(json.dumps(line).encode() for line in lines[:2])
     more = [{"topic": "sale", "key": "c", **sale("c", card, "1.00", T0 + timedelta(hours=4))}]
     whole = cut + b"\n" + b"\n".join(json.dumps(line).encode() for line in more)
-    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=cut, key=key)[1]["results"]] == \
+    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=cut, key=key, idem="cut")[1]["results"]] == \
         ["duplicate", "duplicate"]
-    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=whole, key=key)[1]["results"]] == \
+    assert [r["status"] for r in call(f"{base}/api/v1/batches", "POST", raw=whole, key=key, idem="whole")[1]["results"]] == \
         ["duplicate", "duplicate", "applied"]
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []

@@ -391,8 +391,11 @@ class Api:
         body = await request.body()
         if len(body) > MAX_BATCH:
             raise ApiError(413, "too_large", f"a batch is at most {MAX_BATCH} bytes")
-        results = await run_in_threadpool(terminals.apply_batch, self.engine, terminal, body)
-        return JSONResponse({"results": results})
+
+        async def work():
+            return 200, {"results": await run_in_threadpool(terminals.apply_batch, self.engine, terminal, body)}
+
+        return await self._idempotent(request, terminal, work)
 
     async def card(self, request: Request) -> Response:
         await self._terminal(request)
@@ -578,7 +581,8 @@ def openapi_document() -> dict:
         op["security"] = [{"card_link": []}]
     spec.path("/api/v1/me", operations={"get": me_get})
     spec.path("/api/v1/me/redemptions", operations={"post": me_post})
-    batch = _operation("Upload an offline batch (JSON Lines: one {topic, key, ...} per line)", None, BatchSchema)
+    batch = _operation("Upload an offline batch (JSON Lines: one {topic, key, ...} per line)", None, BatchSchema,
+                       write=True)
     batch["requestBody"] = {"required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}
     spec.path("/api/v1/batches", operations={"post": batch})
     _DOCUMENT = spec.to_dict()

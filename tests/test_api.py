@@ -5,21 +5,17 @@ links, QR codes, and the OpenAPI document."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import uvicorn
 
 from engine import terminals
 from engine.links import make_link, revoke
 from engine.web import create_app
+from tests.serving import serve_app
 
 TABLES = {
     "engine": {"currency": "EUR"},
@@ -32,25 +28,9 @@ TABLES = {
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
-@contextmanager
 def served(engine):
-    """The engine's app on a free loopback port; yields its base URL."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, secrets={}), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    """The engine's app on a free loopback port; a context yielding its base URL."""
+    return serve_app(create_app(engine, secrets={}))
 
 
 @pytest.fixture

@@ -7,15 +7,11 @@ the install gave them."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-import uvicorn
 from sqlalchemy import select
 
 from engine import outbox as ob
@@ -26,6 +22,7 @@ from engine.web.signatures import sign
 from tests.conftest import load_contract
 from tests.fakes.shopify import FakeShopify
 from tests.fakes.woocommerce import FakeWoo
+from tests.serving import serve_app
 
 PUBLIC = "https://regulars.example"
 
@@ -71,19 +68,8 @@ def installed(make_engine, shops):
            "REGULARS_SHOPIFY_API_SECRET": shopify.api_secret}
     app = create_app(engine, secrets={"shopify": [], "woocommerce": []},
                      install=Install(engine, env=env, shopify_base_url=shopify.base_url))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield engine, f"http://127.0.0.1:{port}", shopify, woo
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as base:
+        yield engine, base, shopify, woo
 
 
 def _shopify_install(base: str, shopify) -> tuple[int, bytes]:

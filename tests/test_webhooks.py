@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.exc import DataError, OperationalError
 
@@ -30,6 +27,7 @@ from engine.db.models import orders
 from engine.web import create_app
 from engine.web.signatures import secrets_from_env, sign, verify
 from tests.conftest import load_contract
+from tests.serving import serve_app
 
 SHOPIFY_SECRETS = ["new-secret", "old-secret"]
 WOO_SECRET = "w&amp;c-secret"  # as typed into WooCommerce's settings, HTML-encoded
@@ -38,22 +36,11 @@ WOO_SECRET = "w&amp;c-secret"  # as typed into WooCommerce's settings, HTML-enco
 @pytest.fixture
 def served(engine):
     """The app served on a free loopback port: its base ``url`` and the ``app``."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     secrets = secrets_from_env({"REGULARS_SHOPIFY_WEBHOOK_SECRET": ",".join(SHOPIFY_SECRETS),
                                 "REGULARS_WOOCOMMERCE_WEBHOOK_SECRET": WOO_SECRET})
     app = create_app(engine, secrets=secrets)
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", app=app)
-    instance.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url:
+        yield SimpleNamespace(url=url, app=app)
 
 
 @pytest.fixture

@@ -285,6 +285,27 @@ class Engine:
             return prepared.outcome
         return self._apply_one(prepared)
 
+    def apply_pending(self, inbox_id: int) -> Outcome | None:
+        """Apply a stored delivery if it is still ``received``: the background
+        work's way (the in-process applier and the Celery task alike). None
+        when there is nothing to do: no such delivery, or already applied,
+        ignored or failed (by another worker, say). Safe to call twice at once:
+        the delivery's row is claimed in the transaction that applies it.
+        Raises what a database outage raises, so the caller can try later."""
+        self.ensure_schema()
+        with self.db.connect() as conn:
+            row = inbox.get(conn, inbox_id)
+        if row is None or row.status != inbox.RECEIVED:
+            return None
+        prepared = self._translate(row.id, row.channel, row.topic, bytes(row.body), row.headers or {})
+        if prepared.outcome is not None:
+            with self.db.begin() as tx:
+                if not inbox.claim(tx, inbox_id):
+                    return None
+                self._record(prepared.outcome, tx, own=False)
+            return prepared.outcome
+        return self._apply_one(prepared, claim=True)
+
     # -- internals ------------------------------------------------------------
 
     @contextmanager
@@ -370,11 +391,15 @@ class Engine:
             return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", "nothing in this delivery for loyalty"))
         return _Prepared(inbox_id, events=events)
 
-    def _apply_one(self, prepared: _Prepared, conn=None) -> Outcome:
+    def _apply_one(self, prepared: _Prepared, conn=None, claim: bool = False) -> Outcome | None:
+        """Apply a translated delivery and mark it applied, retrying a lost race.
+        ``claim``: only if the delivery is still ``received`` (else None)."""
         for attempt in range(RETRIES):
             self.rewards.take_issued()  # what a rolled-back try issued never was
             try:
                 with self._transaction(conn) as tx:
+                    if claim and not inbox.claim(tx, prepared.inbox_id):
+                        return None
                     entries = sum(self.pipeline.apply(tx, e) for e in prepared.events)
                     inbox.mark(tx, prepared.inbox_id, inbox.APPLIED)
                 self._announce_rewards()
@@ -386,15 +411,25 @@ class Engine:
                 # Lost a race with a concurrent event; the retry sees its result.
                 if attempt < RETRIES - 1:
                     continue
+                if claim and _unavailable(exc):
+                    raise  # not the delivery's fault: it stays received, for a later try
                 outcome = Outcome(prepared.inbox_id, "failed", f"database: {_first_line(exc)}")
             except DBAPIError as exc:
+                if claim and _unavailable(exc):
+                    raise
                 outcome = Outcome(prepared.inbox_id, "failed", f"database: {_first_line(exc)}")
                 break
             except Exception as exc:  # a bug: keep the delivery, say so, go on
                 log.error("delivery %s failed:\n%s", prepared.inbox_id, traceback.format_exc())
                 outcome = Outcome(prepared.inbox_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
                 break
-        self._record(outcome, conn)
+        if claim:
+            with self.db.begin() as tx:
+                if not inbox.claim(tx, prepared.inbox_id):
+                    return None
+                self._record(outcome, tx, own=False)
+        else:
+            self._record(outcome, conn)
         return outcome
 
     def _announce_rewards(self) -> None:
@@ -419,11 +454,24 @@ class Engine:
             return Outcome(inbox_id, "failed", f"{type(exc.error).__name__}: {exc.error}", exc.plugin)
         return Outcome(inbox_id, "failed", str(exc))
 
-    def _record(self, outcome: Outcome, conn=None) -> None:
+    def _record(self, outcome: Outcome, conn=None, own: bool = True) -> None:
+        """Mark a failed or ignored delivery so; ``own``: in a transaction of
+        its own on ``conn`` (else in the caller's transaction on ``conn``)."""
         status = {"failed": inbox.FAILED, "ignored": inbox.IGNORED}.get(outcome.status)
-        if status:
+        if status and not own:
+            inbox.mark(conn, outcome.inbox_id, status, outcome.error, outcome.plugin)
+        elif status:
             with self._transaction(conn) as tx:
                 inbox.mark(tx, outcome.inbox_id, status, outcome.error, outcome.plugin)
+
+
+def _unavailable(exc: Exception) -> bool:
+    """The database is down or unreachable (not a lost race, not a bad row)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(sign in text for sign in ("connection", "server closed", "could not connect", "terminating",
+                                          "database is locked", "disk i/o", "shutting down"))
 
 
 def _first_line(exc: Exception) -> str:

@@ -16,6 +16,7 @@ from rich.table import Table
 from engine.cli_pos import pos_commands
 from engine.cli_programme import programme_commands
 from engine.cli_shops import shop_commands
+from engine.cli_work import work_commands
 from engine.config import ConfigError, load_config
 from engine.plugins import PluginLoadError
 from engine.simulate import simulate_command
@@ -358,8 +359,10 @@ def serve(ctx: Context, host: str, port: int) -> None:
     and the install links (/install/shopify, /install/woocommerce).
 
     Deliveries are verified, stored and answered at once; on the embedded
-    defaults they are applied in the background in this process, and the
-    outbox (balances and coupons for the shops) is delivered from it too.
+    defaults they are applied in the background in this process, the outbox
+    (balances and coupons for the shops) is delivered from it too, and the
+    scheduled jobs run in it. With REGULARS_BROKER_URL set, that work goes
+    to Celery workers instead (`regulars worker`, `regulars beat`).
     Secrets come from REGULARS_SHOPIFY_WEBHOOK_SECRET and
     REGULARS_WOOCOMMERCE_WEBHOOK_SECRET (comma-separated while rotating), and
     from an install."""
@@ -382,7 +385,7 @@ def demo(ctx: Context, customers: int, seed: int) -> None:
     run_demo(ctx.engine, customers, seed, console)
 
 
-for command in (simulate_command, *programme_commands, *shop_commands, *pos_commands):
+for command in (simulate_command, *programme_commands, *shop_commands, *pos_commands, *work_commands):
     main.add_command(command)
 
 

@@ -244,6 +244,12 @@ class Identity:
             }
             wanted = {"email": email, "phone": phone}
             values = self._update_row(conn, row.id, row._mapping, hints, {k: v for k, v in wanted.items() if v and not taken[k]}, at)
+            if not values:
+                # One customer's events are applied one at a time: the UPDATE
+                # above locks the row; without one, lock it (PostgreSQL). A
+                # worker then waits for the customer's previous transaction
+                # instead of racing it to a unique key and retrying.
+                self._lock(conn, [row.id])
             row = _Merged(row, values)
         if external and "link" not in rows:
             self._link(conn, channel, external, row.id)

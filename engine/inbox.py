@@ -159,3 +159,31 @@ def listing(conn: Connection, status: str | None = None, limit: int = 50, channe
     if channel:
         query = query.where(inbox.c.channel == channel)
     return conn.execute(query).all()
+
+
+def claim(conn: Connection, inbox_id: int) -> bool:
+    """In the caller's (write) transaction: whether the delivery is still
+    ``received``, locking its row on PostgreSQL until the transaction ends. Two
+    workers handed the same delivery (a redelivered task, a sweep) apply it
+    once: the second waits for the first's commit, then finds it applied. On
+    SQLite the transaction's write lock (``BEGIN IMMEDIATE``) does the same."""
+    query = select(inbox.c.status).where(inbox.c.id == inbox_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return conn.execute(query).scalar_one_or_none() == RECEIVED
+
+
+def left_behind(conn: Connection, before, limit: int = 1000) -> list[int]:
+    """Deliveries still ``received`` that were stored before ``before``,
+    oldest first: what a sweep hands to the workers again."""
+    return list(conn.execute(
+        select(inbox.c.id).where(inbox.c.status == RECEIVED, inbox.c.received_at < before)
+        .order_by(inbox.c.id).limit(limit)
+    ).scalars())
+
+
+def counts(conn: Connection) -> dict[str, int]:
+    """Deliveries per status."""
+    from sqlalchemy import func
+
+    return dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())

@@ -20,7 +20,9 @@ broker, no worker to run). Answers are JSON; errors have one shape,
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 from contextlib import asynccontextmanager, nullcontext
 
 from starlette.applications import Starlette
@@ -34,6 +36,7 @@ from engine import inbox
 from engine.background import BackgroundLoop
 from engine.web.receipts import ReceiptWriter
 from engine.web.signatures import secrets_from_env, verify
+from engine.work import Due, apply_delivery, run_job
 
 log = logging.getLogger("regulars.web")
 
@@ -86,8 +89,84 @@ class Applier(BackgroundLoop):
             if self.receipts is not None:
                 self.receipts.wait_for_lull(self.lull, self.patience)
             with gate:
-                self.engine.replay(inbox_id)
+                apply_delivery(self.engine, inbox_id)
         return len(ids)
+
+
+class Scheduler(BackgroundLoop):
+    """Runs the scheduled jobs (``engine.work.SCHEDULE``) in-process, the
+    embedded default's Celery beat: looks every ``interval`` seconds, and runs
+    each due job inside the receipt writer's gate. A failing job is logged,
+    and tried again at its next time."""
+
+    def __init__(self, engine, receipts: ReceiptWriter | None = None, interval: float = 30.0, due: Due | None = None):
+        super().__init__("scheduler", interval, join_timeout=30)
+        self.engine = engine
+        self.receipts = receipts
+        self.due = due or Due()
+
+    def step(self) -> bool:
+        gate = self.receipts.gate if self.receipts is not None else nullcontext()
+        for name in self.due.due():
+            try:
+                with gate:
+                    run_job(self.engine, name)
+            except Exception:
+                log.exception("scheduled job %s failed", name)
+        return False
+
+
+class Publisher:
+    """Hands received deliveries to Celery workers (a broker is configured):
+    a thread publishes their ``regulars.apply`` tasks, so that a slow or
+    unreachable broker never holds up an answer. A delivery it can't publish
+    stays stored as ``received``; the workers' sweep publishes it later."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="regulars-publisher", daemon=True)
+        self._failing = False
+
+    def submit(self, inbox_ids: list[int]) -> None:
+        self._queue.put(list(inbox_ids))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        from engine.tasks import publish
+
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            ids, stopping = list(first), False
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                ids.extend(more)
+            try:
+                publish(ids)
+            except Exception as exc:
+                if not self._failing:
+                    log.error("the broker can't be reached (%s): deliveries stay stored, and the sweep "
+                              "publishes them when it is back", exc)
+                self._failing = True
+            else:
+                if self._failing:
+                    log.warning("the broker is back")
+                self._failing = False
+            if stopping:
+                return
 
 
 def create_app(engine, secrets: dict[str, list[str]] | None = None, background: bool = True,
@@ -103,11 +182,20 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
 
     secrets = secrets if secrets is not None else secrets_from_env()
     install = install if install is not None else Install(engine)
-    outbox_worker = OutboxWorker(Deliverer(engine)) if background else None
     receipts = ReceiptWriter(engine)
-    applier = Applier(engine, receipts) if background else None
+    embedded = background and not engine.config.broker_url
+    outbox_worker = OutboxWorker(Deliverer(engine)) if embedded else None
+    applier = Applier(engine, receipts) if embedded else None
+    scheduler = Scheduler(engine, receipts) if embedded else None
+    publisher = Publisher() if background and not embedded else None
     if applier is not None:
-        receipts.on_received = applier.wake.set
+        receipts.on_received = lambda ids: applier.wake.set()
+    if publisher is not None:
+        from engine.tasks import configure
+
+        configure(engine.config.broker_url)
+        receipts.on_received = publisher.submit
+    threads = [t for t in (applier, outbox_worker, scheduler, publisher) if t is not None]
 
     async def receive(request: Request, channel: str) -> JSONResponse:
         receipts.enter()
@@ -160,16 +248,18 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     async def lifespan(app):
         await run_in_threadpool(engine.ensure_schema)
         receipts.start()
-        if applier is not None:
-            applier.start()
-        if outbox_worker is not None:
-            outbox_worker.start()
+        for thread in threads:
+            thread.start()
         yield
         if outbox_worker is not None:
             await run_in_threadpool(outbox_worker.stop)
+        if scheduler is not None:
+            await run_in_threadpool(scheduler.stop)
         await run_in_threadpool(receipts.stop)
         if applier is not None:
             await run_in_threadpool(applier.stop)
+        if publisher is not None:
+            await run_in_threadpool(publisher.stop)
 
     routes = [
         Route("/webhooks/shopify", shopify, methods=["POST"]),
@@ -191,5 +281,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_allowed, 500: internal})
     app.state.applier = applier
+    app.state.publisher = publisher
+    app.state.scheduler = scheduler
     app.state.receipts = receipts
     return app

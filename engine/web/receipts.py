@@ -117,7 +117,8 @@ class ReceiptWriter:
 
     def __init__(self, engine, on_received=None, max_batch: int = MAX_BATCH):
         self.engine = engine
-        #: called in the writer thread after a commit that stored deliveries to apply
+        #: called in the writer thread after a commit that stored deliveries to
+        #: apply, with their inbox ids
         self.on_received = on_received
         self.max_batch = max_batch
         #: held around each write transaction of this process's receipts and applier
@@ -217,13 +218,12 @@ class ReceiptWriter:
                 log.exception("storing %d webhook deliveries failed", len(batch))
                 results = [exc] * len(batch)
             _answer(batch, results)
-            if self.on_received is not None and any(
-                isinstance(r, Outcome) and r.status == "received" for r in results
-            ):
+            received = [r.inbox_id for r in results if isinstance(r, Outcome) and r.status == "received"]
+            if self.on_received is not None and received:
                 try:
-                    self.on_received()
+                    self.on_received(received)
                 except Exception:
-                    log.exception("waking the applier failed")
+                    log.exception("handing received deliveries on failed")
 
     def write(self, batch: list[Delivery]) -> list[Outcome | Exception]:
         """Store a batch in one transaction; if that fails, each delivery in a

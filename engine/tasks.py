@@ -41,6 +41,7 @@ import threading
 
 from celery import Celery, signals
 from kombu import Queue
+from kombu import pools as kombu_pools
 from kombu.exceptions import ChannelError
 from sqlalchemy.exc import DBAPIError
 
@@ -96,9 +97,10 @@ def configure(broker_url: str | None, config_path: str | None = None) -> Celery:
     plugins.toml); what ``regulars worker``, ``beat`` and ``serve`` call."""
     if broker_url and broker_url != app.conf.broker_url:
         app.conf.broker_url = broker_url
-        if app._pool is not None:  # connections to the broker it pointed at before
-            app._pool.force_close_all()
-            app._pool = None
+        # Forget the connections to the broker it pointed at before (kombu
+        # keeps its pools in a registry of its own).
+        kombu_pools.reset()
+        app._pool = None
         app.amqp._producer_pool = None
     if config_path:
         os.environ["REGULARS_CONFIG"] = str(config_path)

@@ -10,6 +10,8 @@ import sys
 import click
 from rich.console import Console
 
+from engine.jobs import JOBS
+
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
@@ -123,7 +125,7 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job", type=click.Choice(["expire", "expiry-reminders", "reward-expiry", "tier-review"]))
+@click.argument("job", type=click.Choice(sorted(JOBS)))
 @click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="Run as of this UTC time instead of now (to catch up, or to rehearse).")
 @click.pass_obj
@@ -131,16 +133,21 @@ def jobs_run(ctx, job: str, at) -> None:
     """Run one job now.
 
     \b
-    expire            expire what is left of points past their date
-    expiry-reminders  tell plugins whose points expire within remind_days
-    reward-expiry     expire unused rewards (points back where the catalogue says)
-    tier-review       downgrade customers below their tier (after the grace period)
+    expire              expire what is left of points past their date
+    expiry-reminders    tell plugins whose points expire within remind_days
+    reward-expiry       expire unused rewards (points back where the catalogue says)
+    tier-review         downgrade customers below their tier (after the grace period)
+    subscription-check  lapse memberships past their period plus the plan's grace_days
+    reconcile           fetch the last 2 days of orders from each shop with credentials
     """
     from datetime import UTC
 
-    from engine.jobs import run
+    from engine.jobs import JobFailed, run
 
-    console.print(run(ctx.engine, job, at.replace(tzinfo=UTC) if at else None), highlight=False)
+    try:
+        console.print(run(ctx.engine, job, at.replace(tzinfo=UTC) if at else None), highlight=False)
+    except JobFailed as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 #: registered on the ``regulars`` group by engine/cli.py

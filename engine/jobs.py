@@ -4,12 +4,22 @@ schedule by Celery beat in production. Each is safe to run twice."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from engine.db import utcnow
 
 log = logging.getLogger("regulars.jobs")
+
+#: the shops the ``reconcile`` job fetches orders from, and how far back
+RECONCILE_CHANNELS = ("shopify", "woocommerce")
+RECONCILE_DAYS = 2
+
+
+class JobFailed(RuntimeError):
+    """A job that did none of its work (every shop it tried failed); the
+    message is its summary, so a scheduler records the failure and why."""
 
 
 def expire_points(engine, now: datetime) -> str:
@@ -55,11 +65,71 @@ def review_tiers(engine, now: datetime) -> str:
     return f"{reviewed} tiers reviewed, {downgraded} downgraded"
 
 
+def check_subscriptions(engine, now: datetime) -> str:
+    """Lapse the memberships of plans with ``grace_days`` whose paid period
+    ended more than ``grace_days`` before ``now`` (engine.subscriptions); a
+    lapsed one is not active, so its plan's multiplier stops."""
+    with engine.db.begin() as conn:
+        lapsed = engine.subscriptions.lapse(conn, now)
+    if lapsed is None:
+        return "no lapses: no [rules.subscriptions.<plan>] sets grace_days"
+    return f"{lapsed} memberships lapsed"
+
+
+#: a URL's query string (it may carry an API key and a signature)
+_QUERY = re.compile(r"\?[^\s'\"()<>]*=[^\s'\"()<>]*")
+
+
+def _first_line(exc: Exception, limit: int = 300) -> str:
+    """An error's first line for a summary, without URLs' query strings."""
+    text = str(exc).strip()
+    line = _QUERY.sub("?...", text.splitlines()[0]) if text else type(exc).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def reconcile_shops(engine, now: datetime) -> str:
+    """Fetch the orders changed in the last ``RECONCILE_DAYS`` days from each
+    configured shop with credentials and feed them through the webhook path
+    (engine.reconcile): what missed webhooks should have brought. A shop
+    without credentials is skipped; one that fails (down, refusing) does not
+    stop the others; if every shop tried failed, raises ``JobFailed``."""
+    from engine.reconcile import reconcile
+
+    since = now - timedelta(days=RECONCILE_DAYS)
+    parts: list[str] = []
+    configured = skipped = failures = 0
+    for channel in RECONCILE_CHANNELS:
+        if channel not in engine.connectors:
+            continue
+        configured += 1
+        try:
+            if engine.credentials.get(channel) is None:
+                skipped += 1
+                parts.append(f"{channel} skipped (no credentials)")
+                continue
+            counts, _failed = reconcile(engine, channel, since=since)
+        except Exception as exc:  # a shop that is down must not stop the other
+            failures += 1
+            log.warning("reconcile %s failed", channel, exc_info=True)
+            parts.append(f"{channel} failed: {_first_line(exc)}")
+            continue
+        found = ", ".join(f"{counts[s]} {s}" for s in ("applied", "duplicate", "ignored", "failed") if counts[s])
+        parts.append(f"{channel}: {sum(counts.values())} orders" + (f" ({found})" if found else ""))
+    if not parts:
+        return "nothing to reconcile: no [connectors.shopify] or [connectors.woocommerce] table"
+    summary = "; ".join(parts)
+    if failures and failures == configured - skipped:
+        raise JobFailed(f"reconcile failed: {summary}")
+    return summary
+
+
 JOBS: dict[str, Callable[..., str]] = {
     "tier-review": review_tiers,
     "expire": expire_points,
     "expiry-reminders": remind_expiring,
     "reward-expiry": expire_rewards,
+    "subscription-check": check_subscriptions,
+    "reconcile": reconcile_shops,
 }
 
 

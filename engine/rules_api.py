@@ -154,21 +154,26 @@ class SubscriptionPlan:
     :param renewal_points: points on each renewal.
     :param start_points: points when the subscription starts; None: as many as
         ``renewal_points``.
+    :param grace_days: None (the default): the paid period is reported, not
+        enforced. A number: the ``subscription-check`` job marks a membership
+        ``lapsed`` (not active: no multiplier) once so many days have passed
+        since the end of the latest period its events gave (``period_end``).
     """
 
     name: str
     multiplier: Decimal = Decimal(1)
     renewal_points: int = 0
     start_points: int | None = None
+    grace_days: int | None = None
 
     def __post_init__(self):
         if not self.name or len(self.name) > 64:
             raise ValueError(f"SubscriptionPlan.name must be 1 to 64 characters, got {self.name!r}")
         if not isinstance(self.multiplier, Decimal) or not self.multiplier.is_finite() or self.multiplier < 0:
             raise TypeError(f"SubscriptionPlan.multiplier must be a non-negative Decimal, got {self.multiplier!r}")
-        for name in ("renewal_points", "start_points"):
+        for name in ("renewal_points", "start_points", "grace_days"):
             value = getattr(self, name)
-            if value is None and name == "start_points":
+            if value is None and name != "renewal_points":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise TypeError(f"SubscriptionPlan.{name} must be a non-negative int, got {value!r}")

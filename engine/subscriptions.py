@@ -20,13 +20,30 @@ event into it so that duplicates and reordered deliveries converge:
 A membership is active from a start, renewal or resumption until a newer pause
 or cancellation. The multiplier applies to an order by the membership as the
 engine knows it when the order is first awarded (like a tier), not as it stood
-at the order's ``paid_at``; ``period_end`` is reported, not enforced.
+at the order's ``paid_at``. ``period_end`` is reported, not enforced, unless the
+plan sets ``grace_days``:
+
+- the ``subscription-check`` job (``Subscriptions.lapse``) marks an active
+  membership of such a plan ``lapsed`` once its ``current_period_end`` plus
+  ``grace_days`` is before the job's time; ``status_at`` becomes that time.
+  A lapsed membership is not active (no plan in ``customer.plans``);
+- the lapse is not an event: it leaves ``status_stamp`` naming the newest event
+  (always a start, renewal or resumption, as only active memberships lapse), so
+  events keep their order among themselves. A newer pause or cancellation wins
+  as usual. Any other event that is newer, or that brings a later
+  ``period_end``, is merged and the lapse judged again as the job would have
+  judged it at the lapse's time with what is known now: it stands while the
+  latest period plus the grace (of the plan now named) still ended before
+  then, else the membership is active again, even when the event is older than
+  the lapse (the lapse went by a period that was not the latest). A stale
+  renewal of a period already known changes nothing. So whether a late event
+  arrives before or after the job ran, the membership ends in the same state.
 """
 
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Connection
@@ -42,6 +59,8 @@ STATUS = {"started": "active", "renewed": "active", "resumed": "active", "paused
           "cancelled": "cancelled"}
 _RANK = {"started": 0, "renewed": 1, "resumed": 2, "paused": 3, "cancelled": 4}
 ACTIVE = "active"
+#: set by the ``subscription-check`` job, never by an event (see the module docstring)
+LAPSED = "lapsed"
 #: ``regulars subscription ACTION``: the event each action stands for
 ACTIONS = {"start": "subscription.started", "renew": "subscription.renewed", "pause": "subscription.paused",
            "resume": "subscription.resumed", "cancel": "subscription.cancelled"}
@@ -65,6 +84,18 @@ class SubscriptionRefused(ValueError):
 def _stamp(kind: str, at: datetime, key: str) -> str:
     """The order in which events win the status: time, kind, key."""
     return f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}|{_RANK[kind]}|{key}"
+
+
+def _stamp_time(stamp: str) -> datetime:
+    """The event time a stamp starts with."""
+    return datetime.strptime(stamp.split("|", 1)[0], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+def _lapses(plan: SubscriptionPlan | None, period_end: datetime | None, now: datetime) -> bool:
+    """Whether a membership of the plan, active by its events, has lapsed at ``now``."""
+    if plan is None or plan.grace_days is None or period_end is None:
+        return False
+    return period_end + timedelta(days=plan.grace_days) < now
 
 
 def _entry_key(*parts: str) -> str:
@@ -110,6 +141,28 @@ class Subscriptions:
         """The plans of the customer's active memberships, sorted."""
         return tuple(sorted(conn.execute(_ACTIVE_PLANS, {"customer_id": customer_id}).scalars()))
 
+    def lapse(self, conn: Connection, now: datetime) -> int | None:
+        """Mark ``lapsed`` the active memberships of plans with ``grace_days``
+        whose latest period ended more than ``grace_days`` before ``now``.
+        Returns how many; None when no plan sets ``grace_days``."""
+        plans = [plan for plan in self.plans.values() if plan.grace_days is not None]
+        if not plans:
+            return None
+        now = now.astimezone(UTC)
+        lapsed = 0
+        for plan in sorted(plans, key=lambda p: p.name):
+            # one statement: a concurrent event that renewed or paused the
+            # membership first leaves it out (the condition is checked again)
+            result = conn.execute(
+                update(subscriptions)
+                .where(subscriptions.c.plan == plan.name, subscriptions.c.status == ACTIVE,
+                       subscriptions.c.current_period_end.is_not(None),
+                       subscriptions.c.current_period_end < now - timedelta(days=plan.grace_days))
+                .values(status=LAPSED, status_at=now, updated_at=utcnow())
+            )
+            lapsed += result.rowcount
+        return lapsed
+
     def _lock(self, conn: Connection, channel: str, external_id: str):
         query = _SELECT_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT
         return conn.execute(query, {"channel": channel, "external_id": external_id}).one_or_none()
@@ -121,9 +174,11 @@ class Subscriptions:
         entries posted; raises ``SubscriptionRefused`` saying why it can't."""
         kind = event["type"].split(".", 1)[1]
         sub = event["subscription"]
-        channel, external_id, at = event["channel"], sub["id"], event["occurred_at"]
+        channel, external_id, at = event["channel"], sub["id"], event["occurred_at"].astimezone(UTC)
         plan = self.plan(sub["plan"])
         period_end = sub.get("period_end")
+        if period_end is not None:  # kept in UTC (SQLite keeps the wall time, not the offset)
+            period_end = period_end.astimezone(UTC)
         stamp = _stamp(kind, at, event["idempotency_key"])
 
         row = self._lock(conn, channel, external_id)
@@ -152,15 +207,23 @@ class Subscriptions:
     def _merge(self, conn, row, kind, plan, at, period_end, stamp, customer_id) -> int:
         """Fold one event into an existing subscription; returns whose it is."""
         values: dict = {}
-        if stamp > row.status_stamp:
+        newer = stamp > row.status_stamp
+        if newer:
             values.update(plan=plan.name, status=STATUS[kind], status_at=at, status_stamp=stamp)
             if customer_id is not None and customer_id != row.customer_id:
                 values["customer_id"] = customer_id  # the channel gave it to someone else
         if at < as_utc(row.started_at):
             values["started_at"] = at
-        current_end = as_utc(row.current_period_end)
+        current_end = latest_end = as_utc(row.current_period_end)
         if period_end is not None and (current_end is None or period_end > current_end):
-            values["current_period_end"] = period_end
+            values["current_period_end"] = latest_end = period_end
+        if row.status == LAPSED and values.get("status", ACTIVE) == ACTIVE and (newer or latest_end != current_end):
+            # judge the lapse again, at its time, with what is known now
+            lapsed_at = as_utc(row.status_at)
+            if _lapses(plan if newer else self.plans.get(row.plan), latest_end, lapsed_at):
+                values.update(status=LAPSED, status_at=lapsed_at)
+            else:  # the newest event's status, active, stands
+                values.update(status=ACTIVE, status_at=at if newer else _stamp_time(row.status_stamp))
         if values:
             values["updated_at"] = utcnow()
             conn.execute(update(subscriptions).where(subscriptions.c.id == row.id).values(**values))
@@ -204,4 +267,4 @@ def _as_json(row) -> dict:
             "status_since": as_utc(row.status_at).isoformat(), "channel": row.channel, "id": row.external_id}
 
 
-__all__ = ["ACTIONS", "ACTIVE", "STATUS", "SubscriptionRefused", "Subscriptions"]
+__all__ = ["ACTIONS", "ACTIVE", "LAPSED", "STATUS", "SubscriptionRefused", "Subscriptions"]

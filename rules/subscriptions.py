@@ -6,11 +6,15 @@ when it starts and on every renewal.
 multiplier = 2.0        # on orders paid while the membership is active
 renewal_points = 100    # points on each renewal (and at the start, if start_points is not given)
 start_points = 50       # optional
+grace_days = 7          # optional: lapse 7 days after the paid period ends (subscription-check job)
 ```
 
 The engine keeps the subscriptions and posts the points (engine/subscriptions.py);
 this plugin gives the plans and the multiplier of the customer's active ones
-(``customer.plans``) when an order is first awarded.
+(``customer.plans``) when an order is first awarded. Without ``grace_days`` a
+membership's ``period_end`` is reported, not enforced; with it, ``regulars jobs
+run subscription-check`` lapses memberships whose period ended more than
+``grace_days`` ago.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class PlanSettings(StrictSchema):
     multiplier = DecimalString(load_default=Decimal(1), validate=validate.Range(min=Decimal(0), max=Decimal(100)))
     renewal_points = fields.Integer(strict=True, load_default=0, validate=POINTS)
     start_points = fields.Integer(strict=True, load_default=None, allow_none=True, validate=POINTS)
+    grace_days = fields.Integer(strict=True, load_default=None, allow_none=True,
+                                validate=validate.Range(min=0, max=3650))
 
 
 SubscriptionsSettings = named_tables(PlanSettings, "plan", "[rules.subscriptions.vip]")
@@ -41,7 +47,8 @@ class SubscriptionsRule:
 
     def __init__(self, settings: dict):
         self.plans = {
-            name: SubscriptionPlan(name, plan["multiplier"], plan["renewal_points"], plan["start_points"])
+            name: SubscriptionPlan(name, plan["multiplier"], plan["renewal_points"], plan["start_points"],
+                                   plan["grace_days"])
             for name, plan in settings.items()
         }
 

@@ -287,8 +287,8 @@ def test_a_subscription_event_without_its_subscription_fails_validation(shop):
 
 @pytest.mark.parametrize(
     "plans,message",
-    [({"vip": {"multipler": 2}}, r"vip.multipler: unknown key \(expected one of: multiplier, renewal_points, "
-                                 r"start_points\)"),
+    [({"vip": {"multipler": 2}}, r"vip.multipler: unknown key \(expected one of: grace_days, multiplier, "
+                                 r"renewal_points, start_points\)"),
      ({"vip": {"renewal_points": -1}}, "vip.renewal_points: Must be greater than or equal to 0"),
      ({"vip": {"renewal_points": 1.5}}, "vip.renewal_points: Not a valid integer"),
      ({"vip": {"multiplier": "lots"}}, "vip.multiplier: Not a valid number"),

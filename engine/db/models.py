@@ -270,10 +270,11 @@ class Subscription(Base):
     external_id: Mapped[str] = mapped_column(String(128))
     #: the plan's name ([rules.subscriptions.<plan>])
     plan: Mapped[str] = mapped_column(String(64))
-    #: active, paused, cancelled
+    #: active, paused, cancelled; lapsed (by the subscription-check job)
     status: Mapped[str] = mapped_column(String(16))
-    #: the event time of the event that set the status, and its rank among
-    #: events ("time|kind|key"): an older event changes nothing
+    #: the event time of the event that set the status (of a lapse: the job's
+    #: time), and the newest event's rank among events ("time|kind|key"): an
+    #: older event changes nothing (a lapse leaves the stamp as it is)
     status_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status_stamp: Mapped[str] = mapped_column(String(320))
     #: the earliest event seen

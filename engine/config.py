@@ -62,6 +62,24 @@ class EngineSettingsSchema(StrictSchema):
     timezone = fields.String(load_default="UTC")
 
 
+_COLOUR = validate.Regexp(r"^#[0-9A-Fa-f]{6}$", error="a colour like #1F6FEB")
+
+
+class BrandingSchema(StrictSchema):
+    """``[branding]``: how the pages (the customer's card, the counter, the
+    dashboard) look."""
+
+    #: the shop's name, on every page
+    name = fields.String(load_default="regulars", validate=validate.Length(min=1, max=80))
+    #: the main colour (buttons, the card) and the accent (stamps, highlights)
+    primary = fields.String(load_default="#1F6FEB", validate=_COLOUR)
+    accent = fields.String(load_default="#F2A900", validate=_COLOUR)
+    #: a logo: an https:// URL, or an image file beside plugins.toml (served at /branding/logo)
+    logo = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    #: the pages' language when the browser asks for none we have: en, cs or sk
+    locale = fields.String(load_default="en", validate=validate.OneOf(["en", "cs", "sk"]))
+
+
 def named_tables(
     item: type[Schema], noun: str, example: str, name_pattern: str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ) -> type[Schema]:
@@ -109,6 +127,7 @@ class Config:
     database_url: str = ""
     broker_url: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)
+    branding: dict[str, Any] = field(default_factory=dict)
 
     @property
     def base_dir(self) -> Path:
@@ -131,7 +150,7 @@ class Config:
         """Every table that some plugin must own, as dotted paths."""
         found = []
         for key, value in self.tables.items():
-            if key == "engine":
+            if key in ("engine", "branding"):
                 continue
             if key in PLUGIN_GROUPS and isinstance(value, dict):
                 found.extend(f"{key}.{sub}" for sub in value)
@@ -230,6 +249,7 @@ def config_from_tables(
     env = dict(os.environ if env is None else env)
     config = Config(path=path, tables=tables)
     config.engine = validate_table(config, "engine", EngineSettingsSchema)
+    config.branding = validate_table(config, "branding", BrandingSchema)
     config.database_url = resolve_database_url(config.base_dir, env)
     config.broker_url = env.get("REGULARS_BROKER_URL") or None
     return config

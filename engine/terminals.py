@@ -13,7 +13,7 @@ import hmac
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection
@@ -83,14 +83,84 @@ def remember(conn: Connection, terminal_id: int, key: str, request_hash: str, st
                   ["terminal_id", "key"])
 
 
+# -- what the till sends, live or in a batch ------------------------------------------
+#
+# The live endpoints (engine.web.api) and an offline batch build a delivery's
+# body with the same functions, so a live request whose answer was lost and is
+# sent again in a batch is the same delivery: a duplicate, not a conflict.
+
+
+def find_customer(engine, hints: dict) -> dict | None:
+    """The customer a till's hints name (card code, then email, then phone):
+    their summary, or None. A till never creates a customer by a sale."""
+    from engine.customers import customer_summary
+
+    for field in ("card_code", "email", "phone"):
+        if hints.get(field):
+            found = customer_summary(engine, hints[field])
+            if found is not None:
+                return found
+    return None
+
+
+def _when(value: datetime | None) -> str:
+    return (value or datetime.now(UTC)).isoformat()
+
+
+def sale_payload(terminal: Terminal, data: dict, card_code: str) -> dict:
+    """A ``sale`` delivery from a validated sale (the API's SaleSchema)."""
+    return {
+        "id": data["id"], "terminal": str(terminal.id), "location": terminal.location,
+        "occurred_at": _when(data.get("occurred_at")),
+        "customer": {"card_code": card_code},
+        "lines": [{**line, "unit_price": str(line["unit_price"]), "discount": str(line["discount"])}
+                  for line in data["lines"]],
+        "reward_codes": data.get("reward_codes") or [],
+    }
+
+
+def visit_payload(terminal: Terminal, data: dict, card_code: str) -> dict:
+    return {"id": data["id"], "terminal": str(terminal.id), "location": terminal.location,
+            "occurred_at": _when(data.get("occurred_at")), "customer": {"card_code": card_code}}
+
+
+def void_payload(terminal: Terminal, sale_id: str, data: dict) -> dict:
+    return {"sale_id": sale_id, "terminal": str(terminal.id), "occurred_at": _when(data.get("occurred_at")),
+            "reason": data.get("reason")}
+
+
+def send(engine, topic: str, payload: dict):
+    """Ingest a till's delivery (its ``Outcome``)."""
+    return engine.ingest("pos", topic, json.dumps(payload, default=str).encode())
+
+
+def sale_customer(engine, terminal: Terminal, sale_id: str) -> str | None:
+    """The card code of the customer of a sale this terminal recorded."""
+    from engine.db.models import customers, orders
+
+    with engine.db.connect() as conn:
+        row = conn.execute(select(customers.c.card_code).join(orders, orders.c.customer_id == customers.c.id)
+                           .where(orders.c.channel == "pos", orders.c.external_id == f"{terminal.id}:{sale_id}")).first()
+    return row.card_code if row else None
+
+
 def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
     """An offline batch: JSON Lines, each ``{"topic": "sale" | "void" | "visit",
-    "key": the till's key for it, ...the payload}``. Every line is read first;
-    the good ones are applied in ``occurred_at`` order (the order things
-    happened, not the order they were written), each through the same path as
-    a live request. A resent batch is all ``duplicate``; a batch cut off and
-    sent again whole applies only what is missing. Results are per line, in
-    the lines' order: applied, duplicate or refused with the reason."""
+    "key": the till's key for it, ...the payload}``, the payload as the live
+    endpoint takes it (``occurred_at`` required: a line keeps its original
+    time). Every line is read first; the good ones are applied in
+    ``occurred_at`` order (the order things happened, not the order they were
+    written), each through the same path as a live request: a sale or visit
+    for a customer nobody knows is refused, as live. A resent batch is all
+    ``duplicate``; a batch cut off and sent again whole applies only what is
+    missing; a line refused before is refused again with its reason. Results
+    are per line, in the lines' order: applied, duplicate or refused with the
+    reason."""
+    from marshmallow import ValidationError
+
+    from engine.web.api import SaleSchema, VisitSchema, VoidSchema, _messages
+
+    schemas = {"sale": SaleSchema, "visit": VisitSchema, "void": VoidSchema}
     results: list[dict] = []
     good = []
     for number, raw in enumerate(body.splitlines(), start=1):
@@ -111,25 +181,63 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
         if topic not in BATCH_TOPICS:
             result["reason"] = f"topic must be one of {', '.join(BATCH_TOPICS)}, got {topic!r}"
             continue
-        try:
-            moment = datetime.fromisoformat(item.get("occurred_at"))
-        except (TypeError, ValueError):
-            result["reason"] = "occurred_at is missing or not ISO 8601: an offline line keeps its original time"
-            continue
-        if moment.tzinfo is None:
-            result["reason"] = "occurred_at has no UTC offset"
+        if not item.get("occurred_at"):
+            result["reason"] = "occurred_at is missing: an offline line keeps its original time"
             continue
         item.pop("key", None)
-        payload = {**item, "terminal": str(terminal.id)}
-        if topic != "void":
-            payload.setdefault("location", terminal.location)
-        good.append((moment, number, topic, payload, result))
-    for _, _, topic, payload, result in sorted(good, key=lambda g: (g[0], g[1])):
-        if topic in ("sale", "visit") and not payload.get("id") and result["key"]:
-            payload["id"] = result["key"]
-        outcome = engine.ingest("pos", topic, json.dumps(payload).encode())
-        if outcome.status in ("applied", "duplicate"):
-            result["status"] = outcome.status
+        sale_id = item.pop("sale_id", None) if topic == "void" else None
+        if topic == "void" and not sale_id:
+            result["reason"] = "sale_id is missing: which sale to void"
+            continue
+        if topic != "void" and not item.get("id") and result["key"]:
+            item["id"] = result["key"]
+        try:
+            data = schemas[topic]().load(item)
+        except ValidationError as exc:
+            result["reason"] = _messages(exc.messages)
+            continue
+        if "\x00" in json.dumps(item):
+            result["reason"] = "text may not contain NUL characters"
+            continue
+        good.append((data["occurred_at"], number, topic, data, str(sale_id) if sale_id else None, result))
+    for _, _, topic, data, sale_id, result in sorted(good, key=lambda g: (g[0], g[1])):
+        if topic == "void":
+            if sale_customer(engine, terminal, sale_id) is None:
+                result["reason"] = f"this terminal recorded no sale {sale_id!r}"
+                continue
+            payload = void_payload(terminal, sale_id, data)
         else:
-            result["reason"] = outcome.error or outcome.status
+            customer = find_customer(engine, data["customer"])
+            if customer is None:
+                result["reason"] = "no customer matches that card code, phone or email"
+                continue
+            build = sale_payload if topic == "sale" else visit_payload
+            payload = build(terminal, data, customer["card_code"])
+        outcome = send(engine, topic, payload)
+        result["status"], result["reason"] = _batch_status(engine, topic, payload, outcome)
     return results
+
+
+def _batch_status(engine, topic: str, payload: dict, outcome) -> tuple[str, str | None]:
+    """A line's result from its delivery's outcome. ``duplicate`` only when
+    what came before under the same key was applied: one refused before is
+    refused again, with its reason; one sent before under the same key with
+    another body (a live request in another form) counts as the duplicate it
+    is when that one was applied."""
+    from engine import inbox
+    from engine.db.models import inbox as inbox_table
+
+    if outcome.status == "applied":
+        return "applied", None
+    with engine.db.connect() as conn:
+        if outcome.status == "duplicate":
+            row = inbox.get(conn, outcome.inbox_id)
+            if row is not None and row.status == inbox.FAILED:
+                return "refused", row.error or "refused before"
+            return "duplicate", None
+        key = engine.connector("pos").delivery_key(topic, payload, {}, b"")
+        first = conn.execute(select(inbox_table.c.status).where(
+            inbox_table.c.channel == "pos", inbox_table.c.key == key)).scalar_one_or_none() if key else None
+    if outcome.status == "failed" and first == inbox.APPLIED:
+        return "duplicate", None
+    return "refused", outcome.error or outcome.status

@@ -175,3 +175,49 @@ def make_engine(database_url, tmp_path):
 def engine(make_engine) -> Engine:
     """An Engine with the default test programme (1 point per EUR, both shops)."""
     return make_engine()
+
+
+# -- a real browser ---------------------------------------------------------------
+#
+# Debian's chromium, driven headless by Playwright (no browser is downloaded:
+# Playwright is pointed at /usr/bin/chromium). Pages are screenshotted into
+# docs/screenshots/ (the README shows them).
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium (Playwright's ``Browser``); skips, or fails on CI,
+    without one."""
+    path = os.environ.get("REGULARS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        unreachable("Debian's chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unreachable("playwright is not installed (pip install -e '.[test]')")
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=path, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium):
+    """A fresh page in a context of its own (its own cookies and storage), on a
+    phone-sized screen; ``page.context.set_offline(True)`` cuts the network."""
+    context = chromium.new_context(viewport={"width": 412, "height": 915}, device_scale_factor=1,
+                                   locale="en-GB")
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def screenshot(page, name: str) -> Path:
+    """Keep a screenshot of the page as docs/screenshots/NAME.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -11,9 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import func, select
 
 from engine import terminals
+from engine.db.models import customers
 from engine.links import make_link, revoke
+from engine.pipeline import EventRefused
 from engine.web import create_app
 from tests.serving import serve_app
 
@@ -162,6 +165,45 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
         ["duplicate", "duplicate", "applied"]
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []
+
+
+def test_a_batch_line_is_what_the_live_request_was(api, monkeypatch):
+    """An unknown card in a batch is refused as live (no customer is made up);
+    a live visit whose answer was lost, sent again in a batch, is a duplicate
+    (the same delivery); a line refused before is refused again, with its
+    reason, not reported as a duplicate."""
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    with engine.db.connect() as conn:
+        before = conn.execute(select(func.count()).select_from(customers)).scalar()
+    visit = {"id": "v1", "customer": {"card_code": card}, "occurred_at": T0.isoformat()}
+    assert call(f"{base}/api/v1/visits", "POST", visit, key, "v1")[1]["status"] == "applied"
+    lines = [
+        {"topic": "visit", "key": "v1", **visit},  # the same visit, its answer lost
+        {"topic": "visit", "key": "v2", "id": "v2", "customer": {"card_code": "ZZZZZZZZZZZZ"},
+         "occurred_at": T0.isoformat()},
+        {"topic": "sale", "key": "s1", **sale("s1", card, "4.00")},
+    ]
+    body = b"\n".join(json.dumps(line).encode() for line in lines)
+    real_apply = engine.pipeline.apply
+
+    def refusing(conn, event):
+        if event["type"] == "order.paid":
+            raise EventRefused("the shop is closed today")
+        return real_apply(conn, event)
+
+    monkeypatch.setattr(engine.pipeline, "apply", refusing)
+    results = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="b1")[1]["results"]
+    monkeypatch.undo()
+    assert [r["status"] for r in results] == ["duplicate", "refused", "refused"], results
+    assert "no customer matches" in results[1]["reason"]
+    refused_reason = results[2]["reason"]
+    assert "the shop is closed today" in refused_reason
+    again = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="b2")[1]["results"]
+    assert [r["status"] for r in again] == ["duplicate", "refused", "refused"]
+    assert again[2]["reason"] == refused_reason
+    with engine.db.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(customers)).scalar() == before
 
 
 def test_a_wrong_or_revoked_terminal_key_and_bad_input_get_clear_4xx(api):

@@ -270,15 +270,13 @@ class Api:
         return customer_summary(self.engine, key)
 
     def _find(self, hints: dict) -> dict:
-        for field in ("card_code", "email", "phone"):
-            if hints.get(field):
-                found = self._summary(hints[field])
-                if found is not None:
-                    return found
-        raise ApiError(404, "no_customer", "no customer matches that card code, phone or email")
+        found = terminals.find_customer(self.engine, hints)
+        if found is None:
+            raise ApiError(404, "no_customer", "no customer matches that card code, phone or email")
+        return found
 
     def _ingest(self, topic: str, payload: dict, key: str):
-        outcome = self.engine.ingest("pos", topic, json.dumps(payload, default=str).encode())
+        outcome = terminals.send(self.engine, topic, payload)
         if outcome.status == "failed":
             raise ApiError(422, "refused", outcome.error or "the till's delivery can't be applied")
         summary = self._summary(key)
@@ -317,14 +315,7 @@ class Api:
 
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
-            payload = {
-                "id": data["id"], "terminal": str(terminal.id), "location": terminal.location,
-                "occurred_at": (data["occurred_at"] or datetime.now(UTC)).isoformat(),
-                "customer": {"card_code": customer["card_code"]},
-                "lines": [{**line, "unit_price": str(line["unit_price"]), "discount": str(line["discount"])}
-                          for line in data["lines"]],
-                "reward_codes": data["reward_codes"],
-            }
+            payload = terminals.sale_payload(terminal, data, customer["card_code"])
             return await run_in_threadpool(self._ingest, "sale", payload, customer["card_code"])
 
         return await self._idempotent(request, terminal, work)
@@ -335,24 +326,13 @@ class Api:
         sale_id = _no_nul(request.path_params["sale_id"])
 
         async def work():
-            order = await run_in_threadpool(self._order_customer, f"{terminal.id}:{sale_id}")
+            order = await run_in_threadpool(terminals.sale_customer, self.engine, terminal, sale_id)
             if order is None:
                 raise ApiError(404, "no_sale", f"this terminal recorded no sale {sale_id!r}")
-            payload = {"sale_id": sale_id, "terminal": str(terminal.id),
-                       "occurred_at": (data["occurred_at"] or datetime.now(UTC)).isoformat(), "reason": data["reason"]}
+            payload = terminals.void_payload(terminal, sale_id, data)
             return await run_in_threadpool(self._ingest, "void", payload, order)
 
         return await self._idempotent(request, terminal, work)
-
-    def _order_customer(self, external_id: str) -> str | None:
-        from sqlalchemy import select
-
-        from engine.db.models import customers, orders
-
-        with self.engine.db.connect() as conn:
-            row = conn.execute(select(customers.c.card_code).join(orders, orders.c.customer_id == customers.c.id)
-                               .where(orders.c.channel == "pos", orders.c.external_id == external_id)).first()
-        return row.card_code if row else None
 
     async def visit(self, request: Request) -> Response:
         terminal = await self._terminal(request)
@@ -360,9 +340,7 @@ class Api:
 
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
-            payload = {"id": data["id"], "terminal": str(terminal.id), "location": terminal.location,
-                       "occurred_at": (data["occurred_at"] or datetime.now(UTC)).isoformat(),
-                       "customer": {"card_code": customer["card_code"]}}
+            payload = terminals.visit_payload(terminal, data, customer["card_code"])
             return await run_in_threadpool(self._ingest, "visit", payload, customer["card_code"])
 
         return await self._idempotent(request, terminal, work)

@@ -179,6 +179,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     from engine.outbox import Deliverer, OutboxWorker
     from engine.web.api import Api
     from engine.web.install import Install, installed_webhook_secrets
+    from engine.web.pages import Pages
 
     secrets = secrets if secrets is not None else secrets_from_env()
     install = install if install is not None else Install(engine)
@@ -267,6 +268,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
         Route("/health", health, methods=["GET"]),
         *install.routes(),
         *Api(engine).routes(),
+        *Pages(engine).routes(),
     ]
     async def not_found(request: Request, exc) -> JSONResponse:
         return error(404, "not_found", f"no such endpoint: {request.method} {request.url.path}")

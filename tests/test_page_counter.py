@@ -1,0 +1,482 @@
+"""The cashier's counter (/counter) in a real browser, on the till's API: signing
+in with a terminal key, finding a customer by card code, email or the camera,
+recording sales and visits, redeeming, and the offline queue: actions kept in
+the browser with their keys and sent as one batch when the network is back,
+never counted twice (a lost answer, a resent batch)."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+
+from engine import terminals
+from engine.customers import customer_summary
+from engine.web import create_app
+from tests.conftest import screenshot
+from tests.serving import serve_app
+
+TABLES = {
+    "engine": {"currency": "EUR"},
+    "rules": {"points": {"per_unit": 1},
+              "stamps": {"coffee": {"required": 6, "reward": "free-coffee"}}},  # orders and visits
+    "rewards": {"five-off": {"kind": "fixed_amount", "cost": 50, "value": "5.00"},
+                "tote-bag": {"kind": "free_product", "cost": 400, "sku": "TOTE"},
+                "free-coffee": {"kind": "free_product", "sku": "COFFEE"}},
+    "connectors": {"pos": {}},
+    "branding": {"name": "Kavárna U Mostu"},
+}
+STATIC = Path(__file__).resolve().parents[1] / "engine" / "web" / "static"
+
+
+def call(url: str, method: str = "GET", body=None, key: str | None = None, idem: str | None = None,
+         raw: bytes | None = None, kind: str = "application/json") -> tuple[int, object]:
+    headers = {"content-type": kind}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    if idem:
+        headers["idempotency-key"] = idem
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+            return response.status, json.loads(payload) if "json" in response.headers.get("content-type", "") else payload
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture
+def till(make_engine, monkeypatch):
+    """(engine, stack, base URL, terminal key, Jana's card code): the app served
+    on loopback with one terminal and one customer. Closing ``stack`` stops the
+    server."""
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "counter test key")
+    engine = make_engine(TABLES)
+    engine.ensure_schema()
+    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    with ExitStack() as stack:
+        base = stack.enter_context(serve_app(create_app(engine, secrets={}, background=False)))
+        status, answer = call(f"{base}/api/v1/customers", "POST", {
+            "email": "jana@example.cz", "phone": "+420 601 123 456", "first_name": "Jana", "last_name": "Nováková"},
+            key, "enrol-jana")
+        assert status == 201, answer
+        yield engine, stack, base, key, answer["customer"]["card_code"]
+
+
+def summary(engine, card: str) -> dict:
+    return customer_summary(engine, card)
+
+
+def sign_in(page, base: str, key: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/counter")
+    page.fill("#signin-key", key)
+    page.click("#signin-button")
+    expect(page.locator("#till")).to_be_visible()
+
+
+def find(page, query: str) -> None:
+    page.fill("#find-key", query)
+    page.click("#find-button")
+
+
+def queued(page) -> list[dict]:
+    return page.evaluate("""() => Object.keys(localStorage).filter(k => k.startsWith('regulars.counter.queue.'))
+                                  .flatMap(k => JSON.parse(localStorage.getItem(k)))""")
+
+
+# -- the page over plain HTTP ------------------------------------------------------------
+
+
+class _Assets(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value and not value.startswith(("?", "#")):
+                self.urls.append(value)
+
+
+def test_the_counter_page_serves_and_everything_it_loads_is_local(till):
+    engine, _, base, _, _ = till
+    with urllib.request.urlopen(f"{base}/counter") as response:
+        assert response.status == 200
+        assert response.headers["content-type"].startswith("text/html")
+        assert "script-src 'self'" in response.headers["content-security-policy"]
+        page = response.read().decode()
+    parser = _Assets()
+    parser.feed(page)
+    assert any(u.endswith("/static/counter.js") for u in parser.urls)
+    assert any(u.endswith("/static/counter.css") for u in parser.urls)
+    for url in parser.urls:
+        absolute = urljoin(f"{base}/counter", url)
+        assert urlparse(absolute).netloc == urlparse(base).netloc, f"{url} is not served by regulars"
+        with urllib.request.urlopen(absolute) as asset:
+            assert asset.status == 200
+    assert not re.search(r"""(src|href)=["'](https?:)?//(?!127\.0\.0\.1:)""", page)
+    with urllib.request.urlopen(f"{base}/counter-sw.js") as worker:
+        assert worker.status == 200 and "javascript" in worker.headers["content-type"]
+
+    # Every message counter.js shows is in the page, from the template (so it is translated).
+    messages = json.loads(re.search(r'<script type="application/json" id="messages">(.*?)</script>', page, re.S)[1])
+    used = set(re.findall(r"\bt\('([a-z_]+)'", (STATIC / "counter.js").read_text()))
+    assert used and used <= set(messages), f"missing from the template's messages: {sorted(used - set(messages))}"
+    config = json.loads(re.search(r'id="counter-config">(.*?)</script>', page, re.S)[1])
+    assert config["cards"] == [{"name": "coffee", "required": 6, "reward": "free-coffee"}]
+    assert [r["name"] for r in config["rewards"]] == ["five-off", "tote-bag"]  # free-coffee is earned, not bought
+    with urllib.request.urlopen(f"{base}/counter?lang=cs") as response:
+        assert response.status == 200 and '<html lang="cs">' in response.read().decode()
+
+
+# -- in the browser ----------------------------------------------------------------------
+
+
+def test_signing_in_refuses_a_wrong_key_and_keeps_a_good_one_until_sign_out(till, browser_page):
+    from playwright.sync_api import expect
+
+    _, _, base, key, _ = till
+    page = browser_page
+    page.goto(f"{base}/counter")
+    expect(page.locator("#signin")).to_be_visible()
+    expect(page.locator("#till")).to_be_hidden()
+    page.fill("#signin-key", "rt_not-a-key-of-this-shop")
+    page.click("#signin-button")
+    expect(page.locator("#signin-error")).to_contain_text("unknown or revoked")
+    expect(page.locator("#till")).to_be_hidden()
+    assert page.evaluate("localStorage.getItem('regulars.counter.key')") is None
+
+    page.fill("#signin-key", key)
+    page.click("#signin-button")
+    expect(page.locator("#till")).to_be_visible()
+    expect(page.locator("#net")).to_contain_text("Online")
+    assert json.loads(page.evaluate("localStorage.getItem('regulars.counter.key')")) == key
+    page.reload()  # a shared till: the key survives a reload
+    expect(page.locator("#till")).to_be_visible()
+
+    page.click("#signout")
+    expect(page.locator("#signin")).to_be_visible()
+    assert page.evaluate("localStorage.getItem('regulars.counter.key')") is None
+
+    # A key revoked while signed in: the next request signs the till out, saying why.
+    sign_in(page, base, key)
+    for terminal in terminals.listing(till[0].db):
+        terminals.revoke(till[0].db, terminal.id)
+    find(page, "jana@example.cz")
+    expect(page.locator("#signin-error")).to_contain_text("no longer works")
+
+
+def test_find_a_customer_by_card_code_and_by_email_then_record_a_sale(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    for n, price in enumerate(("30.00", "25.00")):  # some history: 55 points, 2 stamps
+        status, _ = call(f"{base}/api/v1/sales", "POST", {"id": f"old-{n}", "customer": {"card_code": card},
+                                                           "lines": [{"quantity": 1, "unit_price": price}]}, key, f"old-{n}")
+        assert status == 200
+    page = browser_page
+    sign_in(page, base, key)
+    expect(page.locator("#scan-button")).to_be_hidden()  # no BarcodeDetector in this Chromium: typing it is
+
+    find(page, card.lower())  # typed, in lower case
+    expect(page.locator("#customer-name")).to_have_text("Jana Nováková")
+    expect(page.locator("#customer-points")).to_have_text("55")
+    expect(page.locator(".stampcard[data-card=coffee] .hole.full")).to_have_count(2)
+    expect(page.locator("#redeem-list li[data-reward=five-off] button")).to_be_enabled()
+    expect(page.locator("#redeem-list li[data-reward=tote-bag] button")).to_be_disabled()
+    expect(page.locator("#redeem-list li[data-reward=tote-bag]")).to_contain_text("345 more points")
+
+    find(page, "nobody@example.cz")
+    expect(page.locator("#find-message")).to_contain_text("No customer matches")
+    expect(page.locator("#customer")).to_be_hidden()
+    find(page, "Jana@Example.cz")
+    expect(page.locator("#customer-name")).to_have_text("Jana Nováková")
+
+    # An amount and an item with a SKU: 10.00 + 2 × 3.20 = 16.40, 16 points, one stamp.
+    page.fill("#sale-amount", "10,00")
+    page.click("#add-line")
+    page.fill("#sale-lines .line input[name=sku]", "COFFEE")
+    page.fill("#sale-lines .line input[name=quantity]", "2")
+    page.fill("#sale-lines .line input[name=unit_price]", "3.20")
+    expect(page.locator("#sale-total")).to_contain_text("16.40")
+    page.click("#sale-button")
+    expect(page.locator("#result")).to_contain_text("recorded")
+    expect(page.locator("#customer-points")).to_have_text("71")
+    expect(page.locator("#customer-delta")).to_have_text("+16 points")
+    expect(page.locator(".stampcard[data-card=coffee] .hole.full")).to_have_count(3)
+    expect(page.locator("#sale-amount")).to_have_value("")
+    now = summary(engine, card)
+    assert (now["points"], now["stamps"]) == (71, {"coffee": 3})
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "counter")
+
+    # Refused input says so and sends nothing.
+    page.fill("#sale-amount", "12.5.0")
+    page.click("#sale-button")
+    expect(page.locator("#result")).to_contain_text("Give an amount")
+    assert summary(engine, card)["points"] == 71
+
+
+def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
+                                          "lines": [{"quantity": 1, "unit_price": "60.00"}]}, key, "old")
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, "+420601123456")  # by phone
+    expect(page.locator("#customer-points")).to_have_text("60")
+    page.click("#redeem-list li[data-reward=five-off] button")
+    expect(page.locator("#result")).to_contain_text("Redeemed five-off")
+    expect(page.locator("#customer-points")).to_have_text("10")
+    expect(page.locator("#customer-rewards-list li")).to_have_count(1)
+    code = summary(engine, card)["rewards"][0]["code"]
+    assert summary(engine, card)["points"] == 10
+    expect(page.locator("#customer-rewards-list")).to_contain_text(code)
+    expect(page.locator("#redeem-list li[data-reward=five-off] button")).to_be_disabled()
+
+    page.check(f"#customer-rewards-list input[value='{code}']")
+    page.fill("#sale-amount", "20")
+    page.click("#sale-button")
+    expect(page.locator("#customer-points")).to_have_text("30")
+    expect(page.locator("#customer-rewards")).to_be_hidden()  # used in that sale
+    assert summary(engine, card)["rewards"] == []
+
+
+def test_offline_the_counter_queues_visits_and_sends_them_once_when_back(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, "jana@example.cz")
+    expect(page.locator("#customer-name")).to_have_text("Jana Nováková")
+
+    page.context.set_offline(True)
+    expect(page.locator("#net")).to_contain_text("Offline")
+    find(page, "jana@example.cz")  # seen here before: shown as last seen
+    expect(page.locator("#customer-note")).to_contain_text("as last seen")
+    expect(page.locator("#redeem-list li[data-reward=five-off] button")).to_be_disabled()
+    page.click("#visit-button")
+    expect(page.locator("#result")).to_contain_text("No connection")
+    page.click("#visit-button")
+    expect(page.locator("#waiting-count")).to_have_text("Waiting: 2")
+    expect(page.locator("#waiting-list li")).to_have_count(2)
+    expect(page.locator("#customer-waiting")).to_contain_text("this customer: 2")
+    waiting = queued(page)
+    assert [item["topic"] for item in waiting] == ["visit", "visit"]
+    assert len({item["key"] for item in waiting}) == 2
+    assert all(item["line"]["key"] == item["line"]["id"] == item["key"] and item["line"]["occurred_at"]
+               for item in waiting)
+    assert summary(engine, card)["stamps"] == {"coffee": 0}
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "counter-offline")
+
+    # Back online, the batch's answer is lost on the way (applied, then cut):
+    # the page keeps the actions and sends the same batch again.
+    lost = []
+
+    def lose_the_first_answer(route):
+        if not lost:
+            lost.append(route.fetch().json())  # the server applied it...
+            route.abort("connectionreset")  # ...and the till never heard
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/batches", lose_the_first_answer)
+    page.context.set_offline(False)
+    for _ in range(200):
+        if lost:
+            break
+        page.wait_for_timeout(25)  # route handlers run while Playwright waits
+    assert [r["status"] for r in lost[0]["results"]] == ["applied", "applied"]
+    assert summary(engine, card)["stamps"] == {"coffee": 2}
+    # Not heard back: both still wait, and the batch is kept to be sent as it was.
+    expect(page.locator("#waiting-list li .state")).to_have_text(["waiting", "waiting"])
+    assert page.evaluate("""() => { const key = JSON.parse(localStorage.getItem('regulars.counter.key'));
+        return JSON.parse(localStorage.getItem('regulars.counter.inflight.' + key.slice(0, 10))).keys; }""") == [
+        item["key"] for item in waiting]
+
+    page.click("#send-now")
+    expect(page.locator("#waiting")).to_be_hidden()
+    expect(page.locator("#waiting-count")).to_be_hidden()
+    expect(page.locator("#result")).to_contain_text("sent")
+    expect(page.locator(".stampcard[data-card=coffee] .hole.full")).to_have_count(2)
+    assert queued(page) == []
+    assert summary(engine, card)["stamps"] == {"coffee": 2}
+
+    # The same batch sent once more, as a till would after another lost
+    # answer, under a new request key: every line is a duplicate.
+    replay = page.evaluate("""async () => {
+        const key = JSON.parse(localStorage.getItem('regulars.counter.key'));
+        const last = JSON.parse(localStorage.getItem('regulars.counter.last-batch.' + key.slice(0, 10)));
+        const answer = await fetch('/api/v1/batches', {method: 'POST', body: last.body, headers: {
+            'Authorization': 'Bearer ' + key, 'Content-Type': 'application/x-ndjson',
+            'Idempotency-Key': crypto.randomUUID()}});
+        return {status: answer.status, body: await answer.json(), lines: last.body.trim().split('\\n').length};
+    }""")
+    assert replay["status"] == 200 and replay["lines"] == 2
+    assert [r["status"] for r in replay["body"]["results"]] == ["duplicate", "duplicate"]
+    visits = summary(engine, card)
+    assert visits["stamps"] == {"coffee": 2} and visits["points"] == 0
+    from sqlalchemy import func, select
+
+    from engine.db.models import inbox
+
+    with engine.db.connect() as conn:
+        applied = conn.execute(select(func.count()).select_from(inbox).where(
+            inbox.c.channel == "pos", inbox.c.topic == "visit", inbox.c.status == "applied")).scalar_one()
+    assert applied == 2
+
+
+def test_a_sale_recorded_offline_is_sent_with_its_own_time_and_key(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    page.context.set_offline(True)
+    find(page, card)  # never seen on this device: taken on trust, said so
+    expect(page.locator("#customer-note")).to_contain_text("can't be checked")
+    page.fill("#sale-amount", "8.90")
+    page.click("#sale-button")
+    expect(page.locator("#waiting-list li[data-topic=sale]")).to_contain_text("€8.90")
+    find(page, "someone@example.cz")
+    expect(page.locator("#find-message")).to_contain_text("card code only")
+    [item] = queued(page)
+    page.context.set_offline(False)
+    expect(page.locator("#waiting")).to_be_hidden()
+    now = summary(engine, card)
+    assert (now["points"], now["stamps"]) == (8, {"coffee": 1})
+    from sqlalchemy import select
+
+    from engine.db.models import orders
+
+    with engine.db.connect() as conn:
+        external = conn.execute(select(orders.c.external_id).where(orders.c.channel == "pos")).scalar_one()
+    assert external.endswith(":" + item["key"])
+
+
+def test_a_refused_line_stays_on_the_list_with_its_reason(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+    page.context.set_offline(True)
+    page.fill("#sale-amount", "5")
+    page.click("#sale-button")
+    page.click("#visit-button")
+    # A line the server will refuse (as a till might have stored before an upgrade).
+    page.evaluate("""() => {
+        const name = Object.keys(localStorage).find(k => k.startsWith('regulars.counter.queue.'));
+        const queue = JSON.parse(localStorage.getItem(name));
+        queue[0].line.lines[0].quantity = 0;
+        localStorage.setItem(name, JSON.stringify(queue));
+    }""")
+    page.context.set_offline(False)
+    expect(page.locator("#waiting-list li")).to_have_count(1)
+    expect(page.locator("#waiting-list li.refused")).to_contain_text("quantity")
+    assert summary(engine, card)["stamps"] == {"coffee": 1}  # the visit went through
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#waiting-list li.refused button")
+    expect(page.locator("#waiting")).to_be_hidden()
+
+
+def test_a_visit_whose_answer_was_lost_is_queued_and_still_counts_once(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+
+    def applied_then_cut(route):
+        route.fetch()  # the server records the visit...
+        route.abort("connectionreset")  # ...and its answer never arrives
+
+    page.route("**/api/v1/visits", applied_then_cut)
+    page.click("#visit-button")
+    expect(page.locator("#result")).to_contain_text("No connection")
+    [item] = queued(page)
+    assert item["tried"] is True
+    assert summary(engine, card)["stamps"] == {"coffee": 1}
+    page.unroute("**/api/v1/visits")
+
+    page.click("#send-now")
+    page.wait_for_function("() => !document.querySelector('#waiting-list li:not(.refused)')")  # answered
+    assert summary(engine, card)["stamps"] == {"coffee": 1}  # once, whatever the batch answered
+    if page.locator("#waiting-list li").count():
+        # The API answers a line it already had from the live request as a
+        # conflict (its stored body differs), so the page says what to check.
+        expect(page.locator("#waiting-list li.refused .hint")).to_contain_text("check the balance")
+
+
+def test_a_reload_without_a_network_still_opens_the_counter_with_what_waits(till, browser_page):
+    from playwright.sync_api import expect
+
+    engine, stack, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    page.wait_for_function("async () => { await navigator.serviceWorker.ready; return true; }")
+    page.reload()  # now controlled by the service worker, which keeps the shell
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+    find(page, card)
+    expect(page.locator("#customer-name")).to_have_text("Jana Nováková")
+    page.context.set_offline(True)
+    page.click("#visit-button")
+    expect(page.locator("#waiting-list li")).to_have_count(1)
+
+    stack.close()  # the server is gone, not only the browser's network
+    response = page.reload()
+    assert response is not None and response.from_service_worker
+    expect(page.locator("#till")).to_be_visible()
+    expect(page.locator("#net")).to_contain_text("Offline")
+    expect(page.locator("#waiting-count")).to_have_text("Waiting: 1")
+    expect(page.locator("#waiting-list li[data-topic=visit]")).to_contain_text("Jana Nováková")
+
+
+FAKE_CAMERA = """
+(() => {
+  const canvas = document.createElement('canvas');
+  canvas.width = 64; canvas.height = 64;
+  const paint = () => { const g = canvas.getContext('2d'); g.fillStyle = '#888'; g.fillRect(0, 0, 64, 64); };
+  setInterval(paint, 50); paint();
+  Object.defineProperty(navigator, 'mediaDevices', {value: {
+    getUserMedia: async (wanted) => { window.__cameraAsked = wanted; return canvas.captureStream(10); },
+  }});
+  let frames = 0;
+  window.BarcodeDetector = class {
+    constructor(options) { window.__formats = options.formats; }
+    static async getSupportedFormats() { return ['qr_code', 'ean_13']; }
+    async detect(source) { frames += 1; return frames < 3 ? [] : [{rawValue: window.__qr, format: 'qr_code'}]; }
+  };
+})();
+"""
+
+
+def test_scanning_the_qr_code_with_the_camera_finds_the_customer(till, browser_page):
+    from playwright.sync_api import expect
+
+    _, _, base, key, card = till
+    page = browser_page
+    page.add_init_script(FAKE_CAMERA.replace("window.__qr", json.dumps(card)))
+    sign_in(page, base, key)
+    expect(page.locator("#scan-button")).to_be_visible()
+    page.click("#scan-button")
+    expect(page.locator("#customer-name")).to_have_text("Jana Nováková")
+    expect(page.locator("#scanner")).to_be_hidden()
+    assert page.evaluate("window.__formats") == ["qr_code"]
+    assert page.evaluate("window.__cameraAsked.video.facingMode.ideal") == "environment"

@@ -79,7 +79,7 @@ def card_link(ctx, key: str, days: int, base_url: str | None) -> None:
     if customer_id is None:
         raise click.ClickException(f"no customer matches {key!r}")
     token = make_link(engine, customer_id, days)
-    click.echo(f"{(base_url or 'http://127.0.0.1:8000').rstrip('/')}/api/v1/me?token={token}")
+    click.echo(f"{(base_url or 'http://127.0.0.1:8000').rstrip('/')}/card/{token}")
 
 
 @card.command("revoke")

@@ -12,11 +12,12 @@ from engine.rules_api import UNIT_POINTS
 STAMPS_PREFIX = "stamps:"
 
 
-def customer_summary(engine, key: str) -> dict | None:
+def customer_summary(engine, key: str | int) -> dict | None:
     """The customer a key leads to (email, phone, card code, referral code, id,
-    or CHANNEL:ID), with balances; None when nobody matches."""
+    ``id:N``, or CHANNEL:ID), with balances; None when nobody matches. An
+    ``int`` is the customer's id and nothing else (digits may be a phone)."""
     with engine.db.connect() as conn:
-        customer_id = engine.identity.find(conn, key)
+        customer_id = engine.identity.find(conn, f"id:{key}" if isinstance(key, int) else key)
         if customer_id is None:
             return None
         row = conn.execute(select(customers).where(customers.c.id == customer_id)).one()

@@ -180,8 +180,12 @@ class Identity:
         return customer_id
 
     def find(self, conn: Connection, key: str) -> int | None:
-        """A customer by email, phone, card code, referral code or id."""
+        """A customer by email, phone, card code, referral code or id; ``id:N``
+        is the id and nothing else (digits alone may be a phone number)."""
         key = key.strip()
+        if key.startswith("id:") and key[3:].isascii() and key[3:].isdigit() and len(key) < 22:
+            found = conn.execute(select(customers.c.id).where(customers.c.id == int(key[3:]))).scalar_one_or_none()
+            return self.follow(conn, found)
         candidates = []
         if email := normalize_email(key):
             candidates.append(customers.c.email == email)

@@ -21,7 +21,12 @@ DEFAULT_DAYS = 365
 
 
 class LinkRefused(Exception):
-    """A link that is forged, expired or revoked; the message says which."""
+    """A link that is forged, expired or revoked; the message says which, and
+    ``reason`` too: ``"forged"``, ``"expired"`` or ``"revoked"``."""
+
+    def __init__(self, message: str, reason: str = "forged"):
+        super().__init__(message)
+        self.reason = reason
 
 
 def make_link(engine, customer_id: int, days: int = DEFAULT_DAYS, at: datetime | None = None) -> str:
@@ -41,9 +46,9 @@ def customer_of(engine, token: str, now: datetime | None = None) -> int:
     with engine.db.connect() as conn:
         row = conn.execute(select(card_links).where(card_links.c.id == data["card_link"])).one_or_none()
         if row is None or row.revoked_at is not None:
-            raise LinkRefused("this card link was revoked; ask the shop for a new one")
+            raise LinkRefused("this card link was revoked; ask the shop for a new one", "revoked")
         if as_utc(row.expires_at) <= (now or utcnow()):
-            raise LinkRefused("this card link has expired; ask the shop for a new one")
+            raise LinkRefused("this card link has expired; ask the shop for a new one", "expired")
         return engine.identity.follow(conn, row.customer_id)
 
 

@@ -311,6 +311,6 @@ def test_the_cli_adds_lists_and_revokes_terminals_and_makes_card_links(tmp_path,
     with engine.db.begin() as conn:
         engine.identity.resolve(conn, "pos", {"email": "jana@example.cz"}, T0)
     link = run("card", "link", "jana@example.cz", "--base-url", "https://shop.example")
-    assert link.exit_code == 0 and link.output.startswith("https://shop.example/api/v1/me?token=")
+    assert link.exit_code == 0 and link.output.startswith("https://shop.example/card/")
     assert "1 link(s) revoked" in run("card", "revoke", "jana@example.cz").output
     engine.db.dispose()

@@ -404,7 +404,7 @@ class Api:
 
     async def me(self, request: Request) -> Response:
         customer_id = await self._me(request)
-        summary = await run_in_threadpool(self._summary, str(customer_id))
+        summary = await run_in_threadpool(self._summary, f"id:{customer_id}")
         return JSONResponse(_customer_json(summary))
 
     async def me_redeem(self, request: Request) -> Response:
@@ -414,11 +414,11 @@ class Api:
 
         key = (request.headers.get("idempotency-key") or "").strip() or None
         try:
-            issued = await run_in_threadpool(self.engine.redeem, str(customer_id), data["reward"], data["channel"],
+            issued = await run_in_threadpool(self.engine.redeem, f"id:{customer_id}", data["reward"], data["channel"],
                                              data["units"], f"me:{customer_id}:{key}" if key else None)
         except RedemptionRefused as exc:
             raise ApiError(409, "refused", str(exc)) from None
-        summary = await run_in_threadpool(self._summary, str(customer_id))
+        summary = await run_in_threadpool(self._summary, f"id:{customer_id}")
         return JSONResponse({"reward": RewardSchema().dump(issued.as_json()), "customer": _customer_json(summary)},
                             status_code=201)
 

@@ -42,7 +42,8 @@ from starlette.routing import Route
 log = logging.getLogger("regulars.install")
 
 STATE_SECONDS = 600
-SHOPIFY_SCOPES = ["read_orders", "read_customers", "write_customers", "write_discounts"]
+#: write_app_proxy: the customer's card in the storefront (engine.web.pages.card)
+SHOPIFY_SCOPES = ["read_orders", "read_customers", "write_customers", "write_discounts", "write_app_proxy"]
 SHOPIFY_WEBHOOKS = ["orders/create", "orders/updated", "orders/paid", "orders/cancelled", "refunds/create",
                     "customers/create", "customers/update"]
 WOO_WEBHOOKS = ["order.created", "order.updated", "order.deleted", "customer.created", "customer.updated"]

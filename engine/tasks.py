@@ -40,7 +40,7 @@ import os
 import threading
 
 from celery import Celery, signals
-from kombu import Queue
+from kombu import Exchange, Queue
 from kombu import pools as kombu_pools
 from kombu.exceptions import ChannelError
 from sqlalchemy.exc import DBAPIError
@@ -62,7 +62,8 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_queues=[Queue(name) for name in QUEUES],
+    # each queue bound to an exchange of its own name, by its own name
+    task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
     task_default_queue=INBOX,
     task_routes={
         "regulars.apply": {"queue": INBOX},

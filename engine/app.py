@@ -30,6 +30,7 @@ from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
 from engine.identity import Identity
 from engine.ledger import Ledger
+from engine.metrics import Recorder
 from engine.outbox import Outbox
 from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
@@ -90,6 +91,7 @@ class Engine:
         self.db = make_engine(config.database_url)
         self.policy = self.plugins.pm.hook.regulars_points_policy() or PointsPolicy()
         self.ledger = Ledger(self.policy.expiry_months, self.policy.pending_days)
+        self.ledger.metrics = Recorder(config.engine.get("timezone"))
         self.identity = Identity(self.ledger, config.engine.get("default_country"))
         self.catalogue = Catalogue.build(config, self.plugins)
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.cli_admin import admin_commands
 from engine.cli_pos import pos_commands
 from engine.cli_programme import programme_commands
 from engine.cli_shops import shop_commands
@@ -385,7 +386,7 @@ def demo(ctx: Context, customers: int, seed: int) -> None:
     run_demo(ctx.engine, customers, seed, console)
 
 
-for command in (simulate_command, *programme_commands, *shop_commands, *pos_commands, *work_commands):
+for command in (simulate_command, *programme_commands, *shop_commands, *pos_commands, *work_commands, *admin_commands):
     main.add_command(command)
 
 

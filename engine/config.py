@@ -60,6 +60,10 @@ class EngineSettingsSchema(StrictSchema):
         load_default=None, allow_none=True, validate=validate.Regexp(r"^[A-Z]{2}$")
     )
     timezone = fields.String(load_default="UTC")
+    #: what one point is worth in money, for the dashboard's points liability
+    #: (default: the best fixed_amount reward of the catalogue, value ÷ cost)
+    point_value = DecimalString(load_default=None, allow_none=True, places=None,
+                                validate=validate.Range(min=0, max=1_000_000))
 
 
 _COLOUR = validate.Regexp(r"^#[0-9A-Fa-f]{6}$", error="a colour like #1F6FEB")

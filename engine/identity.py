@@ -418,3 +418,5 @@ class Identity:
         fill = {a: getattr(gone_row, a) for a in _ATTRS if getattr(keep_row, a) is None and getattr(gone_row, a) is not None}
         if fill:
             conn.execute(update(customers).where(customers.c.id == keep).values(**fill, updated_at=at))
+        if self.ledger.metrics is not None:
+            self.ledger.metrics.merged(conn, keep, gone)

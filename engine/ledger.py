@@ -82,6 +82,9 @@ class Ledger:
         self.pending_days = pending_days
         #: engine.outbox.Outbox: told of every balance change, to sync the shops
         self.outbox = None
+        #: engine.metrics.Recorder: keeps the dashboard's counters (also used by
+        #: the pipeline and identity through this attribute)
+        self.metrics = None
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
@@ -138,6 +141,8 @@ class Ledger:
         ).scalar_one()
         if self.outbox is not None:
             self.outbox.customer_changed(conn, customer_id)
+        if self.metrics is not None:
+            self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
         if lots and unit == UNIT_POINTS:
             if amount > 0:
                 # A debt (a negative balance) takes new points first.

@@ -164,6 +164,8 @@ class Pipeline:
                 "updated_at": utcnow(),
             },
         )
+        if self.ledger.metrics is not None:
+            self.ledger.metrics.order_changed(conn, row, customer_id, order.paid_at, order.eligible)
         if customer_id is not None and self.history_plugins:
             posted += self._ask_again_about(conn, siblings, order, customer, at)
         if self.referrals.program and customer_id is not None:
@@ -266,6 +268,8 @@ class Pipeline:
         customer_id = self.identity.resolve(conn, event["channel"], event["customer"], at)
         if customer_id is None:
             raise EventRefused("a visit needs a customer: give an email, phone, card code or channel id")
+        if self.ledger.metrics is not None:
+            self.ledger.metrics.visited(conn, customer_id, event["channel"], at)
         visit = {**event["visit"], "occurred_at": at, "channel": event["channel"]}
         customer = self._with_plans(conn, self.identity.view(conn, customer_id))
         source = f"visit:{event['channel']}:{visit['id']}"

@@ -215,7 +215,8 @@ class Rewards:
                 f"{pending} are pending until their orders' return window closes"
             )
         code = new_reward_code()
-        self.ledger.post(conn, customer_id, UNIT_POINTS, -cost, "redeem", f"reward:{code}", None, f"redeem:{code}", at)
+        self.ledger.post(conn, customer_id, UNIT_POINTS, -cost, "redeem", f"reward:{code}", None, f"redeem:{code}", at,
+                         detail={"channel": channel} if channel else None)
         value = entry.get("value")
         if value is not None and entry["kind"] != "percentage":
             value = value * units

@@ -3,12 +3,13 @@ tables (``insert(LedgerEntry)``), never through per-object ORM flushes."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -418,3 +419,91 @@ class CardLink(Base):
 
 
 card_links = CardLink.__table__
+
+
+class AdminUser(Base):
+    """Someone allowed into the merchant's dashboard (``/admin``); the password
+    is kept as an argon2 hash only (``regulars admin add``)."""
+
+    __tablename__ = "admin_users"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(150), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+admin_users = AdminUser.__table__
+
+
+class VisitDay(Base):
+    """The days a customer visited, per channel (a counter visit, whether or
+    not it earned anything): with paid orders, what makes a member active
+    (engine.metrics)."""
+
+    __tablename__ = "visit_days"
+
+    customer_id: Mapped[int] = mapped_column(Id, ForeignKey("customers.id"), primary_key=True, autoincrement=False)
+    channel: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
+class MetricFootprint(Base):
+    """What each customer contributes to the dashboard's figures: their paid
+    orders (count and eligible spend per day and channel) and visit days, as
+    last counted (engine.metrics). Kept in the transaction that changes them,
+    so the next change can take its own difference out exactly."""
+
+    __tablename__ = "metric_footprints"
+
+    customer_id: Mapped[int] = mapped_column(Id, ForeignKey("customers.id"), primary_key=True, autoincrement=False)
+    footprint: Mapped[dict] = mapped_column(JSON)
+
+
+class MetricCount(Base):
+    """The dashboard's counters, per measure, channel (``*``: all) and period
+    (``kind``: ``d`` day, ``w`` ISO week, ``m`` month; ``period`` its first
+    day). Exact sums of ``metric_deltas`` folded in (engine.metrics)."""
+
+    __tablename__ = "metric_counts"
+    __table_args__ = (UniqueConstraint("measure", "channel", "kind", "period"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    measure: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(1))
+    period: Mapped[date] = mapped_column(Date)
+    #: counts, points, or money in ten-thousandths (exact on SQLite too)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class MetricDelta(Base):
+    """Changes to ``metric_counts`` written by the pipeline: appended, never
+    updated, so concurrent transactions never wait on a hot counter row; folded
+    into ``metric_counts`` when the dashboard reads them."""
+
+    __tablename__ = "metric_deltas"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    measure: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(1))
+    period: Mapped[date] = mapped_column(Date)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class MetricState(Base):
+    """Facts about the counters (``built``: the time zone they were built in)."""
+
+    __tablename__ = "metric_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str | None] = mapped_column(String(255))
+
+
+visit_days = VisitDay.__table__
+metric_footprints = MetricFootprint.__table__
+metric_counts = MetricCount.__table__
+metric_deltas = MetricDelta.__table__
+metric_state = MetricState.__table__

@@ -1,5 +1,641 @@
-"""(being written)"""
+"""The merchant's dashboard, ``/admin``: the retention figures (engine.metrics)
+with a chart each, customers and their ledger, the failed deliveries with a
+replay button, and the programme as configured.
+
+Who may enter: the admin users of ``regulars admin add`` (``admin_users``: a
+unique username and an argon2 hash of the password, never the password).
+
+- **Sessions**: Starlette's signed cookie ``regulars_admin``, on ``/admin``
+  only, HttpOnly, SameSite=Lax, Secure when ``REGULARS_PUBLIC_URL`` is https;
+  it lapses a working day (8 hours) after signing in (the signature carries
+  the time: an older cookie is refused).
+  Its key is derived (HMAC-SHA256) from the server's key (``REGULARS_SECRET_KEY``,
+  else ``regulars.key`` beside plugins.toml: engine.credentials), so changing
+  that key signs everybody out. Changing a password (``regulars admin
+  passwd``) or removing the user ends their sessions too.
+- **CSRF**: every form carries the session's random token in a hidden field;
+  a POST without it, or with another, is refused with 403 (the sign-in form
+  too, so nobody can sign a browser into their own account).
+- **Signing in** takes the same argon2 work whether the user exists or not.
+- Pages are ``no-store``, may not be framed, and run no script but ``admin.js``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import time
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from markupsafe import Markup, escape
+from sqlalchemy import delete, func, or_, select, update
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+
+from engine import inbox, metrics
+from engine.db import utcnow
+from engine.db.models import accounts, admin_users, customers, ledger_entries, orders, rewards
+from engine.metrics import N_
+from engine.web.pages.render import Formats, choose_locale
+
+log = logging.getLogger("regulars.admin")
+
+SESSION_COOKIE = "regulars_admin"
+#: a session lapses this many seconds after signing in
+SESSION_SECONDS = 8 * 3600
+MAX_FORM = 64 * 1024
+LEDGER_PAGE = 50
+USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
+MIN_PASSWORD = 8
+#: config keys never shown on the programme page
+SECRET_KEYS = re.compile(r"secret|token|password|passwd|api_key|consumer_key|private", re.I)
+
+
+# -- admin users ------------------------------------------------------------------------------
+
+_hasher = PasswordHasher()
+_dummy_hash: str | None = None
+
+
+class AdminError(ValueError):
+    """A refused change to the admin users; the message says why."""
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AdminError(f"a password needs at least {MIN_PASSWORD} characters")
+
+
+def add_user(engine, username: str, password: str) -> int:
+    """A new admin user; ``AdminError`` if the name is taken or not allowed."""
+    engine.ensure_schema()
+    if not USERNAME.match(username or ""):
+        raise AdminError("a username is 1 to 150 letters, digits or . _ @ + -")
+    _check_password(password)
+    digest = _hasher.hash(password)
+    with engine.db.begin() as conn:
+        if conn.execute(select(admin_users.c.id).where(admin_users.c.username == username)).first():
+            raise AdminError(f"there is already an admin user {username!r}")
+        return conn.execute(admin_users.insert().returning(admin_users.c.id).values(
+            username=username, password_hash=digest, created_at=utcnow())).scalar_one()
+
+
+def set_password(engine, username: str, password: str) -> None:
+    """Change a user's password (their sessions end)."""
+    engine.ensure_schema()
+    _check_password(password)
+    with engine.db.begin() as conn:
+        done = conn.execute(update(admin_users).where(admin_users.c.username == username)
+                            .values(password_hash=_hasher.hash(password))).rowcount
+    if not done:
+        raise AdminError(f"there is no admin user {username!r}")
+
+
+def remove_user(engine, username: str) -> None:
+    engine.ensure_schema()
+    with engine.db.begin() as conn:
+        if not conn.execute(delete(admin_users).where(admin_users.c.username == username)).rowcount:
+            raise AdminError(f"there is no admin user {username!r}")
+
+
+def list_users(engine) -> list:
+    engine.ensure_schema()
+    with engine.db.connect() as conn:
+        return conn.execute(select(admin_users.c.id, admin_users.c.username, admin_users.c.created_at,
+                                   admin_users.c.last_login_at).order_by(admin_users.c.username)).all()
+
+
+def authenticate(engine, username: str, password: str):
+    """The user row when the password is theirs, else None; the same argon2
+    work is done for a name that doesn't exist."""
+    global _dummy_hash
+    engine.ensure_schema()
+    with engine.db.connect() as conn:
+        row = conn.execute(select(admin_users).where(admin_users.c.username == username)).one_or_none()
+    if row is None:
+        if _dummy_hash is None:
+            _dummy_hash = _hasher.hash(secrets.token_urlsafe(16))
+        try:
+            _hasher.verify(_dummy_hash, password or "")
+        except VerificationError:
+            pass
+        return None
+    try:
+        _hasher.verify(row.password_hash, password or "")
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return None
+    values: dict[str, Any] = {"last_login_at": utcnow()}
+    if _hasher.check_needs_rehash(row.password_hash):
+        values["password_hash"] = _hasher.hash(password)
+    with engine.db.begin() as conn:
+        conn.execute(update(admin_users).where(admin_users.c.id == row.id).values(**values))
+    return SimpleNamespace(id=row.id, username=row.username,
+                           password_hash=values.get("password_hash", row.password_hash))
+
+
+def _fingerprint(password_hash: str) -> str:
+    """Ties a session to the password it was opened with."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:24]
+
+
+def session_secret(engine) -> str:
+    """The sessions' signing key, derived from the server's key."""
+    from engine.credentials import KEY_FILE, SECRET_KEY_VARIABLE
+
+    keys = [k.strip() for k in engine.credentials.env.get(SECRET_KEY_VARIABLE, "").split(",") if k.strip()]
+    if not keys:
+        path = engine.config.base_dir / KEY_FILE
+        if not path.exists():
+            engine.credentials.seal({})  # writes a new server key, as an install would
+        keys = [path.read_text().strip()]
+    return hmac.new(keys[0].encode(), b"regulars admin sessions v1", hashlib.sha256).hexdigest()
+
+
+class _Sessions:
+    """SessionMiddleware, its key derived on the first request (not when the
+    app is built: the key file is only written when someone comes)."""
+
+    def __init__(self, app, engine):
+        self.app, self.engine, self.inner = app, engine, None
+
+    async def __call__(self, scope, receive, send):
+        if self.inner is None:
+            secret = await run_in_threadpool(session_secret, self.engine)
+            public = os.environ.get("REGULARS_PUBLIC_URL", "")
+            self.inner = SessionMiddleware(self.app, secret_key=secret, session_cookie=SESSION_COOKIE,
+                                           max_age=SESSION_SECONDS, path="/admin", same_site="lax",
+                                           https_only=public.startswith("https://"))
+        await self.inner(scope, receive, send)
+
+
+class _Headers:
+    """No caching, no framing, no foreign scripts, on every answer."""
+
+    HEADERS = [
+        (b"cache-control", b"no-store"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (b"x-content-type-options", b"nosniff"),
+        (b"content-security-policy", b"default-src 'self'; img-src 'self' data: https:; style-src 'self' "
+                                      b"'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; "
+                                      b"form-action 'self'; base-uri 'none'"),
+    ]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def _label(day: date, period: str, locale: str) -> str:
+    from babel.dates import format_date
+
+    return format_date(day, "MMM yyyy" if period == "month" else "d MMM", locale=locale)
+
+
+def format_value(fmt: Formats, unit: str, value) -> str:
+    """A figure as the page shows it ("–" when undefined)."""
+    if value is None:
+        return "–"
+    if unit == "rate":
+        return fmt.percent(value)
+    if unit == "money":
+        return fmt.money(value)
+    if unit == "number":
+        from babel.numbers import format_decimal
+
+        return format_decimal(Decimal(str(round(value, 2))), format="#,##0.00", locale=fmt.locale)
+    return fmt.number(value)
+
+
+def chart(points: list[tuple[str, Any, str]], title: str) -> Markup:
+    """A small inline SVG line chart: (label, value or None, shown value) per period."""
+    width, height, left, right, top, bottom = 300, 96, 6, 6, 10, 22
+    values = [v for _, v, _ in points if v is not None]
+    numbers = [float(v) for v in values]
+    low = min([0.0, *numbers])
+    high = max([*numbers, 0.0])
+    if high == low:
+        high = low + 1
+    span_x = (width - left - right) / max(1, len(points) - 1)
+
+    def x(i):
+        return left + i * span_x
+
+    def y(v):
+        return top + (high - float(v)) / (high - low) * (height - top - bottom)
+
+    parts = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+             f'preserveAspectRatio="none">']
+    parts.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}"/>')
+    run: list[str] = []
+    paths = []
+    for i, (_, value, _) in enumerate(points):
+        if value is None:
+            if run:
+                paths.append(run)
+            run = []
+            continue
+        run.append(f"{x(i):.1f},{y(value):.1f}")
+    if run:
+        paths.append(run)
+    for line in paths:
+        if len(line) > 1:
+            parts.append(f'<polyline class="line" points="{" ".join(line)}"/>')
+    for i, (label, value, shown) in enumerate(points):
+        if value is None:
+            continue
+        last = " last" if i == len(points) - 1 else ""
+        parts.append(f'<circle class="dot{last}" cx="{x(i):.1f}" cy="{y(value):.1f}" r="{3.2 if last else 2.2}">'
+                     f"<title>{escape(label)}: {escape(shown)}</title></circle>")
+    if values:
+        top_label = max((p for p in points if p[1] is not None), key=lambda p: float(p[1]))[2]
+        parts.append(f'<text class="tick" x="{left}" y="7">{escape(top_label)}</text>')
+    if points:
+        parts.append(f'<text class="tick" x="{left}" y="{height - 6}">{escape(points[0][0])}</text>')
+        parts.append(f'<text class="tick end" x="{width - right}" y="{height - 6}" text-anchor="end">'
+                     f"{escape(points[-1][0])}</text>")
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+# -- the pages ------------------------------------------------------------------------------------
+
+
+def _month_arg(value: str | None, today: date) -> date:
+    """``?to=2026-03`` (or a full date): the last period shown; default today."""
+    if value:
+        try:
+            if len(value) == 7:
+                return (date.fromisoformat(value + "-01") + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    return today
+
+
+def _safe_next(value: str | None) -> str:
+    if value and value.startswith("/admin") and not value.startswith("//") and "\\" not in value:
+        parts = urlsplit(value)
+        if not parts.scheme and not parts.netloc:
+            return value
+    return "/admin/"
+
+
+class Admin:
+    def __init__(self, engine, templates):
+        self.engine = engine
+        self.templates = templates
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _csrf(self, request: Request) -> str:
+        token = request.session.get("csrf")
+        if not token:
+            token = request.session["csrf"] = secrets.token_urlsafe(32)
+        return token
+
+    def _user(self, request: Request):
+        uid = request.session.get("uid")
+        if not uid:
+            return None
+        if time.time() - float(request.session.get("at", 0)) > SESSION_SECONDS:
+            request.session.clear()
+            return None
+        with self.engine.db.connect() as conn:
+            row = conn.execute(select(admin_users.c.id, admin_users.c.username, admin_users.c.password_hash)
+                               .where(admin_users.c.id == uid)).one_or_none()
+        if row is None or not hmac.compare_digest(request.session.get("pw", ""), _fingerprint(row.password_hash)):
+            request.session.clear()
+            return None
+        return row
+
+    def _render(self, request: Request, name: str, status: int = 200, **values) -> Response:
+        values.setdefault("csrf", self._csrf(request))
+        values.setdefault("flash", request.session.pop("flash", None))
+        values.setdefault("channels", sorted(self.engine.connectors))
+        return self.templates.render(request, name, status=status, **values)
+
+    def _fmt(self, request: Request) -> Formats:
+        locale = choose_locale(request, self.templates.brand["locale"])
+        return Formats(locale, self.engine.config.currency, self.engine.config.engine.get("timezone", "UTC"))
+
+    def _forbidden(self, request: Request, message: str) -> Response:
+        return self._render(request, "admin_error.html", status=403, message=message, user=None)
+
+    async def _form(self, request: Request) -> dict[str, str] | None:
+        """The posted form if its CSRF token is the session's; else None."""
+        body = await request.body()
+        if len(body) > MAX_FORM:
+            return None
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+        expected = request.session.get("csrf")
+        sent = form.get("csrf", "")
+        if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
+            return None
+        return form
+
+    def _signed_in(self, handler):
+        async def guarded(request: Request) -> Response:
+            user = await run_in_threadpool(self._user, request)
+            if user is None:
+                wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"/admin/sign-in?next={quote(wanted, safe='/')}", status_code=303)
+            request.state.user = user
+            if request.method == "POST":
+                form = await self._form(request)
+                if form is None:
+                    return self._forbidden(request, N_("This form has expired or did not come from this page. "
+                                                       "Go back, reload the page and try again."))
+                request.state.form = form
+            return await handler(request)
+
+        return guarded
+
+    # -- sign in and out -------------------------------------------------------------
+
+    async def sign_in_page(self, request: Request) -> Response:
+        if await run_in_threadpool(self._user, request):
+            return RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
+        return self._render(request, "admin_signin.html", user=None, next=_safe_next(request.query_params.get("next")),
+                            username="", error=None)
+
+    async def sign_in(self, request: Request) -> Response:
+        form = await self._form(request)
+        if form is None:
+            return self._forbidden(request, N_("This sign-in form has expired. Reload the page and try again."))
+        username, password = form.get("username", "").strip(), form.get("password", "")
+        wanted = _safe_next(form.get("next"))
+        user = await run_in_threadpool(authenticate, self.engine, username, password)
+        if user is None:
+            log.warning("admin sign-in refused for %r from %s", username[:150],
+                        request.client.host if request.client else "?")
+            gettext = self.templates.gettext(request)
+            return self._render(request, "admin_signin.html", status=401, user=None, next=wanted, username=username,
+                                error=gettext("Wrong username or password."))
+        request.session.clear()  # a new session: nothing carried over from before signing in
+        request.session.update({"uid": user.id, "pw": _fingerprint(user.password_hash), "at": time.time(),
+                                "csrf": secrets.token_urlsafe(32)})
+        return RedirectResponse(wanted, status_code=303)
+
+    async def sign_out(self, request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/admin/sign-in", status_code=303)
+
+    # -- overview --------------------------------------------------------------------
+
+    async def overview(self, request: Request) -> Response:
+        params = request.query_params
+        period = params.get("period") if params.get("period") in metrics.PERIODS else "month"
+        channel = params.get("channel") if params.get("channel") in self.engine.connectors else None
+        fmt = self._fmt(request)
+        zone = metrics.recorder(self.engine).zone
+        today = datetime.now(UTC).astimezone(zone).date()
+        end = _month_arg(params.get("to"), today)
+        # 12 months, or 26 weeks, up to the one holding ``end``
+        start = metrics.period_start(end, period)
+        for _ in range(11 if period == "month" else 25):
+            start = metrics.previous_period(start, period)
+        gettext = self.templates.gettext(request)
+        try:
+            found = await run_in_threadpool(metrics.compute, self.engine, [m.name for m in metrics.METRICS], start,
+                                            end, channel, period, today)
+        except metrics.NotBuilt as exc:
+            return self._render(request, "admin_overview.html", user=request.state.user, nav="overview", cards=[],
+                                period=period, channel=channel, to=params.get("to") or "", point_value=None,
+                                start=start, end=end, not_built=str(exc))
+        cards = []
+        for metric in metrics.METRICS:
+            values = found[metric.name]
+            points = [(_label(day, period, fmt.locale), value, format_value(fmt, metric.unit, value))
+                      for day, value in values]
+            latest = points[-1] if points else ("", None, "–")
+            previous = points[-2] if len(points) > 1 else None
+            cards.append({
+                "metric": metric,
+                "title": gettext(metric.title),
+                "formula": gettext(metric.formula),
+                "value": latest[2],
+                "raw": latest[1],
+                "period": latest[0],
+                "previous": previous,
+                "chart": chart(points, gettext(metric.title)),
+                "per_channel": not (channel and metric.name == "points_liability"),
+            })
+        return self._render(request, "admin_overview.html", user=request.state.user, nav="overview", cards=cards,
+                            period=period, channel=channel, to=params.get("to") or "",
+                            point_value=metrics.point_value(self.engine), start=start, end=end)
+
+    # -- customers -------------------------------------------------------------------
+
+    def _search(self, query: str) -> list:
+        found: list[int] = []
+        with self.engine.db.connect() as conn:
+            if query:
+                exact = self.engine.identity.find(conn, query)
+                if exact is not None:
+                    found.append(exact)
+                like = f"%{query.lower().replace('%', '').replace('_', '')}%"
+                name = func.lower(func.coalesce(customers.c.first_name, "") + " " +
+                                  func.coalesce(customers.c.last_name, ""))
+                rows = conn.execute(
+                    select(customers.c.id).where(
+                        customers.c.merged_into.is_(None),
+                        or_(func.lower(customers.c.email).like(like), customers.c.phone.like(like),
+                            func.lower(customers.c.card_code).like(like), name.like(like)))
+                    .order_by(customers.c.id.desc()).limit(50)
+                ).scalars().all()
+                found += [r for r in rows if r not in found]
+            else:
+                found = conn.execute(select(customers.c.id).where(customers.c.merged_into.is_(None))
+                                     .order_by(customers.c.id.desc()).limit(50)).scalars().all()
+            if not found:
+                return []
+            balance = select(accounts.c.customer_id, accounts.c.balance).where(accounts.c.unit == "points").subquery()
+            rows = conn.execute(
+                select(customers, func.coalesce(balance.c.balance, 0).label("points"))
+                .select_from(customers.outerjoin(balance, balance.c.customer_id == customers.c.id))
+                .where(customers.c.id.in_(found[:50]))
+            ).all()
+        order = {cid: i for i, cid in enumerate(found)}
+        return sorted(rows, key=lambda r: order[r.id])
+
+    async def customer_list(self, request: Request) -> Response:
+        query = request.query_params.get("q", "").strip()[:200]
+        rows = await run_in_threadpool(self._search, query)
+        if query and len(rows) == 1:
+            return RedirectResponse(f"/admin/customers/{rows[0].id}", status_code=303)
+        return self._render(request, "admin_customers.html", user=request.state.user, nav="customers", q=query,
+                            rows=rows)
+
+    def _customer(self, customer_id: int, page: int) -> dict | None:
+        from engine.customers import customer_summary
+
+        with self.engine.db.connect() as conn:
+            row = conn.execute(select(customers).where(customers.c.id == customer_id)).one_or_none()
+            if row is None:
+                return None
+            if row.merged_into is not None:
+                return {"moved": self.engine.identity.follow(conn, customer_id)}
+            people, frontier = [customer_id], [customer_id]
+            while frontier:  # and everyone merged into them: their ledger stays on their accounts
+                frontier = [r for r in conn.execute(select(customers.c.id).where(
+                    customers.c.merged_into.in_(frontier))).scalars() if r not in people]
+                people += frontier
+            entries = (select(ledger_entries, accounts.c.unit, accounts.c.customer_id)
+                       .join(accounts, accounts.c.id == ledger_entries.c.account_id)
+                       .where(accounts.c.customer_id.in_(people)))
+            total = conn.execute(select(func.count()).select_from(entries.subquery())).scalar_one()
+            ledger = conn.execute(entries.order_by(ledger_entries.c.id.desc())
+                                  .limit(LEDGER_PAGE).offset(page * LEDGER_PAGE)).all()
+            issued = conn.execute(select(rewards).where(rewards.c.customer_id == customer_id)
+                                  .order_by(rewards.c.id.desc()).limit(100)).all()
+            bought = conn.execute(select(orders.c.channel, orders.c.external_id, orders.c.status, orders.c.eligible,
+                                         orders.c.paid_at, orders.c.created_at)
+                                  .where(orders.c.customer_id == customer_id)
+                                  .order_by(orders.c.id.desc()).limit(30)).all()
+            n_orders = conn.execute(select(func.count()).select_from(orders)
+                                    .where(orders.c.customer_id == customer_id)).scalar_one()
+        summary = customer_summary(self.engine, str(customer_id))
+        cards = self.engine.cards.cards
+        return {"row": row, "summary": summary, "ledger": ledger, "total": total, "page": page,
+                "pages": max(1, -(-total // LEDGER_PAGE)), "rewards": issued, "orders": bought,
+                "n_orders": n_orders, "merged": people[1:],
+                "cards": [(name, count, getattr(cards.get(name), "required", None))
+                          for name, count in summary["stamps"].items()]}
+
+    async def customer_page(self, request: Request) -> Response:
+        try:
+            page = max(0, int(request.query_params.get("page", "0")))
+        except ValueError:
+            page = 0
+        found = await run_in_threadpool(self._customer, request.path_params["customer_id"], page)
+        if found is None:
+            return self._render(request, "admin_error.html", status=404, user=request.state.user,
+                                message=N_("There is no such customer."))
+        if "moved" in found:
+            return RedirectResponse(f"/admin/customers/{found['moved']}", status_code=303)
+        return self._render(request, "admin_customer.html", user=request.state.user, nav="customers", **found)
+
+    # -- failed deliveries -----------------------------------------------------------
+
+    def _failed(self) -> tuple[list, int]:
+        from engine.db.models import inbox as deliveries
+
+        with self.engine.db.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(deliveries)
+                                 .where(deliveries.c.status == inbox.FAILED)).scalar_one()
+            return inbox.listing(conn, inbox.FAILED, limit=200), total
+
+    async def deliveries(self, request: Request) -> Response:
+        rows, total = await run_in_threadpool(self._failed)
+        return self._render(request, "admin_deliveries.html", user=request.state.user, nav="deliveries", rows=rows,
+                            total=total)
+
+    async def replay(self, request: Request) -> Response:
+        delivery_id = request.path_params["delivery_id"]
+        try:
+            outcome = await run_in_threadpool(self.engine.replay, delivery_id)
+        except LookupError:
+            request.session["flash"] = {"ok": False, "id": delivery_id, "status": "missing", "error": None}
+        else:
+            request.session["flash"] = {"ok": outcome.status in ("applied", "duplicate", "ignored"),
+                                        "id": delivery_id, "status": outcome.status, "error": outcome.error}
+            log.info("delivery %s replayed by %s: %s", delivery_id, request.state.user.username, outcome.status)
+        return RedirectResponse("/admin/deliveries", status_code=303)
+
+    # -- the programme ---------------------------------------------------------------
+
+    def _programme(self) -> dict:
+        def redact(node):
+            if isinstance(node, dict):
+                return {k: ("••••••" if SECRET_KEYS.search(str(k)) else redact(v)) for k, v in node.items()}
+            if isinstance(node, list):
+                return [redact(v) for v in node]
+            return node
+
+        tables = []
+        for name, value in sorted(redact(self.engine.config.tables).items()):
+            tables.extend(_flatten(name, value))
+        config = self.engine.config
+        broker = config.broker_url
+        if broker:
+            parts = urlsplit(broker)
+            broker = f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+        return {
+            "plugins": self.engine.plugins.loaded,
+            "tables": tables,
+            "config_path": str(config.path) if config.path else None,
+            "database": self.engine.db.url.render_as_string(hide_password=True),
+            "broker": broker,
+            "point_value": metrics.point_value(self.engine),
+            "catalogue": self.engine.catalogue.entries,
+        }
+
+    async def programme(self, request: Request) -> Response:
+        found = await run_in_threadpool(self._programme)
+        return self._render(request, "admin_programme.html", user=request.state.user, nav="programme", **found)
+
+    def app(self) -> Starlette:
+        signed_in = self._signed_in
+        return Starlette(
+            routes=[
+                Route("/", signed_in(self.overview), name="overview"),
+                Route("/sign-in", self.sign_in_page, methods=["GET"], name="sign_in"),
+                Route("/sign-in", self.sign_in, methods=["POST"]),
+                Route("/sign-out", signed_in(self.sign_out), methods=["POST"], name="sign_out"),
+                Route("/customers", signed_in(self.customer_list), name="customers"),
+                Route("/customers/{customer_id:int}", signed_in(self.customer_page), name="customer"),
+                Route("/deliveries", signed_in(self.deliveries), name="deliveries"),
+                Route("/deliveries/{delivery_id:int}/replay", signed_in(self.replay), methods=["POST"],
+                      name="replay"),
+                Route("/programme", signed_in(self.programme), name="programme"),
+            ],
+            middleware=[Middleware(_Headers), Middleware(_Sessions, engine=self.engine)],
+        )
+
+
+def _flatten(name: str, value) -> list[tuple[str, list[tuple[str, str]]]]:
+    """A config table as (dotted name, [(key, shown value)]) rows, sub-tables after."""
+    import json
+
+    if not isinstance(value, dict):
+        return [(name, [("", json.dumps(value, default=str, ensure_ascii=False))])]
+    own = [(k, json.dumps(v, default=str, ensure_ascii=False)) for k, v in value.items() if not isinstance(v, dict)]
+    rows = [(name, own)] if own or not value else []
+    for key, sub in value.items():
+        if isinstance(sub, dict):
+            rows.extend(_flatten(f"{name}.{key}", sub))
+    return rows
 
 
 def routes(engine, templates) -> list:
-    return []
+    return [Mount("/admin", app=Admin(engine, templates).app(), name="admin")]
+
+
+__all__ = ["AdminError", "add_user", "authenticate", "list_users", "remove_user", "routes", "set_password"]

@@ -13,6 +13,7 @@ reordered deliveries converge on the same state (see ``engine.orders``).
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 
 from marshmallow import (
@@ -53,6 +54,14 @@ Money = lambda **kw: fields.Decimal(  # noqa: E731 - a field factory, read as a 
     validate=validate.Range(min=Decimal(0), max=MAX_MONEY),
     **kw,
 )
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An aware date and time, kept in UTC: SQLite stores a datetime's wall
+    time and drops its offset, so ``11:00-05:00`` would read back as 11:00 UTC."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
 
 
 class _Strict(Schema):
@@ -103,7 +112,7 @@ class RefundSchema(_Strict):
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     amount = Money(required=True)
-    occurred_at = fields.AwareDateTime(load_default=None, allow_none=True)
+    occurred_at = UtcDateTime(load_default=None, allow_none=True)
     lines = fields.List(fields.Dict(), load_default=list)
 
 
@@ -112,7 +121,7 @@ class OrderSchema(_Strict):
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     #: when the channel last changed the order; a newer snapshot wins
-    version = fields.AwareDateTime(load_default=None, allow_none=True)
+    version = UtcDateTime(load_default=None, allow_none=True)
     status = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(ORDER_STATUSES))
     currency = fields.String(load_default=None, allow_none=True, validate=validate.Length(equal=3))
     #: absent on an event that only reports refunds
@@ -150,7 +159,7 @@ class SubscriptionSchema(_Strict):
     #: the plan's name in plugins.toml ([rules.subscriptions.<plan>])
     plan = fields.String(required=True, validate=validate.Length(min=1, max=64))
     #: the end of the period paid for (a renewal for the same period earns once)
-    period_end = fields.AwareDateTime(load_default=None, allow_none=True)
+    period_end = UtcDateTime(load_default=None, allow_none=True)
 
 
 class PrivacySchema(_Strict):
@@ -171,7 +180,7 @@ class EventSchema(_Strict):
     type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
     channel = fields.String(required=True, validate=validate.Length(min=1, max=64))
     idempotency_key = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    occurred_at = fields.AwareDateTime(required=True)
+    occurred_at = UtcDateTime(required=True)
     customer = fields.Nested(CustomerHintsSchema, load_default=dict)
     order = fields.Nested(OrderSchema, load_default=None, allow_none=True)
     visit = fields.Nested(VisitSchema, load_default=None, allow_none=True)

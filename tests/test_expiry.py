@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from engine.config import ConfigError
 from engine.customers import customer_summary
-from engine.db import utcnow
+from engine.db import as_utc, utcnow
 from engine.db.models import ledger_entries
 from engine.hookspecs import hookimpl
 from engine.jobs import run
@@ -52,6 +52,21 @@ def test_points_expire_months_after_they_were_earned(make_engine):
     assert run(engine, "expire", datetime(2027, 1, 16, tzinfo=UTC)) == "100 points expired in 1 lots"
     assert run(engine, "expire", datetime(2027, 1, 16, tzinfo=UTC)) == "0 points expired in 0 lots"
     assert points(engine) == 40
+
+
+def test_an_order_paid_at_another_offset_expires_at_the_same_instant(make_engine):
+    """Times keep their instant on SQLite too: an order paid at 11:00-05:00 is
+    16:00 UTC, and its points expire 12 months after that, not 5 hours off."""
+    from datetime import timezone
+
+    engine = make_engine(tables=tables(months=12))
+    new_york = timezone(timedelta(hours=-5))
+    buy(engine, 1, "100.00", datetime(2026, 1, 15, 11, tzinfo=new_york))
+    with engine.db.connect() as conn:
+        occurred = conn.execute(select(ledger_entries.c.occurred_at)).scalar_one()
+    assert as_utc(occurred) == datetime(2026, 1, 15, 16, tzinfo=UTC)
+    assert run(engine, "expire", datetime(2027, 1, 15, 15, 59, tzinfo=UTC)) == "0 points expired in 0 lots"
+    assert run(engine, "expire", datetime(2027, 1, 15, 16, 1, tzinfo=UTC)) == "100 points expired in 1 lots"
 
 
 def test_spending_takes_the_soonest_expiring_points_so_expiry_takes_only_what_is_left(make_engine):

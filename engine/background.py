@@ -5,6 +5,7 @@ broker and no worker process."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 log = logging.getLogger("regulars")
@@ -43,3 +44,24 @@ class BackgroundLoop:
                     pass
             except Exception:
                 log.exception("%s failed; trying again in %s s", self.name, self.interval)
+
+
+def drain(waiting: queue.SimpleQueue, limit: int | None = None) -> tuple[list, bool]:
+    """Wait for one item of ``waiting``, then take whatever else waits there
+    (``limit`` items at most): the items, and whether the stop sentinel
+    (``None``) was among them. A writer thread's way to batch its work."""
+    items: list = []
+    stopping = False
+    item = waiting.get()
+    while True:
+        if item is None:
+            stopping = True
+        else:
+            items.append(item)
+        if limit is not None and len(items) >= limit:
+            break
+        try:
+            item = waiting.get_nowait()
+        except queue.Empty:
+            break
+    return items, stopping

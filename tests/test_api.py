@@ -48,8 +48,8 @@ def api(make_engine, monkeypatch):
 
 
 def call(url: str, method: str = "GET", body=None, key: str | None = None, idem: str | None = None,
-         raw: bytes | None = None) -> tuple[int, object]:
-    headers = {"content-type": "application/json"}
+         raw: bytes | None = None, kind: str = "application/json") -> tuple[int, object]:
+    headers = {"content-type": kind}
     if key:
         headers["authorization"] = f"Bearer {key}"
     if idem:

@@ -22,6 +22,7 @@ from engine.customers import customer_summary
 from engine.web import create_app
 from tests.conftest import screenshot
 from tests.serving import serve_app
+from tests.test_api import call
 
 TABLES = {
     "engine": {"currency": "EUR"},
@@ -34,23 +35,6 @@ TABLES = {
     "branding": {"name": "Kavárna U Mostu"},
 }
 STATIC = Path(__file__).resolve().parents[1] / "engine" / "web" / "static"
-
-
-def call(url: str, method: str = "GET", body=None, key: str | None = None, idem: str | None = None,
-         raw: bytes | None = None, kind: str = "application/json") -> tuple[int, object]:
-    headers = {"content-type": kind}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    if idem:
-        headers["idempotency-key"] = idem
-    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            payload = response.read()
-            return response.status, json.loads(payload) if "json" in response.headers.get("content-type", "") else payload
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from starlette.routing import Route
 
 from connectors.base import header
 from engine import inbox
-from engine.background import BackgroundLoop
+from engine.background import BackgroundLoop, drain
 from engine.web.receipts import ReceiptWriter
 from engine.web.signatures import secrets_from_env, verify
 from engine.work import Due, apply_delivery, run_job
@@ -140,20 +140,12 @@ class Publisher:
     def _run(self) -> None:
         from engine.tasks import publish
 
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            ids, stopping = list(first), False
-            while True:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                ids.extend(more)
+        stopping = False
+        while not stopping:
+            batches, stopping = drain(self._queue)
+            ids = [inbox_id for batch in batches for inbox_id in batch]
+            if not ids:
+                continue
             try:
                 publish(ids)
             except Exception as exc:
@@ -165,8 +157,6 @@ class Publisher:
                 if self._failing:
                     log.warning("the broker is back")
                 self._failing = False
-            if stopping:
-                return
 
 
 def create_app(engine, secrets: dict[str, list[str]] | None = None, background: bool = True,

@@ -42,6 +42,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from connectors.base import body_key
 from engine import inbox
 from engine.app import Outcome, parse_body
+from engine.background import drain
 
 log = logging.getLogger("regulars.web")
 
@@ -198,18 +199,7 @@ class ReceiptWriter:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
-            batch = [] if first is None else [first]
-            stopping = first is None
-            while len(batch) < self.max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                else:
-                    batch.append(more)
+            batch, stopping = drain(self._queue, self.max_batch)
             if not batch:
                 continue
             try:

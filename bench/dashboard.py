@@ -8,7 +8,7 @@ entries in PostgreSQL, and the time of each query the dashboard runs.
 1. **Seed.** A database of its own, ``regulars_bench_dashboard`` on
    127.0.0.1:5432 (user postgres), created when missing, migrated
    (``engine.db.upgrade``) and emptied (TRUNCATE). The real tables are filled
-   with ``COPY ... FROM STDIN``: customers (unique emails, phones, card and
+   with ``COPY ... FROM STDIN (FORMAT BINARY)``: customers (unique emails, phones, card and
    referral codes), their Shopify and WooCommerce links, 24 months of orders in
    shopify, woocommerce and pos (order state, awarded points and eligible
    spend as the pipeline writes them: paid, refunded, cancelled, unpaid,
@@ -49,9 +49,11 @@ Never touches any database but its own.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -1068,6 +1070,7 @@ def main() -> int:
     create_database()
     sa_url = database_url(driver=True)
     workdir = Path(tempfile.mkdtemp(prefix="regulars-bench-dashboard-"))
+    atexit.register(shutil.rmtree, workdir, True)
     engine = Engine(config_from_tables(TABLES, workdir / "plugins.toml", {"REGULARS_DATABASE_URL": sa_url}))
     upgrade(engine.db)
     engine.ensure_schema()

@@ -521,7 +521,7 @@ class Admin:
                                   .order_by(orders.c.id.desc()).limit(30)).all()
             n_orders = conn.execute(select(func.count()).select_from(orders)
                                     .where(orders.c.customer_id == customer_id)).scalar_one()
-        summary = customer_summary(self.engine, str(customer_id))
+        summary = customer_summary(self.engine, int(customer_id))
         cards = self.engine.cards.cards
         return {"row": row, "summary": summary, "ledger": ledger, "total": total, "page": page,
                 "pages": max(1, -(-total // LEDGER_PAGE)), "rewards": issued, "orders": bought,

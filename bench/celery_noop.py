@@ -1,4 +1,4 @@
-"""The no-op Celery app of ``bench/celery.py``: Celery's own cost per task,
+"""The no-op Celery app of ``bench/on_celery.py``: Celery's own cost per task,
 with nothing of regulars in the task.
 
 Its settings are those of regulars' app (``engine.tasks.app``) where they bear

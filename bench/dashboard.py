@@ -73,8 +73,6 @@ from rich.table import Table
 from sqlalchemy import event
 
 ROOT = Path(__file__).resolve().parents[1]
-# Not bench/ itself: bench/celery.py would shadow Celery (engine.web imports it).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from engine import metrics  # noqa: E402

@@ -455,10 +455,10 @@ class Server:
         env.pop("REGULARS_BROKER_URL", None)
         if threads:
             env["BENCH_THREADS"] = str(threads)
-        if kind == "engine" and workers == 1 and sample is None and not threads:
+        if kind == "engine" and sample is None and not threads:
             regulars = Path(sys.executable).with_name("regulars")
             command = [str(regulars), "--config", str(config), "serve", "--host", "127.0.0.1",
-                       "--port", str(self.port)]
+                       "--port", str(self.port), "--workers", str(workers)]
         else:
             command = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
                        "--workers", str(workers)] + (["--sample", str(sample)] if sample else [])

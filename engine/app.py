@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import traceback
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from marshmallow import ValidationError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
@@ -70,8 +72,23 @@ class _Prepared:
     outcome: Outcome | None = None
 
 
+_LONG_NUMBER = re.compile(rb"-[0-9]{19}|[0-9]{20}")
+
+
 def parse_body(body: bytes) -> Any:
-    """The JSON in a delivery's body; ValueError says what is wrong with it."""
+    """The JSON in a delivery's body; ValueError says what is wrong with it.
+
+    orjson reads it (several times faster than the json module on an 8 KiB
+    order). The json module reads what orjson refuses, so the bodies accepted
+    are exactly the json module's and an error gives its line and column
+    (orjson refuses NaN and lone surrogates, which the json module takes), and
+    a body with 19 digits or more in a row: orjson turns an integer beyond 64
+    bits into a float, the json module keeps it exact."""
+    if _LONG_NUMBER.search(body) is None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     if not body.strip():
         raise ValueError("body is empty: expected a JSON object")
     try:

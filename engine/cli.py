@@ -354,8 +354,10 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes that answer requests (about one per core); one of them runs the background work.")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int) -> None:
+def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     """Serve the webhook receivers (POST /webhooks/shopify, /webhooks/woocommerce)
     and the install links (/install/shopify, /install/woocommerce).
 
@@ -366,12 +368,13 @@ def serve(ctx: Context, host: str, port: int) -> None:
     to Celery workers instead (`regulars worker`, `regulars beat`).
     Secrets come from REGULARS_SHOPIFY_WEBHOOK_SECRET and
     REGULARS_WOOCOMMERCE_WEBHOOK_SECRET (comma-separated while rotating), and
-    from an install."""
-    import uvicorn
+    from an install.
 
-    from engine.web import create_app
+    With --workers N, N processes share the port: each receives, and one at a
+    time runs the background work; on SQLite they take turns to write."""
+    from engine.web.serving import serve as serve_app
 
-    uvicorn.run(create_app(ctx.engine), host=host, port=port, log_level="info")
+    serve_app(ctx.engine, host, port, workers, ctx.config_path)
 
 
 @main.command()

@@ -20,6 +20,7 @@ broker, no worker to run). Answers are JSON; errors have one shape,
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
@@ -35,6 +36,7 @@ from connectors.base import header
 from engine import inbox
 from engine.background import BackgroundLoop, drain
 from engine.web.receipts import ReceiptWriter
+from engine.web.serving import Leadership
 from engine.web.signatures import secrets_from_env, verify
 from engine.work import Due, apply_delivery, run_job
 
@@ -42,6 +44,8 @@ log = logging.getLogger("regulars.web")
 
 #: Shopify caps webhook bodies well below this; anything larger is not a shop's
 MAX_BODY = 5 * 1024 * 1024
+#: seconds between a follower process's tries to lead the background work
+LEAD_RETRY = 5.0
 _WOO_PING = re.compile(rb"^webhook_id=\d+$")
 _SIGNATURE_HEADERS = {"shopify": "X-Shopify-Hmac-Sha256", "woocommerce": "X-WC-Webhook-Signature"}
 _TOPIC_HEADERS = {"shopify": "X-Shopify-Topic", "woocommerce": "X-WC-Webhook-Topic"}
@@ -186,7 +190,6 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
 
         configure(engine.config.broker_url)
         receipts.on_received = publisher.submit
-    threads = [t for t in (applier, outbox_worker, scheduler, publisher) if t is not None]
 
     async def receive(request: Request, channel: str) -> JSONResponse:
         receipts.enter()
@@ -235,22 +238,59 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
+    # The publisher runs in every process; the applier, the outbox and the
+    # scheduler in the one process that leads the database (engine.web.serving).
+    background_threads = [t for t in (applier, outbox_worker, scheduler) if t is not None]
+    leadership = Leadership(engine.db)
+    leading = threading.Event()
+    done = threading.Event()
+
+    def lead() -> None:
+        """Start the background work once this process leads its database."""
+        while not done.is_set():
+            try:
+                if leadership.acquire():
+                    break
+            except Exception as exc:
+                log.warning("can't tell whether this process leads the background work: %s", exc)
+            done.wait(LEAD_RETRY)
+        else:
+            return
+        for thread in background_threads:
+            thread.start()
+        leading.set()
+        log.info("process %d runs the background work (applier, outbox, scheduled jobs)", os.getpid())
+
     @asynccontextmanager
     async def lifespan(app):
         await run_in_threadpool(engine.ensure_schema)
         receipts.start()
-        for thread in threads:
-            thread.start()
+        if publisher is not None:
+            publisher.start()
+        follower = None
+        if background_threads:
+            if not await run_in_threadpool(leadership.acquire):
+                log.info("process %d receives; another process runs the background work", os.getpid())
+                follower = threading.Thread(target=lead, name="regulars-leader", daemon=True)
+                follower.start()
+            else:
+                lead()
         yield
-        if outbox_worker is not None:
-            await run_in_threadpool(outbox_worker.stop)
-        if scheduler is not None:
-            await run_in_threadpool(scheduler.stop)
+        done.set()
+        if follower is not None:
+            await run_in_threadpool(follower.join, 10)
+        if leading.is_set():
+            if outbox_worker is not None:
+                await run_in_threadpool(outbox_worker.stop)
+            if scheduler is not None:
+                await run_in_threadpool(scheduler.stop)
         await run_in_threadpool(receipts.stop)
-        if applier is not None:
+        if leading.is_set() and applier is not None:
             await run_in_threadpool(applier.stop)
         if publisher is not None:
             await run_in_threadpool(publisher.stop)
+        leadership.release()
+        receipts.gate.close()
 
     routes = [
         Route("/webhooks/shopify", shopify, methods=["POST"]),

@@ -43,6 +43,7 @@ from connectors.base import body_key
 from engine import inbox
 from engine.app import Outcome, parse_body
 from engine.background import drain
+from engine.web.serving import WriteGate
 
 log = logging.getLogger("regulars.web")
 
@@ -122,8 +123,10 @@ class ReceiptWriter:
         #: apply, with their inbox ids
         self.on_received = on_received
         self.max_batch = max_batch
-        #: held around each write transaction of this process's receipts and applier
-        self.gate = threading.Lock()
+        #: held around each write transaction of the receipts and the background
+        #: work: of this process and, on an SQLite file, of the other processes
+        #: serving it (``engine.web.serving.WriteGate``)
+        self.gate = WriteGate(engine.db)
         #: webhook requests in flight, and the monotonic time when ``BUSY`` or
         #: more were last (written on the event loop, read by the applier)
         self._in_flight = 0

@@ -2,7 +2,7 @@
 real worker processes, beside the raw driver's figure for the same writes and
 Celery's own figure for a task that does nothing, in the same run.
 
-    .venv/bin/python bench/celery.py [--events 2000] [--workers 2] [--concurrency 1] [--loglevel INFO]
+    .venv/bin/python bench/on_celery.py [--events 2000] [--workers 2] [--concurrency 1] [--loglevel INFO]
 
 Parts, all on 127.0.0.1:
 
@@ -62,9 +62,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Run as a script, this file's folder leads sys.path, and this file (celery.py)
-# would shadow the celery package itself.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -188,10 +189,13 @@ class Report:
 class Deliverer:
     """Delivers due outbox rows through the shops' API clients."""
 
-    def __init__(self, engine, clients: dict | None = None):
+    def __init__(self, engine, clients: dict | None = None, gate=None):
         self.engine = engine
         #: channel → a client factory override (tests)
         self._clients = dict(clients or {})
+        #: held around each of its write transactions, never around a call to a
+        #: shop (``regulars serve``: the receipt writer's ``WriteGate``)
+        self.gate = gate if gate is not None else nullcontext()
 
     # -- clients ------------------------------------------------------------------
 
@@ -210,7 +214,7 @@ class Deliverer:
                  .order_by(outbox.c.due_at, outbox.c.id).limit(limit))
         if db.dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        with db.begin() as conn:
+        with self.gate, db.begin() as conn:
             rows = conn.execute(query).all()
             if rows:
                 conn.execute(update(outbox).where(outbox.c.id.in_([r.id for r in rows]))
@@ -302,7 +306,7 @@ class Deliverer:
 
     def _done(self, row, result) -> None:
         now = utcnow()
-        with self.engine.db.begin() as conn:
+        with self.gate, self.engine.db.begin() as conn:
             # A sync that raced a newer change stays pending for that change.
             changed = conn.execute(
                 update(outbox).where(outbox.c.id == row.id, outbox.c.version == row.version)
@@ -322,7 +326,7 @@ class Deliverer:
             values["due_at"] = now + timedelta(seconds=backoff(attempts, retry_after))
         else:
             values["status"] = FAILED
-        with self.engine.db.begin() as conn:
+        with self.gate, self.engine.db.begin() as conn:
             conn.execute(update(outbox).where(outbox.c.id == row.id).values(**values))
         log.warning("outbox %s (%s %s %s) %s: %s", row.id, row.kind, row.channel, row.subject,
                     "will retry" if again else "failed", message)

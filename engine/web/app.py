@@ -179,7 +179,7 @@ def create_app(engine, secrets: dict[str, list[str]] | None = None, background: 
     install = install if install is not None else Install(engine)
     receipts = ReceiptWriter(engine)
     embedded = background and not engine.config.broker_url
-    outbox_worker = OutboxWorker(Deliverer(engine)) if embedded else None
+    outbox_worker = OutboxWorker(Deliverer(engine, gate=receipts.gate)) if embedded else None
     applier = Applier(engine, receipts) if embedded else None
     scheduler = Scheduler(engine, receipts) if embedded else None
     publisher = Publisher() if background and not embedded else None

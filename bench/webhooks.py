@@ -16,8 +16,9 @@ time from writing a request to reading its whole answer.
   transaction); the applier thread translates and applies it in the background.
   After the last answer the script polls the inbox until no row is
   ``received`` (the applier's catch-up), then checks that every delivery is
-  stored exactly once and applied. With ``--workers`` above 1 the same app is
-  served by uvicorn's workers (each with its own applier) from a factory.
+  stored exactly once and applied. ``--workers N`` runs ``regulars serve
+  --workers N``: N processes on one port, taking turns to write the SQLite
+  file, one of them applying.
 - **bare endpoint**: a Starlette app on the same uvicorn that reads the body,
   checks the HMAC, parses the JSON and answers 200. It stores nothing.
 
@@ -661,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=3000, help="deliveries per pass (default 3000)")
     parser.add_argument("--concurrency", type=int, default=16, help="connections in flight (default 16)")
-    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default 1: SQLite has one writer)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (regulars serve --workers; default 1)")
     parser.add_argument("--threads", type=int, default=0,
                         help="cap the server's thread pool (default: anyio's 40, as regulars serve)")
     parser.add_argument("--customers", type=int, default=1000, help="distinct customers (default 1000)")

@@ -356,8 +356,10 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Processes that answer requests (about one per core); one of them runs the background work.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="A log line per request (it costs about a tenth of the webhook rate under load).")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int, workers: int) -> None:
+def serve(ctx: Context, host: str, port: int, workers: int, access_log: bool) -> None:
     """Serve the webhook receivers (POST /webhooks/shopify, /webhooks/woocommerce)
     and the install links (/install/shopify, /install/woocommerce).
 
@@ -374,7 +376,7 @@ def serve(ctx: Context, host: str, port: int, workers: int) -> None:
     time runs the background work; on SQLite they take turns to write."""
     from engine.web.serving import serve as serve_app
 
-    serve_app(ctx.engine, host, port, workers, ctx.config_path)
+    serve_app(ctx.engine, host, port, workers, ctx.config_path, access_log)
 
 
 @main.command()

@@ -136,7 +136,7 @@ def test_serve_with_two_workers_stores_every_delivery_once_and_one_worker_applie
            "REGULARS_SHOPIFY_WEBHOOK_SECRET": "new-secret", "PYTHONPATH": str(ROOT)}
     env.pop("REGULARS_BROKER_URL", None)
     server = subprocess.Popen([sys.executable, "-m", "engine.cli", "--config", str(config), "serve",
-                               "--port", str(port), "--workers", "2"], env=env, cwd=tmp_path,
+                               "--port", str(port), "--workers", "2", "--no-access-log"], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=log.open("wb"), start_new_session=True)
     url = f"http://127.0.0.1:{port}/webhooks/shopify"
     try:
@@ -170,6 +170,7 @@ def test_serve_with_two_workers_stores_every_delivery_once_and_one_worker_applie
             server.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+    assert "POST /webhooks/shopify" not in log.read_text(errors="replace")  # --no-access-log
     with engine.db.connect() as conn:
         keys = [row.key for row in conn.execute(select(inbox_table.c.key))]
         assert engine.ledger.audit(conn) == []

@@ -200,24 +200,26 @@ def app_from_environment():
     return create_app(engine)
 
 
-def serve(engine, host: str, port: int, workers: int = 1, config_path: str | None = None) -> None:
+def serve(engine, host: str, port: int, workers: int = 1, config_path: str | None = None,
+          access_log: bool = True) -> None:
     """Serve the app for ``engine``: in this process, or in ``workers``
     processes sharing one listening socket (``config_path`` names the
-    plugins.toml they load)."""
+    plugins.toml they load). ``access_log``: a line per request."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
     from engine.web.app import create_app
 
     if workers == 1:
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="info", log_config=log_config())
+        uvicorn.run(create_app(engine), host=host, port=port, log_level="info", log_config=log_config(),
+                    access_log=access_log)
         return
     if fcntl is None:  # pragma: no cover
         raise RuntimeError("--workers needs a POSIX system; serve with one worker here")
     if config_path is not None:
         os.environ["REGULARS_CONFIG"] = str(Path(config_path).resolve())
     config = uvicorn.Config(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info",
-                            log_config=log_config())
+                            log_config=log_config(), access_log=access_log)
     sock = config.bind_socket()
     # uvicorn binds with protocol 0, so asyncio leaves Nagle's algorithm on for
     # each connection it accepts, and an answer after the first on a

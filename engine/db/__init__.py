@@ -3,6 +3,7 @@ the Alembic migrations that build its schema."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.exc import DisconnectionError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -44,7 +46,40 @@ def make_engine(url: str, **kwargs) -> SAEngine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, **kwargs)
+    engine = create_engine(url, **kwargs)
+    _ping_when_idle(engine)
+    return engine
+
+
+#: a pooled connection unused for this many seconds is pinged before it is lent
+PING_AFTER = 5.0
+
+
+def _ping_when_idle(engine: SAEngine) -> None:
+    """SQLAlchemy's pessimistic disconnect handling (its ``checkout`` event
+    recipe), for connections that sat idle in the pool: they are the ones a
+    database restart or an idle timeout may have closed. ``pool_pre_ping``
+    would ping at every check-out, a round trip per transaction while the
+    engine is busy. A connection closed under a busy engine fails its
+    statement instead; SQLAlchemy then replaces the pool's connections, and
+    the work is retried (a webhook's 503, a Celery task's retry, the inbox's
+    replay)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, proxy):
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < PING_AFTER:
+            return  # new, or lent a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects again
+            raise
 
 
 def alembic_config(url: str) -> AlembicConfig:

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
 from engine.db.models import inbox
+from engine.fastsql import Fast
 from engine.ledger import insert_ignore
 
 RECEIVED, APPLIED, IGNORED, FAILED = "received", "applied", "ignored", "failed"
@@ -129,12 +130,20 @@ def _id(conn: Connection, channel: str, key: str) -> int:
     return conn.execute(select(inbox.c.id).where(inbox.c.channel == channel, inbox.c.key == key)).scalar_one()
 
 
-_MARK = update(inbox).where(inbox.c.id == bindparam("b_id")).values(attempts=inbox.c.attempts + 1)
+_MARK = Fast(
+    update(inbox)
+    .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type))
+    .values(
+        attempts=inbox.c.attempts + 1,
+        **{name: bindparam(name, type_=inbox.c[name].type) for name in ("status", "error", "plugin", "processed_at")},
+    )
+)
 
 
 def mark(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
-    conn.execute(
-        _MARK, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
+    # (Inside fastsql.deferring, on PostgreSQL, it goes with the transaction's last writes.)
+    _MARK.later(
+        conn, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
     )
 
 

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import Boolean, bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc, utcnow
 from engine.db.models import accounts, ledger_entries, lots
+from engine.fastsql import Fast
 from engine.rules_api import UNIT_POINTS
 
 
@@ -46,7 +47,8 @@ def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) ->
 
     The statement is built once per table and column set (the dialects'
     ``on_conflict_do_nothing`` constructs are never cached by SQLAlchemy, and
-    compiling them per call cost more than the database work)."""
+    compiling them per call cost more than the database work), and run on the
+    DBAPI cursor (``engine.fastsql``)."""
     names = tuple(values)
     cache_key = (table.name, names, tuple(conflict))
     statement = _INSERT_IGNORE_CACHE.get(cache_key)
@@ -56,19 +58,70 @@ def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) ->
             f"VALUES ({', '.join(':' + n for n in names)}) "
             f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING RETURNING id"
         )
-        statement = text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names))
+        statement = Fast(text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names)))
         _INSERT_IGNORE_CACHE[cache_key] = statement
-    return conn.execute(statement, values).scalar_one_or_none()
+    return statement.scalar(conn, values)
 
 
-# Built once: SQLAlchemy then reuses their compiled form and cache keys.
-_ADD_TO_BALANCE = text(
+def typed_insert(table, names, returning=()):
+    """``INSERT INTO table (names) VALUES (:names)`` with each column's type
+    (no defaults: every value is given), optionally RETURNING columns."""
+    statement = table.insert().values({n: bindparam(n, type_=table.c[n].type) for n in names})
+    if returning:
+        statement = statement.returning(*(table.c[n] for n in returning))
+    return statement
+
+
+def typed_update(table, names, key="id", param="b_id"):
+    """``UPDATE table SET names WHERE key = :param`` with each column's type."""
+    return (
+        table.update()
+        .where(table.c[key] == bindparam(param, type_=table.c[key].type))
+        .values({n: bindparam(n, type_=table.c[n].type) for n in names})
+    )
+
+
+# Built once: SQLAlchemy compiles them once per dialect; run on the DBAPI cursor.
+_ADD_TO_BALANCE = Fast(text(
     "INSERT INTO accounts (customer_id, unit, balance) VALUES (:customer_id, :unit, :amount) "
     "ON CONFLICT (customer_id, unit) DO UPDATE SET balance = accounts.balance + excluded.balance "
     "RETURNING id, balance"
+))
+_ENTRY_COLUMNS = ("account_id", "amount", "reason", "source", "rule", "key", "occurred_at", "created_at", "detail")
+_INSERT_ENTRY = Fast(typed_insert(ledger_entries, _ENTRY_COLUMNS, returning=("id",)))
+_INSERT_LOT = Fast(typed_insert(
+    lots, ("account_id", "entry_id", "amount", "remaining", "earned_at", "expires_at", "available_at")
+))
+# PostgreSQL: the account's upsert, the entry and its lot in one statement
+# (one round trip instead of three). Data-modifying CTEs run exactly once; the
+# lot's CTE sees the balance after this posting, as ``post`` does on SQLite.
+_POST_PG = Fast(
+    text(
+        "WITH account AS ("
+        " INSERT INTO accounts (customer_id, unit, balance) VALUES (:customer_id, :unit, :amount)"
+        " ON CONFLICT (customer_id, unit) DO UPDATE SET balance = accounts.balance + excluded.balance"
+        " RETURNING id, balance"
+        "), entry AS ("
+        " INSERT INTO ledger_entries (account_id, amount, reason, source, rule, key, occurred_at, created_at, detail)"
+        " SELECT id, :amount, :reason, :source, :rule, :key, :occurred_at, :created_at, :detail FROM account"
+        " RETURNING id"
+        "), lot AS ("
+        " INSERT INTO lots (account_id, entry_id, amount, remaining, earned_at, expires_at, available_at)"
+        " SELECT account.id, entry.id, LEAST(:amount, account.balance), LEAST(:amount, account.balance),"
+        " :occurred_at, :expires_at, :available_at FROM account, entry"
+        " WHERE :open_lot AND LEAST(:amount, account.balance) > 0"
+        " RETURNING id"
+        ") SELECT account.id, account.balance, entry.id FROM account, entry"
+    ).bindparams(
+        bindparam("amount", type_=ledger_entries.c.amount.type),
+        bindparam("occurred_at", type_=ledger_entries.c.occurred_at.type),
+        bindparam("created_at", type_=ledger_entries.c.created_at.type),
+        bindparam("detail", type_=ledger_entries.c.detail.type),
+        bindparam("expires_at", type_=lots.c.expires_at.type),
+        bindparam("available_at", type_=lots.c.available_at.type),
+        bindparam("open_lot", type_=Boolean()),
+    )
 )
-_INSERT_ENTRY = ledger_entries.insert().returning(ledger_entries.c.id)
-_INSERT_LOT = lots.insert()
 _SELECT_ACCOUNT = select(accounts.c.id).where(
     accounts.c.customer_id == bindparam("customer_id"), accounts.c.unit == bindparam("unit")
 )
@@ -120,52 +173,68 @@ class Ledger:
         spendable ones soonest-expiring first."""
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise TypeError(f"ledger amounts are integers, got {amount!r}")
-        # One statement finds or creates the account and moves its balance; the
-        # row lock it takes orders concurrent postings to the same account.
-        account_id, balance = conn.execute(
-            _ADD_TO_BALANCE, {"customer_id": customer_id, "unit": unit, "amount": amount}
-        ).one()
-        entry_id = conn.execute(
-            _INSERT_ENTRY,
-            {
-                "account_id": account_id,
-                "amount": amount,
-                "reason": reason,
-                "source": source,
-                "rule": rule,
-                "key": key,
-                "occurred_at": occurred_at,
-                "created_at": utcnow(),
-                "detail": detail,
-            },
-        ).scalar_one()
+        keeps_lots = lots and unit == UNIT_POINTS
+        if conn.dialect.name == "postgresql":
+            # A debt (a negative balance) takes new points first: the lot holds
+            # what the new balance covers (LEAST(amount, balance) > 0).
+            account_id, balance, entry_id = _POST_PG.first(conn, {
+                "customer_id": customer_id, "unit": unit, "amount": amount, "reason": reason, "source": source,
+                "rule": rule, "key": key, "occurred_at": occurred_at, "created_at": utcnow(), "detail": detail,
+                "open_lot": keeps_lots and amount > 0, **self._lot_dates(occurred_at, pending),
+            })
+            lot_done = True
+        else:
+            # One statement finds or creates the account and moves its balance; the
+            # row lock it takes orders concurrent postings to the same account.
+            account_id, balance = _ADD_TO_BALANCE.first(
+                conn, {"customer_id": customer_id, "unit": unit, "amount": amount}
+            )
+            entry_id = _INSERT_ENTRY.scalar(
+                conn,
+                {
+                    "account_id": account_id,
+                    "amount": amount,
+                    "reason": reason,
+                    "source": source,
+                    "rule": rule,
+                    "key": key,
+                    "occurred_at": occurred_at,
+                    "created_at": utcnow(),
+                    "detail": detail,
+                },
+            )
+            lot_done = False
         if self.outbox is not None:
             self.outbox.customer_changed(conn, customer_id)
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
-        if lots and unit == UNIT_POINTS:
+        if keeps_lots:
             if amount > 0:
                 # A debt (a negative balance) takes new points first.
                 covered = max(0, min(amount, balance))
-                if covered:
+                if covered and not lot_done:
                     self._open_lot(conn, account_id, entry_id, covered, occurred_at, pending)
             elif amount < 0:
                 self.consume_lots(conn, account_id, -amount, occurred_at, source)
         return entry_id
 
+    def _lot_dates(self, earned_at: datetime, pending: bool) -> dict:
+        """When a lot earned at ``earned_at`` expires, and when it becomes spendable."""
+        return {
+            "expires_at": add_months(earned_at, self.expiry_months) if self.expiry_months else None,
+            "available_at": earned_at + timedelta(days=self.pending_days) if pending and self.pending_days else None,
+        }
+
     def _open_lot(self, conn, account_id, entry_id, amount, earned_at, pending) -> None:
-        expires = add_months(earned_at, self.expiry_months) if self.expiry_months else None
-        available = earned_at + timedelta(days=self.pending_days) if pending and self.pending_days else None
-        conn.execute(
-            _INSERT_LOT,
+        _INSERT_LOT.execute(
+            conn,
             {
                 "account_id": account_id,
                 "entry_id": entry_id,
                 "amount": amount,
                 "remaining": amount,
                 "earned_at": earned_at,
-                "expires_at": expires,
-                "available_at": available,
+                **self._lot_dates(earned_at, pending),
             },
         )
 

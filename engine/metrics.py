@@ -107,6 +107,7 @@ import bisect
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -147,6 +148,8 @@ from engine.db.models import (
     rewards,
     visit_days,
 )
+from engine.fastsql import Fast, is_deferring
+from engine.ledger import typed_insert
 from engine.rules_api import UNIT_POINTS
 
 log = logging.getLogger("regulars.metrics")
@@ -414,13 +417,6 @@ def contributions(footprint: dict) -> Counter:
     return out
 
 
-def _difference(new: dict, old: dict) -> list[dict]:
-    change = contributions(new)
-    change.subtract(contributions(old))
-    return [{"measure": m, "channel": c, "kind": k, "period": p, "value": v}
-            for (m, c, k, p), v in sorted(change.items()) if v]
-
-
 def points_measure(reason: str) -> tuple[str, int] | None:
     """(measure, sign) of a points entry's reason; None for a merge."""
     if reason in MOVED_REASONS:
@@ -454,11 +450,22 @@ _VISITS = select(visit_days.c.channel, visit_days.c.day).where(visit_days.c.cust
 # Finds or creates the customer's footprint row and locks it, in one statement
 # (the no-op update takes the row lock, on PostgreSQL; SQLite's write lock is
 # the transaction's).
-_LOCK_FOOTPRINT = text(
+_LOCK_FOOTPRINT = Fast(text(
     "INSERT INTO metric_footprints (customer_id, footprint) VALUES (:customer_id, :empty) "
     "ON CONFLICT (customer_id) DO UPDATE SET footprint = metric_footprints.footprint RETURNING footprint"
-).bindparams(bindparam("empty", type_=JSON)).columns(footprint=JSON)
-_SET_FOOTPRINT = update(metric_footprints).where(metric_footprints.c.customer_id == bindparam("b_customer"))
+).bindparams(bindparam("empty", type_=JSON)).columns(footprint=JSON))
+_SET_FOOTPRINT = Fast(update(metric_footprints).where(
+    metric_footprints.c.customer_id == bindparam("b_customer", type_=metric_footprints.c.customer_id.type)
+).values(footprint=bindparam("footprint", type_=JSON)))
+# A footprint of a customer created in this transaction: nobody else can have
+# written one (the customer's row is not committed, and the foreign key
+# forbids a footprint without its customer). Should one exist all the same,
+# nothing is inserted and the footprint is counted again the careful way.
+_NEW_FOOTPRINT = Fast(text(
+    "INSERT INTO metric_footprints (customer_id, footprint) VALUES (:customer_id, :footprint) "
+    "ON CONFLICT (customer_id) DO NOTHING RETURNING customer_id"
+).bindparams(bindparam("footprint", type_=JSON)))
+_INSERT_FOOTPRINT = Fast(typed_insert(metric_footprints, ("customer_id", "footprint")))
 _NEW_VISIT = text(
     "INSERT INTO visit_days (customer_id, channel, day) VALUES (:customer_id, :channel, :day) "
     "ON CONFLICT (customer_id, channel, day) DO NOTHING RETURNING customer_id"
@@ -468,7 +475,10 @@ _MOVE_VISITS = text(
     "SELECT :keep, channel, day FROM visit_days WHERE customer_id = :gone "
     "ON CONFLICT (customer_id, channel, day) DO NOTHING"
 )
-_INSERT_DELTAS = metric_deltas.insert()
+_INSERT_DELTAS = Fast(text(
+    "INSERT INTO metric_deltas (measure, channel, kind, period, value) "
+    "VALUES (:measure, :channel, :kind, :period, :value)"
+).bindparams(bindparam("period", type_=Date), bindparam("value", type_=metric_deltas.c.value.type)))
 _REWARD_CHANNEL = select(rewards.c.channel).where(rewards.c.code == bindparam("code"))
 _LOT_SOURCE = (select(ledger_entries.c.source).select_from(lots.join(ledger_entries, ledger_entries.c.id == lots.c.entry_id))
                .where(lots.c.id == bindparam("lot_id")))
@@ -489,10 +499,74 @@ class Recorder:
     def __init__(self, timezone: str | None = "UTC"):
         self.zone = _zone(timezone)
         self.timezone = self.zone.key
+        #: id(connection) -> what its open ``collecting`` block holds
+        self._collecting: dict[int, _Pending] = {}
 
     def day(self, moment: datetime) -> date:
         """The shop's calendar day of a moment (a naive one is UTC)."""
         return as_utc(moment).astimezone(self.zone).date()
+
+    # -- what one transaction changes ----------------------------------------------
+
+    @contextmanager
+    def collecting(self, conn: Connection) -> Iterator[None]:
+        """Keep the counters' changes made on ``conn`` in memory and write
+        them when the block ends without an exception: one multi-row INSERT
+        of the deltas (summed per counter) and one write per footprint
+        changed, instead of statements at every posting and order change.
+        An exception discards them (its transaction or savepoint is rolled
+        back). Blocks nest: the outermost writes."""
+        key = id(conn)
+        if key in self._collecting:
+            yield
+            return
+        pending = self._collecting[key] = _Pending()
+        try:
+            yield
+            self._write(conn, pending)
+        finally:
+            del self._collecting[key]
+
+    def _pending(self, conn: Connection) -> _Pending | None:
+        return self._collecting.get(id(conn))
+
+    def created(self, conn: Connection, customer_id: int) -> None:
+        """A customer was created in this transaction: their footprint is
+        empty and has no row yet (none is read or locked)."""
+        pending = self._pending(conn)
+        if pending is not None and customer_id not in pending.footprints:
+            pending.footprints[customer_id] = _Footprint(None, {})
+
+    def _write(self, conn: Connection, pending: _Pending) -> None:
+        deltas = pending.deltas
+        for customer_id in sorted(pending.footprints):
+            held = pending.footprints[customer_id]
+            if held.current == held.stored:
+                continue
+            if held.stored is None:
+                if held.current == {}:
+                    continue
+                if is_deferring(conn):
+                    # Sent with the transaction's last writes; a row that exists
+                    # after all (see _NEW_FOOTPRINT) fails the transaction loudly.
+                    _INSERT_FOOTPRINT.later(conn, {"customer_id": customer_id, "footprint": held.current})
+                elif _NEW_FOOTPRINT.scalar(conn, {"customer_id": customer_id, "footprint": held.current}) is None:
+                    # A row we did not expect: lock it and count again from the orders and visit days.
+                    held.stored = _LOCK_FOOTPRINT.scalar(conn, {"customer_id": customer_id, "empty": {}}) or {}
+                    held.current = self.footprint(conn, customer_id)
+                    if held.current == held.stored:
+                        continue
+                    _SET_FOOTPRINT.execute(conn, {"b_customer": customer_id, "footprint": held.current})
+            else:
+                _SET_FOOTPRINT.later(conn, {"b_customer": customer_id, "footprint": held.current})
+            change = contributions(held.current)
+            change.subtract(contributions(held.stored or {}))
+            for counter, value in change.items():
+                if value:
+                    deltas[counter] = deltas.get(counter, 0) + value
+        rows = [{"measure": m, "channel": c, "kind": k, "period": p, "value": v}
+                for (m, c, k, p), v in sorted(deltas.items()) if v]
+        _INSERT_DELTAS.later(conn, rows, many=True)
 
     # -- the ledger -------------------------------------------------------------
 
@@ -516,10 +590,11 @@ class Recorder:
             lot_source = conn.execute(_LOT_SOURCE, {"lot_id": int(rest)}).scalar_one_or_none()
         channel = points_channel(reason, source, reward_channel, lot_source)
         day, value = self.day(occurred_at), sign * amount
-        rows = [{"measure": measure, "channel": ALL, "kind": "d", "period": day, "value": value}]
-        if channel:
-            rows.append({"measure": measure, "channel": channel, "kind": "d", "period": day, "value": value})
-        conn.execute(_INSERT_DELTAS, rows)
+        with self.collecting(conn):
+            deltas = self._pending(conn).deltas
+            for where in (ALL, channel) if channel else (ALL,):
+                counter = (measure, where, "d", day)
+                deltas[counter] = deltas.get(counter, 0) + value
 
     # -- orders, visits, merges ----------------------------------------------------
 
@@ -536,15 +611,17 @@ class Recorder:
         new = self._purchase(customer_id, row.channel, paid_at, eligible)
         if old == new:
             return
-        for affected in sorted({p[0] for p in (old, new) if p is not None}):
-            self._recount(conn, affected, purchase=(old if old and old[0] == affected else None,
-                                                    new if new and new[0] == affected else None))
+        with self.collecting(conn):
+            for affected in sorted({p[0] for p in (old, new) if p is not None}):
+                self._recount(conn, affected, purchase=(old if old and old[0] == affected else None,
+                                                        new if new and new[0] == affected else None))
 
     def visited(self, conn: Connection, customer_id: int, channel: str, at: datetime) -> None:
         """A customer visited (in ``channel``, at ``at``)."""
         day = self.day(at)
         if conn.execute(_NEW_VISIT, {"customer_id": customer_id, "channel": channel, "day": day}).first() is not None:
-            self._recount(conn, customer_id, visit=(channel, day))
+            with self.collecting(conn):
+                self._recount(conn, customer_id, visit=(channel, day))
 
     def merged(self, conn: Connection, keep: int, gone: int) -> None:
         """Customer ``gone`` was joined into ``keep`` (orders already moved)."""
@@ -563,21 +640,32 @@ class Recorder:
         """Count again what these customers contribute, from their orders and
         visit days, in the caller's transaction: the difference goes to
         ``metric_deltas``."""
-        for customer_id in sorted(set(customer_ids)):
-            self._recount(conn, customer_id)
+        with self.collecting(conn):
+            for customer_id in sorted(set(customer_ids)):
+                self._recount(conn, customer_id)
+
+    def _held(self, conn: Connection, customer_id: int) -> _Footprint:
+        """The customer's footprint in this transaction: read (and its row
+        locked, created empty if missing) the first time."""
+        pending = self._pending(conn)
+        held = pending.footprints.get(customer_id)
+        if held is None:
+            stored = _LOCK_FOOTPRINT.scalar(conn, {"customer_id": customer_id, "empty": {}}) or {}
+            held = pending.footprints[customer_id] = _Footprint(stored, stored)
+        return held
 
     def _recount(self, conn: Connection, customer_id: int, purchase: tuple | None = None,
                  visit: tuple[str, date] | None = None) -> None:
-        """Lock the customer's footprint and replace it: with one paid order
-        taken out and/or put in (``purchase``: (old, new), each (customer,
-        channel, day, spend) or None), with one more visit day, or else read
-        again from their orders and visit days. (Orders and visit days only
-        change through the recorder's hooks, so the stored footprint is what
-        they held; if it is not, it is read again.)"""
-        stored = conn.execute(_LOCK_FOOTPRINT, {"customer_id": customer_id, "empty": {}}).scalar_one() or {}
+        """Replace the customer's footprint (locked, inside ``collecting``):
+        with one paid order taken out and/or put in (``purchase``: (old, new),
+        each (customer, channel, day, spend) or None), with one more visit
+        day, or else read again from their orders and visit days. (Orders and
+        visit days only change through the recorder's hooks, so the stored
+        footprint is what they held; if it is not, it is read again.)"""
+        held = self._held(conn, customer_id)
         current = None
         if purchase is not None or visit is not None:
-            bought, came = _parsed(stored)
+            bought, came = _parsed(held.current)
             if visit is not None:
                 came.setdefault(visit[0], set()).add(visit[1].toordinal())
                 current = _as_json(bought, came)
@@ -600,12 +688,29 @@ class Recorder:
                     current = _as_json(bought, came)
         if current is None:
             current = self.footprint(conn, customer_id)
-        if current == stored:
-            return
-        rows = _difference(current, stored)
-        if rows:
-            conn.execute(_INSERT_DELTAS, rows)
-        conn.execute(_SET_FOOTPRINT, {"b_customer": customer_id, "footprint": current})
+        held.current = current
+
+
+class _Footprint:
+    """A customer's footprint in a transaction: as stored (None: no row, a
+    customer created in it) and as it is now."""
+
+    __slots__ = ("stored", "current")
+
+    def __init__(self, stored: dict | None, current: dict):
+        self.stored = stored
+        self.current = current
+
+
+class _Pending:
+    """The counters' changes of one transaction, not written yet."""
+
+    __slots__ = ("deltas", "footprints")
+
+    def __init__(self):
+        #: (measure, channel, kind, period) -> value
+        self.deltas: dict[tuple, int] = {}
+        self.footprints: dict[int, _Footprint] = {}
 
 
 def _parsed(footprint: dict) -> tuple[Bought, Came]:

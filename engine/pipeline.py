@@ -16,14 +16,15 @@ from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
 from engine.db import as_utc, utcnow
 from engine.db.models import ledger_entries, orders
+from engine.fastsql import Fast
 from engine.identity import Identity
-from engine.ledger import Ledger, insert_ignore
+from engine.ledger import Ledger, typed_update
 from engine.orders import merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.referrals import Referrals
@@ -32,11 +33,36 @@ from engine.rules_api import Award, Multiplier
 from engine.subscriptions import SubscriptionRefused, Subscriptions
 from engine.tiers import Tiers
 
-_SELECT_ORDER = select(orders).where(
-    orders.c.channel == bindparam("channel"), orders.c.external_id == bindparam("external_id")
+_ORDER_COLUMNS = [c.name for c in orders.c]
+# Finds or creates the order's row, locked, in one statement: the no-op
+# update of an existing row takes its row lock on PostgreSQL (as SELECT ...
+# FOR UPDATE did) and waits for a concurrent first delivery of the same order;
+# SQLite's write lock is the transaction's.
+_LOCK_ORDER = Fast(
+    text(
+        "INSERT INTO orders (channel, external_id, state, awarded, revision, eligible, created_at, updated_at) "
+        "VALUES (:channel, :external_id, :state, :awarded, 0, 0, :now, :now) "
+        "ON CONFLICT (channel, external_id) DO UPDATE SET channel = orders.channel "
+        f"RETURNING {', '.join(_ORDER_COLUMNS)}"
+    )
+    .bindparams(
+        bindparam("state", type_=orders.c.state.type),
+        bindparam("awarded", type_=orders.c.awarded.type),
+        bindparam("now", type_=orders.c.created_at.type),
+    )
+    .columns(*orders.c)
 )
-_SELECT_ORDER_FOR_UPDATE = _SELECT_ORDER.with_for_update()
-_UPDATE_ORDER = update(orders).where(orders.c.id == bindparam("b_id"))
+_ORDER_WRITE = ("state", "customer_id", "status", "eligible", "multipliers", "awarded", "revision", "paid_at",
+                "updated_at")
+_UPDATE_ORDER = Fast(typed_update(orders, _ORDER_WRITE))
+_UPDATE_AWARDED = Fast(typed_update(orders, ("awarded", "revision", "updated_at")))
+_SIBLINGS = (
+    select(orders)
+    .where(orders.c.customer_id == bindparam("customer_id"), orders.c.id != bindparam("order_id"),
+           orders.c.paid_at.is_not(None))
+    .order_by(orders.c.id)
+)
+_SIBLINGS_FOR_UPDATE = _SIBLINGS.with_for_update()
 
 
 class EventRefused(ValueError):
@@ -65,6 +91,14 @@ class Pipeline:
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
+        metrics = self.ledger.metrics
+        if metrics is None:
+            return self._apply(conn, event)
+        # The dashboard's counters change in memory and are written once, at the end.
+        with metrics.collecting(conn):
+            return self._apply(conn, event)
+
+    def _apply(self, conn: Connection, event: dict) -> int:
         kind = event["type"]
         self.cards_to_settle = set()
         if kind.startswith("order."):
@@ -90,17 +124,10 @@ class Pipeline:
     # -- orders -------------------------------------------------------------
 
     def _lock_order(self, conn: Connection, channel: str, external_id: str):
-        params = {"channel": channel, "external_id": external_id}
-        query = _SELECT_ORDER_FOR_UPDATE if conn.dialect.name == "postgresql" else _SELECT_ORDER
-        row = conn.execute(query, params).one_or_none()
-        if row is None:
-            now = utcnow()
-            values = {**params, "state": {}, "awarded": {}, "revision": 0, "eligible": 0, "created_at": now, "updated_at": now}
-            # A concurrent first delivery of the same order may insert it first:
-            # then this waits for it and reads (and locks) its row.
-            insert_ignore(conn, orders, values, ["channel", "external_id"])
-            row = conn.execute(query, params).one()
-        return row
+        now = utcnow()
+        return _LOCK_ORDER.first(
+            conn, {"channel": channel, "external_id": external_id, "state": {}, "awarded": {}, "now": now}
+        )
 
     def apply_order(self, conn: Connection, event: dict) -> int:
         channel, external_id = event["channel"], event["order"]["id"]
@@ -136,7 +163,7 @@ class Pipeline:
                 if self.tiers.program:
                     customer = replace(customer, tier_changes=self.tiers.changes(conn, customer_id))
                 multipliers = self._multipliers(order, customer)
-                order = view(row.id, channel, external_id, state, multipliers)
+                order = replace(order, multipliers=tuple(tuple(m) for m in multipliers))
             siblings = self._siblings(conn, customer_id, row.id) if self.history_plugins else []
             history = [sibling_view for _, sibling_view in siblings]
             targets = self._awards("regulars_order_awards", order=order, customer=customer, history=history)
@@ -149,8 +176,8 @@ class Pipeline:
                 # coupon.used: a paid order that carries a reward's code spends it
                 self.rewards.mark_used(conn, customer_id, order.discount_codes, f"order:{channel}:{external_id}", at)
 
-        conn.execute(
-            _UPDATE_ORDER,
+        _UPDATE_ORDER.later(  # on PostgreSQL, with the next statement (engine.fastsql.deferring)
+            conn,
             {
                 "b_id": row.id,
                 "state": state,
@@ -177,12 +204,9 @@ class Pipeline:
 
     def _siblings(self, conn: Connection, customer_id: int, order_id: int) -> list:
         """The customer's other paid orders, locked, with their views."""
-        query = select(orders).where(
-            orders.c.customer_id == customer_id, orders.c.id != order_id, orders.c.paid_at.is_not(None)
-        ).order_by(orders.c.id)
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        return [(r, view(r.id, r.channel, r.external_id, r.state, r.multipliers)) for r in conn.execute(query)]
+        query = _SIBLINGS_FOR_UPDATE if conn.dialect.name == "postgresql" else _SIBLINGS
+        rows = conn.execute(query, {"customer_id": customer_id, "order_id": order_id})
+        return [(r, view(r.id, r.channel, r.external_id, r.state, r.multipliers)) for r in rows]
 
     def _ask_again_about(self, conn: Connection, siblings: list, changed, customer, at: datetime) -> int:
         """Let history plugins re-decide the customer's other orders now that
@@ -201,8 +225,8 @@ class Pipeline:
                                              sibling.multipliers, str(sibling_view.eligible))
             kept = {k: v for k, v in awarded.items() if k not in mine}
             kept.update({k: v for k, v in targets.items() if v})
-            conn.execute(_UPDATE_ORDER, {"b_id": sibling.id, "awarded": kept, "revision": sibling.revision + 1,
-                                         "updated_at": utcnow()})
+            _UPDATE_AWARDED.execute(conn, {"b_id": sibling.id, "awarded": kept, "revision": sibling.revision + 1,
+                                           "updated_at": utcnow()})
         return posted
 
     def _multipliers(self, order, customer) -> list[list[str]]:

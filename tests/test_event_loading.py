@@ -1,0 +1,86 @@
+"""``load_event`` takes a lean path through the canonical schemas for valid
+events and leaves everything else to marshmallow's ``Schema.load``: for any
+input, valid or not, it must give exactly what ``Schema.load`` gives, or
+raise the same ``ValidationError`` with the same messages."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from marshmallow import ValidationError
+
+from connectors.shopify import ShopifyConnector
+from connectors.woocommerce import WooCommerceConnector
+from engine.events import _event_schema, load_event
+from tests.conftest import load_contract
+
+
+def seeds() -> list[dict]:
+    """Canonical events translated from the shops' real payloads."""
+    shopify = ShopifyConnector({"shop": "example.myshopify.com"})
+    woo = WooCommerceConnector({"url": "https://shop.example"})
+    found = []
+    paid = load_contract("shopify/webhooks/orders_paid.delivery-2024-10.json")["body"]
+    found += shopify.translate("orders/paid", paid, {})
+    for name, topic in (("order_created", "order.created"), ("order_updated_with_refunds", "order.updated"),
+                        ("customer_created", "customer.created")):
+        found += woo.translate(topic, load_contract(f"woocommerce/webhooks/{name}.body.json"), {})
+    # what the connectors give is JSON-able: keep only what JSON carries
+    return [json.loads(json.dumps(event, default=str)) for event in found]
+
+
+SEEDS = seeds()
+junk = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats(allow_nan=False)
+        | st.text(max_size=12) | st.sampled_from(["", "0", "-1", "1e9", "12.50", "2026-11-29T10:00:00Z", "EUR"])
+        | st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+def paths(value, prefix=()):
+    """Every place in a nested JSON value: (path to it, the value)."""
+    yield prefix, value
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from paths(inner, (*prefix, key))
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            yield from paths(inner, (*prefix, index))
+
+
+@st.composite
+def mutated(draw):
+    event = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(0, 3))):
+        places = [path for path, _ in paths(event) if path]
+        path = draw(st.sampled_from(places))
+        parent = event
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "delete", "add"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = draw(junk)
+        else:
+            parent[path[-1]] = draw(junk)
+    return event
+
+
+def outcome(load, event):
+    try:
+        return "loaded", load(copy.deepcopy(event))
+    except ValidationError as exc:
+        return "refused", exc.messages
+
+
+def test_the_seeds_are_valid_events():
+    for event in SEEDS:
+        assert outcome(load_event, event)[0] == "loaded"
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_any_event_loads_or_is_refused_exactly_as_marshmallow_does(event):
+    assert outcome(load_event, event) == outcome(_event_schema.load, event)

@@ -447,6 +447,7 @@ class Server:
     def __init__(self, kind: str, workdir: Path, workers: int, sample: Path | None = None, threads: int = 0):
         self.port = free_port()
         self.kind = kind
+        self.workers = workers
         self.database = workdir / f"{kind}.sqlite3"
         config = workdir / "plugins.toml"
         config.write_text(PLUGINS_TOML)
@@ -478,7 +479,10 @@ class Server:
             connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             try:
                 connection.request("GET", "/health")
-                if connection.getresponse().status == 200:
+                # every worker up: keep-alive connections opened while only the
+                # first one listens would all stay with it for the whole pass
+                if connection.getresponse().status == 200 and \
+                        self.log.read_text(errors="replace").count("Application startup complete") >= self.workers:
                     return
             except OSError:
                 pass

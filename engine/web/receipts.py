@@ -142,12 +142,16 @@ class ReceiptWriter:
         """A webhook request came in (see ``wait_for_lull``)."""
         self._in_flight += 1
         if self._in_flight >= BUSY:
-            self._last_busy = time.monotonic()
+            self._busy()
 
     def leave(self) -> None:
         if self._in_flight >= BUSY:
-            self._last_busy = time.monotonic()
+            self._busy()
         self._in_flight -= 1
+
+    def _busy(self) -> None:
+        self._last_busy = now = time.monotonic()
+        self.gate.mark_busy(now)  # for the applier of another process (regulars serve --workers)
 
     def wait_for_lull(self, lull: float, patience: float) -> None:
         """Wait until webhook requests have not overlapped (``BUSY`` in
@@ -155,11 +159,13 @@ class ReceiptWriter:
         ``patience`` seconds at most: the applier's way of giving way to
         receipts under load. A group commit answers many requests at once, so
         one moment with few in flight is no pause in the load; requests one at
-        a time are a light load, and don't hold the applier back."""
+        a time are a light load, and don't hold the applier back. The requests
+        of the other processes serving an SQLite file count too (the gate
+        file says when they last overlapped)."""
         deadline = time.monotonic() + patience
         while True:
             now = time.monotonic()
-            calm = now - self._last_busy if self._in_flight < BUSY else 0.0
+            calm = now - max(self._last_busy, self.gate.last_busy()) if self._in_flight < BUSY else 0.0
             if calm >= lull or now >= deadline:
                 return
             time.sleep(min(lull - calm, deadline - now))

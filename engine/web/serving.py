@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import threading
 import zlib
 from pathlib import Path
@@ -34,6 +35,8 @@ try:  # POSIX; elsewhere one process serves (``--workers`` is refused)
 except ImportError:  # pragma: no cover
     fcntl = None
 
+#: seconds between two marks of busy receipts in the gate file, at most
+MARK_EVERY = 0.005
 #: the factory each worker process imports (it reads REGULARS_CONFIG)
 FACTORY = "engine.web.serving:app_from_environment"
 
@@ -57,6 +60,7 @@ class WriteGate:
         self._lock = threading.Lock()
         path = sqlite_file(db) if db is not None and fcntl is not None else None
         self._fd = os.open(f"{path}.gate", os.O_RDWR | os.O_CREAT, 0o600) if path else None
+        self._marked = 0.0
 
     def __enter__(self) -> WriteGate:
         self._lock.acquire()
@@ -72,6 +76,23 @@ class WriteGate:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._lock.release()
+
+    # The gate file also carries, in its first 8 bytes, the last time
+    # (CLOCK_MONOTONIC, the same in every process) that receipts were busy
+    # in any process serving the database: the applier, which runs in one
+    # process only, gives way to the others' receipts too.
+
+    def mark_busy(self, now: float) -> None:
+        if self._fd is not None and now - self._marked >= MARK_EVERY:
+            self._marked = now
+            os.pwrite(self._fd, struct.pack("<d", now), 0)
+
+    def last_busy(self) -> float:
+        """When receipts were last busy in any process (0.0: not known)."""
+        if self._fd is None:
+            return 0.0
+        data = os.pread(self._fd, 8, 0)
+        return struct.unpack("<d", data)[0] if len(data) == 8 else 0.0
 
     def close(self) -> None:
         if self._fd is not None:
@@ -206,9 +227,10 @@ def serve(engine, host: str, port: int, workers: int = 1, config_path: str | Non
     processes sharing one listening socket (``config_path`` names the
     plugins.toml they load). ``access_log``: a line per request."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     from engine.web.app import create_app
+
+    Workers = _workers_class()
 
     if workers == 1:
         uvicorn.run(create_app(engine), host=host, port=port, log_level="info", log_config=log_config(),
@@ -220,14 +242,70 @@ def serve(engine, host: str, port: int, workers: int = 1, config_path: str | Non
         os.environ["REGULARS_CONFIG"] = str(Path(config_path).resolve())
     config = uvicorn.Config(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info",
                             log_config=log_config(), access_log=access_log)
-    sock = config.bind_socket()
-    # uvicorn binds with protocol 0, so asyncio leaves Nagle's algorithm on for
-    # each connection it accepts, and an answer after the first on a
-    # keep-alive connection waits ~40 ms for the client's delayed ACK (uvicorn
-    # issue 3149). The same socket, marked TCP, gets TCP_NODELAY.
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+    sockets = [listen(host, port) for _ in range(workers)]
+    log.info("regulars serve: %d workers on http://%s:%d", workers, host, port)
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        Workers(config, sockets).run()
     except KeyboardInterrupt:  # pragma: no cover
         pass
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket of one worker's own, beside the others' on the same
+    port (SO_REUSEPORT): the kernel spreads new connections evenly over them.
+    (With one socket shared by every worker, the first one to wake accepts a
+    whole burst of connections, and the others stay idle.) Marked TCP, so that
+    the event loop sets TCP_NODELAY on what it accepts: uvicorn binds with
+    protocol 0, and Nagle's algorithm then holds each answer after the first
+    on a keep-alive connection ~40 ms for the client's delayed ACK (uvicorn
+    issue 3149)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _workers_class():
+    from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+    class Workers(Multiprocess):
+        """uvicorn's supervisor (signals, health checks, a dead worker
+        replaced), with worker ``i`` always on ``sockets[i]``."""
+
+        def __init__(self, config, sockets: list[socket.socket]):
+            super().__init__(config, sockets)
+            self.slots = sockets
+
+        def _start(self, index: int) -> Process:
+            process = Process(self.config, [self.slots[index]])
+            process.start()
+            return process
+
+        def init_processes(self) -> None:
+            self.processes = [self._start(index) for index in range(len(self.slots))]
+
+        def restart_all(self) -> None:  # SIGHUP: one worker after another
+            for index, old in enumerate(self.processes):
+                if self.should_exit.is_set():
+                    return
+                self.processes[index] = self._start(index)
+                old.terminate()
+                old.join()
+
+        def keep_subprocess_alive(self) -> None:
+            if self.should_exit.is_set():
+                return
+            for index, process in enumerate(self.processes):
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                process.kill()
+                process.join()
+                if self.should_exit.is_set():
+                    return
+                log.warning("worker process %s died; starting another", process.pid)
+                self.processes[index] = self._start(index)
+
+    return Workers

@@ -74,6 +74,9 @@ from engine.web.signatures import secrets_from_env, sign, verify  # noqa: E402
 SECRET = "bench-webhook-secret"
 TOPIC = "orders/paid"
 SHOP = "example.myshopify.com"
+#: uvicorn's access log in the servers (off with --no-access-log; a server
+#: process of this script reads it from its environment)
+ACCESS_LOG = os.environ.get("BENCH_ACCESS_LOG", "1") == "1"
 PLUGINS_TOML = f"""\
 [engine]
 currency = "EUR"
@@ -415,7 +418,7 @@ def serve(kind: str, port: int, workers: int, sample: Path | None) -> None:
                "floor": "bare_store_app"}[kind]
     if workers == 1:  # in this process, as `regulars serve`
         app = globals()[factory]()
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="info")
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=ACCESS_LOG)
     else:
         # uvicorn's supervisor binds the socket with proto 0, so asyncio leaves
         # Nagle on for every connection it accepts (uvicorn issue 3149): each
@@ -431,6 +434,7 @@ def serve(kind: str, port: int, workers: int, sample: Path | None) -> None:
 
         uvicorn.Config.bind_socket = bind_tcp
         uvicorn.run(f"webhooks:{factory}", factory=True, host="127.0.0.1", port=port, log_level="info",
+                    access_log=ACCESS_LOG,
                     workers=workers)
 
 
@@ -457,10 +461,11 @@ class Server:
         env.pop("REGULARS_BROKER_URL", None)
         if threads:
             env["BENCH_THREADS"] = str(threads)
+        env["BENCH_ACCESS_LOG"] = "1" if ACCESS_LOG else "0"
         if kind == "engine" and sample is None and not threads:
             regulars = Path(sys.executable).with_name("regulars")
             command = [str(regulars), "--config", str(config), "serve", "--host", "127.0.0.1",
-                       "--port", str(self.port), "--workers", str(workers)]
+                       "--port", str(self.port), "--workers", str(workers)] + ([] if ACCESS_LOG else ["--no-access-log"])
         else:
             command = [sys.executable, __file__, "--serve", kind, "--port", str(self.port),
                        "--workers", str(workers)] + (["--sample", str(sample)] if sample else [])
@@ -676,10 +681,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="add passes that find where the time goes, a stack sampler in the server "
                         "and a step-by-step timing of the receipt path")
+    parser.add_argument("--no-access-log", action="store_true",
+                        help="both servers without uvicorn's access log (regulars serve --no-access-log)")
     parser.add_argument("--serve", choices=["engine", "quiet", "bare", "floor"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global ACCESS_LOG
+    ACCESS_LOG = not args.no_access_log
     if args.serve:
         serve(args.serve, args.port, args.workers, args.sample)
         return
@@ -725,7 +734,7 @@ def run(args: argparse.Namespace, workdir: Path, pipe) -> None:
                   f"{max(sizes) / 1024:.1f} KiB, mean {sum(sizes) / len(sizes) / 1024:.1f} KiB), "
                   f"{args.concurrency} connections from a second process, uvicorn with {args.workers} "
                   f"worker(s)" + (f", thread pool capped at {args.threads}" if args.threads else "")
-                  + ", SQLite (temporary file, WAL)")
+                  + ", SQLite (temporary file, WAL)" + ("" if ACCESS_LOG else ", no access log"))
 
     sample = workdir / "samples.json" if args.profile else None
     server, engine_run, caught = one_pass("engine", "regulars serve", args, workdir,

@@ -86,7 +86,7 @@ def _insert_many(rows: int):
             f"INSERT INTO {inbox.name} ({', '.join(_COLUMNS)}) VALUES {values} "
             "ON CONFLICT (channel, key) DO NOTHING RETURNING id, channel, key"
         ).bindparams(*(bindparam(f"{c}_{n}", type_=inbox.c[c].type) for n in range(rows) for c in _COLUMNS))
-        _INSERT_MANY[rows] = statement
+        statement = _INSERT_MANY[rows] = Fast(statement.columns(inbox.c.id, inbox.c.channel, inbox.c.key))
     return statement
 
 
@@ -114,7 +114,7 @@ def receive_many(
                 f"body_sha256_{n}": hashlib.sha256(body).hexdigest(), f"headers_{n}": headers or None,
                 f"status_{n}": RECEIVED, f"attempts_{n}": 0, f"received_at_{n}": now,
             })
-        for inbox_id, channel, key in conn.execute(_insert_many(len(chunk)), params):
+        for inbox_id, channel, key in _insert_many(len(chunk)).rows(conn, params):
             stored[(channel, key)] = inbox_id
     receipts = []
     for number, (channel, topic, key, body, headers) in enumerate(deliveries):

@@ -348,8 +348,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         trips.add_row("[bold]round trips on the wire (libpq trace)[/bold]", f"[bold]{wire:.2f}[/bold]")
         trips.add_row("raw psycopg, 1 tx/event: BEGIN, 4 statements, COMMIT", "6.00")
         console.print(trips)
-        console.print("the wire also carries the pool's pre-ping (one per connection checkout: one per event); "
-                      "pipelined statements share a round trip")
+        console.print("the wire also carries the pool's ping of a connection idle for 5 s or more (none in a busy "
+                      "run: engine.db.PING_AFTER); pipelined statements share a round trip")
 
     if profiler:
         stats = pstats.Stats(profiler)

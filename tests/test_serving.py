@@ -159,9 +159,9 @@ def test_serve_with_two_workers_stores_every_delivery_once_and_one_worker_applie
         os.kill(int(leaders[0]), signal.SIGKILL)
         assert wait_for(lambda: len(re.findall(r"process \d+ runs the background work", lines())) == 2, 30), \
             lines()
-        # ... and a new worker takes the dead one's place (and its socket)
+        # ... and uvicorn's supervisor starts a new worker in the dead one's place
         assert wait_for(lambda: lines().count("Application startup complete") == 3, 30), lines()
-        assert f"worker process {leaders[0]} died" in lines()
+        assert f"Child process [{leaders[0]}] died" in lines()
         more = [order_delivery(n) for n in range(60, 70)]
         for body, headers in more:
             status, _ = post(url, body, headers)

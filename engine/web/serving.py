@@ -224,88 +224,33 @@ def app_from_environment():
 def serve(engine, host: str, port: int, workers: int = 1, config_path: str | None = None,
           access_log: bool = True) -> None:
     """Serve the app for ``engine``: in this process, or in ``workers``
-    processes sharing one listening socket (``config_path`` names the
-    plugins.toml they load). ``access_log``: a line per request."""
+    processes sharing one listening socket (uvicorn's supervisor;
+    ``config_path`` names the plugins.toml they load). ``access_log``: a line
+    per request."""
     import uvicorn
 
     from engine.web.app import create_app
-
-    Workers = _workers_class()
 
     if workers == 1:
         uvicorn.run(create_app(engine), host=host, port=port, log_level="info", log_config=log_config(),
                     access_log=access_log)
         return
+    from uvicorn.supervisors import Multiprocess
+
     if fcntl is None:  # pragma: no cover
         raise RuntimeError("--workers needs a POSIX system; serve with one worker here")
     if config_path is not None:
         os.environ["REGULARS_CONFIG"] = str(Path(config_path).resolve())
     config = uvicorn.Config(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info",
                             log_config=log_config(), access_log=access_log)
-    sockets = [listen(host, port) for _ in range(workers)]
-    log.info("regulars serve: %d workers on http://%s:%d", workers, host, port)
+    sock = config.bind_socket()
+    # uvicorn binds with protocol 0, so the event loop leaves Nagle's algorithm
+    # on for each connection it accepts, and an answer after the first on a
+    # keep-alive connection waits ~40 ms for the client's delayed ACK (uvicorn
+    # issue 3149). The same socket, marked TCP, gets TCP_NODELAY.
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
     try:
-        Workers(config, sockets).run()
+        Multiprocess(config, sockets=[sock]).run()
     except KeyboardInterrupt:  # pragma: no cover
         pass
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket of one worker's own, beside the others' on the same
-    port (SO_REUSEPORT): the kernel spreads new connections evenly over them.
-    (With one socket shared by every worker, the first one to wake accepts a
-    whole burst of connections, and the others stay idle.) Marked TCP, so that
-    the event loop sets TCP_NODELAY on what it accepts: uvicorn binds with
-    protocol 0, and Nagle's algorithm then holds each answer after the first
-    on a keep-alive connection ~40 ms for the client's delayed ACK (uvicorn
-    issue 3149)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.set_inheritable(True)
-    return sock
-
-
-def _workers_class():
-    from uvicorn.supervisors.multiprocess import Multiprocess, Process
-
-    class Workers(Multiprocess):
-        """uvicorn's supervisor (signals, health checks, a dead worker
-        replaced), with worker ``i`` always on ``sockets[i]``."""
-
-        def __init__(self, config, sockets: list[socket.socket]):
-            super().__init__(config, sockets)
-            self.slots = sockets
-
-        def _start(self, index: int) -> Process:
-            process = Process(self.config, [self.slots[index]])
-            process.start()
-            return process
-
-        def init_processes(self) -> None:
-            self.processes = [self._start(index) for index in range(len(self.slots))]
-
-        def restart_all(self) -> None:  # SIGHUP: one worker after another
-            for index, old in enumerate(self.processes):
-                if self.should_exit.is_set():
-                    return
-                self.processes[index] = self._start(index)
-                old.terminate()
-                old.join()
-
-        def keep_subprocess_alive(self) -> None:
-            if self.should_exit.is_set():
-                return
-            for index, process in enumerate(self.processes):
-                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
-                    continue
-                process.kill()
-                process.join()
-                if self.should_exit.is_set():
-                    return
-                log.warning("worker process %s died; starting another", process.pid)
-                self.processes[index] = self._start(index)
-
-    return Workers

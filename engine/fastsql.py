@@ -22,6 +22,7 @@ as a Core execution's autobegin would.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import namedtuple
 from collections.abc import Iterator
@@ -124,7 +125,7 @@ class Fast:
 
     def _run(self, conn: Connection, params, many: bool):
         dialect = conn.dialect
-        if _PIPELINES and dialect.name == "postgresql":
+        if dialect.name == "postgresql" and _pipelines():
             queue = _DEFERRED.get(id(conn))
             if queue:  # what was deferred goes first, in the same round trip
                 return _pipelined(conn, queue, (self, params, many))
@@ -212,7 +213,7 @@ def deferring(conn: Connection) -> Iterator[None]:
     only the results of deferred statements are never read (writes, locks).
     Elsewhere, and on SQLite (no round trips to save), ``later`` runs at once."""
     key = id(conn)
-    if conn.dialect.name != "postgresql" or key in _DEFERRED or not _PIPELINES:
+    if conn.dialect.name != "postgresql" or key in _DEFERRED or not _pipelines():
         yield
         return
     _DEFERRED[key] = []
@@ -228,15 +229,15 @@ def is_deferring(conn: Connection) -> bool:
     return id(conn) in _DEFERRED
 
 
-def _pipelines_supported() -> bool:
+@functools.cache
+def _pipelines() -> bool:
+    """Whether psycopg's libpq has pipeline mode; asked on PostgreSQL only, so
+    that an SQLite process never imports psycopg."""
     try:
         import psycopg
     except ImportError:
         return False
     return psycopg.Pipeline.is_supported()
-
-
-_PIPELINES = _pipelines_supported()
 
 
 def _pipelined(conn: Connection, queue: list | None, last: tuple | None = None):

@@ -1,10 +1,13 @@
 """``Engine(config)``: storage, plugins and the pipeline, built once per process
 (the CLI, a web worker, a Celery worker and a test all build it the same way).
 
-The way in for every delivery is ``ingest``: store the raw body in the inbox
-(committed on its own, so nothing answered is ever lost), then apply it in a
-second transaction. ``ingest_batch`` does the same for many deliveries with one
-transaction for the inbox and one for the ledger, each delivery in a savepoint.
+The ways in: ``ingest`` stores a delivery's raw body in the inbox and applies
+it in one transaction (the row is written once, already ``applied``; a
+delivery whose applying fails is stored ``failed`` with the reason all the
+same), so nothing is answered before it is committed. ``ingest_batch`` does
+the same for many deliveries in one transaction, each applied in a savepoint.
+``receive`` only stores (a webhook, answered at once) and ``apply_pending``
+applies later, in a second transaction.
 """
 
 from __future__ import annotations
@@ -164,15 +167,10 @@ class Engine:
     # -- the way in -----------------------------------------------------------
 
     def ingest(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str] | None = None) -> Outcome:
-        """Store one delivery durably, then apply it. Never raises for bad input:
-        the outcome says what happened and the delivery is kept."""
-        # One connection for both transactions: half the pool checkouts (and
-        # PostgreSQL pre-pings) of two.
+        """Store one delivery and apply it, in one transaction. Never raises for
+        bad input: the outcome says what happened and the delivery is kept."""
         with self.db.connect() as conn:
-            prepared = self._receive([(topic, body, dict(headers or {}))], channel, conn)[0]
-            if prepared.outcome is not None:
-                return prepared.outcome
-            return self._apply_one(prepared, conn)
+            return self._ingest(channel, [(topic, body, dict(headers or {}))], conn)[0]
 
     def receive(self, channel: str, topic: str, body: bytes, headers: Mapping[str, str] | None = None) -> Outcome:
         """Store a delivery and check that it translates, without applying it:
@@ -193,46 +191,9 @@ class Engine:
     def ingest_batch(
         self, channel: str, deliveries: Iterable[tuple[str, bytes, Mapping[str, str] | None]]
     ) -> list[Outcome]:
-        """Many deliveries: one transaction to store them all, one to apply them
-        all (each in a savepoint, so one failure spoils nothing else)."""
-        prepared = self._receive([(t, b, dict(h or {})) for t, b, h in deliveries], channel)
-        todo = [p for p in prepared if p.outcome is None]
-        if todo:
-            for attempt in range(RETRIES):
-                self.rewards.take_issued()
-                try:
-                    with self.db.begin() as conn:
-                        for p in todo:
-                            p.outcome = None
-                            # A savepoint per delivery, on the cursor (SQLAlchemy's
-                            # begin_nested costs two Core executions a delivery).
-                            issued = len(self.rewards.issued_in_transaction())
-                            _SAVEPOINT.execute(conn, {})
-                            try:
-                                with deferring(conn):
-                                    entries = sum(self.pipeline.apply(conn, e) for e in p.events)
-                                    inbox.mark(conn, p.inbox_id, inbox.APPLIED)
-                                _RELEASE.execute(conn, {})
-                                p.outcome = Outcome(p.inbox_id, "applied", entries=entries)
-                            except (PluginFailed, EventRefused) as exc:
-                                _ROLLBACK_TO.execute(conn, {})
-                                _RELEASE.execute(conn, {})
-                                # what the rolled-back delivery issued never was
-                                del self.rewards.issued_in_transaction()[issued:]
-                                p.outcome = self._failure_outcome(p.inbox_id, exc)
-                                inbox.mark(conn, p.inbox_id, inbox.FAILED, p.outcome.error, p.outcome.plugin)
-                    self._announce_rewards()
-                    break
-                except (IntegrityError, OperationalError):
-                    if attempt == RETRIES - 1:
-                        for p in todo:
-                            p.outcome = self._apply_one(p)
-                except Exception:  # no retry mends it: give each delivery its own verdict
-                    log.warning("batch of %d failed; applying its deliveries one by one", len(todo))
-                    for p in todo:
-                        p.outcome = self._apply_one(p)
-                    break
-        return [p.outcome for p in prepared]
+        """Many deliveries stored and applied in one transaction, each applied
+        in a savepoint, so one failure spoils nothing else."""
+        return self._ingest(channel, [(t, b, dict(h or {})) for t, b, h in deliveries])
 
     def redeem(
         self,
@@ -362,8 +323,9 @@ class Engine:
             with conn.begin():
                 yield conn
 
-    def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str, conn=None) -> list[_Prepared]:
-        self.ensure_schema()
+    def _keyed(self, deliveries: list[tuple[str, bytes, dict]], channel: str) -> list[tuple]:
+        """Each delivery as ``(topic, body, headers, payload, error, key)``:
+        its parsed body (or why it did not parse) and its idempotency key."""
         connector = self.connector(channel)
         keyed = []
         for topic, body, headers in deliveries:
@@ -380,7 +342,88 @@ class Engine:
                 except Exception:  # a payload too broken to key: its hash keys it
                     key = None
             keyed.append((topic, body, headers, payload, error, key or body_key(topic, body)))
+        return keyed
 
+    def _ingest(self, channel: str, deliveries: list[tuple[str, bytes, dict]], conn=None) -> list[Outcome]:
+        """Store the deliveries and apply them in one transaction: each is
+        translated first, then stored already decided (``applied`` when it has
+        events) and applied; one whose applying fails is set ``failed`` with
+        the reason (rolled back to its savepoint; a lone delivery is stored so
+        in a second transaction). A transaction that keeps losing races, or
+        fails outright, gives way to storing each delivery on its own first."""
+        self.ensure_schema()
+        keyed = self._keyed(deliveries, channel)
+        decided = [self._decide(channel, topic, body, headers, payload, error)
+                   for topic, body, headers, payload, error, _ in keyed]
+        rows = [(channel, topic, key, body, headers) for topic, body, headers, _, _, key in keyed]
+        verdicts = [(inbox.APPLIED, None, None) if events is not None else (status, error, plugin)
+                    for events, status, error, plugin in decided]
+        alone = len(rows) == 1
+        for _ in range(RETRIES):
+            self.rewards.take_issued()  # what a rolled-back try issued never was
+            try:
+                with self._transaction(conn) as tx:
+                    if alone:
+                        receipts = [inbox.receive(tx, *rows[0], *verdicts[0])]
+                    else:
+                        receipts = inbox.receive_many(tx, rows, verdicts)
+                    outcomes = [self._settle(tx, receipt, *verdict, savepoint=not alone)
+                                for receipt, verdict in zip(receipts, decided, strict=True)]
+                self._announce_rewards()
+                return outcomes
+            except (IntegrityError, OperationalError):
+                continue  # lost a race with a concurrent event: the retry sees its result
+            except Exception as exc:
+                if not alone or isinstance(exc, DBAPIError) and _unavailable(exc):
+                    log.warning("storing and applying %d deliveries failed (%s); storing each first",
+                                len(rows), _first_line(exc))
+                    break
+                # The lone delivery's applying failed and was rolled back: store it failed.
+                outcome = self._failure_outcome(0, exc)
+                with self._transaction(conn) as tx:
+                    receipt = inbox.receive(tx, *rows[0], inbox.FAILED, outcome.error, outcome.plugin)
+                if receipt.status == "duplicate":  # stored meanwhile by a concurrent delivery
+                    return [Outcome(receipt.inbox_id, "duplicate")]
+                return [Outcome(receipt.inbox_id, "failed", receipt.error or outcome.error,
+                                None if receipt.error else outcome.plugin)]
+        prepared = self._receive(deliveries, channel, conn)
+        return [p.outcome or self._apply_one(p, conn) for p in prepared]
+
+    def _settle(self, tx, receipt: inbox.Receipt, events, status, error, plugin, savepoint: bool) -> Outcome:
+        """Apply a delivery just stored (``_ingest``), or say why not."""
+        inbox_id = receipt.inbox_id
+        if receipt.status == "duplicate":
+            return Outcome(inbox_id, "duplicate")
+        if receipt.status == "conflict":
+            return Outcome(inbox_id, "failed", receipt.error)
+        if events is None:
+            return Outcome(inbox_id, status, error, plugin)
+        if not savepoint:
+            with deferring(tx, commit=True):  # on PostgreSQL the last writes and the COMMIT share a round trip
+                return Outcome(inbox_id, "applied", entries=sum(self.pipeline.apply(tx, e) for e in events))
+        # A savepoint on the cursor (SQLAlchemy's begin_nested costs two Core executions).
+        issued = len(self.rewards.issued_in_transaction())
+        _SAVEPOINT.execute(tx, {})
+        try:
+            with deferring(tx):
+                entries = sum(self.pipeline.apply(tx, e) for e in events)
+            _RELEASE.execute(tx, {})
+            return Outcome(inbox_id, "applied", entries=entries)
+        except (IntegrityError, OperationalError):
+            raise  # a lost race: the whole transaction is tried again
+        except Exception as exc:
+            _ROLLBACK_TO.execute(tx, {})
+            _RELEASE.execute(tx, {})
+            del self.rewards.issued_in_transaction()[issued:]  # what the rolled-back delivery issued never was
+            outcome = self._failure_outcome(inbox_id, exc)
+            inbox.verdict(tx, inbox_id, inbox.FAILED, outcome.error, outcome.plugin)
+            return outcome
+
+    def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str, conn=None) -> list[_Prepared]:
+        """Store deliveries ``received`` (one transaction) and translate them;
+        those that can't be applied are marked so (``failed``, ``ignored``)."""
+        self.ensure_schema()
+        keyed = self._keyed(deliveries, channel)
         prepared = []
         with self._transaction(conn) as tx:
             if len(keyed) > 1:  # multi-row INSERTs; the receipts ``receive`` in turn would give
@@ -399,44 +442,49 @@ class Engine:
             if isinstance(item, _Prepared):
                 result.append(item)
                 continue
-            inbox_id, topic, body, headers, payload, error = item
-            if error is not None:
-                p = _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", error))
-            else:
-                p = self._translate(inbox_id, channel, topic, body, headers, payload)
+            p = self._translate(*item[:1], channel, *item[1:])
             if p.outcome is not None:
                 self._record(p.outcome, conn)
             result.append(p)
         return result
 
-    def _translate(self, inbox_id, channel, topic, body, headers, payload=None) -> _Prepared:
+    def _translate(self, inbox_id, channel, topic, body, headers, payload=None, error=None) -> _Prepared:
+        events, status, error, plugin = self._decide(channel, topic, body, headers, payload, error)
+        if events is None:
+            return _Prepared(inbox_id, outcome=Outcome(inbox_id, status, error, plugin))
+        return _Prepared(inbox_id, events=events)
+
+    def _decide(self, channel, topic, body, headers, payload=None, error=None):
+        """A delivery's loaded canonical events, or why it has none:
+        ``(events, None, None, None)`` or ``(None, status, error, plugin)``,
+        ``status`` being ``ignored`` or ``failed``. No database work."""
+        if error is not None:  # the body did not parse
+            return None, "failed", error, None
         connector = self.connector(channel)
         if topic not in connector.topics:
-            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", f"topic {topic!r} is not one regulars uses for {channel}"))
+            return None, "ignored", f"topic {topic!r} is not one regulars uses for {channel}", None
         if payload is None:
             try:
                 payload = parse_body(body)
             except ValueError as exc:
-                return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", str(exc)))
+                return None, "failed", str(exc), None
         try:
             raw_events = connector.translate(topic, payload, headers)
         except BadDelivery as exc:
-            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", str(exc)))
+            return None, "failed", str(exc), None
         except Exception as exc:
-            log.exception("connector %s failed on delivery %s", channel, inbox_id)
-            name = f"connectors.{channel}"
-            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", f"{type(exc).__name__}: {exc}", name))
+            log.exception("connector %s failed on a %s delivery", channel, topic)
+            return None, "failed", f"{type(exc).__name__}: {exc}", f"connectors.{channel}"
         events = []
         for number, raw in enumerate(raw_events):
             try:
                 events.append(load_event(raw))
             except ValidationError as exc:
                 where = f"event {number} ({raw.get('type', '?') if isinstance(raw, dict) else '?'})"
-                detail = format_errors("delivery", where, exc.messages).replace("delivery [", "[")
-                return _Prepared(inbox_id, outcome=Outcome(inbox_id, "failed", detail))
+                return None, "failed", format_errors("delivery", where, exc.messages).replace("delivery [", "["), None
         if not events:
-            return _Prepared(inbox_id, outcome=Outcome(inbox_id, "ignored", "nothing in this delivery for loyalty"))
-        return _Prepared(inbox_id, events=events)
+            return None, "ignored", "nothing in this delivery for loyalty", None
+        return events, None, None, None
 
     def _apply_one(self, prepared: _Prepared, conn=None, claim: bool = False) -> Outcome | None:
         """Apply a translated delivery and mark it applied, retrying a lost race.
@@ -501,7 +549,14 @@ class Engine:
     def _failure_outcome(inbox_id: int, exc: Exception) -> Outcome:
         if isinstance(exc, PluginFailed):
             return Outcome(inbox_id, "failed", f"{type(exc.error).__name__}: {exc.error}", exc.plugin)
-        return Outcome(inbox_id, "failed", str(exc))
+        if isinstance(exc, EventRefused):
+            return Outcome(inbox_id, "failed", str(exc))
+        if isinstance(exc, DBAPIError):
+            return Outcome(inbox_id, "failed", f"database: {_first_line(exc)}")
+        # a bug: keep the delivery, say so, go on
+        log.error("delivery %s failed:\n%s", inbox_id or "(being stored)",
+                  "".join(traceback.format_exception(exc)))
+        return Outcome(inbox_id, "failed", f"internal error: {type(exc).__name__}: {exc}")
 
     def _record(self, outcome: Outcome, conn=None, own: bool = True) -> None:
         """Mark a failed or ignored delivery so; ``own``: in a transaction of

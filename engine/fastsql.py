@@ -185,6 +185,18 @@ class Fast:
         if params:
             self._run(conn, params, True)
 
+    def ahead(self, conn: Connection, params: dict) -> Ahead:
+        """Run a statement whose rows are wanted later: inside ``deferring``
+        on PostgreSQL, sent with the next statement (a read that shares the
+        round trip of a write, say), else now. ``Ahead.rows()`` gives them."""
+        holder = Ahead(conn)
+        queue = _DEFERRED.get(id(conn))
+        if queue is None:
+            holder.done, holder.found = True, self._run(conn, params, False)
+        else:
+            queue.append((self, params, False, holder))
+        return holder
+
     def later(self, conn: Connection, params, many: bool = False) -> None:
         """Run a statement whose result nobody reads: inside ``deferring`` on
         PostgreSQL, sent with the others at its end, else now."""
@@ -198,12 +210,31 @@ class Fast:
             queue.append((self, params, many))
 
 
+class Ahead:
+    """The rows of a statement run with ``Fast.ahead``, once it has run."""
+
+    __slots__ = ("conn", "done", "found")
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.done = False
+        self.found: list = []
+
+    def rows(self) -> list:
+        """Its rows; sends what is deferred now if it has not gone yet."""
+        if not self.done:
+            flush(self.conn)
+        if not self.done:
+            raise RuntimeError("the statement run ahead was dropped: its transaction failed")
+        return self.found
+
+
 #: id(connection) -> the statements deferred on it (inside ``deferring``)
 _DEFERRED: dict[int, list] = {}
 
 
 @contextmanager
-def deferring(conn: Connection) -> Iterator[None]:
+def deferring(conn: Connection, commit: bool = False) -> Iterator[None]:
     """On PostgreSQL, statements run with ``Fast.later`` inside this block go
     to the server with the next statement, in one pipeline (one round trip):
     the next ``Fast`` statement, the next Core statement (the engine listens
@@ -211,7 +242,11 @@ def deferring(conn: Connection) -> Iterator[None]:
     drops them (its transaction or savepoint is rolled back). The server runs
     every statement in the order it was issued, so nothing reads a stale row;
     only the results of deferred statements are never read (writes, locks).
-    Elsewhere, and on SQLite (no round trips to save), ``later`` runs at once."""
+    Elsewhere, and on SQLite (no round trips to save), ``later`` runs at once.
+
+    ``commit``: the block ends its transaction, so the COMMIT goes in the same
+    round trip as the last writes (the driver's own commit, which SQLAlchemy
+    calls when its transaction block ends, then finds nothing to do)."""
     key = id(conn)
     if conn.dialect.name != "postgresql" or key in _DEFERRED or not _pipelines():
         yield
@@ -219,7 +254,11 @@ def deferring(conn: Connection) -> Iterator[None]:
     _DEFERRED[key] = []
     try:
         yield
-        flush(conn)
+        queue = _DEFERRED.get(key)
+        if commit:
+            _pipelined(conn, queue, commit=True)
+        elif queue:
+            _pipelined(conn, queue)
     finally:
         _DEFERRED.pop(key, None)
 
@@ -240,38 +279,46 @@ def _pipelines() -> bool:
     return psycopg.Pipeline.is_supported()
 
 
-def _pipelined(conn: Connection, queue: list | None, last: tuple | None = None):
+def _pipelined(conn: Connection, queue: list | None, last: tuple | None = None, commit: bool = False):
     """Run what ``queue`` holds and then ``last`` (a statement, its parameters,
-    many) in one psycopg pipeline: one round trip. Returns ``last``'s result."""
+    many) in one psycopg pipeline: one round trip. Returns ``last``'s result.
+    ``commit``: and then COMMIT, in the same round trip."""
     items = list(queue) if queue else []
     if queue:
         queue.clear()
     if last is not None:
         items.append(last)
-    if not items:
+    if not items and not commit:
         return None
     raw = conn.connection.dbapi_connection
     sent = []
     sql = parameters = cursor = None
     try:
         with raw.pipeline():
-            for fast, params, many in items:
+            for fast, params, many, *holder in items:
                 plan, sql, parameters, cursor, dispatch = fast._prepare(conn, params, many)
                 if many:
                     cursor.executemany(sql, parameters)
                 else:
                     cursor.execute(sql, parameters)
-                sent.append((plan, sql, parameters, cursor, dispatch, many))
+                sent.append((plan, sql, parameters, cursor, dispatch, many, holder[0] if holder else None))
+            if commit:  # a plain statement: the driver's commit() would add a round trip of its own
+                sql, parameters, cursor = "COMMIT", None, raw.cursor()
+                cursor.execute(sql)
+                cursor.close()
     except BaseException as exc:
         conn._handle_dbapi_exception(exc, sql, parameters, cursor, None)
-    for _, sql, parameters, cursor, dispatch, many in sent:
+    for _, sql, parameters, cursor, dispatch, many, _ in sent:
         if dispatch is not None and dispatch.after_cursor_execute:
             dispatch.after_cursor_execute(conn, cursor, sql, parameters, None, many)
-    for _, _, _, cursor, _, _ in sent[:-1] if last is not None else sent:
-        cursor.close()
+    for plan, _, _, cursor, _, many, holder in sent[:-1] if last is not None else sent:
+        if holder is not None:
+            holder.found, holder.done = Fast._result(conn.dialect, plan, cursor, many), True
+        else:
+            cursor.close()
     if last is None:
         return None
-    plan, _, _, cursor, _, many = sent[-1]
+    plan, _, _, cursor, _, many, _ = sent[-1]
     return Fast._result(conn.dialect, plan, cursor, many)
 
 
@@ -289,4 +336,4 @@ def flush_before_cursor_execute(conn, cursor, statement, parameters, context, ex
         flush(conn)
 
 
-__all__ = ["Fast", "deferring", "flush", "flush_before_cursor_execute", "is_deferring"]
+__all__ = ["Ahead", "Fast", "deferring", "flush", "flush_before_cursor_execute", "is_deferring"]

@@ -32,11 +32,18 @@ class Receipt:
 
 
 def receive(
-    conn: Connection, channel: str, topic: str, key: str, body: bytes, headers: dict[str, Any] | None
+    conn: Connection, channel: str, topic: str, key: str, body: bytes, headers: dict[str, Any] | None,
+    status: str = RECEIVED, error: str | None = None, plugin: str | None = None,
 ) -> Receipt:
     """Store a delivery unless its key was seen. The same key with a different
-    body is kept too, under a derived key, and reported as a conflict."""
+    body is kept too, under a derived key, and reported as a conflict.
+
+    ``status`` other than ``received`` stores the delivery already decided (one
+    attempt, processed now): ``Engine.ingest`` stores it ``applied`` in the
+    transaction that applies it, and sets it ``failed`` (``verdict``) should
+    applying fail, so the row is written once."""
     digest = hashlib.sha256(body).hexdigest()
+    now = utcnow()
     values = {
         "channel": channel,
         "topic": topic,
@@ -44,9 +51,8 @@ def receive(
         "body": body,
         "body_sha256": digest,
         "headers": headers or None,
-        "status": RECEIVED,
-        "attempts": 0,
-        "received_at": utcnow(),
+        **_decided(status, error, plugin, now),
+        "received_at": now,
     }
     inserted = insert_ignore(conn, inbox, values, ["channel", "key"])
     if inserted is not None:
@@ -57,22 +63,29 @@ def receive(
     if existing.body_sha256 == digest:
         return Receipt(existing.id, "duplicate")
     conflict_key = f"{key[:180]}#conflict:{digest}"
-    inserted = insert_ignore(conn, inbox, {**values, "key": conflict_key}, ["channel", "key"])
-    inbox_id = inserted if inserted is not None else _id(conn, channel, conflict_key)
+    error = (
+        f"idempotency key {key!r} was already used by delivery {existing.id} with a different "
+        "body; compare the two and replay this one if it is a genuine change"
+    )
+    conflicting = {**values, "key": conflict_key, **_decided(FAILED, error, None, now)}
+    inserted = insert_ignore(conn, inbox, conflicting, ["channel", "key"])
     if inserted is not None:
-        error = (
-            f"idempotency key {key!r} was already used by delivery {existing.id} with a different "
-            "body; compare the two and replay this one if it is a genuine change"
-        )
-        mark(conn, inbox_id, FAILED, error)
-        return Receipt(inbox_id, "conflict", error)
-    return Receipt(inbox_id, "duplicate")
+        return Receipt(inserted, "conflict", error)
+    return Receipt(_id(conn, channel, conflict_key), "duplicate")
 
 
-#: rows per multi-row INSERT of ``receive_many``: 900 parameters, under the
+def _decided(status: str, error: str | None, plugin: str | None, now) -> dict[str, Any]:
+    """The columns that say where a delivery stands when it is stored."""
+    if status == RECEIVED:
+        return {"status": RECEIVED, "attempts": 0, "error": None, "plugin": None, "processed_at": None}
+    return {"status": status, "attempts": 1, "error": error, "plugin": plugin, "processed_at": now}
+
+
+#: rows per multi-row INSERT of ``receive_many``: 960 parameters, under the
 #: 999 of the oldest SQLite builds
-_CHUNK = 100
-_COLUMNS = ("channel", "topic", "key", "body", "body_sha256", "headers", "status", "attempts", "received_at")
+_CHUNK = 80
+_COLUMNS = ("channel", "topic", "key", "body", "body_sha256", "headers", "status", "attempts", "error", "plugin",
+            "processed_at", "received_at")
 _INSERT_MANY: dict[int, Any] = {}
 
 
@@ -91,13 +104,17 @@ def _insert_many(rows: int):
 
 
 def receive_many(
-    conn: Connection, deliveries: list[tuple[str, str, str, bytes, dict[str, Any] | None]]
+    conn: Connection, deliveries: list[tuple[str, str, str, bytes, dict[str, Any] | None]],
+    verdicts: list[tuple[str, str | None, str | None]] | None = None,
 ) -> list[Receipt]:
     """``receive`` for many ``(channel, topic, key, body, headers)``, in the
     caller's transaction: the receipts that calling ``receive`` for each in
-    turn gives, from one multi-row INSERT per hundred deliveries. A key seen
+    turn gives, from one multi-row INSERT per 80 deliveries. A key seen
     before the batch, or twice in it, goes through ``receive`` (duplicate or
-    conflict) after the first of its batch is stored."""
+    conflict) after the first of its batch is stored. ``verdicts``: each
+    delivery's ``(status, error, plugin)`` as ``receive`` takes them."""
+    if verdicts is None:
+        verdicts = [(RECEIVED, None, None)] * len(deliveries)
     now = utcnow()
     first: dict[tuple[str, str], int] = {}
     for number, (channel, _, key, _, _) in enumerate(deliveries):
@@ -112,8 +129,9 @@ def receive_many(
             params.update({
                 f"channel_{n}": channel, f"topic_{n}": topic, f"key_{n}": key, f"body_{n}": body,
                 f"body_sha256_{n}": hashlib.sha256(body).hexdigest(), f"headers_{n}": headers or None,
-                f"status_{n}": RECEIVED, f"attempts_{n}": 0, f"received_at_{n}": now,
+                f"received_at_{n}": now,
             })
+            params.update({f"{name}_{n}": value for name, value in _decided(*verdicts[number], now).items()})
         for inbox_id, channel, key in _insert_many(len(chunk)).rows(conn, params):
             stored[(channel, key)] = inbox_id
     receipts = []
@@ -122,7 +140,7 @@ def receive_many(
         if inbox_id is not None:
             receipts.append(Receipt(inbox_id, "new"))
         else:
-            receipts.append(receive(conn, channel, topic, key, body, headers))
+            receipts.append(receive(conn, channel, topic, key, body, headers, *verdicts[number]))
     return receipts
 
 
@@ -143,6 +161,21 @@ _MARK = Fast(
 def mark(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
     # (Inside fastsql.deferring, on PostgreSQL, it goes with the transaction's last writes.)
     _MARK.later(
+        conn, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
+    )
+
+
+_VERDICT = Fast(
+    update(inbox)
+    .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type))
+    .values(**{name: bindparam(name, type_=inbox.c[name].type) for name in ("status", "error", "plugin", "processed_at")})
+)
+
+
+def verdict(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
+    """Set a stored delivery's status without counting another attempt: a
+    delivery stored ``applied`` whose applying failed in that transaction."""
+    _VERDICT.later(
         conn, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
     )
 

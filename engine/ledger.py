@@ -162,10 +162,10 @@ class Ledger:
         detail: dict | None = None,
         lots: bool = True,
         pending: bool = False,
-    ) -> int:
+    ) -> None:
         """Append one entry to the customer's account in ``unit`` (created if
         new) and move its cached balance by ``amount``, in the caller's
-        transaction. Returns the entry id.
+        transaction.
 
         Points keep lots: positive points open one (``pending`` ones only become
         spendable after the return window), negative points close lots: the same
@@ -177,11 +177,18 @@ class Ledger:
         if conn.dialect.name == "postgresql":
             # A debt (a negative balance) takes new points first: the lot holds
             # what the new balance covers (LEAST(amount, balance) > 0).
-            account_id, balance, entry_id = _POST_PG.first(conn, {
+            params = {
                 "customer_id": customer_id, "unit": unit, "amount": amount, "reason": reason, "source": source,
                 "rule": rule, "key": key, "occurred_at": occurred_at, "created_at": utcnow(), "detail": detail,
                 "open_lot": keeps_lots and amount > 0, **self._lot_dates(occurred_at, pending),
-            })
+            }
+            if keeps_lots and amount < 0:
+                account_id, balance, entry_id = _POST_PG.first(conn, params)  # the lots to close are the account's
+            else:
+                # Nothing here reads the result: inside fastsql.deferring it goes
+                # with the next statement (one round trip fewer).
+                _POST_PG.later(conn, params)
+                account_id = balance = entry_id = None
             lot_done = True
         else:
             # One statement finds or creates the account and moves its balance; the
@@ -209,14 +216,13 @@ class Ledger:
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
         if keeps_lots:
-            if amount > 0:
+            if amount > 0 and not lot_done:
                 # A debt (a negative balance) takes new points first.
                 covered = max(0, min(amount, balance))
-                if covered and not lot_done:
+                if covered:
                     self._open_lot(conn, account_id, entry_id, covered, occurred_at, pending)
             elif amount < 0:
                 self.consume_lots(conn, account_id, -amount, occurred_at, source)
-        return entry_id
 
     def _lot_dates(self, earned_at: datetime, pending: bool) -> dict:
         """When a lot earned at ``earned_at`` expires, and when it becomes spendable."""

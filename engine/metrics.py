@@ -644,13 +644,29 @@ class Recorder:
             for customer_id in sorted(set(customer_ids)):
                 self._recount(conn, customer_id)
 
+    def prefetch(self, conn: Connection, customer_id: int) -> None:
+        """The pipeline is about to change an existing customer's order: on
+        PostgreSQL, inside ``fastsql.deferring``, their footprint is read and
+        locked with the order's own statement, not in a round trip of its own
+        (elsewhere, nothing happens until it is needed)."""
+        pending = self._pending(conn)
+        if pending is None or not is_deferring(conn) or customer_id in pending.footprints \
+                or customer_id in pending.ahead:
+            return
+        pending.ahead[customer_id] = _LOCK_FOOTPRINT.ahead(conn, {"customer_id": customer_id, "empty": {}})
+
     def _held(self, conn: Connection, customer_id: int) -> _Footprint:
         """The customer's footprint in this transaction: read (and its row
         locked, created empty if missing) the first time."""
         pending = self._pending(conn)
         held = pending.footprints.get(customer_id)
         if held is None:
-            stored = _LOCK_FOOTPRINT.scalar(conn, {"customer_id": customer_id, "empty": {}}) or {}
+            ahead = pending.ahead.pop(customer_id, None)
+            if ahead is not None:
+                rows = ahead.rows()
+                stored = (rows[0][0] if rows else None) or {}
+            else:
+                stored = _LOCK_FOOTPRINT.scalar(conn, {"customer_id": customer_id, "empty": {}}) or {}
             held = pending.footprints[customer_id] = _Footprint(stored, stored)
         return held
 
@@ -705,12 +721,14 @@ class _Footprint:
 class _Pending:
     """The counters' changes of one transaction, not written yet."""
 
-    __slots__ = ("deltas", "footprints")
+    __slots__ = ("deltas", "footprints", "ahead")
 
     def __init__(self):
         #: (measure, channel, kind, period) -> value
         self.deltas: dict[tuple, int] = {}
         self.footprints: dict[int, _Footprint] = {}
+        #: customer -> their footprint's row, read and locked ahead (``prefetch``)
+        self.ahead: dict[int, Any] = {}
 
 
 def _parsed(footprint: dict) -> tuple[Bought, Came]:

@@ -133,6 +133,8 @@ class Pipeline:
         channel, external_id = event["channel"], event["order"]["id"]
         at = event["occurred_at"]
         resolved = self.identity.resolve_view(conn, channel, event["customer"], at)
+        if resolved is not None and self.ledger.metrics is not None:
+            self.ledger.metrics.prefetch(conn, resolved.id)  # with the order's statement, on PostgreSQL
         row = self._lock_order(conn, channel, external_id)
         state = merge(row.state or None, event)
         previous = row.customer_id

@@ -33,7 +33,7 @@ from engine.config import Config, format_errors
 from engine.credentials import Credentials
 from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
-from engine.fastsql import Fast, deferring, flush_before_cursor_execute
+from engine.fastsql import Fast, deferring, flush_before_cursor_execute, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger
 from engine.metrics import Recorder
@@ -60,6 +60,10 @@ _RELEASE = Fast(text("RELEASE SAVEPOINT regulars_delivery"))
 
 class UnknownChannel(LookupError):
     pass
+
+
+class _SeenBefore(Exception):
+    """The delivery stored ahead was not new: roll back, ask ``receive``."""
 
 
 @dataclass(frozen=True)
@@ -359,20 +363,30 @@ class Engine:
         verdicts = [(inbox.APPLIED, None, None) if events is not None else (status, error, plugin)
                     for events, status, error, plugin in decided]
         alone = len(rows) == 1
+        ahead = alone and decided[0][0] is not None
         for _ in range(RETRIES):
             self.rewards.take_issued()  # what a rolled-back try issued never was
             try:
                 with self._transaction(conn) as tx:
                     if alone:
-                        receipts = [inbox.receive(tx, *rows[0], *verdicts[0])]
+                        # On PostgreSQL the BEGIN goes with the first statement, the COMMIT with the last writes.
+                        with deferring(tx, commit=True):
+                            if ahead and is_deferring(tx):
+                                outcomes = [self._store_ahead_and_apply(tx, rows[0], verdicts[0], decided[0][0])]
+                            else:
+                                receipt = inbox.receive(tx, *rows[0], *verdicts[0])
+                                outcomes = [self._settle(tx, receipt, *decided[0], savepoint=False)]
                     else:
                         receipts = inbox.receive_many(tx, rows, verdicts)
-                    outcomes = [self._settle(tx, receipt, *verdict, savepoint=not alone)
-                                for receipt, verdict in zip(receipts, decided, strict=True)]
+                        outcomes = [self._settle(tx, receipt, *verdict, savepoint=True)
+                                    for receipt, verdict in zip(receipts, decided, strict=True)]
                 self._announce_rewards()
                 return outcomes
             except (IntegrityError, OperationalError):
                 continue  # lost a race with a concurrent event: the retry sees its result
+            except _SeenBefore:
+                ahead = False  # rolled back; ``receive`` says what it is (a duplicate, a conflict)
+                continue
             except Exception as exc:
                 if not alone or isinstance(exc, DBAPIError) and _unavailable(exc):
                     log.warning("storing and applying %d deliveries failed (%s); storing each first",
@@ -389,6 +403,18 @@ class Engine:
         prepared = self._receive(deliveries, channel, conn)
         return [p.outcome or self._apply_one(p, conn) for p in prepared]
 
+    def _store_ahead_and_apply(self, tx, row: tuple, verdict: tuple, events: list[dict]) -> Outcome:
+        """A lone delivery's INSERT into the inbox sent ahead, so that on
+        PostgreSQL it shares a round trip with the first reads of applying it;
+        a key seen before is found out before the COMMIT (``_SeenBefore``:
+        the transaction is rolled back and tried the plain way)."""
+        stored = inbox.store_ahead(tx, *row, *verdict)
+        entries = sum(self.pipeline.apply(tx, e) for e in events)
+        found = stored.rows()  # before the COMMIT, which goes with the last writes
+        if not found:
+            raise _SeenBefore
+        return Outcome(found[0][0], "applied", entries=entries)
+
     def _settle(self, tx, receipt: inbox.Receipt, events, status, error, plugin, savepoint: bool) -> Outcome:
         """Apply a delivery just stored (``_ingest``), or say why not."""
         inbox_id = receipt.inbox_id
@@ -398,9 +424,8 @@ class Engine:
             return Outcome(inbox_id, "failed", receipt.error)
         if events is None:
             return Outcome(inbox_id, status, error, plugin)
-        if not savepoint:
-            with deferring(tx, commit=True):  # on PostgreSQL the last writes and the COMMIT share a round trip
-                return Outcome(inbox_id, "applied", entries=sum(self.pipeline.apply(tx, e) for e in events))
+        if not savepoint:  # (the caller's transaction is this delivery's alone)
+            return Outcome(inbox_id, "applied", entries=sum(self.pipeline.apply(tx, e) for e in events))
         # A savepoint on the cursor (SQLAlchemy's begin_nested costs two Core executions).
         issued = len(self.rewards.issued_in_transaction())
         _SAVEPOINT.execute(tx, {})

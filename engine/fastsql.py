@@ -22,6 +22,7 @@ as a Core execution's autobegin would.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 from collections import namedtuple
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 
@@ -210,6 +212,9 @@ class Fast:
             queue.append((self, params, many))
 
 
+_BEGIN = Fast(text("BEGIN"))
+
+
 class Ahead:
     """The rows of a statement run with ``Fast.ahead``, once it has run."""
 
@@ -229,6 +234,10 @@ class Ahead:
         return self.found
 
 
+#: libpq's PQTRANS_IDLE: no transaction open on the server
+_IDLE = 0
+
+
 #: id(connection) -> the statements deferred on it (inside ``deferring``)
 _DEFERRED: dict[int, list] = {}
 
@@ -244,14 +253,25 @@ def deferring(conn: Connection, commit: bool = False) -> Iterator[None]:
     only the results of deferred statements are never read (writes, locks).
     Elsewhere, and on SQLite (no round trips to save), ``later`` runs at once.
 
-    ``commit``: the block ends its transaction, so the COMMIT goes in the same
-    round trip as the last writes (the driver's own commit, which SQLAlchemy
-    calls when its transaction block ends, then finds nothing to do)."""
+    ``commit``: the block is its transaction's end, and its whole when no
+    statement of the transaction has run yet. The COMMIT goes in the round
+    trip of the last writes, and the BEGIN in that of the first statement
+    (psycopg waits for the answer to its own BEGIN even in pipeline mode, so
+    the driver is put in autocommit mode for the block and the block sends
+    BEGIN itself). An exception rolls the transaction back. The driver's
+    commit and rollback, which SQLAlchemy calls when its transaction block
+    ends, then find nothing to do."""
     key = id(conn)
     if conn.dialect.name != "postgresql" or key in _DEFERRED or not _pipelines():
         yield
         return
-    _DEFERRED[key] = []
+    queue: list = []
+    raw = conn.connection.dbapi_connection if commit else None
+    begins = raw is not None and not raw.autocommit and raw.pgconn.transaction_status == _IDLE
+    if begins:
+        raw.autocommit = True  # no BEGIN of the driver's own: ours goes with the first statement
+        queue.append((_BEGIN, {}, False))
+    _DEFERRED[key] = queue
     try:
         yield
         queue = _DEFERRED.get(key)
@@ -259,8 +279,16 @@ def deferring(conn: Connection, commit: bool = False) -> Iterator[None]:
             _pipelined(conn, queue, commit=True)
         elif queue:
             _pipelined(conn, queue)
+    except BaseException:
+        if begins:
+            with contextlib.suppress(Exception):  # a broken connection: SQLAlchemy invalidates it
+                raw.rollback()
+        raise
     finally:
         _DEFERRED.pop(key, None)
+        if begins:
+            with contextlib.suppress(Exception):
+                raw.autocommit = False
 
 
 def is_deferring(conn: Connection) -> bool:

@@ -31,7 +31,7 @@ from engine.db.models import (
     subscriptions,
 )
 from engine.fastsql import Fast
-from engine.ledger import Ledger, insert_ignore, typed_insert
+from engine.ledger import Ledger, insert_ignore_statement, typed_insert
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -432,13 +432,10 @@ class Identity:
 
     def _link(self, conn: Connection, channel: str, external: str, customer_id: int) -> None:
         """Remember the channel's id for this customer, unless it is already
-        someone's (a link is never moved silently)."""
-        insert_ignore(
-            conn,
-            customer_links,
-            {"channel": channel, "external_id": external, "customer_id": customer_id},
-            ["channel", "external_id"],
-        )
+        someone's (a link is never moved silently). Nothing reads its result:
+        on PostgreSQL it goes with the next statement (``Fast.later``)."""
+        values = {"channel": channel, "external_id": external, "customer_id": customer_id}
+        insert_ignore_statement(customer_links, tuple(values), ["channel", "external_id"]).later(conn, values)
 
     def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger

@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
 from engine.db.models import inbox
-from engine.fastsql import Fast
-from engine.ledger import insert_ignore
+from engine.fastsql import Ahead, Fast
+from engine.ledger import insert_ignore, insert_ignore_statement
 
 RECEIVED, APPLIED, IGNORED, FAILED = "received", "applied", "ignored", "failed"
 
@@ -29,6 +29,32 @@ class Receipt:
     #: "new", "duplicate" (same key, same body) or "conflict" (same key, other body)
     status: str
     error: str | None = None
+
+
+def _values(channel, topic, key, body, headers, status, error, plugin) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "channel": channel,
+        "topic": topic,
+        "key": key,
+        "body": body,
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+        "headers": headers or None,
+        **_decided(status, error, plugin, now),
+        "received_at": now,
+    }
+
+
+def store_ahead(
+    conn: Connection, channel: str, topic: str, key: str, body: bytes, headers: dict[str, Any] | None,
+    status: str = RECEIVED, error: str | None = None, plugin: str | None = None,
+) -> Ahead:
+    """``receive``'s INSERT alone, run ahead (``Fast.ahead``): on PostgreSQL
+    inside ``fastsql.deferring`` it goes to the server with the next
+    statement. Its rows: the new delivery's id, or none when the key was
+    seen (then ask ``receive`` what it is, in a transaction of its own)."""
+    values = _values(channel, topic, key, body, headers, status, error, plugin)
+    return insert_ignore_statement(inbox, tuple(values), ["channel", "key"]).ahead(conn, values)
 
 
 def receive(
@@ -42,18 +68,8 @@ def receive(
     attempt, processed now): ``Engine.ingest`` stores it ``applied`` in the
     transaction that applies it, and sets it ``failed`` (``verdict``) should
     applying fail, so the row is written once."""
-    digest = hashlib.sha256(body).hexdigest()
-    now = utcnow()
-    values = {
-        "channel": channel,
-        "topic": topic,
-        "key": key,
-        "body": body,
-        "body_sha256": digest,
-        "headers": headers or None,
-        **_decided(status, error, plugin, now),
-        "received_at": now,
-    }
+    values = _values(channel, topic, key, body, headers, status, error, plugin)
+    digest, now = values["body_sha256"], values["received_at"]
     inserted = insert_ignore(conn, inbox, values, ["channel", "key"])
     if inserted is not None:
         return Receipt(inserted, "new")

@@ -49,7 +49,11 @@ def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) ->
     ``on_conflict_do_nothing`` constructs are never cached by SQLAlchemy, and
     compiling them per call cost more than the database work), and run on the
     DBAPI cursor (``engine.fastsql``)."""
-    names = tuple(values)
+    return insert_ignore_statement(table, tuple(values), conflict).scalar(conn, values)
+
+
+def insert_ignore_statement(table, names: tuple[str, ...], conflict: list[str]) -> Fast:
+    """The statement of ``insert_ignore``, built once per table and columns."""
     cache_key = (table.name, names, tuple(conflict))
     statement = _INSERT_IGNORE_CACHE.get(cache_key)
     if statement is None:
@@ -60,7 +64,7 @@ def insert_ignore(conn: Connection, table, values: dict, conflict: list[str]) ->
         )
         statement = Fast(text(sql).bindparams(*(bindparam(n, type_=table.c[n].type) for n in names)))
         _INSERT_IGNORE_CACHE[cache_key] = statement
-    return statement.scalar(conn, values)
+    return statement
 
 
 def typed_insert(table, names, returning=()):

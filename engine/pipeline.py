@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from engine.cards import Cards
 from engine.db import as_utc, utcnow
 from engine.db.models import ledger_entries, orders
-from engine.fastsql import Fast
+from engine.fastsql import Fast, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger, typed_update
 from engine.orders import merge, view
@@ -123,19 +123,25 @@ class Pipeline:
 
     # -- orders -------------------------------------------------------------
 
-    def _lock_order(self, conn: Connection, channel: str, external_id: str):
+    def _lock_order(self, conn: Connection, channel: str, external_id: str, ahead: bool = False):
         now = utcnow()
-        return _LOCK_ORDER.first(
-            conn, {"channel": channel, "external_id": external_id, "state": {}, "awarded": {}, "now": now}
-        )
+        params = {"channel": channel, "external_id": external_id, "state": {}, "awarded": {}, "now": now}
+        return _LOCK_ORDER.ahead(conn, params) if ahead else _LOCK_ORDER.first(conn, params)
 
     def apply_order(self, conn: Connection, event: dict) -> int:
         channel, external_id = event["channel"], event["order"]["id"]
         at = event["occurred_at"]
+        # On PostgreSQL (inside fastsql.deferring) the order's row is found or
+        # created and locked in the round trip of the customer's look-up. Not
+        # when history plugins are on: they lock the customer's other orders
+        # after the customer, so this order must be locked after the customer too.
+        order_ahead = None
+        if is_deferring(conn) and not self.history_plugins:
+            order_ahead = self._lock_order(conn, channel, external_id, ahead=True)
         resolved = self.identity.resolve_view(conn, channel, event["customer"], at)
         if resolved is not None and self.ledger.metrics is not None:
-            self.ledger.metrics.prefetch(conn, resolved.id)  # with the order's statement, on PostgreSQL
-        row = self._lock_order(conn, channel, external_id)
+            self.ledger.metrics.prefetch(conn, resolved.id)  # with the next statement, on PostgreSQL
+        row = order_ahead.rows()[0] if order_ahead is not None else self._lock_order(conn, channel, external_id)
         state = merge(row.state or None, event)
         previous = row.customer_id
         if previous is not None and (resolved is None or resolved.id != previous):

@@ -124,3 +124,67 @@ def test_bad_and_ignored_deliveries_are_stored_decided_in_the_same_transaction(e
     assert ignored.status == "ignored"
     assert [(row(engine, o.inbox_id).status, row(engine, o.inbox_id).attempts) for o in (bad, ignored)] == [
         ("failed", 1), ("ignored", 1)]
+
+
+def test_the_same_delivery_sent_twice_at_once_is_applied_once(make_engine):
+    import threading
+
+    engines = [make_engine(), make_engine()]
+    delivery = paid_order(total="25.00")
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def send(engine):
+        start.wait()
+        outcomes.append(engine.ingest(*delivery))
+
+    threads = [threading.Thread(target=send, args=(engine,)) for engine in engines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(o.status for o in outcomes) == ["applied", "duplicate"]
+    assert len({o.inbox_id for o in outcomes}) == 1
+    assert balance(engines[0], EMAIL) == 25 and entries(engines[0]) == 1 and inbox_rows(engines[0]) == 1
+
+
+def round_trips(engine, tmp_path, deliveries) -> list[int]:
+    """Round trips (ReadyForQuery on the wire, libpq's trace) of each
+    ``ingest``, on PostgreSQL: traced from check-out to check-in, when
+    libpq's buffered trace is flushed."""
+    import psycopg
+    from sqlalchemy import event
+
+    path = tmp_path / "libpq.trace"
+    trace = open(path, "w")  # noqa: SIM115 - closed below
+
+    def _on(dbapi_connection, record, proxy):  # noqa: ARG001
+        dbapi_connection.pgconn.trace(trace.fileno())
+        dbapi_connection.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
+
+    def _off(dbapi_connection, record):  # noqa: ARG001
+        dbapi_connection.pgconn.untrace()
+
+    event.listen(engine.db, "checkout", _on)
+    event.listen(engine.db, "checkin", _off)
+    counts = []
+    try:
+        for delivery in deliveries:
+            before = path.read_text().count("\tReadyForQuery\t")
+            assert engine.ingest(*delivery).status == "applied"
+            counts.append(path.read_text().count("\tReadyForQuery\t") - before)
+    finally:
+        event.remove(engine.db, "checkout", _on)
+        event.remove(engine.db, "checkin", _off)
+        trace.close()
+    return counts
+
+
+def test_on_postgresql_an_order_takes_three_round_trips(postgres_url, make_engine, tmp_path):
+    engine = make_engine(url=postgres_url)
+    engine.ingest(*paid_order(email="warm@example.com", order_id=1))  # the pool's first connection
+    # a new customer, then a returning one
+    counts = round_trips(engine, tmp_path, [paid_order(order_id=2), paid_order(order_id=3)])
+    assert counts == [3, 3]
+    assert balance(engine, EMAIL) == 40

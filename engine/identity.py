@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 
 import phonenumbers
-from sqlalchemy import bindparam, literal, select, text, union_all, update
+from sqlalchemy import JSON, bindparam, literal, select, text, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
@@ -30,7 +30,7 @@ from engine.db.models import (
     rewards,
     subscriptions,
 )
-from engine.fastsql import Fast
+from engine.fastsql import Fast, is_deferring
 from engine.ledger import Ledger, insert_ignore_statement, typed_insert
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -160,6 +160,69 @@ _INSERT_LINKED_CUSTOMER = Fast(
     ).bindparams(*(bindparam(c, type_=customers.c[c].type) for c in _CREATED_COLUMNS))
 )
 _LOCK_ONE = Fast(select(customers.c.id).where(customers.c.id == bindparam("id")).with_for_update())
+# A new customer whose id was taken ahead (``Prepared``): nothing to read back,
+# so the INSERT goes with the next statement.
+_INSERT_CUSTOMER_WITH_ID = Fast(typed_insert(customers, ("id", *_CREATED_COLUMNS)))
+_INSERT_LINKED_CUSTOMER_WITH_ID = Fast(
+    text(
+        f"WITH created AS (INSERT INTO customers (id, {', '.join(_CREATED_COLUMNS)}) "
+        f"VALUES (:id, {', '.join(':' + c for c in _CREATED_COLUMNS)}) RETURNING id) "
+        "INSERT INTO customer_links (channel, external_id, customer_id) "
+        "SELECT :channel, :external_id, id FROM created ON CONFLICT (channel, external_id) DO NOTHING"
+    ).bindparams(bindparam("id", type_=customers.c.id.type),
+                 *(bindparam(c, type_=customers.c[c].type) for c in _CREATED_COLUMNS))
+)
+# PostgreSQL, sent ahead of the look-up and in its round trip (``prepare``):
+# lock every customer a key finds, in id order, and read their counters'
+# footprints (locked, created empty if missing); when the keys find nobody,
+# take the id a new customer will have (nextval is only called then).
+_PREPARE = Fast(
+    text(
+        # (a UNION of index look-ups: with ORs PostgreSQL scans every customer)
+        "WITH keyed AS (SELECT id FROM customers WHERE email = :email"
+        " UNION SELECT id FROM customers WHERE phone = :phone"
+        " UNION SELECT id FROM customers WHERE card_code = :card"
+        " UNION SELECT customer_id FROM customer_links WHERE channel = :channel AND external_id = :external), "
+        "found AS (SELECT id FROM customers WHERE id IN (SELECT id FROM keyed) ORDER BY id FOR UPDATE), "
+        "footprint AS (INSERT INTO metric_footprints (customer_id, footprint) SELECT id, :empty FROM found"
+        " ON CONFLICT (customer_id) DO UPDATE SET footprint = metric_footprints.footprint"
+        " RETURNING customer_id, footprint) "
+        "SELECT customer_id, footprint FROM footprint UNION ALL "
+        "SELECT nextval(pg_get_serial_sequence('customers', 'id')), NULL WHERE NOT EXISTS (SELECT 1 FROM found)"
+    ).bindparams(bindparam("empty", type_=JSON)).columns(customer_id=customers.c.id.type, footprint=JSON)
+)
+
+
+class Prepared:
+    """What ``Identity.prepare`` sent ahead, once it has come back: the
+    customers its keys found, now locked, with their counters' footprints,
+    or the id a new customer takes."""
+
+    __slots__ = ("_ahead", "_read")
+
+    def __init__(self, ahead):
+        self._ahead = ahead
+        self._read: tuple[dict[int, dict], int | None] | None = None
+
+    def _rows(self) -> tuple[dict[int, dict], int | None]:
+        if self._read is None:
+            found, new_id = {}, None
+            for customer_id, footprint in self._ahead.rows():
+                if footprint is None:
+                    new_id = customer_id
+                else:
+                    found[customer_id] = footprint
+            self._read = (found, new_id)
+        return self._read
+
+    @property
+    def footprints(self) -> dict[int, dict]:
+        """customer id -> their footprint as stored (each customer locked)."""
+        return self._rows()[0]
+
+    @property
+    def new_id(self) -> int | None:
+        return self._rows()[1]
 
 
 class _Merged:
@@ -251,17 +314,39 @@ class Identity:
         found = self.resolve_view(conn, channel, hints, at)
         return found.id if found is not None else None
 
-    def resolve_view(self, conn: Connection, channel: str, hints: dict, at: datetime) -> CustomerView | None:
-        """``resolve``, returning what rules see of the customer. The common
-        case (the hints lead to at most one customer, none merged) costs one
-        query and at most one write; anything else takes the careful path."""
+    def _keys(self, channel: str, hints: dict) -> dict | None:
+        """The look-up's parameters: the hints' keys, normalized (None: none)."""
         email = normalize_email(hints.get("email"))
         phone = normalize_phone(hints.get("phone"), hints.get("country") or self.default_country)
         external = hints.get("external_id")
         card = (hints.get("card_code") or "").strip().upper() or None
         if not (email or phone or external or card):
             return None
-        params = {"email": email, "phone": phone, "channel": channel, "external": external, "card": card}
+        return {"email": email, "phone": phone, "channel": channel, "external": external, "card": card}
+
+    def prepare(self, conn: Connection, channel: str, hints: dict) -> Prepared | None:
+        """On PostgreSQL inside ``fastsql.deferring``, with the dashboard's
+        counters kept: lock the customers these hints find and read their
+        counters, or take a new customer's id, in the round trip of the
+        look-up that ``resolve_view`` sends next (pass it the result). None
+        elsewhere, or when the hints hold no key."""
+        if self.ledger.metrics is None or not is_deferring(conn):
+            return None
+        params = self._keys(channel, hints)
+        if params is None:
+            return None
+        return Prepared(_PREPARE.ahead(conn, {**params, "empty": {}}))
+
+    def resolve_view(self, conn: Connection, channel: str, hints: dict, at: datetime,
+                     prepared: Prepared | None = None) -> CustomerView | None:
+        """``resolve``, returning what rules see of the customer. The common
+        case (the hints lead to at most one customer, none merged) costs one
+        query and at most one write; anything else takes the careful path.
+        ``prepared``: what ``prepare`` sent ahead for the same hints."""
+        params = self._keys(channel, hints)
+        if params is None:
+            return None
+        email, phone, external, card = params["email"], params["phone"], params["external"], params["card"]
         rows = {row.via: row for row in _FAST_LOOKUP.rows(conn, params)}
         if any(row.merged_into is not None for row in rows.values()):
             return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card))
@@ -275,7 +360,8 @@ class Identity:
             # Keys go into the INSERT itself: a concurrent creation of the same
             # person then fails on the unique key and the retry finds them.
             link = (channel, external) if external and "link" not in rows else None
-            row = self._create(conn, at, email=email, phone=None if "phone" in rows else phone, hints=hints, link=link)
+            row = self._create(conn, at, email=email, phone=None if "phone" in rows else phone, hints=hints, link=link,
+                               new_id=prepared.new_id if prepared is not None else None)
             if link is not None and conn.dialect.name == "postgresql":
                 external = None  # linked by the same statement
         else:
@@ -287,12 +373,12 @@ class Identity:
             }
             wanted = {"email": email, "phone": phone}
             values = self._update_row(conn, row.id, row._asdict(), hints, {k: v for k, v in wanted.items() if v and not taken[k]}, at)
-            if not values:
+            if not values and (prepared is None or row.id not in prepared.footprints):
                 # One customer's events are applied one at a time: the UPDATE
-                # above locks the row; without one, lock it (PostgreSQL). A
-                # worker then waits for the customer's previous transaction
-                # instead of racing it to a unique key and retrying.
-                self._lock(conn, [row.id])
+                # above locks the row; without one, lock it (PostgreSQL), unless
+                # ``prepare`` did. A worker then waits for the customer's previous
+                # transaction instead of racing it to a unique key and retrying.
+                self.lock(conn, [row.id])
             row = _Merged(row, values)
         if external and "link" not in rows:
             self._link(conn, channel, external, row.id)
@@ -350,7 +436,7 @@ class Identity:
             ).id
         else:
             primary = matched[0]
-            self._lock(conn, matched)
+            self.lock(conn, matched)
             for other in matched[1:]:
                 if self._compatible(conn, primary, other):
                     self.merge(conn, keep=primary, gone=other, at=at)
@@ -362,7 +448,12 @@ class Identity:
 
     # -- internals ---------------------------------------------------------
 
-    def _lock(self, conn: Connection, ids: list[int]) -> None:
+    def lock(self, conn: Connection, ids: list[int]) -> None:
+        """Lock these customers' rows until the transaction ends (PostgreSQL;
+        SQLite's write lock is the transaction's): a transaction that writes
+        for a customer holds their row first, so that two of them wait for
+        each other in one order instead of deadlocking on the rows that
+        refer to the customer (accounts, orders)."""
         if conn.dialect.name == "postgresql" and len(ids) == 1:
             _LOCK_ONE.later(conn, {"id": ids[0]})  # taken with the next statement, in its round trip
         elif conn.dialect.name == "postgresql":
@@ -371,9 +462,10 @@ class Identity:
             ).all()
 
     def _create(self, conn: Connection, at: datetime, email: str | None, phone: str | None, hints: dict,
-                link: tuple[str, str] | None = None) -> _Merged:
+                link: tuple[str, str] | None = None, new_id: int | None = None) -> _Merged:
         """A new customer; on PostgreSQL with ``link`` (channel, external id),
-        linked in the same statement (the caller links it elsewhere)."""
+        linked in the same statement (the caller links it elsewhere).
+        ``new_id``: the id taken ahead (``prepare``), so nothing is read back."""
         values = {
             "email": email,
             "phone": phone,
@@ -389,7 +481,13 @@ class Identity:
             "created_at": at,
             "updated_at": at,
         }
-        if link is not None and conn.dialect.name == "postgresql":
+        if new_id is not None and link is not None:
+            values["id"] = new_id
+            _INSERT_LINKED_CUSTOMER_WITH_ID.later(conn, {**values, "channel": link[0], "external_id": link[1]})
+        elif new_id is not None:
+            values["id"] = new_id
+            _INSERT_CUSTOMER_WITH_ID.later(conn, values)
+        elif link is not None and conn.dialect.name == "postgresql":
             values["id"] = _INSERT_LINKED_CUSTOMER.scalar(conn, {**values, "channel": link[0], "external_id": link[1]})
         else:
             values["id"] = _INSERT_CUSTOMER.scalar(conn, values)

@@ -644,16 +644,20 @@ class Recorder:
             for customer_id in sorted(set(customer_ids)):
                 self._recount(conn, customer_id)
 
-    def prefetch(self, conn: Connection, customer_id: int) -> None:
+    def prefetch(self, conn: Connection, customer_id: int, known: dict[int, dict] | None = None) -> None:
         """The pipeline is about to change an existing customer's order: on
         PostgreSQL, inside ``fastsql.deferring``, their footprint is read and
-        locked with the order's own statement, not in a round trip of its own
-        (elsewhere, nothing happens until it is needed)."""
+        locked with the next statement, not in a round trip of its own
+        (elsewhere, nothing happens until it is needed). ``known``: footprints
+        already read and locked in this transaction (``Identity.prepare``)."""
         pending = self._pending(conn)
-        if pending is None or not is_deferring(conn) or customer_id in pending.footprints \
-                or customer_id in pending.ahead:
+        if pending is None or customer_id in pending.footprints or customer_id in pending.ahead:
             return
-        pending.ahead[customer_id] = _LOCK_FOOTPRINT.ahead(conn, {"customer_id": customer_id, "empty": {}})
+        if known is not None and customer_id in known:
+            stored = known[customer_id] or {}
+            pending.footprints[customer_id] = _Footprint(stored, stored)
+        elif is_deferring(conn):
+            pending.ahead[customer_id] = _LOCK_FOOTPRINT.ahead(conn, {"customer_id": customer_id, "empty": {}})
 
     def _held(self, conn: Connection, customer_id: int) -> _Footprint:
         """The customer's footprint in this transaction: read (and its row

@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from engine.background import BackgroundLoop
 from engine.credentials import ENV_CREDENTIALS
@@ -92,6 +93,10 @@ class Outbox:
             try:
                 if self.credentials.get(channel, conn) is not None:
                     found.append(channel)
+            except DBAPIError:
+                # The transaction's own trouble, not the credentials' (on PostgreSQL
+                # this read also sends the writes deferred before it): it must fail.
+                raise
             except Exception:  # unreadable credentials: the deliverer says so
                 found.append(channel)
         return found

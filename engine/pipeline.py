@@ -135,18 +135,24 @@ class Pipeline:
         # created and locked in the round trip of the customer's look-up. Not
         # when history plugins are on: they lock the customer's other orders
         # after the customer, so this order must be locked after the customer too.
-        order_ahead = None
+        # The customers the hints find are locked, their counters read, or a
+        # new one's id taken, in that round trip too (Identity.prepare).
+        order_ahead = prepared = None
         if is_deferring(conn) and not self.history_plugins:
             order_ahead = self._lock_order(conn, channel, external_id, ahead=True)
-        resolved = self.identity.resolve_view(conn, channel, event["customer"], at)
+            prepared = self.identity.prepare(conn, channel, event["customer"])
+        resolved = self.identity.resolve_view(conn, channel, event["customer"], at, prepared)
         if resolved is not None and self.ledger.metrics is not None:
-            self.ledger.metrics.prefetch(conn, resolved.id)  # with the next statement, on PostgreSQL
+            self.ledger.metrics.prefetch(conn, resolved.id, prepared.footprints if prepared is not None else None)
         row = order_ahead.rows()[0] if order_ahead is not None else self._lock_order(conn, channel, external_id)
         state = merge(row.state or None, event)
         previous = row.customer_id
         if previous is not None and (resolved is None or resolved.id != previous):
             previous = self.identity.follow(conn, previous)  # merged since?
         customer_id = resolved.id if resolved is not None else previous
+        unlocked = sorted({c for c in (previous, customer_id) if c is not None} - {resolved.id if resolved else None})
+        if unlocked:  # a customer this event writes for that resolving did not lock (hints gone, a move)
+            self.identity.lock(conn, unlocked)
         awarded = dict(row.awarded or {})
         multipliers = row.multipliers
         if state == row.state and customer_id == row.customer_id:

@@ -52,6 +52,10 @@ log = logging.getLogger("regulars")
 #: concurrent event) is tried again before the delivery is recorded as failed
 RETRIES = 5
 
+#: tries at applying a stored delivery in the background (``apply_pending``)
+#: that may start without one of them ending before it is given up, failed
+MAX_TRIES = 10
+
 
 _SAVEPOINT = Fast(text("SAVEPOINT regulars_delivery"))
 _ROLLBACK_TO = Fast(text("ROLLBACK TO SAVEPOINT regulars_delivery"))
@@ -300,20 +304,39 @@ class Engine:
         when there is nothing to do: no such delivery, or already applied,
         ignored or failed (by another worker, say). Safe to call twice at once:
         the delivery's row is claimed in the transaction that applies it.
-        Raises what a database outage raises, so the caller can try later."""
+        Raises what a database outage raises, so the caller can try later.
+
+        Each try is counted (``tries``) and committed before it starts. A
+        delivery whose applying kills the process (a plugin that crashes the
+        interpreter, the memory it takes), which the broker hands back and
+        the sweep finds again, is set ``failed`` after ``MAX_TRIES`` tries
+        that never ended, instead of taking a worker down forever."""
         self.ensure_schema()
         with self.db.connect() as conn:
             row = inbox.get(conn, inbox_id)
-        if row is None or row.status != inbox.RECEIVED:
-            return None
-        prepared = self._translate(row.id, row.channel, row.topic, bytes(row.body), row.headers or {})
-        if prepared.outcome is not None:
-            with self.db.begin() as tx:
-                if not inbox.claim(tx, inbox_id):
-                    return None
-                self._record(prepared.outcome, tx, own=False)
-            return prepared.outcome
-        return self._apply_one(prepared, claim=True)
+            if row is None or row.status != inbox.RECEIVED:
+                return None
+            conn.rollback()  # the read's transaction: the count has one of its own
+            with self._transaction(conn) as tx, deferring(tx, commit=True):  # one round trip on PostgreSQL
+                started = inbox.start(tx, inbox_id)
+            tries = started.rows()
+        if not tries:
+            return None  # applied, ignored or failed meanwhile
+        if tries[0][0] > MAX_TRIES:
+            outcome = Outcome(inbox_id, "failed", (
+                f"gave up after {MAX_TRIES} tries that never ended: the process applying it died each time "
+                "(the workers' logs say why); replay it once that is mended"))
+            log.error("delivery %s: %s", inbox_id, outcome.error)
+        else:
+            prepared = self._translate(row.id, row.channel, row.topic, bytes(row.body), row.headers or {})
+            if prepared.outcome is None:
+                return self._apply_one(prepared, claim=True)
+            outcome = prepared.outcome
+        with self.db.begin() as tx:
+            if not inbox.claim(tx, inbox_id):
+                return None
+            self._record(outcome, tx, own=False)
+        return outcome
 
     # -- internals ------------------------------------------------------------
 

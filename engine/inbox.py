@@ -196,6 +196,23 @@ def verdict(conn: Connection, inbox_id: int, status: str, error: str | None = No
     )
 
 
+_START = Fast(
+    update(inbox)
+    .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type), inbox.c.status == RECEIVED)
+    .values(tries=inbox.c.tries + 1)
+    .returning(inbox.c.tries)
+)
+
+
+def start(conn: Connection, inbox_id: int) -> Ahead:
+    """Count a try at applying a ``received`` delivery in the background, in
+    a transaction of its own that commits before the try begins (so a try
+    that kills its process still counts). Run ahead: inside
+    ``fastsql.deferring`` on PostgreSQL it goes with the COMMIT. Its rows:
+    the tries now, or none when the delivery is not ``received`` any more."""
+    return _START.ahead(conn, {"b_id": inbox_id})
+
+
 def get(conn: Connection, inbox_id: int):
     return conn.execute(select(inbox).where(inbox.c.id == inbox_id)).one_or_none()
 

@@ -117,6 +117,69 @@ def test_a_database_outage_leaves_the_delivery_received(engine, monkeypatch):
     assert work.apply_delivery(engine, inbox_id).status == "applied"
 
 
+_CRASHING_APPLIER = """
+import os, sys
+from pathlib import Path
+
+import engine.app
+from engine.app import Engine
+from engine.config import config_from_tables
+from engine.hookspecs import hookimpl
+
+engine.app.MAX_TRIES = 2
+
+
+class Crash:
+    @hookimpl
+    def regulars_order_awards(self, order, customer):
+        os._exit(3)  # what a segfault or the OOM killer does: no exception, no rollback
+
+
+tables = {"engine": {"currency": "EUR"}, "rules": {"points": {"per_unit": 1}},
+          "connectors": {"shopify": {"shop": "example.myshopify.com"}}}
+config = config_from_tables(tables, Path(sys.argv[1]), {"REGULARS_DATABASE_URL": sys.argv[2]})
+outcome = Engine(config, extra_plugins=(("crash", Crash()),)).apply_pending(int(sys.argv[3]))
+print(outcome.status if outcome else "nothing", outcome.error if outcome else "")
+"""
+
+
+def test_a_delivery_that_kills_its_process_is_given_up_after_a_few_tries(engine, tmp_path, database_url):
+    """A poison delivery: each try kills the process applying it (here
+    ``os._exit`` in a plugin, in a real child process). The tries are counted
+    before they start, so after MAX_TRIES (2 here) the next try sets it failed,
+    saying why, and the ledger is untouched; a replay, the cause mended,
+    applies it."""
+    import subprocess
+    import sys
+
+    [first, *_] = _store(engine)
+    script = tmp_path / "crashing_applier.py"
+    script.write_text(_CRASHING_APPLIER)
+    runs = [subprocess.run([sys.executable, str(script), str(tmp_path / "plugins.toml"), database_url, str(first)],
+                           capture_output=True, text=True, timeout=120) for _ in range(3)]
+
+    assert [r.returncode for r in runs] == [3, 3, 0], [r.stderr[-2000:] for r in runs]
+    assert runs[2].stdout.startswith("failed gave up after 2 tries that never ended")
+    with engine.db.connect() as conn:
+        row = inbox.get(conn, first)
+        assert engine.ledger.audit(conn) == []
+    assert (row.status, row.tries, row.attempts) == (inbox.FAILED, 3, 1)
+    assert "the process applying it died each time" in row.error
+    assert customer_summary(engine, ORDERS[0].email) is None  # nothing of it was written
+    assert engine.replay(first).status == "applied"
+    assert customer_summary(engine, ORDERS[0].email) is not None
+
+
+def test_each_background_try_is_counted_once(engine):
+    ids = _store(engine)
+    for inbox_id in ids:
+        work.apply_delivery(engine, inbox_id)
+    work.apply_delivery(engine, ids[0])  # handed over again: not received, not counted
+    with engine.db.connect() as conn:
+        tries = conn.execute(select(inbox_table.c.tries).where(inbox_table.c.id.in_(ids))).scalars().all()
+    assert set(tries) == {1}
+
+
 # -- the sweep ----------------------------------------------------------------------
 
 

@@ -205,6 +205,9 @@ class InboxDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     plugin: Mapped[str | None] = mapped_column(String(128))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: tries at applying it in the background (a worker, the embedded applier),
+    #: each counted before it starts: one that kills its process still counts
+    tries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -18,16 +18,20 @@ from sqlalchemy.engine import Connection
 
 from engine.db.models import (
     accounts,
+    card_links,
     customer_links,
     customers,
     inbox,
     ledger_entries,
+    metric_footprints,
     orders,
     privacy_requests,
     referrals,
     rewards,
     shop_credentials,
+    subscriptions,
     tier_history,
+    visit_days,
 )
 
 PERSONAL = ("email", "phone", "first_name", "last_name", "address", "birthday", "accepts_marketing")
@@ -83,6 +87,13 @@ def export_customer(conn: Connection, customer_id: int) -> dict:
         "referrals": _rows(conn, select(referrals).where(
             referrals.c.referee_id.in_(ids) | referrals.c.referrer_id.in_(ids))),
         "tier_history": _rows(conn, select(tier_history).where(tier_history.c.customer_id.in_(ids))),
+        "subscriptions": _rows(conn, select(subscriptions).where(subscriptions.c.customer_id.in_(ids))),
+        "visit_days": _rows(conn, select(visit_days).where(visit_days.c.customer_id.in_(ids))
+                            .order_by(visit_days.c.day)),
+        "card_links": _rows(conn, select(card_links).where(card_links.c.customer_id.in_(ids))),
+        # the dashboard's summary of their purchases and visits (engine/metrics.py)
+        "dashboard_footprints": _rows(conn, select(metric_footprints)
+                                      .where(metric_footprints.c.customer_id.in_(ids))),
         "deliveries": [{"id": r["id"], "channel": r["channel"], "topic": r["topic"], "received_at": r["received_at"],
                         "body": r["body"]} for r in _rows(conn, _deliveries_of(conn, ids))],
     }

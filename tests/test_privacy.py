@@ -40,6 +40,21 @@ def test_an_export_holds_the_customer_their_ledger_orders_and_raw_deliveries(eng
     assert {c["channel"] for c in data["channels"]} == {"shopify"}
 
 
+def test_an_export_holds_their_visits_memberships_card_links_and_dashboard_footprint(make_engine):
+    from tests.conftest import DEFAULT_TABLES
+
+    engine = make_engine({**DEFAULT_TABLES, "connectors": {**DEFAULT_TABLES["connectors"], "pos": {}}})
+    shop_with_jana(engine)
+    visit = {"id": "v1", "terminal": "t1", "occurred_at": "2026-03-02T09:30:00+00:00", "customer": {"email": EMAIL}}
+    assert engine.ingest("pos", "visit", json.dumps(visit).encode()).status == "applied"
+    data = export(engine, EMAIL)
+    assert [(v["channel"], v["day"]) for v in data["visit_days"]] == [("pos", "2026-03-02")]
+    assert data["subscriptions"] == [] and data["card_links"] == []
+    [footprint] = data["dashboard_footprints"]
+    assert footprint["customer_id"] == data["customer"][0]["id"] and footprint["footprint"]
+    json.dumps(data)  # all of it JSON
+
+
 def test_erasure_removes_what_identifies_the_person_and_keeps_the_balances_exact(engine):
     shop_with_jana(engine)
     card = customer_summary(engine, EMAIL)["card_code"]

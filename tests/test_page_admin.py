@@ -101,6 +101,42 @@ def test_a_wrong_password_or_an_unknown_user_is_refused(shop):
         assert session.get(f"{base}/admin/", allow_redirects=False).status_code == 303
 
 
+def _try(base: str, username: str, password: str, lang: str | None = None) -> requests.Response:
+    session = requests.Session()
+    page = session.get(f"{base}/admin/sign-in" + (f"?lang={lang}" if lang else ""))
+    return session.post(f"{base}/admin/sign-in", data={"username": username, "password": password,
+                                                       "csrf": _csrf(page.text)}, allow_redirects=False)
+
+
+def test_too_many_refused_sign_ins_make_the_address_wait(shop, monkeypatch):
+    """Five refusals for one username from one address close the door to it
+    for the window (not even a right password is checked), in the visitor's
+    language; other usernames still go in until twenty refusals; the window's
+    end opens it again."""
+    from engine.web.pages import admin
+
+    engine, base = shop
+    add_user(engine, "clerk", PASSWORD)
+    for _ in range(admin.SIGN_IN_MAX_PER_USERNAME):
+        assert _try(base, "Owner", "guess").status_code == 401  # usernames count whatever their case
+    shut = _try(base, "owner", PASSWORD)
+    assert shut.status_code == 429
+    assert 14 * 60 <= int(shut.headers["Retry-After"]) <= 15 * 60
+    assert "Too many refused sign-ins from here. Try again in 15 minutes." in shut.text
+    assert "Zkuste to znovu za 15 minut." in _try(base, "owner", PASSWORD, lang="cs").text
+    assert "Wrong username or password." not in shut.text
+    signed_in(base, "clerk")  # another username from here: still let in, and its refusals forgotten
+
+    for _ in range(admin.SIGN_IN_MAX_PER_ADDRESS - admin.SIGN_IN_MAX_PER_USERNAME):
+        _try(base, f"someone-{_}", "guess")
+    assert _try(base, "clerk", PASSWORD).status_code == 429  # twenty in all: the whole address waits
+
+    later = admin.utcnow() + admin.SIGN_IN_WINDOW + admin.timedelta(seconds=1)
+    monkeypatch.setattr(admin, "utcnow", lambda: later)
+    signed_in(base)  # the window has passed
+    assert admin.sign_in_wait(engine, "owner", "127.0.0.1", now=later) == 0
+
+
 def test_signing_in_needs_the_forms_csrf_token(shop):
     _, base = shop
     session = requests.Session()

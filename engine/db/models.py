@@ -448,6 +448,23 @@ class AdminUser(Base):
 admin_users = AdminUser.__table__
 
 
+class AdminSignInFailure(Base):
+    """A refused sign-in to the dashboard, kept while it counts for the
+    throttle (``engine/web/pages/admin.py``: too many from one address, or
+    for one username from one address, and that address waits)."""
+
+    __tablename__ = "admin_sign_in_failures"
+    __table_args__ = (Index("ix_admin_sign_in_failures_address_at", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(150))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+admin_sign_in_failures = AdminSignInFailure.__table__
+
+
 class VisitDay(Base):
     """The days a customer visited, per channel (a counter visit, whether or
     not it earned anything): with paid orders, what makes a member active

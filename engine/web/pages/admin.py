@@ -16,7 +16,11 @@ unique username and an argon2 hash of the password, never the password).
 - **CSRF**: every form carries the session's random token in a hidden field;
   a POST without it, or with another, is refused with 403 (the sign-in form
   too, so nobody can sign a browser into their own account).
-- **Signing in** takes the same argon2 work whether the user exists or not.
+- **Signing in** takes the same argon2 work whether the user exists or not,
+  and is throttled (``admin_sign_in_failures``): an address with
+  ``SIGN_IN_MAX_PER_USERNAME`` refusals for one username, or
+  ``SIGN_IN_MAX_PER_ADDRESS`` in all, within ``SIGN_IN_WINDOW`` gets 429
+  until the oldest is out of the window.
 - Pages are ``no-store``, may not be framed, and run no script but ``admin.js``.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -48,8 +53,16 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from engine import inbox, metrics
-from engine.db import utcnow
-from engine.db.models import accounts, admin_users, customers, ledger_entries, orders, rewards
+from engine.db import as_utc, utcnow
+from engine.db.models import (
+    accounts,
+    admin_sign_in_failures,
+    admin_users,
+    customers,
+    ledger_entries,
+    orders,
+    rewards,
+)
 from engine.metrics import N_
 from engine.web.pages.render import Formats, choose_locale
 
@@ -62,6 +75,12 @@ MAX_FORM = 64 * 1024
 LEDGER_PAGE = 50
 USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 MIN_PASSWORD = 8
+#: the sign-in throttle: an address with this many refused sign-ins for one
+#: username, or this many in all, within the window waits until the oldest of
+#: them is out of it (the real owner, elsewhere, is not locked out)
+SIGN_IN_WINDOW = timedelta(minutes=15)
+SIGN_IN_MAX_PER_USERNAME = 5
+SIGN_IN_MAX_PER_ADDRESS = 20
 #: config keys never shown on the programme page
 SECRET_KEYS = re.compile(r"secret|token|password|passwd|api_key|consumer_key|private", re.I)
 
@@ -146,6 +165,39 @@ def authenticate(engine, username: str, password: str):
         conn.execute(update(admin_users).where(admin_users.c.id == row.id).values(**values))
     return SimpleNamespace(id=row.id, username=row.username,
                            password_hash=values.get("password_hash", row.password_hash))
+
+
+def sign_in_wait(engine, username: str, address: str, now: datetime | None = None) -> int:
+    """Seconds before ``address`` may try to sign in as ``username`` again
+    (0: now), by the refused sign-ins still in ``SIGN_IN_WINDOW``."""
+    engine.ensure_schema()
+    now = now or utcnow()
+    failures = admin_sign_in_failures.c
+    with engine.db.connect() as conn:
+        rows = conn.execute(select(failures.username, failures.at)
+                            .where(failures.address == address[:64], failures.at > now - SIGN_IN_WINDOW)
+                            .order_by(failures.at)).all()
+    theirs = [as_utc(r.at) for r in rows if r.username == username[:150].lower()]
+    every = [as_utc(r.at) for r in rows]
+    until = [held[-limit] + SIGN_IN_WINDOW for held, limit in ((theirs, SIGN_IN_MAX_PER_USERNAME),
+                                                                (every, SIGN_IN_MAX_PER_ADDRESS)) if len(held) >= limit]
+    return max(0, math.ceil(max((u - now for u in until), default=timedelta(0)).total_seconds()))
+
+
+def sign_in_refused(engine, username: str, address: str, now: datetime | None = None) -> None:
+    """Count a refused sign-in (and forget those out of the window)."""
+    now = now or utcnow()
+    with engine.db.begin() as conn:
+        conn.execute(delete(admin_sign_in_failures).where(admin_sign_in_failures.c.at <= now - SIGN_IN_WINDOW))
+        conn.execute(admin_sign_in_failures.insert().values(username=username[:150].lower(), address=address[:64],
+                                                            at=now))
+
+
+def sign_in_accepted(engine, username: str, address: str) -> None:
+    """A good password from ``address``: its refusals for this username are forgotten."""
+    with engine.db.begin() as conn:
+        conn.execute(delete(admin_sign_in_failures).where(admin_sign_in_failures.c.address == address[:64],
+                                                          admin_sign_in_failures.c.username == username[:150].lower()))
 
 
 def _fingerprint(password_hash: str) -> str:
@@ -403,13 +455,22 @@ class Admin:
             return self._forbidden(request, N_("This sign-in form has expired. Reload the page and try again."))
         username, password = form.get("username", "").strip(), form.get("password", "")
         wanted = _safe_next(form.get("next"))
+        address = request.client.host if request.client else "?"
+        wait = await run_in_threadpool(sign_in_wait, self.engine, username, address)
+        if wait:  # not even the password is checked: guessing gains nothing
+            log.warning("admin sign-in throttled for %r from %s: %d s to wait", username[:150], address, wait)
+            return self.templates.render(
+                request, "admin_signin.html", status=429, headers={"Retry-After": str(wait)},
+                csrf=self._csrf(request), flash=None, channels=sorted(self.engine.connectors), user=None,
+                next=wanted, username=username, error=None, wait_minutes=math.ceil(wait / 60))
         user = await run_in_threadpool(authenticate, self.engine, username, password)
         if user is None:
-            log.warning("admin sign-in refused for %r from %s", username[:150],
-                        request.client.host if request.client else "?")
+            log.warning("admin sign-in refused for %r from %s", username[:150], address)
+            await run_in_threadpool(sign_in_refused, self.engine, username, address)
             gettext = self.templates.gettext(request)
             return self._render(request, "admin_signin.html", status=401, user=None, next=wanted, username=username,
                                 error=gettext("Wrong username or password."))
+        await run_in_threadpool(sign_in_accepted, self.engine, username, address)
         request.session.clear()  # a new session: nothing carried over from before signing in
         request.session.update({"uid": user.id, "pw": _fingerprint(user.password_hash), "at": time.time(),
                                 "csrf": secrets.token_urlsafe(32)})

@@ -159,7 +159,7 @@ def test_the_template_catalog_is_up_to_date_with_the_templates_and_pages(tmp_pat
     """The committed .pot is what scripts/i18n extracts from the sources now."""
     out = tmp_path / "messages.pot"
     CommandLineInterface().run([
-        "pybabel", "-q", "extract", "-F", str(ROOT / "babel.cfg"), "--no-location", "--sort-output",
+        "pybabel", "-q", "extract", "-F", str(ROOT / "babel.cfg"), "-k", "plurals:1,2", "--no-location", "--sort-output",
         "--project", "regulars", "--copyright-holder", "regulars contributors", "-o", str(out), str(ROOT)])
     fresh, committed = messages(load(out)), messages(load(POT))
     assert fresh, "the extraction found no message at all"
@@ -279,3 +279,15 @@ def test_the_counter_page_and_its_script_messages_come_out_in_czech_and_slovak(s
     same = sorted(key for key in en if en[key] == translated[key] and en[key] not in ("Online", "Offline"))
     assert not same, f"{lang}: counter.js messages still in English: {same}"
     assert translated["redeem"] == {"cs": "Uplatnit", "sk": "Uplatniť"}[lang]
+
+
+def test_a_script_gets_every_plural_form_by_cldr_category():
+    """``plurals`` (the counter's messages): one form per CLDR category, the
+    ones ``Intl.PluralRules`` names in the browser, each the catalog's form."""
+    from engine.web.pages.render import plural_forms
+
+    assert plural_forms("en", "{delta} point", "{delta} points") == {"one": "{delta} point", "other": "{delta} points"}
+    assert plural_forms("cs", "{delta} point", "{delta} points") == {
+        "one": "{delta} bod", "few": "{delta} body", "other": "{delta} bodů"}  # "many" is for fractions only
+    assert plural_forms("sk", "{n} more point needed", "{n} more points needed") == {
+        "one": "Chýba ešte {n} bod", "few": "Chýbajú ešte {n} body", "other": "Chýba ešte {n} bodov"}

@@ -210,6 +210,13 @@ def test_find_a_customer_by_card_code_and_by_email_then_record_a_sale(till, brow
     expect(page.locator("#result")).to_contain_text("Give an amount")
     assert summary(engine, card)["points"] == 71
 
+    # One point is "1 point": the page gives each plural form, the browser's
+    # Intl.PluralRules picks one.
+    page.fill("#sale-amount", "1.00")
+    page.click("#sale-button")
+    expect(page.locator("#customer-points")).to_have_text("72")
+    expect(page.locator("#customer-delta")).to_have_text("+1 point")
+
 
 def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
     from playwright.sync_api import expect

@@ -8,7 +8,9 @@ the browser's ``Accept-Language``, then ``[branding] locale``. Translations are
 handed to each render (not installed on the shared environment), so
 concurrent requests in different languages never mix.
 
-In a template: ``{{ _("Points") }}``, ``{% trans count=n %}...{% endtrans %}``,
+In a template: ``{{ _("Points") }}``, ``{{ ngettext("%(num)s point", "%(num)s points", n) }}``,
+``{% trans count=n %}...{% endtrans %}``, ``plurals("{n} point", "{n} points")`` (every
+plural form, for a script),
 ``{{ fmt.money(amount) }}``, ``{{ fmt.date(moment) }}``, ``{{ fmt.number(n) }}``,
 ``{{ brand.name }}``, ``{{ url_for('static', path='pages.css') }}``.
 """
@@ -126,6 +128,28 @@ def _gettext(catalog: Translations):
     return gettext, ngettext
 
 
+@cache
+def _plural_samples(locale: str) -> dict[str, int]:
+    """A whole number of each of the locale's CLDR plural categories (the
+    ones ``Intl.PluralRules`` gives in a browser); a category only fractions
+    fall in (Czech "many") has none."""
+    rule = Locale.parse(locale).plural_form
+    samples: dict[str, int] = {}
+    for n in range(0, 1000):
+        samples.setdefault(rule(n), n)
+    return samples
+
+
+def plural_forms(locale: str, singular: str, plural: str) -> dict[str, str]:
+    """A message's forms for a script, by CLDR plural category
+    (``{"one": ..., "few": ..., "other": ...}``): each the catalog's form for
+    a number of that category. The script picks one with
+    ``new Intl.PluralRules(locale).select(n)`` (``other`` when missing).
+    ``scripts/i18n`` extracts ``plurals("...", "...")`` as ``ngettext``."""
+    catalog = translations(locale)
+    return {tag: catalog.ungettext(singular, plural, n) for tag, n in _plural_samples(locale).items()}
+
+
 class Templates:
     """Renders the pages' templates for an ``Engine``."""
 
@@ -171,6 +195,7 @@ class Templates:
             "fmt": Formats(locale, self.engine.config.currency, self.engine.config.engine.get("timezone", "UTC")),
             "gettext": gettext,
             "ngettext": ngettext,
+            "plurals": lambda singular, plural: plural_forms(locale, singular, plural),
             "_": gettext,
             "url_for": request.url_for,
         }

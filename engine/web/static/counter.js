@@ -28,6 +28,18 @@
     return text;
   }
 
+  // A message with plural forms (the page gives one per CLDR category): the
+  // form for the number n, in the page's language.
+  const pluralRules = (() => {
+    try { return new Intl.PluralRules(C.locale); } catch (e) { return new Intl.PluralRules('en'); }
+  })();
+  function tn(name, n, vars) {
+    const forms = Object.prototype.hasOwnProperty.call(M, name) ? M[name] : {other: name};
+    let text = typeof forms === 'string' ? forms : (forms[pluralRules.select(n)] || forms.other || name);
+    for (const [k, v] of Object.entries(vars || {})) text = text.split('{' + k + '}').join(String(v));
+    return text;
+  }
+
   function formatter(options) {
     try { return new Intl.NumberFormat(C.locale, options); } catch (e) { return new Intl.NumberFormat(undefined, options); }
   }
@@ -206,7 +218,7 @@
 
   function signOut() {
     const waiting = loadQueue().length;
-    if (waiting && !window.confirm(t('signout_confirm', {n: waiting}))) return;
+    if (waiting && !window.confirm(tn('signout_confirm', waiting, {n: waiting}))) return;
     store.del('key');
     store.del(recentName()); // the customers seen here stay with the till's session
     termKey = null;
@@ -344,7 +356,7 @@
     const delta = $('customer-delta');
     const change = before && state.checked ? data.points - before.points : 0;
     delta.hidden = !change;
-    delta.textContent = change ? t('points_delta', {delta: (change > 0 ? '+' : '−') + number(Math.abs(change))}) : '';
+    delta.textContent = change ? tn('points_delta', Math.abs(change), {delta: (change > 0 ? '+' : '−') + number(Math.abs(change))}) : '';
     delta.classList.toggle('minus', change < 0);
     const pending = $('customer-pending');
     pending.hidden = !data.points_pending;
@@ -423,8 +435,8 @@
       list.append(el('li', {'data-reward': reward.name},
         el('span', {}, el('strong', {text: reward.name}), ' ', el('span', {class: 'muted', text: rewardValue(reward)}),
           el('br'), el('span', {class: 'cost', text: state.checked && short > 0
-            ? t('redeem_cost', {cost: number(reward.cost)}) + ' · ' + t('redeem_more', {n: number(short)})
-            : t('redeem_cost', {cost: number(reward.cost)})})),
+            ? tn('redeem_cost', reward.cost, {cost: number(reward.cost)}) + ' · ' + tn('redeem_more', short, {n: number(short)})
+            : tn('redeem_cost', reward.cost, {cost: number(reward.cost)})})),
         button));
     }
   }

@@ -49,6 +49,29 @@ DEFAULT_TABLES = {
 }
 POSTGRES_URL = os.environ.get("REGULARS_TEST_DATABASE_URL", "")
 POSTGRES_FALLBACK = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+#: the SQLite pass's own database for its PostgreSQL-only tests, created beside
+#: ``test`` when the server allows: its schema is dropped at the start, so a
+#: PostgreSQL pass running at the same time on ``test`` is left alone
+SQLITE_PASS_DATABASE = "regulars_sqlite_pass"
+
+
+def _fallback_url() -> str:
+    """The SQLite pass's PostgreSQL: SQLITE_PASS_DATABASE, else ``test``."""
+    from sqlalchemy import create_engine, make_url, text
+
+    url = make_url(POSTGRES_FALLBACK)
+    try:
+        server = create_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            with server.connect() as conn:
+                if conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                                {"name": SQLITE_PASS_DATABASE}).first() is None:
+                    conn.execute(text(f"CREATE DATABASE {SQLITE_PASS_DATABASE}"))
+        finally:
+            server.dispose()
+    except Exception:  # noqa: BLE001 - no server, no right to create: ``test`` it is
+        return POSTGRES_FALLBACK
+    return url.set(database=SQLITE_PASS_DATABASE).render_as_string(hide_password=False)
 
 
 def require_services() -> bool:
@@ -102,7 +125,7 @@ def empty_database(engine) -> None:
 @pytest.fixture(scope="session")
 def _postgres_schema():
     """A migrated PostgreSQL database, or the reason there is none."""
-    url = POSTGRES_URL or POSTGRES_FALLBACK
+    url = POSTGRES_URL or _fallback_url()
     from engine.config import resolve_database_url
 
     url = resolve_database_url(Path("."), {"REGULARS_DATABASE_URL": url})

@@ -223,7 +223,7 @@ class Engine:
                 with self.db.begin() as conn:
                     customer_id = self.identity.find(conn, key)
                     if customer_id is None:
-                        raise RedemptionRefused(f"no customer matches {key!r}")
+                        raise RedemptionRefused(f"no customer matches {key!r}", "unknown_customer")
                     issued = self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
                 self._announce_rewards()
                 return issued

@@ -29,7 +29,14 @@ CODE_LENGTH = 14  # about 69 bits: not guessable, short enough to type at a till
 
 
 class RedemptionRefused(Exception):
-    """A redemption that can't be done; the message says why, for the customer."""
+    """A redemption that can't be done; the message says why (in English, for
+    the CLI and the API), ``reason`` names the case and ``values`` hold its
+    numbers, for a page that says it in the customer's language."""
+
+    def __init__(self, message: str, reason: str = "refused", **values: int):
+        super().__init__(message)
+        self.reason = reason
+        self.values = values
 
 
 class _Common(StrictSchema):
@@ -141,7 +148,8 @@ class Catalogue:
             return self.entries[name]
         except KeyError:
             known = ", ".join(sorted(self.entries)) or "none"
-            raise RedemptionRefused(f"there is no reward {name!r} in the catalogue (rewards: {known})") from None
+            raise RedemptionRefused(f"there is no reward {name!r} in the catalogue (rewards: {known})",
+                                    "unknown_reward") from None
 
 
 _LOCK_POINTS = (
@@ -188,15 +196,17 @@ class Rewards:
             done = conn.execute(select(rewards).where(rewards.c.key == f"redeem:{key}")).one_or_none()
             if done is not None:
                 if done.customer_id != customer_id or done.reward != name:
-                    raise RedemptionRefused(f"the key {key!r} was already used for another redemption")
+                    raise RedemptionRefused(f"the key {key!r} was already used for another redemption", "key_reused")
                 return _issued(done)
         entry = self.catalogue.entry(name)
         if entry["cost"] is None:
-            raise RedemptionRefused(f"{name!r} can't be bought with points; it is earned (a full stamp card)")
+            raise RedemptionRefused(f"{name!r} can't be bought with points; it is earned (a full stamp card)",
+                                    "earned_only")
         if units < 1 or (units > 1 and not entry["partial"]):
-            raise RedemptionRefused(f"{name!r} is redeemed one at a time")
+            raise RedemptionRefused(f"{name!r} is redeemed one at a time", "one_at_a_time")
         if entry["max_units"] and units > entry["max_units"]:
-            raise RedemptionRefused(f"{name!r} allows at most {entry['max_units']} at once")
+            raise RedemptionRefused(f"{name!r} allows at most {entry['max_units']} at once", "max_units",
+                                    max=entry["max_units"])
         self._check_channel(name, entry, channel)
         cost = entry["cost"] * units
         query = _LOCK_POINTS.with_for_update() if conn.dialect.name == "postgresql" else _LOCK_POINTS
@@ -204,15 +214,18 @@ class Rewards:
         balance = account.balance if account else 0
         if balance < 0:
             raise RedemptionRefused(
-                f"the balance is {balance} points after a refund; redemption waits until it is positive again"
+                f"the balance is {balance} points after a refund; redemption waits until it is positive again",
+                "negative_balance", balance=balance,
             )
         if balance < cost:
-            raise RedemptionRefused(f"{name!r} costs {cost} points and the balance is {balance}")
+            raise RedemptionRefused(f"{name!r} costs {cost} points and the balance is {balance}", "insufficient",
+                                    cost=cost, balance=balance)
         pending = self.ledger.pending(conn, customer_id, at) if self.ledger.pending_days else 0
         if balance - pending < cost:
             raise RedemptionRefused(
                 f"{name!r} costs {cost} points and only {balance - pending} of the {balance} are spendable; "
-                f"{pending} are pending until their orders' return window closes"
+                f"{pending} are pending until their orders' return window closes",
+                "pending", cost=cost, spendable=balance - pending, pending=pending,
             )
         code = new_reward_code()
         self.ledger.post(conn, customer_id, UNIT_POINTS, -cost, "redeem", f"reward:{code}", None, f"redeem:{code}", at,
@@ -260,9 +273,11 @@ class Rewards:
         if channel is None:
             return
         if channel not in self.channels:
-            raise RedemptionRefused(f"there is no channel {channel!r} (channels: {', '.join(sorted(self.channels))})")
+            raise RedemptionRefused(f"there is no channel {channel!r} (channels: {', '.join(sorted(self.channels))})",
+                                    "unknown_channel")
         if entry["channels"] and channel not in entry["channels"]:
-            raise RedemptionRefused(f"{name!r} can be spent in {', '.join(entry['channels'])}, not in {channel}")
+            raise RedemptionRefused(f"{name!r} can be spent in {', '.join(entry['channels'])}, not in {channel}",
+                                    "wrong_channel")
 
     def mark_used(self, conn: Connection, customer_id: int | None, codes: list[str], used_in: str,
                   at: datetime) -> int:

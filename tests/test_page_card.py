@@ -323,13 +323,32 @@ def test_a_refused_redemption_says_why(shop):
                                                          "units": "9", "channel": "pos"})
     assert status == 303
     page = fetch(base + headers["location"])[2]
-    assert "That reward could not be redeemed." in page and "at most 5 at once" in page
+    assert "That reward could not be redeemed." in page and "At most 5 at once." in page
     assert issued(engine) == [] and points(engine) == 200
     status, headers, _ = fetch(base + offer["action"], {"form": offer["form"], "reward": "points-off",
                                                          "units": "3", "channel": "pos"})
     [reward] = issued(engine)
     assert (reward.cost, Decimal(reward.value), reward.channel) == (30, Decimal("3.00"), "pos")
     assert coupons(engine) == []  # the till reads the code itself
+
+
+def test_a_refusal_is_said_in_the_customer_s_language(shop):
+    """The card says why in the page's language, with the numbers (not the
+    engine's English sentence): here more points than are left, in Czech."""
+    engine, base = shop
+    token = make_link(engine, customer_id(engine))
+    offers = [forms(fetch(f"{base}/card/{token}")[2])["points-off"] for _ in range(5)]  # five forms, 200 points
+    for offer in offers[:4]:
+        fetch(base + offer["action"], {"form": offer["form"], "reward": "points-off", "units": "5", "channel": "pos"})
+    assert points(engine) == 0
+    last = offers[4]
+    status, headers, _ = fetch(base + last["action"], {"form": last["form"], "reward": "points-off", "units": "5",
+                                                        "channel": "pos"})
+    assert status == 303
+    english = fetch(base + headers["location"])[2]
+    assert "It costs 50 points and you have 0." in english and "balance is" not in english
+    czech = fetch(base + headers["location"], headers={"Accept-Language": "cs"})[2]
+    assert "Stojí 50 bodů a vy máte 0." in czech
 
 
 # -- Shopify's app proxy ------------------------------------------------------------------------

@@ -432,7 +432,7 @@ class CardPages:
             issued = await run_in_threadpool(self.engine.redeem, f"id:{viewer.customer_id}", sealed["r"],
                                              channel, units, key)
         except RedemptionRefused as exc:
-            return self.redirect(viewer, {"refused": str(exc)})
+            return self.redirect(viewer, {"refused": exc.reason, "v": exc.values})
         return self.redirect(viewer, {"done": issued.code})
 
     # -- the signed link -------------------------------------------------------

@@ -223,7 +223,10 @@ def test_customer_search_and_the_customers_page(shop):
     assert re.search(r"/admin/customers/\d+$", eva.url)
     assert "eva@example.com" in eva.text
     assert "order:pos:t1:s" in eva.text  # her till sale's entry, from before the merge
-    assert "expiry" in eva.text and "merge" in eva.text
+    assert "points expired" in eva.text and "customers merged" in eva.text  # the ledger's reasons, in words
+    czech = session.get(eva.url, params={"lang": "cs"}).text
+    assert "propadlé body" in czech and "sloučení zákazníků" in czech
+    session.get(eva.url, params={"lang": "en"})
     with engine.db.connect() as conn:
         card = engine.identity.view(conn, engine.identity.find(conn, "ana@example.com")).card_code
     by_card = session.get(f"{base}/admin/customers", params={"q": card.lower()})

@@ -359,6 +359,28 @@ def _safe_next(value: str | None) -> str:
     return "/admin/"
 
 
+#: the engine's words the dashboard shows (statuses, ledger reasons), in the
+#: reader's language: ``word(kind, value)`` in a template; a word not listed
+#: (a plugin's own reason, say) is shown as it is
+WORDS = {
+    "ledger": {
+        "order": N_("order"), "refund": N_("refund"), "cancel": N_("order cancelled"), "unpaid": N_("order unpaid"),
+        "reassign": N_("order moved to another customer"), "visit": N_("visit"), "redeem": N_("reward redeemed"),
+        "reward-expired": N_("reward expired unused"), "expiry": N_("points expired"), "merge": N_("customers merged"),
+        "referral": N_("referral"), "subscription": N_("membership"), "card-complete": N_("stamp card full"),
+        "card-reopened": N_("stamp card reopened"),
+    },
+    "reward": {"issued": N_("ready to use"), "used": N_("used"), "expired": N_("expired")},
+    "order": {"pending": N_("pending"), "paid": N_("paid"), "refunded": N_("refunded"),
+              "cancelled": N_("cancelled")},
+    "membership": {"active": N_("active"), "paused": N_("paused"), "cancelled": N_("cancelled"),
+                   "lapsed": N_("lapsed")},
+    "tier": {"upgrade": N_("upgrade"), "downgrade": N_("downgrade")},
+    "delivery": {"received": N_("received"), "applied": N_("applied"), "duplicate": N_("duplicate"),
+                 "ignored": N_("ignored"), "failed": N_("failed")},
+}
+
+
 def search_condition(like: str):
     """The dashboard's customer search: ``like`` (a ``LIKE`` pattern) on the
     email, phone, card code or name of a customer not merged away. The four
@@ -400,6 +422,8 @@ class Admin:
         return row
 
     def _render(self, request: Request, name: str, status: int = 200, **values) -> Response:
+        gettext = self.templates.gettext(request)
+        values.setdefault("word", lambda kind, value: gettext(WORDS[kind][value]) if value in WORDS[kind] else value)
         values.setdefault("csrf", self._csrf(request))
         values.setdefault("flash", request.session.pop("flash", None))
         values.setdefault("channels", sorted(self.engine.connectors))

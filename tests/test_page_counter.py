@@ -218,6 +218,40 @@ def test_find_a_customer_by_card_code_and_by_email_then_record_a_sale(till, brow
     expect(page.locator("#customer-delta")).to_have_text("+1 point")
 
 
+def test_enrol_a_new_customer_record_a_sale_and_void_it(till, browser_page):
+    """Nobody found by an email: the counter offers to enrol them (a card at
+    once); a sale just recorded can be voided, and what it earned goes back."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, _ = till
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, "petr@example.cz")
+    expect(page.locator("#find-message")).to_contain_text("No customer matches")
+    expect(page.locator("#enrol-button")).to_have_text("Enrol petr@example.cz as a new customer")
+    page.click("#enrol-button")
+    expect(page.locator("#customer-points")).to_have_text("0")
+    card = summary(engine, "petr@example.cz")["card_code"]
+    expect(page.locator("#result")).to_have_text(f"New customer enrolled: card {card}.")
+    expect(page.locator("#enrol-button")).to_be_hidden()
+    find(page, "not an email")  # nobody, and nothing to enrol by
+    expect(page.locator("#enrol-button")).to_be_hidden()
+    find(page, card)
+
+    page.fill("#sale-amount", "12.00")
+    page.click("#sale-button")
+    expect(page.locator("#customer-points")).to_have_text("12")
+    expect(page.locator("#void-button")).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#void-button")
+    expect(page.locator("#result")).to_contain_text("is void")
+    expect(page.locator("#customer-points")).to_have_text("0")
+    expect(page.locator("#void-button")).to_be_hidden()
+    assert summary(engine, card)["points"] == 0
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
 def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
     from playwright.sync_api import expect
 

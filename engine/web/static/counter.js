@@ -105,6 +105,8 @@
 
   let termKey = store.get('key', null);
   let customer = null; // {data, checked, seenAt, unknown}
+  let enrolKey = null; // the email or phone a look-up found nobody for
+  let lastSale = null; // {key, amount}: the sale just recorded online, which can be voided
   let reachable = true;
   let flushing = null;
   let sending = false; // a batch is on its way
@@ -268,8 +270,49 @@
   const cardCode = (query) => query.toUpperCase().replace(/[\s-]/g, '');
   const looksLikeCardCode = (query) => /^[0-9A-Z]{4,64}$/.test(cardCode(query)) && !/^\d+$/.test(cardCode(query));
 
+  const looksLikeEmail = (query) => /^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(query);
+  const looksLikePhone = (query) => /^\+?[\d\s()./-]{6,}$/.test(query);
+
+  /** Offer to enrol whom a look-up did not find (an email or a phone only). */
+  function offerEnrol(query) {
+    enrolKey = query && (looksLikeEmail(query) || looksLikePhone(query)) ? query : null;
+    const button = $('enrol-button');
+    button.hidden = !enrolKey;
+    button.textContent = enrolKey ? t('enrol', {key: enrolKey}) : '';
+  }
+
+  async function enrol() {
+    if (!enrolKey) return;
+    if (!online()) return findMessage(t('enrol_offline'), 'error');
+    const key = uuid();
+    const json = looksLikeEmail(enrolKey) ? {email: enrolKey} : {phone: enrolKey};
+    const button = $('enrol-button');
+    button.disabled = true;
+    try {
+      const answer = await api('POST', '/customers', {json, idem: key});
+      if ((answer.status === 200 || answer.status === 201) && answer.data && answer.data.customer) {
+        offerEnrol(null);
+        findMessage(null);
+        $('find-key').value = '';
+        remember(answer.data.customer);
+        showCustomer(answer.data.customer, {checked: true});
+        showResult(t('enrolled', {code: answer.data.customer.card_code}), 'ok');
+      } else if (answer.status === 401) {
+        revoked();
+      } else {
+        findMessage(reason(answer), 'error');
+      }
+    } catch (e) {
+      if (!(e instanceof Offline)) throw e;
+      findMessage(t('enrol_offline'), 'error');
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   async function find(query) {
     query = query.trim();
+    offerEnrol(null);
     if (!query) return findMessage(t('need_query'), 'error');
     findMessage(t('searching'), 'muted');
     $('find-button').disabled = true;
@@ -287,6 +330,7 @@
           if (answer.status === 401) return revoked();
           if (answer.status === 404) {
             clearCustomer();
+            offerEnrol(query);
             return findMessage(t('not_found'), 'error');
           }
           if (answer.status < 500) return findMessage(reason(answer), 'error');
@@ -443,11 +487,43 @@
 
   // -- results ------------------------------------------------------------------------------
 
-  function showResult(text, kind) {
+  function showResult(text, kind, voidable) {
     const node = $('result');
     node.hidden = !text;
     node.textContent = text || '';
     node.className = 'result' + (kind ? ' ' + kind : '');
+    if (!voidable) lastSale = null;
+    $('void-row').hidden = !lastSale;
+  }
+
+  /** Void the sale just recorded (online only: the server takes back what it earned). */
+  async function voidSale() {
+    if (!lastSale) return;
+    if (!online()) return showResult(t('void_offline'), 'error', true);
+    const sale = lastSale;
+    if (!window.confirm(t('void_confirm', {amount: sale.amount}))) return;
+    const key = uuid();
+    $('void-button').disabled = true;
+    try {
+      const answer = await api('POST', '/sales/' + encodeURIComponent(sale.key) + '/void', {json: {}, idem: key});
+      if (answer.status === 200 || answer.status === 201) {
+        const after = answer.data && answer.data.customer;
+        if (after) {
+          remember(after);
+          if (customer && customer.data.card_code === after.card_code) showCustomer(after, {checked: true});
+        }
+        showResult(t('voided', {amount: sale.amount}), 'ok');
+      } else if (answer.status === 401) {
+        revoked();
+      } else {
+        showResult(t('refused', {reason: reason(answer)}), 'error', true);
+      }
+    } catch (e) {
+      if (!(e instanceof Offline)) throw e;
+      showResult(t('void_offline'), 'error', true);
+    } finally {
+      $('void-button').disabled = false;
+    }
   }
 
   function newRewards(before, after) {
@@ -539,7 +615,9 @@
             const lines = [answer.data.status === 'duplicate' ? t('duplicate')
               : topic === 'sale' ? t('sale_done', {amount: info.amount}) : t('visit_done')];
             for (const r of newRewards(before, answer.data.customer)) lines.push(t('new_reward', {reward: r.reward, code: r.code}));
-            showResult(lines.join(' '), 'ok');
+            const voidable = topic === 'sale' && answer.data.status !== 'duplicate';
+            if (voidable) lastSale = {key, amount: info.amount};
+            showResult(lines.join(' '), 'ok', voidable);
             return true;
           }
           if (answer.status === 401) { revoked(); return false; }
@@ -777,6 +855,8 @@
   $('sale-amount').addEventListener('input', renderTotal);
   $('add-line').addEventListener('click', addLine);
   $('visit-button').addEventListener('click', recordVisit);
+  $('enrol-button').addEventListener('click', enrol);
+  $('void-button').addEventListener('click', voidSale);
   $('send-now').addEventListener('click', () => flush(true));
   $('waiting-count').addEventListener('click', () => $('waiting').scrollIntoView({behavior: 'smooth'}));
   window.addEventListener('online', () => { reachable = true; renderNet(); flush(); });

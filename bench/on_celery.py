@@ -95,6 +95,7 @@ from engine.db import make_engine, upgrade  # noqa: E402
 from engine.demo import SHOPIFY_ID_BASE, T0, make_customer, random_lines, shopify_order  # noqa: E402
 from engine.events import load_event  # noqa: E402
 from engine.orders import merge, view  # noqa: E402
+from tests.serving import free_port, wait_until  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 DATABASE = "regulars_bench_celery"
@@ -123,20 +124,21 @@ WARM_UP = 10  # tasks per worker process before any timing
 # -- parts -------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _burst(items: list[int], publish) -> tuple[dict[int, float], float, float]:
+    """Publish ``items`` as fast as it goes, PUBLISH_CHUNK at a time: when
+    each was published, when the burst began, and how long publishing took."""
+    stamps: dict[int, float] = {}
+    t0 = time.time()
+    for start in range(0, len(items), PUBLISH_CHUNK):
+        chunk = items[start : start + PUBLISH_CHUNK]
+        at = time.time()
+        publish(chunk)
+        stamps.update(dict.fromkeys(chunk, at))
+    return stamps, t0, time.time() - t0
 
 
 def _wait(predicate, seconds: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise SystemExit(f"timed out after {seconds} s waiting for {what}")
+    return wait_until(predicate, seconds, what, every, error=SystemExit)
 
 
 class PrivateRedis:
@@ -146,7 +148,7 @@ class PrivateRedis:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("redis-server is not installed")
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -506,15 +508,8 @@ def regulars_pass(args, engine: Engine, pg_url: str, broker: PrivateRedis, workd
 
             # the burst
             since = workers.log_sizes()
-            stamps: dict[int, float] = {}
             before = cpu_now()
-            t0 = time.time()
-            for start in range(0, len(ids), PUBLISH_CHUNK):
-                chunk = ids[start : start + PUBLISH_CHUNK]
-                at = time.time()
-                publish(chunk)
-                stamps.update(dict.fromkeys(chunk, at))
-            published = time.time() - t0
+            stamps, t0, published = _burst(ids, publish)
             wait_applied(conn, ids, args.timeout, workers)
             cpu = Cpu.measure(before, cpu_now(), time.time() - t0, workers.pids, broker.process.pid, args.database)
             done = processed_at(conn, ids)
@@ -627,15 +622,8 @@ def noop_pass(args, broker: PrivateRedis, workdir: Path) -> tuple[Pass, Workers]
 
         numbers = list(range(args.events))
         since = workers.log_sizes()
-        stamps: dict[int, float] = {}
         before = cpu_now()
-        t0 = time.time()
-        for start in range(0, len(numbers), PUBLISH_CHUNK):
-            chunk = numbers[start : start + PUBLISH_CHUNK]
-            at = time.time()
-            publish(chunk)
-            stamps.update(dict.fromkeys(chunk, at))
-        published = time.time() - t0
+        stamps, t0, published = _burst(numbers, publish)
         _wait(lambda: done_count() >= len(numbers), args.timeout, "the no-op tasks", every=POLL_EVERY)
         cpu = Cpu.measure(before, cpu_now(), time.time() - t0, workers.pids, broker.process.pid, args.database)
         done = {int(k): float(v) for k, v in r.hgetall(celery_noop.DONE).items()}

@@ -1,5 +1,6 @@
 """An ASGI app served by uvicorn on a free loopback port, in a thread: the
-real HTTP server the web tests talk to."""
+real HTTP server the web tests talk to; and the small helpers of tests (and
+benchmarks) that start servers: a free port, waiting for a condition."""
 
 from __future__ import annotations
 
@@ -10,14 +11,31 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(predicate, seconds: float, what: str, every: float = 0.1, error: type[BaseException] = AssertionError):
+    """The first true value of ``predicate()``, asked every ``every`` seconds
+    for up to ``seconds``; else ``error`` saying what it waited for."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise error(f"timed out after {seconds} s waiting for {what}")
+
+
 @contextmanager
 def serve_app(app) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL."""
     import uvicorn
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

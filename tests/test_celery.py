@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
@@ -42,7 +41,7 @@ from engine.db.models import inbox as inbox_table
 from engine.db.models import ledger_entries
 from engine.web.signatures import sign
 from tests.conftest import unreachable
-from tests.serving import serve_app
+from tests.serving import free_port, serve_app, wait_until
 from tests.streams import Line, PlannedOrder, deliveries, expected_by_email
 
 pytestmark = pytest.mark.skipif(os.environ.get("REGULARS_TEST_PASS") == "postgres",
@@ -66,22 +65,6 @@ url = "https://shop.example"
 SECRET = "celery-test-secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait(predicate, seconds: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
-
-
 # -- brokers ---------------------------------------------------------------------
 
 
@@ -97,7 +80,7 @@ class RedisBroker:
         if binary is None:
             unreachable("redis-server is not installed")
         self.binary, self.workdir = binary, workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = None
 
@@ -108,7 +91,7 @@ class RedisBroker:
         import redis
 
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        _wait(lambda: _ping(client), 10, "redis-server to start")
+        wait_until(lambda: _ping(client), 10, "redis-server to start")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -151,7 +134,7 @@ class RabbitBroker:
 
     def start(self) -> None:
         self._ctl("start_app")
-        _wait(lambda: _port_open(5672), 30, "RabbitMQ to start")
+        wait_until(lambda: _port_open(5672), 30, "RabbitMQ to start")
 
     def stop(self) -> None:
         self._ctl("stop_app")
@@ -307,7 +290,7 @@ def test_a_worker_killed_in_the_middle_of_a_batch_loses_nothing(pg_engine, parts
     first = parts.worker("first")
     publish([o.inbox_id for o in received])
 
-    applied_at_kill = _wait(lambda: (status_counts(pg_engine).get(inbox.APPLIED, 0) >= 40)
+    applied_at_kill = wait_until(lambda: (status_counts(pg_engine).get(inbox.APPLIED, 0) >= 40)
                             and status_counts(pg_engine).get(inbox.APPLIED, 0), 90,
                             "the first worker to apply some deliveries", every=0.02)
     parts.kill(first)
@@ -316,7 +299,7 @@ def test_a_worker_killed_in_the_middle_of_a_batch_loses_nothing(pg_engine, parts
     parts.worker("second")
     parts.beat()  # sweeps every second: what the dead worker held comes back
     try:
-        _wait(lambda: status_counts(pg_engine).get(inbox.APPLIED, 0) == len(items), 120,
+        wait_until(lambda: status_counts(pg_engine).get(inbox.APPLIED, 0) == len(items), 120,
               "every delivery to be applied")
     except AssertionError:
         raise AssertionError(f"{status_counts(pg_engine)}\n{parts.logs()}") from None
@@ -367,11 +350,11 @@ def test_the_broker_stopped_and_started_while_deliveries_arrive(pg_engine, parts
         statuses += list(pool.map(lambda item: _post(url, *item), items[third:2 * third]))
         # stored while the broker was down, and the publisher said it could not hand them on
         assert sum(status_counts(pg_engine).values()) == 2 * third
-        assert _wait(lambda: "the broker can't be reached" in caplog.text, 20, "the publisher to give up")
+        assert wait_until(lambda: "the broker can't be reached" in caplog.text, 20, "the publisher to give up")
         broker.start()
         statuses += list(pool.map(lambda item: _post(url, *item), items[2 * third:]))
         try:
-            _wait(lambda: status_counts(pg_engine).get(inbox.APPLIED, 0) == len(items), 150,
+            wait_until(lambda: status_counts(pg_engine).get(inbox.APPLIED, 0) == len(items), 150,
                   "every delivery to be applied")
         except AssertionError:
             raise AssertionError(f"{status_counts(pg_engine)}\n{parts.logs()}") from None

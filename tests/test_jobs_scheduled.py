@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -27,6 +26,7 @@ from tests.conftest import DEFAULT_TABLES, empty_database
 from tests.fakes.shopify import FakeShopify
 from tests.fakes.shopify import make_orders as shopify_orders
 from tests.fakes.woocommerce import FakeWoo
+from tests.serving import free_port
 from tests.test_subscriptions import (
     EMAIL,
     T0,
@@ -403,9 +403,7 @@ def woo(monkeypatch):
 
 def down() -> str:
     """The address of a shop that is down (nothing listens there)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}"
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def shops(shopify_url: str | None = None, woo_url: str | None = None) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import socket
 from datetime import timedelta
 
 import pytest
@@ -20,14 +19,13 @@ from engine.db import utcnow
 from engine.db.models import outbox, rewards
 from tests.conftest import load_contract
 from tests.fakes.woocommerce import FakeWoo
+from tests.serving import free_port
 
 WOO_ORDER = "woocommerce/webhooks/order_updated_with_refunds.body.json"  # order 723, customer 26, 39.00
 
 
 def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()  # nothing listens there
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from engine.cli import main
 from engine.reconcile import reconcile
 from tests.fakes.woocommerce import FakeWoo
+from tests.serving import free_port
 
 
 @pytest.fixture
@@ -93,11 +94,7 @@ def test_the_cli_says_which_credentials_are_missing(tmp_path, monkeypatch):
 
 
 def test_a_shop_that_is_down_is_one_sentence(tmp_path, monkeypatch):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("REGULARS_WOOCOMMERCE_CONSUMER_KEY", "ck_x")
     monkeypatch.setenv("REGULARS_WOOCOMMERCE_CONSUMER_SECRET", "cs_x")
     config = tmp_path / "plugins.toml"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from engine import inbox
 from engine.db import make_engine
 from engine.db.models import inbox as inbox_table
 from engine.web.serving import Leadership, WriteGate, sqlite_file
+from tests.serving import free_port
 from tests.test_webhooks import order_delivery, post, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,12 +114,6 @@ per_unit = 1
 [connectors.shopify]
 shop = "example.myshopify.com"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def applied(engine) -> int:

@@ -43,6 +43,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -66,6 +67,19 @@ TABLES = {
     "rules": {"points": {"per_unit": 1}},
     "connectors": {"shopify": {"shop": "example.myshopify.com"}},
 }
+#: TABLES as a plugins.toml, for the benchmarks that start `regulars` processes
+PLUGINS_TOML = """\
+[engine]
+currency = "EUR"
+default_country = "CZ"
+
+[rules.points]
+per_unit = 1
+
+[connectors.shopify]
+shop = "example.myshopify.com"
+"""
+assert tomllib.loads(PLUGINS_TOML) == TABLES, "PLUGINS_TOML must say what TABLES says"
 TOPIC = "orders/paid"
 console = Console(width=max(Console().width, 100))
 

@@ -77,7 +77,6 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-import tomllib  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime, timedelta  # noqa: E402
@@ -87,7 +86,7 @@ from psycopg.types.json import Json  # noqa: E402
 from rich.table import Table  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
-from bench.ingest import LEDGER, TABLES, TOPIC, Run, console, make_bodies  # noqa: E402
+from bench.ingest import LEDGER, PLUGINS_TOML, TABLES, TOPIC, Run, console, make_bodies  # noqa: E402
 from engine import inbox  # noqa: E402
 from engine.app import Engine  # noqa: E402
 from engine.config import config_from_tables  # noqa: E402
@@ -101,19 +100,6 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"
 DATABASE = "regulars_bench_celery"
 #: never these: the test suites' databases and PostgreSQL's own
 FORBIDDEN = {"test", "test_c", "postgres", "template0", "template1"}
-#: plugins.toml of the workers: the tables of bench/ingest.py
-CONFIG = """\
-[engine]
-currency = "EUR"
-default_country = "CZ"
-
-[rules.points]
-per_unit = 1
-
-[connectors.shopify]
-shop = "example.myshopify.com"
-"""
-assert tomllib.loads(CONFIG) == TABLES, "the workers' plugins.toml must be bench/ingest.py's TABLES"
 
 PUBLISH_CHUNK = 10
 POLL_EVERY = 0.05
@@ -871,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="regulars-bench-celery-"))
-    (workdir / "plugins.toml").write_text(CONFIG, encoding="utf-8")
+    (workdir / "plugins.toml").write_text(PLUGINS_TOML, encoding="utf-8")
     broker = workers = None
     try:
         pg_url, sa_url = database(args.server, args.database)

@@ -66,6 +66,8 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path[:0] = [str(ROOT), str(BENCH)]
 
+from ingest import PLUGINS_TOML  # noqa: E402  (bench/ingest.py: its TABLES as a plugins.toml)
+
 from connectors.base import header  # noqa: E402
 from engine.app import Engine, parse_body  # noqa: E402
 from engine.config import load_config  # noqa: E402
@@ -77,17 +79,6 @@ SHOP = "example.myshopify.com"
 #: uvicorn's access log in the servers (off with --no-access-log; a server
 #: process of this script reads it from its environment)
 ACCESS_LOG = os.environ.get("BENCH_ACCESS_LOG", "1") == "1"
-PLUGINS_TOML = f"""\
-[engine]
-currency = "EUR"
-default_country = "CZ"
-
-[rules.points]
-per_unit = 1
-
-[connectors.shopify]
-shop = "{SHOP}"
-"""
 #: the issue's target for verified, durably stored deliveries on embedded SQLite
 TARGET_RATE, TARGET_P99_MS = 2000, 50.0
 console = Console(width=max(Console().width, 120))

@@ -312,17 +312,13 @@ class Engine:
         the sweep finds again, is set ``failed`` after ``MAX_TRIES`` tries
         that never ended, instead of taking a worker down forever."""
         self.ensure_schema()
-        with self.db.connect() as conn:
-            row = inbox.get(conn, inbox_id)
-            if row is None or row.status != inbox.RECEIVED:
-                return None
-            conn.rollback()  # the read's transaction: the count has one of its own
-            with self._transaction(conn) as tx, deferring(tx, commit=True):  # one round trip on PostgreSQL
-                started = inbox.start(tx, inbox_id)
-            tries = started.rows()
-        if not tries:
-            return None  # applied, ignored or failed meanwhile
-        if tries[0][0] > MAX_TRIES:
+        with self.db.begin() as tx, deferring(tx, commit=True):  # one round trip on PostgreSQL
+            started = inbox.start(tx, inbox_id)
+        found = started.rows()
+        if not found:
+            return None  # no such delivery, or applied, ignored or failed already
+        row = found[0]
+        if row.tries > MAX_TRIES:
             outcome = Outcome(inbox_id, "failed", (
                 f"gave up after {MAX_TRIES} tries that never ended: the process applying it died each time "
                 "(the workers' logs say why); replay it once that is mended"))

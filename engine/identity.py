@@ -148,30 +148,27 @@ _UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("b_id"))
 _CREATED_COLUMNS = ("email", "phone", "first_name", "last_name", "accepts_marketing", "address", "birthday",
                     "card_code", "referral_code", "created_at", "updated_at")
 _INSERT_CUSTOMER = Fast(typed_insert(customers, _CREATED_COLUMNS, returning=("id",)))
-# PostgreSQL: a new customer and their channel id in one statement (one round
-# trip); the link is inserted as ``_link`` does (never moved: DO NOTHING).
-_INSERT_LINKED_CUSTOMER = Fast(
-    text(
-        f"WITH created AS (INSERT INTO customers ({', '.join(_CREATED_COLUMNS)}) "
-        f"VALUES ({', '.join(':' + c for c in _CREATED_COLUMNS)}) RETURNING id), "
-        "linked AS (INSERT INTO customer_links (channel, external_id, customer_id) "
-        "SELECT :channel, :external_id, id FROM created ON CONFLICT (channel, external_id) DO NOTHING) "
-        "SELECT id FROM created"
-    ).bindparams(*(bindparam(c, type_=customers.c[c].type) for c in _CREATED_COLUMNS))
-)
-_LOCK_ONE = Fast(select(customers.c.id).where(customers.c.id == bindparam("id")).with_for_update())
 # A new customer whose id was taken ahead (``Prepared``): nothing to read back,
 # so the INSERT goes with the next statement.
 _INSERT_CUSTOMER_WITH_ID = Fast(typed_insert(customers, ("id", *_CREATED_COLUMNS)))
-_INSERT_LINKED_CUSTOMER_WITH_ID = Fast(
-    text(
-        f"WITH created AS (INSERT INTO customers (id, {', '.join(_CREATED_COLUMNS)}) "
-        f"VALUES (:id, {', '.join(':' + c for c in _CREATED_COLUMNS)}) RETURNING id) "
-        "INSERT INTO customer_links (channel, external_id, customer_id) "
-        "SELECT :channel, :external_id, id FROM created ON CONFLICT (channel, external_id) DO NOTHING"
-    ).bindparams(bindparam("id", type_=customers.c.id.type),
-                 *(bindparam(c, type_=customers.c[c].type) for c in _CREATED_COLUMNS))
-)
+
+
+def _insert_linked(with_id: bool) -> Fast:
+    """PostgreSQL: a new customer and their channel id in one statement (one
+    round trip); the link is inserted as ``_link`` does (never moved: DO
+    NOTHING). With the id taken ahead (nothing read back), or RETURNING it."""
+    columns = ("id", *_CREATED_COLUMNS) if with_id else _CREATED_COLUMNS
+    link = ("INSERT INTO customer_links (channel, external_id, customer_id) "
+            "SELECT :channel, :external_id, id FROM created ON CONFLICT (channel, external_id) DO NOTHING")
+    created = (f"created AS (INSERT INTO customers ({', '.join(columns)}) "
+               f"VALUES ({', '.join(':' + c for c in columns)}) RETURNING id)")
+    sql = f"WITH {created} {link}" if with_id else f"WITH {created}, linked AS ({link}) SELECT id FROM created"
+    return Fast(text(sql).bindparams(*(bindparam(c, type_=customers.c[c].type) for c in columns)))
+
+
+_INSERT_LINKED_CUSTOMER = _insert_linked(with_id=False)
+_INSERT_LINKED_CUSTOMER_WITH_ID = _insert_linked(with_id=True)
+_LOCK_ONE = Fast(select(customers.c.id).where(customers.c.id == bindparam("id")).with_for_update())
 # PostgreSQL, sent ahead of the look-up and in its round trip (``prepare``):
 # lock every customer a key finds, in id order, and read their counters'
 # footprints (locked, created empty if missing); when the keys find nobody,
@@ -481,16 +478,13 @@ class Identity:
             "created_at": at,
             "updated_at": at,
         }
-        if new_id is not None and link is not None:
-            values["id"] = new_id
-            _INSERT_LINKED_CUSTOMER_WITH_ID.later(conn, {**values, "channel": link[0], "external_id": link[1]})
-        elif new_id is not None:
-            values["id"] = new_id
-            _INSERT_CUSTOMER_WITH_ID.later(conn, values)
-        elif link is not None and conn.dialect.name == "postgresql":
-            values["id"] = _INSERT_LINKED_CUSTOMER.scalar(conn, {**values, "channel": link[0], "external_id": link[1]})
+        linked = link is not None and conn.dialect.name == "postgresql"
+        params = {**values, "channel": link[0], "external_id": link[1]} if linked else values
+        if new_id is not None:
+            values["id"] = params["id"] = new_id
+            (_INSERT_LINKED_CUSTOMER_WITH_ID if linked else _INSERT_CUSTOMER_WITH_ID).later(conn, params)
         else:
-            values["id"] = _INSERT_CUSTOMER.scalar(conn, values)
+            values["id"] = (_INSERT_LINKED_CUSTOMER if linked else _INSERT_CUSTOMER).scalar(conn, params)
         if self.ledger.metrics is not None:
             self.ledger.metrics.created(conn, values["id"])
         return _Merged(None, values)

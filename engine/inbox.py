@@ -164,28 +164,25 @@ def _id(conn: Connection, channel: str, key: str) -> int:
     return conn.execute(select(inbox.c.id).where(inbox.c.channel == channel, inbox.c.key == key)).scalar_one()
 
 
-_MARK = Fast(
-    update(inbox)
-    .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type))
-    .values(
-        attempts=inbox.c.attempts + 1,
-        **{name: bindparam(name, type_=inbox.c[name].type) for name in ("status", "error", "plugin", "processed_at")},
-    )
-)
+def _outcome_statement(counted: bool) -> Fast:
+    """UPDATE of a delivery's outcome (status, error, plugin, processed_at),
+    counting one more attempt or not."""
+    values = {name: bindparam(name, type_=inbox.c[name].type) for name in ("status", "error", "plugin", "processed_at")}
+    if counted:
+        values["attempts"] = inbox.c.attempts + 1
+    return Fast(update(inbox).where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type)).values(**values))
+
+
+_MARK = _outcome_statement(counted=True)
+_VERDICT = _outcome_statement(counted=False)
 
 
 def mark(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
-    # (Inside fastsql.deferring, on PostgreSQL, it goes with the transaction's last writes.)
+    """Record a delivery's outcome, one more attempt. (Inside fastsql.deferring,
+    on PostgreSQL, it goes with the transaction's last writes.)"""
     _MARK.later(
         conn, {"b_id": inbox_id, "status": status, "error": error, "plugin": plugin, "processed_at": utcnow()}
     )
-
-
-_VERDICT = Fast(
-    update(inbox)
-    .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type))
-    .values(**{name: bindparam(name, type_=inbox.c[name].type) for name in ("status", "error", "plugin", "processed_at")})
-)
 
 
 def verdict(conn: Connection, inbox_id: int, status: str, error: str | None = None, plugin: str | None = None) -> None:
@@ -200,7 +197,7 @@ _START = Fast(
     update(inbox)
     .where(inbox.c.id == bindparam("b_id", type_=inbox.c.id.type), inbox.c.status == RECEIVED)
     .values(tries=inbox.c.tries + 1)
-    .returning(inbox.c.tries)
+    .returning(inbox.c.id, inbox.c.channel, inbox.c.topic, inbox.c.body, inbox.c.headers, inbox.c.tries)
 )
 
 
@@ -209,7 +206,8 @@ def start(conn: Connection, inbox_id: int) -> Ahead:
     a transaction of its own that commits before the try begins (so a try
     that kills its process still counts). Run ahead: inside
     ``fastsql.deferring`` on PostgreSQL it goes with the COMMIT. Its rows:
-    the tries now, or none when the delivery is not ``received`` any more."""
+    the delivery (id, channel, topic, body, headers and the tries now), or
+    none when there is no such delivery or it is not ``received`` any more."""
     return _START.ahead(conn, {"b_id": inbox_id})
 
 

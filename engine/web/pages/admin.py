@@ -421,13 +421,14 @@ class Admin:
             return None
         return row
 
-    def _render(self, request: Request, name: str, status: int = 200, **values) -> Response:
+    def _render(self, request: Request, name: str, status: int = 200, headers: dict | None = None,
+                **values) -> Response:
         gettext = self.templates.gettext(request)
         values.setdefault("word", lambda kind, value: gettext(WORDS[kind][value]) if value in WORDS[kind] else value)
         values.setdefault("csrf", self._csrf(request))
         values.setdefault("flash", request.session.pop("flash", None))
         values.setdefault("channels", sorted(self.engine.connectors))
-        return self.templates.render(request, name, status=status, **values)
+        return self.templates.render(request, name, status=status, headers=headers, **values)
 
     def _fmt(self, request: Request) -> Formats:
         locale = choose_locale(request, self.templates.brand["locale"])
@@ -483,10 +484,9 @@ class Admin:
         wait = await run_in_threadpool(sign_in_wait, self.engine, username, address)
         if wait:  # not even the password is checked: guessing gains nothing
             log.warning("admin sign-in throttled for %r from %s: %d s to wait", username[:150], address, wait)
-            return self.templates.render(
-                request, "admin_signin.html", status=429, headers={"Retry-After": str(wait)},
-                csrf=self._csrf(request), flash=None, channels=sorted(self.engine.connectors), user=None,
-                next=wanted, username=username, error=None, wait_minutes=math.ceil(wait / 60))
+            return self._render(request, "admin_signin.html", status=429, headers={"Retry-After": str(wait)},
+                                user=None, next=wanted, username=username, error=None,
+                                wait_minutes=math.ceil(wait / 60))
         user = await run_in_threadpool(authenticate, self.engine, username, password)
         if user is None:
             log.warning("admin sign-in refused for %r from %s", username[:150], address)

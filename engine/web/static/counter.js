@@ -22,10 +22,13 @@
 
   // -- text, numbers ------------------------------------------------------------
 
-  function t(name, vars) {
-    let text = Object.prototype.hasOwnProperty.call(M, name) ? M[name] : name;
+  function fill(text, vars) {
     for (const [k, v] of Object.entries(vars || {})) text = text.split('{' + k + '}').join(String(v));
     return text;
+  }
+
+  function t(name, vars) {
+    return fill(Object.prototype.hasOwnProperty.call(M, name) ? M[name] : name, vars);
   }
 
   // A message with plural forms (the page gives one per CLDR category): the
@@ -35,9 +38,7 @@
   })();
   function tn(name, n, vars) {
     const forms = Object.prototype.hasOwnProperty.call(M, name) ? M[name] : {other: name};
-    let text = typeof forms === 'string' ? forms : (forms[pluralRules.select(n)] || forms.other || name);
-    for (const [k, v] of Object.entries(vars || {})) text = text.split('{' + k + '}').join(String(v));
-    return text;
+    return fill(typeof forms === 'string' ? forms : (forms[pluralRules.select(n)] || forms.other || name), vars);
   }
 
   function formatter(options) {

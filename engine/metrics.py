@@ -527,18 +527,55 @@ class Recorder:
         finally:
             del self._collecting[key]
 
+    @contextmanager
+    def savepoint(self, conn: Connection) -> Iterator[None]:
+        """A layer of the open ``collecting`` block on ``conn`` for work done
+        in a savepoint (a delivery of a batch): what it changes joins the
+        block's when it ends without an exception, and is dropped when it
+        raises (its savepoint is rolled back). The block then writes the
+        whole batch's counters at once: one INSERT of the deltas, and one
+        write per customer however many of their orders the batch held.
+        Without an open block, this is one."""
+        key = id(conn)
+        parent = self._collecting.get(key)
+        if parent is None:
+            with self.collecting(conn):
+                yield
+            return
+        layer = self._collecting[key] = _Pending(parent)
+        try:
+            yield
+            deltas = parent.deltas
+            for counter, value in layer.deltas.items():
+                deltas[counter] = deltas.get(counter, 0) + value
+            parent.footprints.update(layer.footprints)
+            parent.ahead.update(layer.ahead)
+        finally:
+            self._collecting[key] = parent
+
     def _pending(self, conn: Connection) -> _Pending | None:
         return self._collecting.get(id(conn))
+
+    @staticmethod
+    def _holds(pending: _Pending, customer_id: int) -> bool:
+        """Whether the customer's footprint is held (or read ahead) by this
+        layer or one it belongs to."""
+        while pending is not None:
+            if customer_id in pending.footprints or customer_id in pending.ahead:
+                return True
+            pending = pending.parent
+        return False
 
     def created(self, conn: Connection, customer_id: int) -> None:
         """A customer was created in this transaction: their footprint is
         empty and has no row yet (none is read or locked)."""
         pending = self._pending(conn)
-        if pending is not None and customer_id not in pending.footprints:
+        if pending is not None and not self._holds(pending, customer_id):
             pending.footprints[customer_id] = _Footprint(None, {})
 
     def _write(self, conn: Connection, pending: _Pending) -> None:
         deltas = pending.deltas
+        changed = []
         for customer_id in sorted(pending.footprints):
             held = pending.footprints[customer_id]
             if held.current == held.stored:
@@ -558,7 +595,7 @@ class Recorder:
                         continue
                     _SET_FOOTPRINT.execute(conn, {"b_customer": customer_id, "footprint": held.current})
             else:
-                _SET_FOOTPRINT.later(conn, {"b_customer": customer_id, "footprint": held.current})
+                changed.append({"b_customer": customer_id, "footprint": held.current})
             change = contributions(held.current)
             change.subtract(contributions(held.stored or {}))
             for counter, value in change.items():
@@ -566,6 +603,7 @@ class Recorder:
                     deltas[counter] = deltas.get(counter, 0) + value
         rows = [{"measure": m, "channel": c, "kind": k, "period": p, "value": v}
                 for (m, c, k, p), v in sorted(deltas.items()) if v]
+        _SET_FOOTPRINT.later(conn, changed, many=True)
         _INSERT_DELTAS.later(conn, rows, many=True)
 
     # -- the ledger -------------------------------------------------------------
@@ -651,7 +689,7 @@ class Recorder:
         (elsewhere, nothing happens until it is needed). ``known``: footprints
         already read and locked in this transaction (``Identity.prepare``)."""
         pending = self._pending(conn)
-        if pending is None or customer_id in pending.footprints or customer_id in pending.ahead:
+        if pending is None or self._holds(pending, customer_id):
             return
         if known is not None and customer_id in known:
             stored = known[customer_id] or {}
@@ -663,6 +701,24 @@ class Recorder:
         """The customer's footprint in this transaction: read (and its row
         locked, created empty if missing) the first time."""
         pending = self._pending(conn)
+        held = pending.footprints.get(customer_id)
+        if held is not None:
+            return held
+        # Held by the block this layer belongs to (``savepoint``): a copy, which
+        # replaces the block's if the layer ends well.
+        outer = pending.parent
+        while outer is not None:
+            if customer_id in outer.footprints or customer_id in outer.ahead:
+                base = self._read(conn, outer, customer_id)
+                held = pending.footprints[customer_id] = _Footprint(base.stored, base.current)
+                return held
+            outer = outer.parent
+        return self._read(conn, pending, customer_id)
+
+    @staticmethod
+    def _read(conn: Connection, pending: _Pending, customer_id: int) -> _Footprint:
+        """The customer's footprint held by ``pending``, read (and its row
+        locked) if it holds none yet."""
         held = pending.footprints.get(customer_id)
         if held is None:
             ahead = pending.ahead.pop(customer_id, None)
@@ -723,11 +779,13 @@ class _Footprint:
 
 
 class _Pending:
-    """The counters' changes of one transaction, not written yet."""
+    """The counters' changes of one transaction, not written yet (or of a
+    savepoint in it: ``parent`` is then the transaction's)."""
 
-    __slots__ = ("deltas", "footprints", "ahead")
+    __slots__ = ("deltas", "footprints", "ahead", "parent")
 
-    def __init__(self):
+    def __init__(self, parent: _Pending | None = None):
+        self.parent = parent
         #: (measure, channel, kind, period) -> value
         self.deltas: dict[tuple, int] = {}
         self.footprints: dict[int, _Footprint] = {}

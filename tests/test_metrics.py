@@ -440,3 +440,37 @@ def test_concurrent_deliveries_for_the_same_customers_keep_the_counters_exact(ma
     buyers = dict(metrics.series(engine, "purchase_frequency", START, END))
     october = [s for s in sales if s.paid.month == 10]
     assert buyers[date(2025, 10, 1)] == len(october) / len({s.person for s in october}) == 3.0
+
+
+def test_a_batch_writes_its_counters_once_and_leaves_out_a_delivery_that_failed(make_engine, monkeypatch):
+    """``ingest_batch`` keeps the counters of the whole batch in memory and
+    writes them at its end; a delivery that fails after changing them (rolled
+    back to its savepoint) takes its changes with it. The counters then
+    equal a rebuild from scratch."""
+    from engine.testing import paid_order
+
+    engine = make_engine(TABLES)
+    engine.ensure_schema()
+    metrics.ensure_built(engine)
+    recorder = engine.ledger.metrics
+    real = recorder.order_changed
+
+    def fails_after_counting_order_2(conn, row, *args):
+        real(conn, row, *args)
+        if row.external_id == "2":
+            raise RuntimeError("order 2 is cursed")
+
+    monkeypatch.setattr(recorder, "order_changed", fails_after_counting_order_2)
+    days = {1: 3, 2: 10, 3: 10, 4: 20}
+    batch = [paid_order(order_id=n, email=("ada@example.com" if n != 4 else "bob@example.com"), total="10.00",
+                        paid_at=datetime(2025, 10, day, 9, tzinfo=UTC))[1:] for n, day in days.items()]
+    outcomes = engine.ingest_batch("shopify", batch)
+    assert [o.status for o in outcomes] == ["applied", "failed", "applied", "applied"]
+
+    with engine.db.connect() as conn:  # one INSERT of the batch's deltas (the counters computing reads fold them)
+        assert conn.execute(select(func.count()).select_from(metric_deltas)).scalar_one() > 0
+    names = [m.name for m in metrics.METRICS]
+    counted = {ch: metrics.compute(engine, names, START, END, ch) for ch in (None, "shopify")}
+    metrics.rebuild(engine)
+    assert {ch: metrics.compute(engine, names, START, END, ch) for ch in (None, "shopify")} == counted
+    assert dict(metrics.series(engine, "purchase_frequency", START, END))[date(2025, 10, 1)] == 1.5  # 3 orders, 2 buyers

@@ -15,6 +15,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine as SAEngine
 from sqlalchemy.exc import DisconnectionError
 
+from engine import jsonio
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -25,6 +27,8 @@ class SchemaOutdated(Exception):
 def make_engine(url: str, **kwargs) -> SAEngine:
     """An SQLAlchemy engine. SQLite gets WAL, foreign keys, a busy timeout and
     ``BEGIN IMMEDIATE`` so that concurrent writers queue instead of failing."""
+    # JSON columns written and read by orjson where it is exact (engine.jsonio).
+    kwargs = {"json_serializer": jsonio.dumps, "json_deserializer": jsonio.loads, **kwargs}
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
 
@@ -42,8 +46,14 @@ def make_engine(url: str, **kwargs) -> SAEngine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn):
             # A write lock from the start: no deadlocks between readers that
-            # later want to write, one writer at a time.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # later want to write, one writer at a time. Sent on the driver's
+            # connection (``exec_driver_sql`` takes 15 µs more, twice per
+            # delivery); its error is SQLAlchemy's all the same.
+            dbapi_connection = conn.connection.dbapi_connection
+            try:
+                dbapi_connection.execute("BEGIN IMMEDIATE")
+            except Exception as exc:
+                conn._handle_dbapi_exception(exc, "BEGIN IMMEDIATE", (), None, None)
 
         return engine
     engine = create_engine(url, **kwargs)

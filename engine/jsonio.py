@@ -1,0 +1,62 @@
+"""JSON read and written with orjson where it gives exactly what the json
+module gives, and with the json module elsewhere.
+
+orjson reads an 8 KiB order about five times as fast as the json module and
+writes a document about ten times as fast. Where the two would differ, the
+json module does the work:
+
+- reading: orjson turns an integer beyond 64 bits into a float (the json
+  module keeps it exact), and refuses ``NaN``, ``Infinity`` and lone
+  surrogates, which the json module takes;
+- writing: orjson refuses an integer beyond 64 bits and any type it does not
+  know (a ``Decimal``: the json module refuses it too, with its own error).
+
+One difference is left: orjson writes a float NaN or infinity as ``null``,
+where the json module writes ``NaN`` (which is not JSON, and which
+PostgreSQL refuses). The engine writes none.
+
+``engine.db.make_engine`` gives these to SQLAlchemy for every JSON column;
+``engine.app.parse_body`` reads deliveries with ``loads``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+# Each digit as "0", "-" as itself, anything else as " ": a text so mapped
+# holds "0" * 20 or "-" + "0" * 19 where it may hold an integer beyond 64 bits
+# (C-speed searches: a regular expression takes ~25 times as long here).
+_DIGITS = bytes(48 if 48 <= byte <= 57 else byte if byte == 45 else 32 for byte in range(256))
+_BEYOND_64_BITS = (b"0" * 20, b"-" + b"0" * 19)
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def long_number(data: bytes) -> bool:
+    """Whether ``data`` may hold an integer beyond 64 bits (20 digits in a
+    row, or a minus and 19)."""
+    digits = data.translate(_DIGITS)
+    return any(run in digits for run in _BEYOND_64_BITS)
+
+
+def loads(data: bytes | str) -> Any:
+    """What ``json.loads`` makes of ``data``, or its error."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if not long_number(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(data)
+
+
+def dumps(value: Any) -> str:
+    """``value`` as JSON text that ``json.loads`` reads back as
+    ``json.loads(json.dumps(value))`` does (the separators and the escaping
+    of non-ASCII characters differ from the json module's, not the value)."""
+    try:
+        return orjson.dumps(value, option=_OPTIONS).decode()
+    except TypeError:  # (orjson.JSONEncodeError is one) a type or an integer orjson can't write
+        return json.dumps(value)

@@ -198,7 +198,7 @@ def raw_run(url: str, bodies: Sequence[bytes], owners: Sequence[int], customers:
     now: object
     if url.startswith("sqlite"):
         conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=10000"):
             conn.execute(f"PRAGMA {pragma}")
         mark, now, wrap, label = "?", datetime.now(UTC).isoformat(" "), json.dumps, "sqlite3"
         begin, commit = (lambda: conn.execute("BEGIN IMMEDIATE")), (lambda: conn.execute("COMMIT"))

@@ -13,7 +13,7 @@ reordered deliveries converge on the same state (see ``engine.orders``).
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from marshmallow import (
@@ -254,13 +254,50 @@ def _check(field, validators, value) -> None:
             raise _NotLean
 
 
-def _lean_leaf(field):
-    convert, validators, deserialize = field._deserialize, tuple(field.validators), field.deserialize
+def _kept_as_is(field) -> type | None:
+    """The type whose values ``field._deserialize`` returns unchanged (a
+    ``str`` for a String, a ``bool`` for a Boolean with the usual truthy and
+    falsy sets, an ``int`` for an Integer), or None."""
+    kind = type(field)
+    if kind is fields.String:
+        return str
+    if kind is fields.Integer:
+        return int
+    if kind is fields.Boolean and field.truthy == fields.Boolean.truthy and field.falsy == fields.Boolean.falsy:
+        return bool
+    return None
+
+
+def _utc_from_iso(convert):
+    """UtcDateTime's conversion, with a string shaped ``YYYY-MM-DDTHH:MM:SS±HH:MM``
+    (what the connectors write) read by ``datetime.fromisoformat``, which gives
+    the same moment and, after ``astimezone(UTC)``, the same value; anything
+    else, or anything it refuses, goes to the field's own conversion."""
 
     def step(value, name, data):
-        if value is missing or value is None:
+        if type(value) is str and len(value) == 25 and value[10] == "T" and value[19] in "+-" and value[22] == ":":
+            try:
+                return datetime.fromisoformat(value).astimezone(UTC)
+            except ValueError:
+                pass
+        return convert(value, name, data)
+
+    return step
+
+
+def _lean_leaf(field):
+    convert, validators, deserialize = field._deserialize, tuple(field.validators), field.deserialize
+    if type(field) is UtcDateTime and field.format in (None, "iso", "iso8601"):
+        convert = _utc_from_iso(convert)
+    exact = _kept_as_is(field)
+
+    def step(value, name, data):
+        if type(value) is exact:
+            loaded = value
+        elif value is missing or value is None:
             return deserialize(value, name, data)  # the default, or None, or the error: marshmallow's
-        loaded = convert(value, name, data)
+        else:
+            loaded = convert(value, name, data)
         _check(field, validators, loaded)
         return loaded
 

@@ -97,6 +97,30 @@ def test_a_batch_keeps_going_past_a_failure_and_stores_each_delivery_once(engine
     assert balance(engine, EMAIL) == 30
 
 
+def test_a_long_batch_is_applied_in_runs_and_a_failure_spoils_none_of_its_run(engine, monkeypatch):
+    """Runs of ``RUN`` deliveries share a savepoint; the run with a failure
+    is applied again one delivery at a time, and only the failure is kept
+    failed."""
+    from engine.app import RUN
+
+    real = engine.pipeline.apply
+    cursed = RUN + RUN // 2
+
+    def fails_on_one(conn, event):
+        if event["order"]["id"] == str(cursed):
+            raise RuntimeError("cursed")
+        return real(conn, event)
+
+    monkeypatch.setattr(engine.pipeline, "apply", fails_on_one)
+    numbers = range(1, 2 * RUN + 11)
+    outcomes = engine.ingest_batch("shopify", [paid_order(order_id=n, total="10.00")[1:] for n in numbers])
+
+    assert [n for n, o in zip(numbers, outcomes, strict=True) if o.status != "applied"] == [cursed]
+    assert {o.entries for o in outcomes if o.status == "applied"} == {1}
+    assert balance(engine, EMAIL) == 10 * (len(numbers) - 1) and entries(engine) == len(numbers) - 1
+    assert inbox_rows(engine) == len(numbers)
+
+
 def test_a_transaction_that_keeps_losing_races_falls_back_to_storing_the_delivery_first(engine, monkeypatch):
     tries = []
 

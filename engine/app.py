@@ -5,7 +5,9 @@ The ways in: ``ingest`` stores a delivery's raw body in the inbox and applies
 it in one transaction (the row is written once, already ``applied``; a
 delivery whose applying fails is stored ``failed`` with the reason all the
 same), so nothing is answered before it is committed. ``ingest_batch`` does
-the same for many deliveries in one transaction, each applied in a savepoint.
+the same for many deliveries in one transaction, applied in runs of ``RUN``
+under one savepoint (each delivery of a run in a savepoint of its own when
+one of them fails).
 ``receive`` only stores (a webhook, answered at once) and ``apply_pending``
 applies later, in a second transaction.
 """
@@ -193,8 +195,8 @@ class Engine:
     def ingest_batch(
         self, channel: str, deliveries: Iterable[tuple[str, bytes, Mapping[str, str] | None]]
     ) -> list[Outcome]:
-        """Many deliveries stored and applied in one transaction, each applied
-        in a savepoint, so one failure spoils nothing else."""
+        """Many deliveries stored and applied in one transaction, in runs
+        under a savepoint (``_settle_run``), so one failure spoils nothing else."""
         return self._ingest(channel, [(t, b, dict(h or {})) for t, b, h in deliveries])
 
     def redeem(

@@ -131,6 +131,8 @@ def test_redeeming_at_the_counter_debits_the_points_or_says_why_not(api):
     assert call(f"{base}/api/v1/redemptions", "POST", body, key, "r1")[1] == answer  # a retry
     status, answer = call(f"{base}/api/v1/redemptions", "POST", body, key, "r2")
     assert status == 409 and "costs 50 points" in answer["error"]["message"]
+    assert (answer["error"]["code"], answer["error"]["reason"], answer["error"]["values"]) == (
+        "refused", "insufficient", {"cost": 50, "balance": 10})
 
 
 def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_nothing(api):

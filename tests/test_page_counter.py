@@ -59,10 +59,10 @@ def summary(engine, card: str) -> dict:
     return customer_summary(engine, card)
 
 
-def sign_in(page, base: str, key: str) -> None:
+def sign_in(page, base: str, key: str, lang: str | None = None) -> None:
     from playwright.sync_api import expect
 
-    page.goto(f"{base}/counter")
+    page.goto(f"{base}/counter" + (f"?lang={lang}" if lang else ""))
     page.fill("#signin-key", key)
     page.click("#signin-button")
     expect(page.locator("#till")).to_be_visible()
@@ -277,6 +277,26 @@ def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
     expect(page.locator("#customer-points")).to_have_text("30")
     expect(page.locator("#customer-rewards")).to_be_hidden()  # used in that sale
     assert summary(engine, card)["rewards"] == []
+
+
+def test_a_refused_redemption_is_said_in_the_tills_language_with_its_numbers(till, browser_page):
+    """The till showed 60 points, but 50 were spent elsewhere meanwhile: the
+    server refuses, and the till says why in Czech (the API's ``reason`` and
+    ``values``), not in the server's English."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
+                                          "lines": [{"quantity": 1, "unit_price": "60.00"}]}, key, "old")
+    page = browser_page
+    sign_in(page, base, key, lang="cs")
+    find(page, card)
+    expect(page.locator("#customer-points")).to_have_text("60")
+    engine.redeem(card, "five-off")  # online, elsewhere
+    page.click("#redeem-list li[data-reward=five-off] button")
+    expect(page.locator("#result")).to_contain_text("Stojí 50 bodů a zákazník má 10.")
+    expect(page.locator("#result")).not_to_contain_text("costs")
+    assert summary(engine, card)["points"] == 10
 
 
 def test_offline_the_counter_queues_visits_and_sends_them_once_when_back(till, browser_page):

@@ -47,13 +47,26 @@ def Money(**kwargs):  # noqa: N802 - a field factory, read as a type
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
+    """An answer other than success: its status, code and English message,
+    and for some codes more (``details``: a refusal's ``reason`` and
+    ``values``, for a till that says it in its own language)."""
+
+    def __init__(self, status: int, code: str, message: str, **details):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    @property
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+def refused(exc) -> ApiError:
+    """A redemption's refusal (``RedemptionRefused``) as the API says it."""
+    return ApiError(409, "refused", str(exc), reason=exc.reason, values=exc.values)
 
 
 def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    return JSONResponse(ApiError(status, code, message).body, status_code=status)
 
 
 # -- schemas ---------------------------------------------------------------------------
@@ -190,7 +203,13 @@ class BatchSchema(Schema):
 
 class ErrorBodySchema(Schema):
     code = fields.String()
-    message = fields.String()
+    message = fields.String(metadata={"description": "what went wrong, in English"})
+    reason = fields.String(metadata={
+        "description": "with code `refused` (a redemption): why, as a word a till can translate: `insufficient`, "
+                       "`pending`, `negative_balance`, `max_units`, `one_at_a_time`, `earned_only`, "
+                       "`wrong_channel`, `unknown_reward`, `unknown_channel`, `key_reused`, `unknown_customer`"})
+    values = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
+        "description": "with `reason`: its numbers (`cost`, `balance`, `spendable`, `max`)"})
 
 
 class ErrorSchema(Schema):
@@ -257,7 +276,7 @@ class Api:
         try:
             status, payload = await work()
         except ApiError as exc:
-            status, payload = exc.status, {"error": {"code": exc.code, "message": exc.message}}
+            status, payload = exc.status, exc.body
 
         def keep():
             with self.engine.db.begin() as conn:
@@ -358,7 +377,7 @@ class Api:
                     self.engine.redeem, customer["card_code"], data["reward"], data["channel"], data["units"],
                     f"pos:{terminal.id}:{request.headers['idempotency-key']}")
             except RedemptionRefused as exc:
-                raise ApiError(409, "refused", str(exc)) from None
+                raise refused(exc) from None
             summary = await run_in_threadpool(self._summary, customer["card_code"])
             return 201, {"reward": RewardSchema().dump(issued.as_json()), "customer": _customer_json(summary)}
 
@@ -417,7 +436,7 @@ class Api:
             issued = await run_in_threadpool(self.engine.redeem, f"id:{customer_id}", data["reward"], data["channel"],
                                              data["units"], f"me:{customer_id}:{key}" if key else None)
         except RedemptionRefused as exc:
-            raise ApiError(409, "refused", str(exc)) from None
+            raise refused(exc) from None
         summary = await run_in_threadpool(self._summary, f"id:{customer_id}")
         return JSONResponse({"reward": RewardSchema().dump(issued.as_json()), "customer": _customer_json(summary)},
                             status_code=201)
@@ -436,7 +455,7 @@ class Api:
                 try:
                     return await handler(request)
                 except ApiError as exc:
-                    return error(exc.status, exc.code, exc.message)
+                    return JSONResponse(exc.body, status_code=exc.status)
             return endpoint
 
         return [

@@ -149,8 +149,16 @@
     return {status: response.status, data};
   }
 
+  // Why the server refused, in the page's language where it names the case
+  // (a redemption's ``reason``, with its numbers), else the server's words.
   function reason(answer) {
     const e = answer && answer.data && answer.data.error;
+    if (e && e.reason && Object.prototype.hasOwnProperty.call(M, 'refusal_' + e.reason)) {
+      const values = {};
+      for (const [k, v] of Object.entries(e.values || {})) values[k] = number(v);
+      const count = e.values && (e.values.cost !== undefined ? e.values.cost : e.values.max);
+      return tn('refusal_' + e.reason, count === undefined ? 1 : count, values);
+    }
     return e && e.message ? e.message : t('server_error', {status: answer ? answer.status : '?'});
   }
 

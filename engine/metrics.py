@@ -557,14 +557,17 @@ class Recorder:
         return self._collecting.get(id(conn))
 
     @staticmethod
-    def _holds(pending: _Pending, customer_id: int) -> bool:
-        """Whether the customer's footprint is held (or read ahead) by this
-        layer or one it belongs to."""
+    def _holder(pending: _Pending | None, customer_id: int) -> _Pending | None:
+        """The layer, this one or one it belongs to, that holds the
+        customer's footprint (or has it read ahead); None if none does."""
         while pending is not None:
             if customer_id in pending.footprints or customer_id in pending.ahead:
-                return True
+                return pending
             pending = pending.parent
-        return False
+        return None
+
+    def _holds(self, pending: _Pending, customer_id: int) -> bool:
+        return self._holder(pending, customer_id) is not None
 
     def created(self, conn: Connection, customer_id: int) -> None:
         """A customer was created in this transaction: their footprint is
@@ -701,19 +704,14 @@ class Recorder:
         """The customer's footprint in this transaction: read (and its row
         locked, created empty if missing) the first time."""
         pending = self._pending(conn)
-        held = pending.footprints.get(customer_id)
-        if held is not None:
-            return held
+        holder = self._holder(pending, customer_id)
+        if holder is None or holder is pending:
+            return self._read(conn, pending, customer_id)
         # Held by the block this layer belongs to (``savepoint``): a copy, which
         # replaces the block's if the layer ends well.
-        outer = pending.parent
-        while outer is not None:
-            if customer_id in outer.footprints or customer_id in outer.ahead:
-                base = self._read(conn, outer, customer_id)
-                held = pending.footprints[customer_id] = _Footprint(base.stored, base.current)
-                return held
-            outer = outer.parent
-        return self._read(conn, pending, customer_id)
+        base = self._read(conn, holder, customer_id)
+        held = pending.footprints[customer_id] = _Footprint(base.stored, base.current)
+        return held
 
     @staticmethod
     def _read(conn: Connection, pending: _Pending, customer_id: int) -> _Footprint:

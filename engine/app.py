@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from marshmallow import ValidationError
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -35,9 +34,9 @@ from engine.config import Config, format_errors
 from engine.credentials import Credentials
 from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
-from engine.jsonio import long_number
 from engine.fastsql import Fast, deferring, flush_before_cursor_execute, is_deferring
 from engine.identity import Identity
+from engine.jsonio import UNREAD, read_fast
 from engine.ledger import Ledger
 from engine.metrics import Recorder
 from engine.outbox import Outbox
@@ -60,12 +59,14 @@ RETRIES = 5
 MAX_TRIES = 10
 
 
-_SAVEPOINT = Fast(text("SAVEPOINT regulars_delivery"))
-_ROLLBACK_TO = Fast(text("ROLLBACK TO SAVEPOINT regulars_delivery"))
-_RELEASE = Fast(text("RELEASE SAVEPOINT regulars_delivery"))
-_SAVEPOINT_RUN = Fast(text("SAVEPOINT regulars_deliveries"))
-_ROLLBACK_TO_RUN = Fast(text("ROLLBACK TO SAVEPOINT regulars_deliveries"))
-_RELEASE_RUN = Fast(text("RELEASE SAVEPOINT regulars_deliveries"))
+def _savepoint(name: str) -> tuple[Fast, Fast, Fast]:
+    """SAVEPOINT, ROLLBACK TO and RELEASE of one name, on the cursor
+    (SQLAlchemy's ``begin_nested`` costs two Core executions)."""
+    return (Fast(text(f"SAVEPOINT {name}")), Fast(text(f"ROLLBACK TO SAVEPOINT {name}")),
+            Fast(text(f"RELEASE SAVEPOINT {name}")))
+
+
+_DELIVERY_SAVEPOINT, _RUN_SAVEPOINT = _savepoint("regulars_delivery"), _savepoint("regulars_deliveries")
 #: deliveries of a batch applied under one savepoint (``Engine._settle_run``)
 RUN = 50
 
@@ -106,11 +107,9 @@ def parse_body(body: bytes) -> Any:
     (orjson refuses NaN and lone surrogates, which the json module takes), and
     a body with 20 digits in a row, or a minus and 19: orjson turns an integer
     beyond 64 bits into a float, the json module keeps it exact."""
-    if not long_number(body):
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass
+    found = read_fast(body)
+    if found is not UNREAD:
+        return found
     if not body.strip():
         raise ValueError("body is empty: expected a JSON object")
     try:
@@ -447,26 +446,41 @@ class Engine:
         spoils nothing else. A savepoint per delivery costs more than its two
         statements: SQLite copies every page a savepoint changes the first
         time, and deliveries change the same pages (the indexes' last ones)."""
-        due = [events for receipt, (events, *_) in pairs if events is not None and receipt.status == "new"]
-        if len(due) < 2:
+        due = [verdict[0] is not None and receipt.status == "new" for receipt, verdict in pairs]
+        if sum(due) < 2:
             return [self._settle(tx, receipt, *verdict, savepoint=True) for receipt, verdict in pairs]
-        issued = len(self.rewards.issued_in_transaction())
-        _SAVEPOINT_RUN.execute(tx, {})
         try:
-            with deferring(tx), self._counting(tx, savepoint=True):
-                entries = [sum(self.pipeline.apply(tx, e) for e in events) for events in due]
-            _RELEASE_RUN.execute(tx, {})
+            entries = self._in_savepoint(tx, _RUN_SAVEPOINT, lambda: [
+                sum(self.pipeline.apply(tx, e) for e in verdict[0])
+                for (_, verdict), applies in zip(pairs, due, strict=True) if applies])
         except (IntegrityError, OperationalError):
             raise  # a lost race: the whole transaction is tried again
         except Exception:  # one of them failed: each in its own savepoint, to find which
-            _ROLLBACK_TO_RUN.execute(tx, {})
-            _RELEASE_RUN.execute(tx, {})
-            del self.rewards.issued_in_transaction()[issued:]
             return [self._settle(tx, receipt, *verdict, savepoint=True) for receipt, verdict in pairs]
         applied = iter(entries)
-        return [Outcome(receipt.inbox_id, "applied", entries=next(applied))
-                if verdict[0] is not None and receipt.status == "new"
-                else self._settle(tx, receipt, *verdict, savepoint=True) for receipt, verdict in pairs]
+        return [Outcome(receipt.inbox_id, "applied", entries=next(applied)) if applies
+                else self._settle(tx, receipt, *verdict, savepoint=True)
+                for (receipt, verdict), applies in zip(pairs, due, strict=True)]
+
+    def _in_savepoint(self, tx, statements: tuple[Fast, Fast, Fast], apply):
+        """``apply()`` in a savepoint (``statements``: ``_savepoint``), with
+        the dashboard's counters in a layer of their own; when it raises, the
+        savepoint is rolled back, with what it issued, and the error raised."""
+        save, rollback_to, release = statements
+        issued = len(self.rewards.issued_in_transaction())
+        save.execute(tx, {})
+        try:
+            with deferring(tx), self._counting(tx, savepoint=True):
+                result = apply()
+        except (IntegrityError, OperationalError):
+            raise  # a lost race: the whole transaction is rolled back and tried again
+        except Exception:
+            rollback_to.execute(tx, {})
+            release.execute(tx, {})
+            del self.rewards.issued_in_transaction()[issued:]  # what the rolled-back work issued never was
+            raise
+        release.execute(tx, {})
+        return result
 
     def _settle(self, tx, receipt: inbox.Receipt, events, status, error, plugin, savepoint: bool) -> Outcome:
         """Apply a delivery just stored (``_ingest``), or say why not."""
@@ -479,23 +493,15 @@ class Engine:
             return Outcome(inbox_id, status, error, plugin)
         if not savepoint:  # (the caller's transaction is this delivery's alone)
             return Outcome(inbox_id, "applied", entries=sum(self.pipeline.apply(tx, e) for e in events))
-        # A savepoint on the cursor (SQLAlchemy's begin_nested costs two Core executions).
-        issued = len(self.rewards.issued_in_transaction())
-        _SAVEPOINT.execute(tx, {})
         try:
-            with deferring(tx), self._counting(tx, savepoint=True):
-                entries = sum(self.pipeline.apply(tx, e) for e in events)
-            _RELEASE.execute(tx, {})
-            return Outcome(inbox_id, "applied", entries=entries)
+            entries = self._in_savepoint(tx, _DELIVERY_SAVEPOINT, lambda: sum(self.pipeline.apply(tx, e) for e in events))
         except (IntegrityError, OperationalError):
             raise  # a lost race: the whole transaction is tried again
         except Exception as exc:
-            _ROLLBACK_TO.execute(tx, {})
-            _RELEASE.execute(tx, {})
-            del self.rewards.issued_in_transaction()[issued:]  # what the rolled-back delivery issued never was
             outcome = self._failure_outcome(inbox_id, exc)
             inbox.verdict(tx, inbox_id, inbox.FAILED, outcome.error, outcome.plugin)
             return outcome
+        return Outcome(inbox_id, "applied", entries=entries)
 
     def _receive(self, deliveries: list[tuple[str, bytes, dict]], channel: str, conn=None) -> list[_Prepared]:
         """Store deliveries ``received`` (one transaction) and translate them;

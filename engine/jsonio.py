@@ -16,7 +16,8 @@ where the json module writes ``NaN`` (which is not JSON, and which
 PostgreSQL refuses). The engine writes none.
 
 ``engine.db.make_engine`` gives these to SQLAlchemy for every JSON column;
-``engine.app.parse_body`` reads deliveries with ``loads``.
+``engine.app.parse_body`` reads deliveries with ``read_fast`` (and says
+itself what is wrong with a body it leaves to the json module).
 """
 
 from __future__ import annotations
@@ -41,15 +42,26 @@ def long_number(data: bytes) -> bool:
     return any(run in digits for run in _BEYOND_64_BITS)
 
 
+#: what ``read_fast`` gives for a text it leaves to the json module
+UNREAD = object()
+
+
+def read_fast(raw: bytes) -> Any:
+    """What orjson reads in ``raw`` where that is what the json module would
+    read, else ``UNREAD`` (an integer beyond 64 bits may be in it, or orjson
+    refuses it)."""
+    if long_number(raw):
+        return UNREAD
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return UNREAD
+
+
 def loads(data: bytes | str) -> Any:
     """What ``json.loads`` makes of ``data``, or its error."""
-    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
-    if not long_number(raw):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    return json.loads(data)
+    found = read_fast(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
+    return json.loads(data) if found is UNREAD else found
 
 
 def dumps(value: Any) -> str:

@@ -36,7 +36,7 @@ from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
 from engine.fastsql import Fast, deferring, flush_before_cursor_execute, is_deferring
 from engine.identity import Identity
-from engine.jsonio import UNREAD, read_fast
+from engine.jsonio import UNREAD, may_hold_unstorable, read_fast, storable
 from engine.ledger import Ledger
 from engine.metrics import Recorder
 from engine.outbox import Outbox
@@ -106,7 +106,17 @@ def parse_body(body: bytes) -> Any:
     are exactly the json module's and an error gives its line and column
     (orjson refuses NaN and lone surrogates, which the json module takes), and
     a body with 20 digits in a row, or a minus and 19: orjson turns an integer
-    beyond 64 bits into a float, the json module keeps it exact."""
+    beyond 64 bits into a float, the json module keeps it exact.
+
+    Text no database stores is mended (``jsonio.storable``): NUL characters
+    are dropped and a lone surrogate becomes U+FFFD, so that an order whose
+    customer's name carries one earns all the same; the raw body is kept as
+    it came, in the inbox."""
+    found = _read(body)
+    return storable(found) if may_hold_unstorable(body) else found
+
+
+def _read(body: bytes) -> Any:
     found = read_fast(body)
     if found is not UNREAD:
         return found

@@ -31,6 +31,7 @@ from engine.db.models import (
     subscriptions,
 )
 from engine.fastsql import Fast, is_deferring
+from engine.jsonio import unstorable
 from engine.ledger import Ledger, insert_ignore_statement, typed_insert
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -277,8 +278,12 @@ class Identity:
 
     def find(self, conn: Connection, key: str) -> int | None:
         """A customer by email, phone, card code, referral code or id; ``id:N``
-        is the id and nothing else (digits alone may be a phone number)."""
+        is the id and nothing else (digits alone may be a phone number). A
+        key no database could store (a NUL character, a lone surrogate) finds
+        nobody."""
         key = key.strip()
+        if unstorable(key):
+            return None
         if key.startswith("id:") and key[3:].isascii() and key[3:].isdigit() and len(key) < 22:
             found = conn.execute(select(customers.c.id).where(customers.c.id == int(key[3:]))).scalar_one_or_none()
             return self.follow(conn, found)

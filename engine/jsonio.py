@@ -18,11 +18,18 @@ PostgreSQL refuses). The engine writes none.
 ``engine.db.make_engine`` gives these to SQLAlchemy for every JSON column;
 ``engine.app.parse_body`` reads deliveries with ``read_fast`` (and says
 itself what is wrong with a body it leaves to the json module).
+
+JSON can carry text that no database column holds: a NUL character
+(``\u0000``: PostgreSQL refuses it in text and in ``jsonb``) and a lone
+surrogate (``\ud800``: not encodable in UTF-8, so neither SQLite nor
+PostgreSQL takes it). ``unstorable`` finds it; ``storable`` mends it in a
+parsed document.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -40,6 +47,56 @@ def long_number(data: bytes) -> bool:
     row, or a minus and 19)."""
     digits = data.translate(_DIGITS)
     return any(run in digits for run in _BEYOND_64_BITS)
+
+
+#: a NUL character or a lone surrogate: text no database stores
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: how each can appear in JSON text (only escaped: raw, a NUL is refused by
+#: JSON and a lone surrogate is not UTF-8), a hex digit in either case
+_ESCAPED = (b"\\u0000", b"\\ud", b"\\uD")
+
+
+def unstorable(text: str) -> bool:
+    """Whether ``text`` holds a NUL character or a lone surrogate."""
+    return _UNSTORABLE.search(text) is not None
+
+
+def holds_unstorable(value: Any) -> bool:
+    """Whether a parsed JSON ``value`` holds an ``unstorable`` string (keys
+    included)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.search(value) is not None
+    if isinstance(value, dict):
+        return any(holds_unstorable(key) or holds_unstorable(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(holds_unstorable(item) for item in value)
+    return False
+
+
+#: why a request with such text is refused (the API, a till's batch)
+UNSTORABLE_REFUSAL = "text may not contain NUL characters or lone surrogates"
+
+
+def may_hold_unstorable(raw: bytes) -> bool:
+    """Whether JSON text ``raw`` may hold a string that is ``unstorable``
+    (a C-speed search; a surrogate pair, written escaped, says yes too)."""
+    return any(escape in raw for escape in _ESCAPED)
+
+
+def storable(value: Any) -> Any:
+    """A parsed JSON ``value`` with every string in it, keys included, fit for
+    a database: NUL characters dropped, a lone surrogate replaced by U+FFFD
+    (the replacement character, as a UTF-8 decoder writes for a bad byte)."""
+    if isinstance(value, str):
+        if _UNSTORABLE.search(value) is None:
+            return value
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    return value
 
 
 #: what ``read_fast`` gives for a text it leaves to the json module

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
 from engine.db.models import api_requests, terminals
+from engine.jsonio import UNSTORABLE_REFUSAL, holds_unstorable
 from engine.ledger import insert_ignore
 
 KEY_PREFIX = "rt_"
@@ -191,13 +192,13 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
             continue
         if topic != "void" and not item.get("id") and result["key"]:
             item["id"] = result["key"]
+        if holds_unstorable(item):
+            result["reason"] = UNSTORABLE_REFUSAL
+            continue
         try:
             data = schemas[topic]().load(item)
         except ValidationError as exc:
             result["reason"] = _messages(exc.messages)
-            continue
-        if "\x00" in json.dumps(item):
-            result["reason"] = "text may not contain NUL characters"
             continue
         good.append((data["occurred_at"], number, topic, data, str(sale_id) if sale_id else None, result))
     for _, _, topic, data, sale_id, result in sorted(good, key=lambda g: (g[0], g[1])):

@@ -223,6 +223,29 @@ def test_a_wrong_or_revoked_terminal_key_and_bad_input_get_clear_4xx(api):
     assert call(f"{base}/api/v1/customers?key=a@b.cz", key=key)[0] == 401
 
 
+def test_text_no_database_stores_is_refused_live_and_in_a_batch(api):
+    """A NUL character or a lone surrogate in a request: 422 saying so (the
+    till can mend what it sends); in a batch, that line is refused and the
+    others go on."""
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    for number, name in enumerate(("Flat\x00white", "Flat\ud800white")):
+        bad = sale(f"bad-{number}", card)
+        bad["lines"][0]["name"] = name
+        status, answer = call(f"{base}/api/v1/sales", "POST", raw=json.dumps(bad).encode(), key=key,
+                              idem=f"bad-{number}")
+        assert status == 422 and "NUL characters or lone surrogates" in answer["error"]["message"], answer
+    assert call(f"{base}/api/v1/customers?key=Ja%00na@example.cz", key=key)[0] == 422
+    lines = [{"topic": "sale", "key": "x", **sale("x", card, "3.00")},
+             {"topic": "sale", "key": "y", **sale("y", card, "4.00")}]
+    lines[0]["customer"]["card_code"] = card + "\x00"
+    body = b"\n".join(json.dumps(line).encode() for line in lines)
+    results = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="batch-nul")[1]["results"]
+    assert [r["status"] for r in results] == ["refused", "applied"], results
+    assert "NUL characters or lone surrogates" in results[0]["reason"]
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == 8
+
+
 def test_the_card_s_qr_code_and_printable_card(api):
     engine, base, key = api
     card = enrol(base, key)[1]["customer"]["card_code"]

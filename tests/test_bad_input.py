@@ -214,6 +214,45 @@ def test_a_unicode_customer_name_is_applied_and_kept_exactly(engine):
     assert summary["points"] > 0
 
 
+def _unstorable_shopify(body):
+    body["customer"].update(first_name="Ja\x00na", last_name="Nov\ud800ková")
+    body["line_items"][0]["title"] = "Flat\x00white"
+    body["note"] = "\x00"
+
+
+def _unstorable_woo(body):
+    body["billing"].update(first_name="Ja\x00na", last_name="Nov\ud800ková")
+    body["line_items"][0]["name"] = "Flat\x00white"
+    body["customer_note"] = "\x00"
+
+
+@pytest.mark.parametrize(("channel", "topic", "body", "email"), [
+    ("shopify", "orders/paid", shopify_paid(_unstorable_shopify), EMAIL),
+    ("woocommerce", "order.updated", woo_order(_unstorable_woo), None),
+], ids=["shopify", "woocommerce"])
+def test_text_no_database_stores_is_mended_and_the_order_earns_all_the_same(engine, channel, topic, body, email):
+    """A NUL character (PostgreSQL takes none in text) is dropped, a lone
+    surrogate (not UTF-8: no database takes it) becomes U+FFFD; the order is
+    applied on either database, and the raw body is kept as it came."""
+    raw = json.dumps(body).encode()  # the surrogate escaped, as a shop would send it
+    assert b"\\u0000" in raw and b"\\ud800" in raw
+
+    outcome = engine.ingest(channel, topic, raw)
+
+    assert outcome.status == "applied" and outcome.entries == 1, outcome
+    assert bytes(stored(engine, outcome.inbox_id).body) == raw
+    summary = customer_summary(engine, email or body["billing"]["email"])
+    assert (summary["first_name"], summary["last_name"]) == ("Jana", "Nov\ufffdková")
+    assert summary["points"] > 0
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+    # The webhook's way (stored, applied in the background) ends the same.
+    other = json.dumps({**body, "id": body["id"] + 1}).encode()
+    assert engine.receive(channel, topic, other).status == "received"
+    assert [(o.status, o.entries) for o in engine.apply_received()] == [("applied", 1)]
+
+
 def test_a_resent_identical_delivery_is_a_duplicate_and_changes_nothing(engine):
     recorded = load_contract(SHOPIFY_DELIVERY)
     body, headers = encode(shopify_paid()), recorded["headers"]

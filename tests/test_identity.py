@@ -125,3 +125,14 @@ def test_a_key_of_unicode_digits_finds_nobody_instead_of_failing(engine):
     with engine.db.connect() as conn:
         assert engine.identity.find(conn, "¹") is None
         assert engine.identity.find(conn, "١٢٣") is None  # Arabic-Indic digits
+
+
+def test_a_key_no_database_stores_finds_nobody_instead_of_failing(engine):
+    """PostgreSQL refuses a NUL character in any text and neither database
+    takes a lone surrogate: such a key can match nothing stored."""
+    engine.ingest("shopify", "orders/paid", json.dumps(_shopify_order(_order("shopify", 1, "jana@example.com", "+420601123456"), "paid", T0, [], False)).encode())
+    card = customer_summary(engine, "jana@example.com")["card_code"]
+    with engine.db.connect() as conn:
+        for key in ("jana@example.com\x00", "+420601123456\x00", card + "\x00", "shopify:1\x00", "jana\ud800@example.com"):
+            assert engine.identity.find(conn, key) is None, key
+    assert customer_summary(engine, "jana\x00@example.com") is None

@@ -236,6 +236,9 @@ def test_customer_search_and_the_customers_page(shop):
     assert "fay@example.com" in by_part.text and "five-off" in by_part.text  # straight to her page: her reward
     nobody = session.get(f"{base}/admin/customers", params={"q": "zed@nowhere.example"})
     assert "Nobody matches" in nobody.text
+    # a NUL character, which PostgreSQL takes in no text, is searched without
+    by_nul = session.get(f"{base}/admin/customers", params={"q": "fay\x00@"})
+    assert by_nul.status_code == 200 and "fay@example.com" in by_nul.text
     assert session.get(f"{base}/admin/customers/999999").status_code == 404
 
 

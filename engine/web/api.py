@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from engine import terminals
 from engine.customers import customer_summary
+from engine.jsonio import UNSTORABLE_REFUSAL, holds_unstorable
 from engine.web.qr import printable_card, qr
 
 MAX_BATCH = 5 * 1024 * 1024
@@ -475,16 +476,10 @@ class Api:
 
 
 def _no_nul(value):
-    """Refuse text with NUL characters (no database stores them in text)."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ApiError(422, "invalid", "text may not contain NUL characters")
-    elif isinstance(value, dict):
-        for item in value.items():
-            _no_nul(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _no_nul(item)
+    """Refuse text with NUL characters or lone surrogates (no database stores
+    them in text: ``engine.jsonio.unstorable``)."""
+    if holds_unstorable(value):
+        raise ApiError(422, "invalid", UNSTORABLE_REFUSAL)
     return value
 
 

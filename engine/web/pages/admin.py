@@ -63,6 +63,7 @@ from engine.db.models import (
     orders,
     rewards,
 )
+from engine.jsonio import storable
 from engine.metrics import N_
 from engine.web.pages.render import Formats, choose_locale
 
@@ -577,7 +578,7 @@ class Admin:
         return sorted(rows, key=lambda r: order[r.id])
 
     async def customer_list(self, request: Request) -> Response:
-        query = request.query_params.get("q", "").strip()[:200]
+        query = storable(request.query_params.get("q", "")).strip()[:200]  # no NUL reaches the database
         rows = await run_in_threadpool(self._search, query)
         if query and len(rows) == 1:
             return RedirectResponse(f"/admin/customers/{rows[0].id}", status_code=303)

@@ -130,6 +130,11 @@ def _read(body: bytes) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:  # (orjson refuses past 1,024 levels; the json module runs out of stack)
+        raise ValueError("body is nested too deeply to read: about a thousand arrays or objects inside "
+                         "each other") from None
+    except ValueError as exc:  # an integer of over 4,300 digits (sys.get_int_max_str_digits)
+        raise ValueError(f"body can't be read: {exc}") from None
 
 
 class Engine:

@@ -90,7 +90,7 @@ def _deliveries(paths: tuple[str, ...], topic: str):
 def _unwrap(topic: str, body: bytes):
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # stored as it is, and failed, saying why
         return topic, body, {}
     if isinstance(data, dict) and set(data) <= {"headers", "body", "topic"} and "body" in data and "headers" in data:
         return topic, json.dumps(data["body"]).encode(), data["headers"] or {}

@@ -171,7 +171,7 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
         results.append(result)
         try:
             item = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deeply)
             result["reason"] = "not a JSON object (truncated?)"
             continue
         if not isinstance(item, dict):

@@ -214,6 +214,11 @@ def test_a_wrong_or_revoked_terminal_key_and_bad_input_get_clear_4xx(api):
     assert call(f"{base}/api/v1/customers?key=a@b.cz", key="rt_wrong")[0] == 401
     status, answer = call(f"{base}/api/v1/sales", "POST", raw=b'{"id": "x", "lines": [', key=key, idem="t1")
     assert status == 400 and answer["error"]["code"] == "bad_json"
+    status, answer = call(f"{base}/api/v1/sales", "POST", raw=b"[" * 100_000 + b"]" * 100_000, key=key, idem="t3")
+    assert status == 400 and answer["error"]["code"] == "bad_json"
+    deep = b'{"topic": "sale", "key": "d", "lines": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, answer = call(f"{base}/api/v1/batches", "POST", raw=deep, key=key, idem="t4")
+    assert status == 200 and answer["results"][0]["status"] == "refused"
     status, answer = call(f"{base}/api/v1/sales", "POST",
                           {"id": "x", "customer": {}, "lines": [{"quantity": -1, "unit_price": "1e400"}]}, key, "t2")
     assert status == 422 and "customer" in answer["error"]["message"] and "quantity" in answer["error"]["message"]

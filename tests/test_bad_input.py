@@ -102,6 +102,8 @@ BAD_DELIVERIES = [
         "\\xee",
     ),
     shopify_case("empty-body", b"", "empty"),
+    shopify_case("nested-too-deeply", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    shopify_case("integer-of-5000-digits", b'{"id": ' + b"9" * 5000 + b"}", "can't be read", "digits"),
     shopify_case("blank-body", b"  \n", "empty"),
     shopify_case("json-array", encode([shopify_paid()]), "list", "not an object"),
     shopify_case(

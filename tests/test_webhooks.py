@@ -117,7 +117,9 @@ def test_a_bad_signature_is_401_and_nothing_is_stored(server, engine, case):
      (b"not json at all", "body is not valid JSON"),
      (b"id=1&email=a%40b.c", "body is not valid JSON"),
      (b"\xff\xfe{}", "body is not UTF-8"),
-     (b"", "body is empty")],
+     (b"", "body is empty"),
+     (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+     (b'{"id": ' + b"9" * 5000 + b"}", "can't be read")],
 )
 def test_a_malformed_body_is_400_saying_what_is_wrong_and_kept_as_failed(server, engine, body, message):
     _, headers = shopify_delivery(body=body)

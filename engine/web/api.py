@@ -247,7 +247,7 @@ class Api:
         body = await request.body()
         try:
             data = json.loads(body) if body.strip() else None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deeply)
             raise ApiError(400, "bad_json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", "the body must be a JSON object")

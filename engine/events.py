@@ -66,6 +66,32 @@ class UtcDateTime(fields.AwareDateTime):
         return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
 
 
+class Clipped(fields.String):
+    """Descriptive text (a name, an address, a product's name) cut to
+    ``length`` characters instead of refused: a shop that allows a longer one
+    would otherwise cost the customer the whole order's points for it."""
+
+    def __init__(self, length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.length = length
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs)[: self.length]
+
+
+class Hint(fields.String):
+    """An identity hint (an email, a phone) longer than ``length``: no valid
+    one is, so it is read as absent, as a hint that does not parse is."""
+
+    def __init__(self, length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.length = length
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        return text if len(text) <= self.length else None
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -74,18 +100,19 @@ class _Strict(Schema):
 class CustomerHintsSchema(_Strict):
     """What the channel tells us about who the customer is (identity hints)."""
 
-    email = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=320))
-    phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    email = Hint(320, load_default=None, allow_none=True)
+    #: any text: read as a phone number if it is one (64 characters at most, else absent)
+    phone = Hint(64, load_default=None, allow_none=True)
     #: the channel's own customer id (a Shopify or WooCommerce customer id)
     external_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
     card_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
-    first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
-    last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    first_name = Clipped(200, load_default=None, allow_none=True)
+    last_name = Clipped(200, load_default=None, allow_none=True)
     #: ISO 3166 country used to read a phone number written without a country code
     country = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=2))
     accepts_marketing = fields.Boolean(load_default=None, allow_none=True)
     #: the shipping address as one line (street, postcode, country)
-    address = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    address = Clipped(500, load_default=None, allow_none=True)
     birthday = fields.Date(load_default=None, allow_none=True)
 
 
@@ -95,7 +122,7 @@ class LineItemSchema(_Strict):
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     sku = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=255))
-    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    name = Clipped(500, load_default=None, allow_none=True)
     quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=0, max=MAX_QUANTITY))
     unit_price = Money(required=True)
     #: quantity x unit price as the channel computed it; defaults to that product
@@ -133,7 +160,8 @@ class OrderSchema(_Strict):
     tip = Money(load_default=Decimal(0))
     total = Money(load_default=None, allow_none=True)
     refunds = fields.List(fields.Nested(RefundSchema), load_default=list)
-    discount_codes = fields.List(fields.String(validate=validate.Length(max=255)), load_default=list)
+    #: any length: a code longer than a reward's matches none
+    discount_codes = fields.List(fields.String(), load_default=list)
     #: free-form attributes the channel sent (note attributes, meta data)
     attributes = fields.Dict(keys=fields.String(), load_default=dict)
     test = fields.Boolean(load_default=False)

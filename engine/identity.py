@@ -97,8 +97,8 @@ def normalize_email(raw: str | None) -> str | None:
         return None
     email = unicodedata.normalize("NFKC", raw).strip().lower()
     local, at, domain = email.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in email):
-        return None
+    if not at or not local or "." not in domain or any(c.isspace() for c in email) or len(email) > 320:
+        return None  # (320: the most an address can hold, and the column's size; NFKC may lengthen one)
     return email
 
 

@@ -255,6 +255,39 @@ def test_text_no_database_stores_is_mended_and_the_order_earns_all_the_same(engi
     assert [(o.status, o.entries) for o in engine.apply_received()] == [("applied", 1)]
 
 
+def _long_shopify(body):
+    body["customer"].update(first_name="Ž" * 250, phone="call me after six, or write: " + "x" * 60)
+    body["phone"] = None
+    body["line_items"][0].update(title="Flat white " * 60, name="Flat white " * 60)
+    body["discount_codes"] = [{"code": "X" * 300, "amount": "0.00", "type": "fixed_amount"}]
+
+
+def _long_woo(body):
+    body["billing"].update(first_name="Ž" * 250, phone="call me after six, or write: " + "x" * 60)
+    body["line_items"][0]["name"] = "Flat white " * 60
+    body["shipping"]["address_1"] = "Dlouhá " * 100
+
+
+@pytest.mark.parametrize(("channel", "topic", "body", "email"), [
+    ("shopify", "orders/paid", shopify_paid(_long_shopify), EMAIL),
+    ("woocommerce", "order.updated", woo_order(_long_woo), None),
+], ids=["shopify", "woocommerce"])
+def test_text_longer_than_the_engine_keeps_costs_no_points(engine, channel, topic, body, email):
+    """A name or an address longer than its column is cut to it, a product's
+    name to 500 characters, a phone or an email longer than any valid one is
+    no hint, a code longer than any reward's matches none: the order is
+    applied, where before the whole order was refused."""
+    outcome = engine.ingest(channel, topic, encode(body))
+
+    assert outcome.status == "applied" and outcome.entries == 1, outcome
+    summary = customer_summary(engine, email or body["billing"]["email"])
+    assert summary["first_name"] == "Ž" * 200 and summary["points"] > 0
+    with engine.db.connect() as conn:
+        state_ = conn.execute(select(orders.c.state)).scalar_one()
+        assert len(state_["snapshot"]["lines"][0]["name"]) == 500
+        assert conn.execute(select(customers.c.phone)).scalar_one() is None
+
+
 def test_a_resent_identical_delivery_is_a_duplicate_and_changes_nothing(engine):
     recorded = load_contract(SHOPIFY_DELIVERY)
     body, headers = encode(shopify_paid()), recorded["headers"]

@@ -20,7 +20,9 @@ AT = datetime(2026, 5, 1, tzinfo=UTC)
 @pytest.mark.parametrize(
     "raw,expected",
     [(" Jana.Novakova@Example.COM ", "jana.novakova@example.com"), ("no-at-sign", None), ("", None), ("a@b", None),
-     ("ｊａｎａ@example.com", "jana@example.com")],
+     ("ｊａｎａ@example.com", "jana@example.com"),
+     ("a" * 308 + "@example.com", "a" * 308 + "@example.com"),  # 320 characters: the most an address holds
+     ("a" * 309 + "@example.com", None), ("㍿" * 100 + "@example.com", None)],  # (NFKC: 400 characters)
 )
 def test_emails_are_normalized(raw, expected):
     assert normalize_email(raw) == expected

@@ -252,6 +252,51 @@ def test_enrol_a_new_customer_record_a_sale_and_void_it(till, browser_page):
         assert engine.ledger.audit(conn) == []
 
 
+def test_any_sale_recorded_here_can_be_voided_from_the_list_of_sales(till, browser_page):
+    """Not only the sale just recorded: every sale this device recorded is on
+    its list, and any of them can be voided; a voided one says so and can't
+    be voided again. Signing out forgets the list (it holds names)."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+    for amount in ("12.00", "5.00", "3.00"):
+        page.fill("#sale-amount", amount)
+        page.click("#sale-button")
+        expect(page.locator("#result")).to_contain_text(f"Sale of €{amount} recorded")
+    expect(page.locator("#customer-points")).to_have_text("20")
+    rows = page.locator("#sales-list li")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0)).to_contain_text("€3.00")  # newest first
+    expect(rows.nth(2)).to_contain_text("€12.00")
+    expect(rows.nth(2)).to_contain_text("Jana Nováková")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    rows.nth(2).get_by_role("button", name="Void").click()  # the first sale, two sales ago
+    expect(page.locator("#result")).to_contain_text("The sale of €12.00 is void")
+    expect(page.locator("#customer-points")).to_have_text("8")
+    expect(rows.nth(2)).to_contain_text("voided")
+    expect(rows.nth(2).get_by_role("button")).to_have_count(0)
+    expect(page.locator("#void-button")).to_be_hidden()  # "void this sale" would be ambiguous now
+    assert summary(engine, card)["points"] == 8
+
+    page.once("dialog", lambda dialog: dialog.dismiss())  # changed their mind: nothing happens
+    rows.nth(0).get_by_role("button", name="Void").click()
+    expect(rows.nth(0).get_by_role("button", name="Void")).to_be_enabled()
+    assert summary(engine, card)["points"] == 8
+    page.reload()  # the list is kept on the device
+    expect(page.locator("#sales-list li.voided")).to_have_count(1)
+    expect(page.locator("#sales-list li.recorded")).to_have_count(2)
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+    page.click("#signout")
+    sign_in(page, base, key)
+    expect(page.locator("#sales")).to_be_hidden()
+
+
 def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
     from playwright.sync_api import expect
 
@@ -404,6 +449,13 @@ def test_a_sale_recorded_offline_is_sent_with_its_own_time_and_key(till, browser
     expect(page.locator("#waiting")).to_be_hidden()
     now = summary(engine, card)
     assert (now["points"], now["stamps"]) == (8, {"coffee": 1})
+    # sent in a batch, it is on the list of sales, and can be voided from there
+    sent = page.locator(f"#sales-list li[data-key='{item['key']}']")
+    expect(sent).to_contain_text("€8.90")
+    page.once("dialog", lambda dialog: dialog.accept())
+    sent.get_by_role("button", name="Void").click()
+    expect(sent).to_contain_text("voided")
+    assert summary(engine, card)["points"] == 0
     from sqlalchemy import select
 
     from engine.db.models import orders

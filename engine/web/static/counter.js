@@ -118,6 +118,9 @@
   const queueName = () => 'queue.' + terminal();
   const inflightName = () => 'inflight.' + terminal();
   const recentName = () => 'recent.' + terminal();
+  // The sales this device recorded (online, or sent in a batch), newest first: any can be voided.
+  const salesName = () => 'sales.' + terminal();
+  const SALES_MAX = 20;
   const loadQueue = () => store.get(queueName(), []);
 
   // -- the API --------------------------------------------------------------------
@@ -197,6 +200,7 @@
     $('till-name').textContent = t('till', {prefix: terminal()});
     renderNet();
     renderQueue();
+    renderSales();
     $('find-key').focus();
   }
 
@@ -232,6 +236,7 @@
     if (waiting && !window.confirm(tn('signout_confirm', waiting, {n: waiting}))) return;
     store.del('key');
     store.del(recentName()); // the customers seen here stay with the till's session
+    store.del(salesName()); // and so do the sales recorded here, with their names
     termKey = null;
     clearCustomer();
     showResult(null);
@@ -241,6 +246,7 @@
   function revoked(message) {
     store.del('key');
     store.del(recentName());
+    store.del(salesName());
     termKey = null;
     clearCustomer();
     showResult(null);
@@ -505,14 +511,42 @@
     $('void-row').hidden = !lastSale;
   }
 
-  /** Void the sale just recorded (online only: the server takes back what it earned). */
-  async function voidSale() {
-    if (!lastSale) return;
-    if (!online()) return showResult(t('void_offline'), 'error', true);
-    const sale = lastSale;
+  // -- the sales recorded here, and voiding one --------------------------------------------
+
+  /** Keep a sale this device recorded ({key, amount, who, at}) on the list of sales. */
+  function rememberSale(sale) {
+    const sales = store.get(salesName(), []).filter((s) => s.key !== sale.key);
+    sales.unshift({...sale, voided: false});
+    try { store.set(salesName(), sales.slice(0, SALES_MAX)); } catch (e) { /* a convenience only */ }
+    renderSales();
+  }
+
+  function renderSales() {
+    if (!termKey) return;
+    const sales = store.get(salesName(), []);
+    $('sales').hidden = !sales.length;
+    const list = $('sales-list');
+    list.replaceChildren();
+    for (const sale of sales) {
+      list.append(el('li', {class: sale.voided ? 'voided' : 'recorded', 'data-key': sale.key},
+        el('span', {},
+          el('span', {class: 'what', text: t('topic_sale', {amount: sale.amount})}), ' · ', el('span', {text: sale.who}),
+          el('br'), el('span', {class: 'muted small', text: moment(sale.at)})),
+        sale.voided ? el('span', {class: 'state', text: t('sale_voided')})
+          : el('button', {type: 'button', class: 'secondary small-button', onclick: (e) => voidSale(sale.key, e.currentTarget)},
+            t('void'))));
+    }
+  }
+
+  /** Void a sale this device recorded (online only: the server takes back what it earned). */
+  async function voidSale(saleKey, button) {
+    const sale = store.get(salesName(), []).find((s) => s.key === saleKey) || (lastSale && lastSale.key === saleKey && lastSale);
+    if (!sale) return;
+    const last = !!lastSale && lastSale.key === saleKey;
+    if (!online()) return showResult(t('void_offline'), 'error', last);
     if (!window.confirm(t('void_confirm', {amount: sale.amount}))) return;
     const key = uuid();
-    $('void-button').disabled = true;
+    button.disabled = true;
     try {
       const answer = await api('POST', '/sales/' + encodeURIComponent(sale.key) + '/void', {json: {}, idem: key});
       if (answer.status === 200 || answer.status === 201) {
@@ -521,17 +555,20 @@
           remember(after);
           if (customer && customer.data.card_code === after.card_code) showCustomer(after, {checked: true});
         }
-        showResult(t('voided', {amount: sale.amount}), 'ok');
+        const sales = store.get(salesName(), []).map((s) => (s.key === saleKey ? {...s, voided: true} : s));
+        try { store.set(salesName(), sales); } catch (e) { /* a convenience only */ }
+        renderSales();
+        showResult(t('voided', {amount: sale.amount}), 'ok'); // ("void this sale" would now be ambiguous)
       } else if (answer.status === 401) {
         revoked();
       } else {
-        showResult(t('refused', {reason: reason(answer)}), 'error', true);
+        showResult(t('refused', {reason: reason(answer)}), 'error', last);
       }
     } catch (e) {
       if (!(e instanceof Offline)) throw e;
-      showResult(t('void_offline'), 'error', true);
+      showResult(t('void_offline'), 'error', last);
     } finally {
-      $('void-button').disabled = false;
+      button.disabled = false;
     }
   }
 
@@ -625,7 +662,10 @@
               : topic === 'sale' ? t('sale_done', {amount: info.amount}) : t('visit_done')];
             for (const r of newRewards(before, answer.data.customer)) lines.push(t('new_reward', {reward: r.reward, code: r.code}));
             const voidable = topic === 'sale' && answer.data.status !== 'duplicate';
-            if (voidable) lastSale = {key, amount: info.amount};
+            if (voidable) {
+              lastSale = {key, amount: info.amount};
+              rememberSale({key, amount: info.amount, who, at: body.occurred_at});
+            }
             showResult(lines.join(' '), 'ok', voidable);
             return true;
           }
@@ -638,7 +678,7 @@
       }
       try {
         enqueue({key, topic, line: {topic, key, ...body}, label, who, at: body.occurred_at, state: 'waiting', reason: null,
-          tried});
+          tried, amount: info.amount});
       } catch (e) {
         showResult(t('refused', {reason: String(e && e.message || e)}), 'error');
         return false;
@@ -774,6 +814,9 @@
         const result = outcome.get(item.key);
         if (result && (result.status === 'applied' || result.status === 'duplicate')) {
           sent = true;
+          if (item.topic === 'sale' && result.status === 'applied') {
+            rememberSale({key: item.key, amount: item.amount || '', who: item.who, at: item.at});
+          }
           continue; // counted (now or before): off the list
         }
         if (result) {
@@ -865,7 +908,7 @@
   $('add-line').addEventListener('click', addLine);
   $('visit-button').addEventListener('click', recordVisit);
   $('enrol-button').addEventListener('click', enrol);
-  $('void-button').addEventListener('click', voidSale);
+  $('void-button').addEventListener('click', (e) => lastSale && voidSale(lastSale.key, e.currentTarget));
   $('send-now').addEventListener('click', () => flush(true));
   $('waiting-count').addEventListener('click', () => $('waiting').scrollIntoView({behavior: 'smooth'}));
   window.addEventListener('online', () => { reachable = true; renderNet(); flush(); });

@@ -40,9 +40,7 @@ import cProfile
 import importlib
 import json
 import pstats
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -66,6 +64,7 @@ from ingest import (  # noqa: E402  (bench/ingest.py)
     count_statements,
     engine_single,
     fresh_database,
+    in_scratch,
     make_bodies,
 )
 
@@ -294,12 +293,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="in (b), skip the passes with points and one other rule")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the all-rules hooks of (a) and the all-rules ingest of (b)")
-    args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="regulars-bench-rules-"))
-    try:
-        run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    in_scratch(run, parser.parse_args(argv), "regulars-bench-rules-")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

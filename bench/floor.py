@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +53,7 @@ from ingest import (  # noqa: E402
     build_engine,
     engine_batched,
     fresh_database,
+    in_scratch,
     make_bodies,
     raw_run,
     settled,
@@ -136,12 +135,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=2000, help="events (default 2000)")
     parser.add_argument("--customers", type=int, default=1000, help="distinct customers (default 1000)")
     parser.add_argument("--batch", type=int, default=500, help="events per batch (default 500)")
-    args = parser.parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="regulars-floor-"))
-    try:
-        run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    in_scratch(run, parser.parse_args(argv), "regulars-floor-")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

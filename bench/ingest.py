@@ -320,9 +320,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--database-url", help="PostgreSQL URL (default: a temporary SQLite file); "
                         "its public schema is DROPPED")
     parser.add_argument("--profile", action="store_true", help="cProfile path (a) and print where time goes")
-    args = parser.parse_args(argv)
+    in_scratch(run, parser.parse_args(argv), "regulars-bench-")
 
-    workdir = Path(tempfile.mkdtemp(prefix="regulars-bench-"))
+
+def in_scratch(run: Callable[[argparse.Namespace, Path], None], args: argparse.Namespace, prefix: str) -> None:
+    """``run(args, workdir)`` in a temporary directory, removed afterwards."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         run(args, workdir)
     finally:

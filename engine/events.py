@@ -13,6 +13,7 @@ reordered deliveries converge on the same state (see ``engine.orders``).
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -296,6 +297,11 @@ def _kept_as_is(field) -> type | None:
     return None
 
 
+#: the shape the connectors write (and nothing else: ``fromisoformat`` also
+#: takes ``00:00.00`` for a time, which marshmallow refuses)
+_CONNECTOR_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", re.ASCII)
+
+
 def _utc_from_iso(convert):
     """UtcDateTime's conversion, with a string shaped ``YYYY-MM-DDTHH:MM:SS±HH:MM``
     (what the connectors write) read by ``datetime.fromisoformat``, which gives
@@ -303,7 +309,7 @@ def _utc_from_iso(convert):
     else, or anything it refuses, goes to the field's own conversion."""
 
     def step(value, name, data):
-        if type(value) is str and len(value) == 25 and value[10] == "T" and value[19] in "+-" and value[22] == ":":
+        if type(value) is str and len(value) == 25 and _CONNECTOR_ISO.fullmatch(value) is not None:
             try:
                 return datetime.fromisoformat(value).astimezone(UTC)
             except ValueError:

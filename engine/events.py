@@ -64,7 +64,11 @@ class UtcDateTime(fields.AwareDateTime):
     time and drops its offset, so ``11:00-05:00`` would read back as 11:00 UTC."""
 
     def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs).astimezone(UTC)
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:  # 0001-01-01 east of UTC, 9999-12-31 west of it: no UTC moment
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 class Clipped(fields.String):
@@ -312,7 +316,7 @@ def _utc_from_iso(convert):
         if type(value) is str and len(value) == 25 and _CONNECTOR_ISO.fullmatch(value) is not None:
             try:
                 return datetime.fromisoformat(value).astimezone(UTC)
-            except ValueError:
+            except (ValueError, OverflowError):  # (the field's own conversion says what is wrong)
                 pass
         return convert(value, name, data)
 

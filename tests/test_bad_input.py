@@ -102,6 +102,8 @@ BAD_DELIVERIES = [
         "\\xee",
     ),
     shopify_case("empty-body", b"", "empty"),
+    shopify_case("no-utc-moment", encode(shopify_paid(lambda b: b.update(updated_at="0001-01-01T00:00:00+05:00"))),
+                 "not a valid datetime"),
     shopify_case("nested-too-deeply", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     shopify_case("integer-of-5000-digits", b'{"id": ' + b"9" * 5000 + b"}", "can't be read", "digits"),
     shopify_case("blank-body", b"  \n", "empty"),

@@ -19,6 +19,7 @@ from engine.cli_programme import programme_commands
 from engine.cli_shops import shop_commands
 from engine.cli_work import work_commands
 from engine.config import ConfigError, load_config
+from engine.jsonio import storable
 from engine.plugins import PluginLoadError
 from engine.simulate import simulate_command
 
@@ -92,8 +93,10 @@ def _unwrap(topic: str, body: bytes):
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):  # stored as it is, and failed, saying why
         return topic, body, {}
-    if isinstance(data, dict) and set(data) <= {"headers", "body", "topic"} and "body" in data and "headers" in data:
-        return topic, json.dumps(data["body"]).encode(), data["headers"] or {}
+    if isinstance(data, dict) and set(data) <= {"headers", "body", "topic"} and "body" in data \
+            and isinstance(data.get("headers", False), dict | None):
+        # (headers, unlike a body, are not kept raw: text no database stores is mended, as in a body)
+        return topic, json.dumps(data["body"]).encode(), storable(data["headers"] or {})
     return topic, body, {}
 
 

@@ -122,6 +122,15 @@ def _requests(engine):
         return requests(conn)
 
 
+@pytest.mark.parametrize("orders", [5, "299938", {"id": 299938}])
+def test_a_privacy_request_whose_orders_are_not_a_list_is_kept_as_failed_saying_so(engine, orders):
+    body = json.loads(_privacy_body("customers/redact", "42"))
+    body["orders_to_redact"] = orders
+    outcome = engine.ingest("shopify", "customers/redact", json.dumps(body).encode(), _headers("customers/redact", "x"))
+    assert outcome.status == "failed" and outcome.plugin is None, outcome
+    assert "orders_to_redact must be a list" in outcome.error
+
+
 def test_a_shopify_data_request_keeps_the_customer_s_export_for_the_merchant(engine):
     shop_with_jana(engine)
     shopify_id = customer_summary(engine, EMAIL)["channels"]["shopify"][0]

@@ -70,7 +70,7 @@ def order_status(order: Mapping[str, Any]) -> str:
     is set, else read from ``financial_status`` (unknown values are pending)."""
     if order.get("cancelled_at"):
         return "cancelled"
-    financial = order.get("financial_status")
+    financial = read_text(order.get("financial_status"))  # (not a string: unknown, so pending)
     if financial in PAID_FINANCIAL_STATUSES:
         return "paid"
     if financial == "refunded":
@@ -336,7 +336,10 @@ def translate_privacy(topic: str, payload: Any, triggered_at: str | None = None)
     person = as_object(body.get("customer"), f"{topic} customer")
     customer_id = read_id(person.get("id"), f"{topic} customer id")
     orders_field = "orders_requested" if kind == "privacy.data_request" else "orders_to_redact"
-    orders = [read_id(o, f"{topic} {orders_field}") for o in (body.get(orders_field) or [])]
+    listed = body.get(orders_field)
+    if listed is not None and not isinstance(listed, list):
+        raise BadDelivery(f"The {topic} {orders_field} must be a list, got a JSON {type(listed).__name__}.")
+    orders = [read_id(o, f"{topic} {orders_field}") for o in (listed or [])]
     request_id = None
     if kind == "privacy.data_request":
         request_id = read_id(as_object(body.get("data_request"), f"{topic} data_request").get("id"),

@@ -367,6 +367,8 @@ def test_rest_refund_without_subtotal_prorates_the_line_discount():
         ("unpaid", "pending"),
         ("expired", "pending"),
         (None, "pending"),
+        ({}, "pending"),  # not a string: an unknown status, not a TypeError
+        (["paid"], "pending"),
     ],
 )
 def test_status_follows_financial_status_when_not_cancelled(financial_status, status):

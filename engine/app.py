@@ -383,7 +383,8 @@ class Engine:
                     key = connector.delivery_key(topic, payload, headers, body)
                 except Exception:  # a payload too broken to key: its hash keys it
                     key = None
-            yield topic, body, headers, payload, error, key or body_key(topic, body)
+            topic, key, headers = inbox.storable_delivery(topic, key or body_key(topic, body), headers)
+            yield topic, body, headers, payload, error, key
 
     def _ingest(self, channel: str, deliveries: list[tuple[str, bytes, dict]], conn=None) -> list[Outcome]:
         """Store the deliveries and apply them in one transaction: each is

@@ -19,7 +19,6 @@ from engine.cli_programme import programme_commands
 from engine.cli_shops import shop_commands
 from engine.cli_work import work_commands
 from engine.config import ConfigError, load_config
-from engine.jsonio import storable
 from engine.plugins import PluginLoadError
 from engine.simulate import simulate_command
 
@@ -95,8 +94,7 @@ def _unwrap(topic: str, body: bytes):
         return topic, body, {}
     if isinstance(data, dict) and set(data) <= {"headers", "body", "topic"} and "body" in data \
             and isinstance(data.get("headers", False), dict | None):
-        # (headers, unlike a body, are not kept raw: text no database stores is mended, as in a body)
-        return topic, json.dumps(data["body"]).encode(), storable(data["headers"] or {})
+        return topic, json.dumps(data["body"]).encode(), data["headers"] or {}
     return topic, body, {}
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from engine.db import utcnow
 from engine.db.models import inbox
 from engine.fastsql import Ahead, Fast
+from engine.jsonio import holds_unstorable, storable
 from engine.ledger import insert_ignore, insert_ignore_statement
 
 RECEIVED, APPLIED, IGNORED, FAILED = "received", "applied", "ignored", "failed"
@@ -29,6 +30,19 @@ class Receipt:
     #: "new", "duplicate" (same key, same body) or "conflict" (same key, other body)
     status: str
     error: str | None = None
+
+
+def storable_delivery(topic: str, key: str, headers: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """A delivery's topic, key and headers as they can be stored on any
+    database: text no database holds mended (``jsonio.storable``), a topic
+    cut to its column (128), and a key longer than its column (255) made its
+    head and its SHA-256, so that the same long key still finds its
+    duplicate. (A webhook's headers can't hold such text; a recorded
+    delivery given to ``regulars ingest``, or a caller of the library, can.)"""
+    topic, key = storable(topic)[:128], storable(key)
+    if len(key) > 255:
+        key = f"{key[:180]}…sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return topic, key, storable(headers) if holds_unstorable(headers) else headers
 
 
 def _values(channel, topic, key, body, headers, status, error, plugin) -> dict[str, Any]:

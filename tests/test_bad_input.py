@@ -290,6 +290,24 @@ def test_text_longer_than_the_engine_keeps_costs_no_points(engine, channel, topi
         assert conn.execute(select(customers.c.phone)).scalar_one() is None
 
 
+def test_a_key_longer_than_the_inbox_keeps_or_headers_with_nul_still_store_the_delivery(engine):
+    """An order id of 10,000 characters makes a delivery key longer than the
+    inbox's column (PostgreSQL refused the row, and the delivery was lost):
+    it is stored under its head and its SHA-256, fails saying what is wrong,
+    and is a duplicate when sent again. Headers with a NUL are mended."""
+    long_id = encode(shopify_paid(lambda b: b.update(id="9" * 10_000)))
+    failed = engine.ingest("shopify", "orders/paid", long_id)
+    assert failed.status == "failed" and "id" in failed.error, failed
+    row = stored(engine, failed.inbox_id)
+    assert bytes(row.body) == long_id and len(row.key) <= 255 and "sha256:" in row.key
+    assert engine.ingest("shopify", "orders/paid", long_id).status == "duplicate"
+
+    odd = {"X-Shopify-Webhook-Id": "a\x00b", "X-Shopify-Topic": "orders/paid\ud800"}
+    applied = engine.ingest("shopify", "orders/paid", encode(shopify_paid()), odd)
+    assert applied.status == "applied", applied
+    assert stored(engine, applied.inbox_id).key == "webhook:orders/paid:ab"
+
+
 def test_a_resent_identical_delivery_is_a_duplicate_and_changes_nothing(engine):
     recorded = load_contract(SHOPIFY_DELIVERY)
     body, headers = encode(shopify_paid()), recorded["headers"]

@@ -71,26 +71,26 @@ class UtcDateTime(fields.AwareDateTime):
             raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
-class Clipped(fields.String):
-    """Descriptive text (a name, an address, a product's name) cut to
-    ``length`` characters instead of refused: a shop that allows a longer one
-    would otherwise cost the customer the whole order's points for it."""
+class _Sized(fields.String):
+    """A string field with a ``length`` that its subclass does not refuse."""
 
     def __init__(self, length: int, **kwargs):
         super().__init__(**kwargs)
         self.length = length
+
+
+class Clipped(_Sized):
+    """Descriptive text (a name, an address, a product's name) cut to
+    ``length`` characters instead of refused: a shop that allows a longer one
+    would otherwise cost the customer the whole order's points for it."""
 
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(value, attr, data, **kwargs)[: self.length]
 
 
-class Hint(fields.String):
+class Hint(_Sized):
     """An identity hint (an email, a phone) longer than ``length``: no valid
     one is, so it is read as absent, as a hint that does not parse is."""
-
-    def __init__(self, length: int, **kwargs):
-        super().__init__(**kwargs)
-        self.length = length
 
     def _deserialize(self, value, attr, data, **kwargs):
         text = super()._deserialize(value, attr, data, **kwargs)

@@ -189,17 +189,18 @@ def test_ingest_keeps_the_headers_of_a_recorded_delivery(shop):
     assert f"webhook:orders/paid:{webhook_id}" in keys
 
 
-def test_ingest_mends_recorded_headers_no_database_stores_and_reads_odd_wrappers_as_bodies(shop):
+def test_ingest_mends_recorded_headers_no_database_stores_and_reads_odd_wrappers_as_bodies(shop, tmp_path):
+    database = tmp_path / "odd.sqlite3"  # (not the shop's: the other tests count its deliveries)
     recorded = load_contract(SHOPIFY_DELIVERY)
     headers = {**recorded["headers"], "x-shopify-webhook-id": "b\ud800d\x00"}
     path = shop.root / "odd.jsonl"
     path.write_text("\n".join([json.dumps({"headers": headers, "body": paid_body(1101, "odd@example.com")}),
                                json.dumps({"headers": ["not", "a", "dict"], "body": paid_body(1102)})]),
                     encoding="utf-8")
-    result = shop.invoke("ingest", "shopify", "orders/paid", str(path))
-    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert "2 deliveries: 1 applied, 0 duplicate, 0 ignored, 1 failed" in result.output
-    keys = [row["key"] for row in json.loads(shop.invoke("events", "list", "--json").output)]
+    result = shop.run("ingest", "shopify", "orders/paid", str(path), database=database)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "2 deliveries: 1 applied, 0 duplicate, 0 ignored, 1 failed" in result.stdout
+    keys = [row["key"] for row in json.loads(shop.run("events", "list", "--json", database=database).stdout)]
     assert "webhook:orders/paid:b\ufffdd" in keys
 
 

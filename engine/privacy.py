@@ -99,6 +99,10 @@ def export_customer(conn: Connection, customer_id: int) -> dict:
     }
 
 
+#: ids in one ``IN (...)`` (PostgreSQL's driver takes 65,535 parameters, old SQLite builds 32,766)
+_IDS_PER_STATEMENT = 10_000
+
+
 def _needles(conn: Connection, ids: list[int]) -> list[bytes]:
     """What marks a raw delivery as this person's: their email, phone and the
     channels' ids for them, as they appear in a JSON body."""
@@ -135,9 +139,10 @@ def erase(engine, key: str, at: datetime) -> dict:
 def erase_customer(conn: Connection, customer_id: int, at: datetime) -> dict:
     """Erase one customer's personal data in the caller's transaction."""
     ids = _people(conn, customer_id)
-    deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids))]
-    if deliveries:
-        conn.execute(update(inbox).where(inbox.c.id.in_(deliveries)).values(body=ERASED_BODY, headers=None))
+    deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids).with_only_columns(inbox.c.id))]
+    for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
+        conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
+                     .values(body=ERASED_BODY, headers=None))
     conn.execute(update(customers).where(customers.c.id.in_(ids))
                  .values(**dict.fromkeys(PERSONAL), updated_at=at))
     notes = 0
@@ -205,18 +210,21 @@ def apply_request(conn: Connection, identity, event: dict) -> dict:
 def erase_channel(conn: Connection, channel: str, at: datetime) -> dict:
     """A shop's redaction: erase customers known only through ``channel``, the
     raw bodies of its deliveries, and its stored credentials."""
-    linked = {r.customer_id for r in conn.execute(
-        select(customer_links.c.customer_id).where(customer_links.c.channel == channel))}
-    # Known elsewhere: linked in another channel, or buying there.
+    of_channel = select(customer_links.c.customer_id).where(customer_links.c.channel == channel)
+    linked = {r.customer_id for r in conn.execute(of_channel)}
+    # Known elsewhere: linked in another channel, or buying there. (A subquery,
+    # not the ids: a large shop links more customers than a statement takes parameters.)
     elsewhere = {r.customer_id for r in conn.execute(
         select(customer_links.c.customer_id).where(customer_links.c.channel != channel,
-                                                   customer_links.c.customer_id.in_(linked))
-        .union(select(orders.c.customer_id).where(orders.c.channel != channel, orders.c.customer_id.in_(linked))))}
+                                                   customer_links.c.customer_id.in_(of_channel))
+        .union(select(orders.c.customer_id).where(orders.c.channel != channel, orders.c.customer_id.in_(of_channel))))}
     only_here = sorted(linked - elsewhere)
-    for customer_id in only_here:
-        erase_customer(conn, customer_id, at)
+    # The channel's own bodies first: each customer's search below then reads
+    # only what other channels sent (an erased body is a few bytes).
     bodies = conn.execute(update(inbox).where(inbox.c.channel == channel, inbox.c.body != ERASED_BODY)
                           .values(body=ERASED_BODY, headers=None)).rowcount
+    for customer_id in only_here:
+        erase_customer(conn, customer_id, at)
     conn.execute(delete(shop_credentials).where(shop_credentials.c.channel == channel))
     return {"customers_erased": len(only_here), "customers_kept_for_other_channels": len(linked & elsewhere),
             "deliveries_erased": bodies}

@@ -162,6 +162,28 @@ def test_a_shopify_redact_request_erases_the_person_and_keeps_the_ledger(engine)
     assert not any(EMAIL.encode() in b for b in bodies)  # the request's own body included
 
 
+def test_an_erasure_of_more_deliveries_than_a_statement_takes_goes_in_parts(engine, monkeypatch):
+    """A customer named in more stored deliveries than one statement's
+    parameters allow (65,535 with PostgreSQL's driver): the inbox is erased in
+    parts (here of 3, to keep the test small)."""
+    from engine import privacy
+
+    monkeypatch.setattr(privacy, "_IDS_PER_STATEMENT", 3)
+    shop_with_jana(engine)
+    for n in range(7):  # deliveries that mention her and failed, kept raw
+        engine.ingest("shopify", "orders/paid", json.dumps({"email": EMAIL, "n": n}).encode())
+    summary = customer_summary(engine, EMAIL)
+    topic = "customers/redact"
+    outcome = engine.ingest("shopify", topic, _privacy_body(topic, summary["channels"]["shopify"][0]),
+                            _headers(topic, "r1"))
+    assert outcome.status == "applied", outcome
+    (request,) = _requests(engine)
+    assert request.data["deliveries"] >= 9  # her two orders, the seven failed ones (and the request)
+    with engine.db.connect() as conn:
+        bodies = [bytes(inbox.get(conn, row.id).body) for row in inbox.listing(conn, limit=100)]
+    assert not any(EMAIL.encode() in b for b in bodies)
+
+
 def test_a_request_for_someone_never_seen_is_recorded_as_nothing_held(engine):
     topic = "customers/data_request"
     body = _privacy_body(topic, "191167", email="nobody@example.com")

@@ -72,11 +72,18 @@ class UtcDateTime(fields.AwareDateTime):
 
 
 class _Sized(fields.String):
-    """A string field with a ``length`` that its subclass does not refuse."""
+    """A string field with a ``length`` that its subclass does not refuse:
+    ``sized`` says what a string becomes."""
 
     def __init__(self, length: int, **kwargs):
         super().__init__(**kwargs)
         self.length = length
+
+    def sized(self, text: str) -> str | None:
+        raise NotImplementedError
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return self.sized(super()._deserialize(value, attr, data, **kwargs))
 
 
 class Clipped(_Sized):
@@ -84,16 +91,15 @@ class Clipped(_Sized):
     ``length`` characters instead of refused: a shop that allows a longer one
     would otherwise cost the customer the whole order's points for it."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        return super()._deserialize(value, attr, data, **kwargs)[: self.length]
+    def sized(self, text: str) -> str:
+        return text[: self.length]
 
 
 class Hint(_Sized):
     """An identity hint (an email, a phone) longer than ``length``: no valid
     one is, so it is read as absent, as a hint that does not parse is."""
 
-    def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
+    def sized(self, text: str) -> str | None:
         return text if len(text) <= self.length else None
 
 
@@ -328,10 +334,14 @@ def _lean_leaf(field):
     if type(field) is UtcDateTime and field.format in (None, "iso", "iso8601"):
         convert = _utc_from_iso(convert)
     exact = _kept_as_is(field)
+    if isinstance(field, _Sized):  # (String._deserialize gives a str as it is; then the field's own sizing)
+        exact, sized = str, field.sized
+    else:
+        sized = None
 
     def step(value, name, data):
         if type(value) is exact:
-            loaded = value
+            loaded = value if sized is None else sized(value)
         elif value is missing or value is None:
             return deserialize(value, name, data)  # the default, or None, or the error: marshmallow's
         else:

@@ -52,11 +52,6 @@ def long_number(data: bytes) -> bool:
 #: a NUL character or a lone surrogate: text no database stores
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-#: how each can appear in JSON text (only escaped: raw, a NUL is refused by
-#: JSON and a lone surrogate is not UTF-8), a hex digit in either case
-_ESCAPED = (b"\\u0000", b"\\ud", b"\\uD")
-
-
 def unstorable(text: str) -> bool:
     """Whether ``text`` holds a NUL character or a lone surrogate."""
     return _UNSTORABLE.search(text) is not None
@@ -79,9 +74,21 @@ UNSTORABLE_REFUSAL = "text may not contain NUL characters or lone surrogates"
 
 
 def may_hold_unstorable(raw: bytes) -> bool:
-    """Whether JSON text ``raw`` may hold a string that is ``unstorable``
-    (a C-speed search; a surrogate pair, written escaped, says yes too)."""
-    return any(escape in raw for escape in _ESCAPED)
+    """Whether JSON text ``raw`` may hold a string that is ``unstorable``. A
+    NUL or a lone surrogate can be in JSON only escaped (raw, a NUL is
+    refused and a lone surrogate is not UTF-8): ``\\u0000`` or ``\\uD...``,
+    in either case. One C-speed search for a backslash (most bodies have
+    none), then a look at each ``\\u`` escape; a surrogate pair or a Hangul
+    syllable, written escaped, says yes too (the walk then mends nothing)."""
+    if raw.find(b"\\") == -1:  # (memchr for one byte: 30 times as fast as a search for two)
+        return False
+    at = raw.find(b"\\u")
+    while at != -1:
+        code = raw[at + 2:at + 6]
+        if code == b"0000" or code[:1] in (b"d", b"D"):
+            return True
+        at = raw.find(b"\\u", at + 2)
+    return False
 
 
 def storable(value: Any) -> Any:

@@ -98,9 +98,11 @@ def address_line(street: Any, postcode: Any, country: Any) -> str | None:
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
-    """A header's value whatever its casing (HTTP headers are case-insensitive)."""
+    """A header's value whatever its casing (HTTP headers are case-insensitive),
+    stripped; None when it is absent or blank (a blank id would make every
+    delivery that carries it one delivery)."""
     wanted = name.lower()
     for key, value in headers.items():
         if key.lower() == wanted:
-            return value
+            return str(value).strip() or None if value is not None else None
     return None

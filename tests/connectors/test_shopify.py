@@ -555,6 +555,15 @@ def test_delivery_key_uses_the_webhook_id_without_an_event_id():
     assert key == "webhook:refunds/create:883d4f6c-1972-46f8-ac0e-1a889021f949"
 
 
+def test_a_blank_webhook_id_is_no_key_and_the_resource_keys_the_delivery():
+    payload = body("orders_paid.docs-2026-04.json")
+    headers = {"X-Shopify-Webhook-Id": "   ", "X-Shopify-Event-Id": ""}
+
+    key = connector.delivery_key("orders/paid", payload, headers, b"{}")
+
+    assert key == f"orders/paid:{SAMPLE_ORDER_ID}:{SAMPLE_TIME}"
+
+
 @pytest.mark.parametrize(
     ("name", "key"),
     [

@@ -206,6 +206,17 @@ def test_a_shop_redact_erases_customers_known_only_through_the_shop(engine):
     assert all(b.startswith(b'{"erased"') for b in shopify_bodies)
 
 
+def test_a_redaction_for_another_shop_erases_nothing(engine):
+    """A shop/redact names its shop: one for another shop (fed to ``regulars
+    ingest`` by mistake; a signed webhook can't be) fails saying so."""
+    shop_with_jana(engine)
+    topic = "shop/redact"
+    body = json.dumps({"shop_id": 1, "shop_domain": "another.myshopify.com"}).encode()
+    outcome = engine.ingest("shopify", topic, body, _headers(topic, "s9"))
+    assert outcome.status == "failed" and "another.myshopify.com" in outcome.error, outcome
+    assert customer_summary(engine, "petr@example.cz") is not None and _requests(engine) == []
+
+
 def test_a_privacy_webhook_without_a_customer_is_refused_with_the_reason(engine):
     topic = "customers/redact"
     outcome = engine.ingest("shopify", topic, b'{"shop_id": 954889, "shop_domain": "example.myshopify.com"}',

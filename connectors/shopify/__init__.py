@@ -80,7 +80,13 @@ class ShopifyConnector(Connector):
         """The canonical events of one delivery (the engine validates them);
         ``BadDelivery`` saying why when the payload can't be translated."""
         if topic in PRIVACY_EVENT_TYPES:
-            return [translate_privacy(topic, payload, header(headers, "X-Shopify-Triggered-At"))]
+            event = translate_privacy(topic, payload, header(headers, "X-Shopify-Triggered-At"))
+            ours, theirs = self.settings.get("shop"), event["privacy"].get("shop")
+            if ours and theirs and theirs.lower() != ours.lower():
+                # (a signed webhook can't be another shop's; a delivery fed to `regulars ingest` can)
+                raise BadDelivery(f"This {topic} request is for the shop {theirs}, not this engine's {ours}: "
+                                  "nothing was erased or exported.")
+            return [event]
         return translate_payload(topic, payload)
 
 

@@ -61,7 +61,7 @@ def holds_unstorable(value: Any) -> bool:
     """Whether a parsed JSON ``value`` holds an ``unstorable`` string (keys
     included)."""
     if isinstance(value, str):
-        return _UNSTORABLE.search(value) is not None
+        return unstorable(value)
     if isinstance(value, dict):
         return any(holds_unstorable(key) or holds_unstorable(item) for key, item in value.items())
     if isinstance(value, list | tuple):
@@ -96,7 +96,7 @@ def storable(value: Any) -> Any:
     a database: NUL characters dropped, a lone surrogate replaced by U+FFFD
     (the replacement character, as a UTF-8 decoder writes for a bad byte)."""
     if isinstance(value, str):
-        if _UNSTORABLE.search(value) is None:
+        if not unstorable(value):
             return value
         return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
     if isinstance(value, list):

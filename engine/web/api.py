@@ -251,7 +251,7 @@ class Api:
             raise ApiError(400, "bad_json", "the body is not valid JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_json", "the body must be a JSON object")
-        _no_nul(data)
+        _storable_only(data)
         try:
             return schema.load(data)
         except ValidationError as exc:
@@ -307,7 +307,7 @@ class Api:
 
     async def lookup(self, request: Request) -> Response:
         await self._terminal(request)
-        key = _no_nul((request.query_params.get("key") or "").strip())
+        key = _storable_only((request.query_params.get("key") or "").strip())
         if not key:
             raise ApiError(400, "no_key", "give key: the card code (what the QR says), a phone or an email")
         found = await run_in_threadpool(self._summary, key)
@@ -343,7 +343,7 @@ class Api:
     async def void(self, request: Request) -> Response:
         terminal = await self._terminal(request)
         data = await self._json(request, VoidSchema())
-        sale_id = _no_nul(request.path_params["sale_id"])
+        sale_id = _storable_only(request.path_params["sale_id"])
 
         async def work():
             order = await run_in_threadpool(terminals.sale_customer, self.engine, terminal, sale_id)
@@ -397,7 +397,7 @@ class Api:
 
     async def card(self, request: Request) -> Response:
         await self._terminal(request)
-        code, kind = _no_nul(request.path_params["code"]), request.path_params["kind"]
+        code, kind = _storable_only(request.path_params["code"]), request.path_params["kind"]
         found = await run_in_threadpool(self._summary, code)
         if found is None or found["card_code"] != code.upper():
             raise ApiError(404, "no_customer", "no customer has that card code")
@@ -475,7 +475,7 @@ class Api:
         ]
 
 
-def _no_nul(value):
+def _storable_only(value):
     """Refuse text with NUL characters or lone surrogates (no database stores
     them in text: ``engine.jsonio.unstorable``)."""
     if holds_unstorable(value):

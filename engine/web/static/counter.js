@@ -515,8 +515,10 @@
 
   /** Keep a sale this device recorded ({key, amount, who, at}) on the list of sales. */
   function rememberSale(sale) {
-    const sales = store.get(salesName(), []).filter((s) => s.key !== sale.key);
-    sales.unshift({...sale, voided: false});
+    saveSales([{...sale, voided: false}, ...store.get(salesName(), []).filter((s) => s.key !== sale.key)]);
+  }
+
+  function saveSales(sales) {
     try { store.set(salesName(), sales.slice(0, SALES_MAX)); } catch (e) { /* a convenience only */ }
     renderSales();
   }
@@ -555,9 +557,7 @@
           remember(after);
           if (customer && customer.data.card_code === after.card_code) showCustomer(after, {checked: true});
         }
-        const sales = store.get(salesName(), []).map((s) => (s.key === saleKey ? {...s, voided: true} : s));
-        try { store.set(salesName(), sales); } catch (e) { /* a convenience only */ }
-        renderSales();
+        saveSales(store.get(salesName(), []).map((s) => (s.key === saleKey ? {...s, voided: true} : s)));
         showResult(t('voided', {amount: sale.amount}), 'ok'); // ("void this sale" would now be ambiguous)
       } else if (answer.status === 401) {
         revoked();

@@ -79,6 +79,20 @@ class _SeenBefore(Exception):
     """The delivery stored ahead was not new: roll back, ask ``receive``."""
 
 
+#: the most of an error kept and shown: a bad value of 10,000 characters is
+#: quoted in its error, and the inbox, the CLI and the dashboard show it
+MAX_ERROR = 1000
+
+
+def _capped(error: str | None) -> str | None:
+    """``error`` in ``MAX_ERROR`` characters at most, saying how many were cut
+    (so capping twice changes nothing)."""
+    if error is None or len(error) <= MAX_ERROR:
+        return error
+    keep = MAX_ERROR - 40  # room for the note of what was cut
+    return f"{error[:keep]}… ({len(error) - keep:,} more characters)"
+
+
 @dataclass(frozen=True)
 class Outcome:
     inbox_id: int
@@ -87,6 +101,9 @@ class Outcome:
     error: str | None = None
     plugin: str | None = None
     entries: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "error", _capped(self.error))
 
 
 @dataclass
@@ -557,7 +574,12 @@ class Engine:
     def _decide(self, channel, topic, body, headers, payload=None, error=None):
         """A delivery's loaded canonical events, or why it has none:
         ``(events, None, None, None)`` or ``(None, status, error, plugin)``,
-        ``status`` being ``ignored`` or ``failed``. No database work."""
+        ``status`` being ``ignored`` or ``failed`` (the error ``MAX_ERROR``
+        characters at most). No database work."""
+        events, status, error, plugin = self._decision(channel, topic, body, headers, payload, error)
+        return events, status, _capped(error), plugin
+
+    def _decision(self, channel, topic, body, headers, payload=None, error=None):
         if error is not None:  # the body did not parse
             return None, "failed", error, None
         connector = self.connector(channel)

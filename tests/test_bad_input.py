@@ -308,6 +308,14 @@ def test_a_key_longer_than_the_inbox_keeps_or_headers_with_nul_still_store_the_d
     assert stored(engine, applied.inbox_id).key == "webhook:orders/paid:ab"
 
 
+def test_an_error_quoting_a_huge_value_is_kept_cut_to_a_thousand_characters(engine):
+    huge = "9x" * 5000
+    outcome = engine.ingest("shopify", "orders/paid", encode(shopify_paid(_shopify_price(huge))))
+    assert outcome.status == "failed" and outcome.error.startswith("The order line_items[0].price")
+    assert len(outcome.error) <= 1000 and outcome.error.endswith("more characters)")
+    assert stored(engine, outcome.inbox_id).error == outcome.error
+
+
 def test_a_resent_identical_delivery_is_a_duplicate_and_changes_nothing(engine):
     recorded = load_contract(SHOPIFY_DELIVERY)
     body, headers = encode(shopify_paid()), recorded["headers"]

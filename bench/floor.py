@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -56,6 +55,7 @@ from ingest import (  # noqa: E402
     in_scratch,
     make_bodies,
     raw_run,
+    raw_sqlite,
     settled,
 )
 
@@ -99,9 +99,7 @@ def replay(url: str, transactions: list[list[tuple]], events: int) -> tuple[Run,
     """The captured writes, set-based, by ``sqlite3`` alone: the time, and how
     many rows and ``executemany`` calls that took."""
     plans = [grouped(writes) for writes in transactions]
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=10000"):
-        conn.execute(f"PRAGMA {pragma}")
+    conn = raw_sqlite(url)
     cur = conn.cursor()
     started = time.perf_counter()
     for plan in plans:

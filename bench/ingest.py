@@ -212,13 +212,21 @@ def _rows(i: int, body: bytes, owner: int, now: object, detail: object) -> list[
     ]
 
 
+def raw_sqlite(url: str) -> sqlite3.Connection:
+    """The bare driver's connection to a SQLite URL, with the engine's pragmas
+    (engine/db: WAL, synchronous NORMAL, foreign keys, a checkpoint every
+    10,000 pages) and transactions begun by hand."""
+    conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=10000"):
+        conn.execute(f"PRAGMA {pragma}")
+    return conn
+
+
 def raw_run(url: str, bodies: Sequence[bytes], owners: Sequence[int], customers: int, batch: int | None) -> Run:
     """The same rows written by the bare driver, on a fresh migrated database."""
     now: object
     if url.startswith("sqlite"):
-        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, timeout=30)
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=10000"):
-            conn.execute(f"PRAGMA {pragma}")
+        conn = raw_sqlite(url)
         mark, now, wrap, label = "?", datetime.now(UTC).isoformat(" "), json.dumps, "sqlite3"
         begin, commit = (lambda: conn.execute("BEGIN IMMEDIATE")), (lambda: conn.execute("COMMIT"))
         cur = conn.cursor()

@@ -11,6 +11,7 @@ every balance stays exact.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 
 from sqlalchemy import delete, select, text, update
@@ -95,7 +96,7 @@ def export_customer(conn: Connection, customer_id: int) -> dict:
         "dashboard_footprints": _rows(conn, select(metric_footprints)
                                       .where(metric_footprints.c.customer_id.in_(ids))),
         "deliveries": [{"id": r["id"], "channel": r["channel"], "topic": r["topic"], "received_at": r["received_at"],
-                        "body": r["body"]} for r in _rows(conn, _deliveries_of(conn, ids))],
+                        "body": r["body"]} for r in _inbox_rows(conn, _delivery_ids(conn, ids))],
     }
 
 
@@ -103,27 +104,94 @@ def export_customer(conn: Connection, customer_id: int) -> dict:
 _IDS_PER_STATEMENT = 10_000
 
 
-def _needles(conn: Connection, ids: list[int]) -> list[bytes]:
-    """What marks a raw delivery as this person's: their email, phone and the
-    channels' ids for them, as they appear in a JSON body."""
-    needles = set()
+def _inbox_rows(conn: Connection, ids: list[int]) -> list[dict]:
+    return [row for start in range(0, len(ids), _IDS_PER_STATEMENT)
+            for row in _rows(conn, select(inbox).where(inbox.c.id.in_(ids[start:start + _IDS_PER_STATEMENT]))
+                             .order_by(inbox.c.id))]
+
+
+def _marks(conn: Connection, ids: list[int]) -> tuple[list[bytes], dict[str, set[str]]]:
+    """What marks a raw delivery as this person's: their emails and phones
+    (anywhere in a body), and per channel the ids it gave them."""
+    texts = set()
     for row in conn.execute(select(customers.c.email, customers.c.phone).where(customers.c.id.in_(ids))):
-        needles.update(v for v in (row.email, row.phone) if v)
-    for row in conn.execute(select(customer_links.c.external_id).where(customer_links.c.customer_id.in_(ids))):
-        needles.update({f'"id": {row.external_id}', f'"customer_id": {row.external_id}', f'"id":{row.external_id}'})
-    return [n.encode() for n in needles]
+        texts.update(v for v in (row.email, row.phone) if v)
+    channel_ids: dict[str, set[str]] = {}
+    for row in conn.execute(select(customer_links.c.channel, customer_links.c.external_id)
+                            .where(customer_links.c.customer_id.in_(ids))):
+        if row.external_id.isdigit():  # the shops' ids are numbers; a card code is not in a body
+            channel_ids.setdefault(row.channel, set()).add(row.external_id)
+    return [t.encode() for t in texts], channel_ids
 
 
-def _deliveries_of(conn: Connection, ids: list[int]):
-    """Inbox rows whose raw body mentions the person (by email, phone or a
-    channel's customer id)."""
-    needles = _needles(conn, ids)
-    if not needles:
-        return select(inbox).where(inbox.c.id < 0)
-    # A byte search inside the stored body, in each database's own words.
-    find = "position(:n{i} in body) > 0" if conn.dialect.name == "postgresql" else "instr(body, :n{i}) > 0"
-    condition = " OR ".join(find.format(i=i) for i in range(len(needles)))
-    return select(inbox).where(text(f"({condition})").bindparams(**{f"n{i}": n for i, n in enumerate(needles)}))
+# In a body that does not parse (kept raw because it failed): any "id" or
+# "customer_id" whose whole number is theirs.
+_ANY_ID = re.compile(rb'"(?:customer_)?id"\s*:\s*"?(\d+)')
+
+
+def _as_id(value) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() if isinstance(value, str) else None
+
+
+def _names(body: bytes, topic: str, texts: list[bytes], ids: set[str]) -> bool:
+    """Whether a raw delivery is the person's: it holds their email or phone,
+    or the channel's id for them where that id names a customer (a
+    ``customer_id``, a ``customer`` object's ``id``, a customer body's own
+    ``id``), not wherever the same digits begin a longer number or are a line
+    item's or a tax line's id."""
+    if any(text in body for text in texts):
+        return True
+    if not ids:
+        return False
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return any(found.decode() in ids for found in _ANY_ID.findall(body))
+    if "customer" in topic and isinstance(document, dict) and _as_id(document.get("id")) in ids:
+        return True
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if _as_id(item.get("customer_id")) in ids:
+                return True
+            customer = item.get("customer")
+            if isinstance(customer, dict) and _as_id(customer.get("id")) in ids:
+                return True
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+    return False
+
+
+def _delivery_ids(conn: Connection, ids: list[int]) -> list[int]:
+    """Inbox rows whose raw body is the person's (``_names``). The database
+    finds the candidates by a byte search, in its own words; each is then
+    read and decided here."""
+    texts, channel_ids = _marks(conn, ids)
+    find = "position(:{name} in body) > 0" if conn.dialect.name == "postgresql" else "instr(body, :{name}) > 0"
+    terms, params = [], {}
+    for text_ in texts:
+        params[f"n{len(params)}"] = text_
+        terms.append(find.format(name=f"n{len(params) - 1}"))
+    for channel, numbers in sorted(channel_ids.items()):
+        spellings = []
+        for number in sorted(numbers):
+            for spelling in (f'"customer_id": {number}', f'"customer_id":{number}', f'"id": {number}',
+                             f'"id":{number}', f'"customer_id": "{number}', f'"customer_id":"{number}'):
+                params[f"n{len(params)}"] = spelling.encode()
+                spellings.append(find.format(name=f"n{len(params) - 1}"))
+        params[f"c{len(params)}"] = channel
+        terms.append(f"(channel = :c{len(params) - 1} AND ({' OR '.join(spellings)}))")
+    if not terms:
+        return []
+    candidates = conn.execute(select(inbox.c.id, inbox.c.channel, inbox.c.topic, inbox.c.body)
+                              .where(text(f"({' OR '.join(terms)})").bindparams(**params))
+                              .order_by(inbox.c.id).execution_options(yield_per=500))  # bodies, a few at a time
+    return [row.id for row in candidates
+            if _names(bytes(row.body), row.topic, texts, channel_ids.get(row.channel, set()))]
 
 
 def erase(engine, key: str, at: datetime) -> dict:
@@ -139,7 +207,7 @@ def erase(engine, key: str, at: datetime) -> dict:
 def erase_customer(conn: Connection, customer_id: int, at: datetime) -> dict:
     """Erase one customer's personal data in the caller's transaction."""
     ids = _people(conn, customer_id)
-    deliveries = [row.id for row in conn.execute(_deliveries_of(conn, ids).with_only_columns(inbox.c.id))]
+    deliveries = _delivery_ids(conn, ids)
     for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
         conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
                      .values(body=ERASED_BODY, headers=None))

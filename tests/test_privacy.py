@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -222,3 +223,66 @@ def test_a_privacy_webhook_without_a_customer_is_refused_with_the_reason(engine)
     outcome = engine.ingest("shopify", topic, b'{"shop_id": 954889, "shop_domain": "example.myshopify.com"}',
                             _headers(topic, "x1"))
     assert outcome.status == "failed" and "customer" in outcome.error
+
+
+# -- whose raw deliveries are whose --------------------------------------------------
+
+WOO_HOOKS = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "woocommerce" / "webhooks"
+
+
+def _woo(name: str, **changes) -> bytes:
+    body = json.loads((WOO_HOOKS / name).read_text())
+    for key, value in changes.items():
+        if key == "email":
+            body["billing"]["email"] = value
+        else:
+            body[key] = value
+    return json.dumps(body, indent=2).encode()
+
+
+def test_an_erasure_keeps_deliveries_that_only_hold_a_longer_or_another_thing_s_id(engine):
+    """A WooCommerce customer's id is small (3): erasing them must not erase
+    another customer's order that holds ``"customer_id": 31`` and line items
+    ``"id": 315`` (a longer number), nor one whose tax line is ``"id": 3``
+    (another thing's id). Real WooCommerce bodies, from shared/contracts."""
+    created = json.loads((WOO_HOOKS / "customer_created.body.json").read_text())
+    created.update(id=3, email="ema@example.com")
+    assert engine.ingest("woocommerce", "customer.created", json.dumps(created).encode()).status == "applied"
+    hers = _woo("order_updated_completed.body.json", id=901, customer_id=3, email="ema@example.com")
+    assert engine.ingest("woocommerce", "order.updated", hers).status == "applied"
+    other = _woo("order_updated_completed.body.json", id=902, customer_id=31, email="oskar@example.com")
+    assert engine.ingest("woocommerce", "order.updated", other).status == "applied"
+    guest = json.loads(_woo("order_updated_completed.body.json", id=903, customer_id=0, email="guest@example.com"))
+    guest["tax_lines"][0]["id"] = 3
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(guest, indent=2).encode()).status == "applied"
+
+    assert len(export(engine, "ema@example.com")["deliveries"]) == 2
+    done = erase(engine, "ema@example.com", T0 + timedelta(days=1))
+    assert done["deliveries"] == 2, done
+    with engine.db.connect() as conn:
+        bodies = [bytes(inbox.get(conn, row.id).body) for row in inbox.listing(conn)]
+        assert engine.ledger.audit(conn) == []
+    assert sum(b.startswith(b'{"erased"') for b in bodies) == 2
+    assert any(b"oskar@example.com" in b for b in bodies) and any(b"guest@example.com" in b for b in bodies)
+
+
+def test_a_delivery_that_names_them_only_by_their_channel_id_is_theirs(engine):
+    """Found by the channel's id alone, where it names the customer: a
+    WooCommerce order's ``customer_id`` (spaced or compact JSON), a customer
+    body's own ``id``, and in a body kept raw because it did not parse; not
+    the same number from another channel."""
+    created = json.loads((WOO_HOOKS / "customer_created.body.json").read_text())
+    created.update(id=3, email="ema@example.com")
+    theirs = [engine.ingest("woocommerce", "customer.created", json.dumps(created).encode()).inbox_id]
+    no_email = json.loads(_woo("order_updated_completed.body.json", id=904, customer_id=3, email=""))
+    theirs.append(engine.ingest("woocommerce", "order.updated", json.dumps(no_email, indent=2).encode()).inbox_id)
+    no_email["id"] = 907
+    theirs.append(engine.ingest("woocommerce", "order.updated",
+                                json.dumps(no_email, separators=(",", ":")).encode()).inbox_id)
+    truncated = engine.ingest("woocommerce", "order.updated", b'{"id": 905, "customer_id": 3, "status": "compl')
+    assert truncated.status == "failed"
+    theirs.append(truncated.inbox_id)
+    engine.ingest("woocommerce", "order.updated", b'{"id": 906, "customer_id": 31, "status": "compl')
+    engine.ingest("shopify", "orders/paid", b'{"id": 908, "customer": {"id": 3}, "status": "compl')
+    found = export(engine, "ema@example.com")["deliveries"]
+    assert sorted(d["id"] for d in found) == sorted(theirs)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db.models import (
@@ -34,6 +35,7 @@ from engine.db.models import (
     tier_history,
     visit_days,
 )
+from engine.identity import normalize_email
 
 PERSONAL = ("email", "phone", "first_name", "last_name", "address", "birthday", "accepts_marketing")
 ERASED_BODY = b'{"erased": "personal data removed on request"}'
@@ -110,23 +112,56 @@ def _inbox_rows(conn: Connection, ids: list[int]) -> list[dict]:
                              .order_by(inbox.c.id))]
 
 
-def _marks(conn: Connection, ids: list[int]) -> tuple[list[bytes], dict[str, set[str]]]:
-    """What marks a raw delivery as this person's: their emails and phones
-    (anywhere in a body), and per channel the ids it gave them."""
-    texts = set()
+@dataclass(frozen=True)
+class Marks:
+    """What names people in raw deliveries: normalized emails, phones (their
+    last nine digits: ``_phone_key``) and ``(channel, id)`` pairs."""
+
+    emails: frozenset[str] = frozenset()
+    phones: frozenset[str] = frozenset()
+    ids: frozenset[tuple[str, str]] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.emails or self.phones or self.ids)
+
+    def meets(self, other: Marks) -> bool:
+        return not (self.emails.isdisjoint(other.emails) and self.phones.isdisjoint(other.phones)
+                    and self.ids.isdisjoint(other.ids))
+
+    def each(self):
+        yield from (("email", e) for e in self.emails)
+        yield from (("phone", p) for p in self.phones)
+        yield from (("id", i) for i in self.ids)
+
+
+def _phone_key(raw: str) -> str | None:
+    """A phone number's last nine digits, however it is written (``+420 601
+    123 456``, ``601-123-456``, ``00420601123456``), or None below seven."""
+    digits = "".join(c for c in raw if c in "0123456789")
+    return digits[-9:] if len(digits) >= 7 else None
+
+
+def marks_of(conn: Connection, ids: list[int]) -> Marks:
+    """The marks of these customers: their emails, phones, and the ids the
+    channels gave them (the shops' ids are numbers; a card code is not in a body)."""
+    emails, phones = set(), set()
     for row in conn.execute(select(customers.c.email, customers.c.phone).where(customers.c.id.in_(ids))):
-        texts.update(v for v in (row.email, row.phone) if v)
-    channel_ids: dict[str, set[str]] = {}
-    for row in conn.execute(select(customer_links.c.channel, customer_links.c.external_id)
-                            .where(customer_links.c.customer_id.in_(ids))):
-        if row.external_id.isdigit():  # the shops' ids are numbers; a card code is not in a body
-            channel_ids.setdefault(row.channel, set()).add(row.external_id)
-    return [t.encode() for t in texts], channel_ids
+        if row.email:
+            emails.add(row.email)
+        if row.phone and (key := _phone_key(row.phone)):
+            phones.add(key)
+    links = conn.execute(select(customer_links.c.channel, customer_links.c.external_id)
+                         .where(customer_links.c.customer_id.in_(ids)))
+    return Marks(frozenset(emails), frozenset(phones),
+                 frozenset((r.channel, r.external_id) for r in links if r.external_id.isdigit()))
 
 
-# In a body that does not parse (kept raw because it failed): any "id" or
-# "customer_id" whose whole number is theirs.
-_ANY_ID = re.compile(rb'"(?:customer_)?id"\s*:\s*"?(\d+)')
+# An address inside any text (a note, a name field), before it is normalized.
+_EMAIL = re.compile(r"[^\s@<>\"',;:()\[\]{}]+@[^\s@<>\"',;:()\[\]{}]+")
+# In a body that does not parse (kept raw because it failed): phones and ids as written.
+_RAW_PHONE = re.compile(r'"[^"]*phone[^"]*"\s*:\s*"([^"]*)"', re.IGNORECASE)
+_RAW_ID = re.compile(r'"(?:customer_)?id"\s*:\s*"?(\d+)')
+_E164 = re.compile(r"\+\d{7,15}")
 
 
 def _as_id(value) -> str | None:
@@ -135,63 +170,78 @@ def _as_id(value) -> str | None:
     return value.strip() if isinstance(value, str) else None
 
 
-def _names(body: bytes, topic: str, texts: list[bytes], ids: set[str]) -> bool:
-    """Whether a raw delivery is the person's: it holds their email or phone,
-    or the channel's id for them where that id names a customer (a
-    ``customer_id``, a ``customer`` object's ``id``, a customer body's own
-    ``id``), not wherever the same digits begin a longer number or are a line
-    item's or a tax line's id."""
-    if any(text in body for text in texts):
-        return True
-    if not ids:
-        return False
+def marks_in(body: bytes, channel: str, topic: str) -> Marks:
+    """The marks a raw delivery holds: every email address in any of its
+    texts; every phone under a key that says phone; the channel's customer
+    ids where they name a customer (a ``customer_id``, a ``customer``
+    object's ``id``, a customer body's own ``id``), not a line item's or a
+    tax line's id, nor the first digits of a longer number."""
+    emails, phones, ids = set(), set(), set()
+
+    def text(value: str) -> None:
+        if "@" in value:
+            for found in _EMAIL.findall(value):
+                if email := normalize_email(found.strip(".")):
+                    emails.add(email)
+        if "+" in value:  # a phone in its international form, in a note say
+            phones.update(key for found in _E164.findall(value) if (key := _phone_key(found)))
+
     try:
         document = json.loads(body)
-    except (ValueError, RecursionError):
-        return any(found.decode() in ids for found in _ANY_ID.findall(body))
-    if "customer" in topic and isinstance(document, dict) and _as_id(document.get("id")) in ids:
-        return True
-    stack = [document]
+    except (ValueError, RecursionError):  # as written
+        raw = body.decode("utf-8", "replace")
+        text(raw)
+        phones.update(key for found in _RAW_PHONE.findall(raw) if (key := _phone_key(found)))
+        ids.update((channel, found) for found in _RAW_ID.findall(raw))
+        return Marks(frozenset(emails), frozenset(phones), frozenset(ids))
+    if "customer" in topic and isinstance(document, dict) and (own := _as_id(document.get("id"))):
+        ids.add((channel, own))
+    stack: list = [(None, document)]
     while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
+        key, item = stack.pop()
+        if isinstance(item, str):
+            text(item)
+            if key is not None and "phone" in key.lower() and (phone := _phone_key(item)):
+                phones.add(phone)
+        elif isinstance(item, list):
+            stack.extend((key, v) for v in item)
         elif isinstance(item, dict):
-            if _as_id(item.get("customer_id")) in ids:
-                return True
+            if (named := _as_id(item.get("customer_id"))) is not None:
+                ids.add((channel, named))
             customer = item.get("customer")
-            if isinstance(customer, dict) and _as_id(customer.get("id")) in ids:
-                return True
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-    return False
+            if isinstance(customer, dict) and (named := _as_id(customer.get("id"))) is not None:
+                ids.add((channel, named))
+            stack.extend((k, v) for k, v in item.items() if isinstance(v, str | list | dict))
+    return Marks(frozenset(emails), frozenset(phones), frozenset(ids))
+
+
+def _stored_bodies(conn: Connection, *where):
+    """``(id, channel, topic, body)`` of the inbox's rows not yet erased, a
+    few hundred bodies in memory at a time."""
+    query = (select(inbox.c.id, inbox.c.channel, inbox.c.topic, inbox.c.body)
+             .where(inbox.c.body != ERASED_BODY, *where).order_by(inbox.c.id).execution_options(yield_per=500))
+    for row in conn.execute(query):
+        yield row.id, row.channel, row.topic, bytes(row.body)
 
 
 def _delivery_ids(conn: Connection, ids: list[int]) -> list[int]:
-    """Inbox rows whose raw body is the person's (``_names``). The database
-    finds the candidates by a byte search, in its own words; each is then
-    read and decided here."""
-    texts, channel_ids = _marks(conn, ids)
-    find = "position(:{name} in body) > 0" if conn.dialect.name == "postgresql" else "instr(body, :{name}) > 0"
-    terms, params = [], {}
-    for text_ in texts:
-        params[f"n{len(params)}"] = text_
-        terms.append(find.format(name=f"n{len(params) - 1}"))
-    for channel, numbers in sorted(channel_ids.items()):
-        spellings = []
-        for number in sorted(numbers):
-            for spelling in (f'"customer_id": {number}', f'"customer_id":{number}', f'"id": {number}',
-                             f'"id":{number}', f'"customer_id": "{number}', f'"customer_id":"{number}'):
-                params[f"n{len(params)}"] = spelling.encode()
-                spellings.append(find.format(name=f"n{len(params) - 1}"))
-        params[f"c{len(params)}"] = channel
-        terms.append(f"(channel = :c{len(params) - 1} AND ({' OR '.join(spellings)}))")
-    if not terms:
+    """The inbox rows whose raw body names the person (``marks_in``). Every
+    stored body is read; one that holds none of their emails (in any case),
+    phones' last digits or ids is passed over without parsing it."""
+    theirs = marks_of(conn, ids)
+    if not theirs:
         return []
-    candidates = conn.execute(select(inbox.c.id, inbox.c.channel, inbox.c.topic, inbox.c.body)
-                              .where(text(f"({' OR '.join(terms)})").bindparams(**params))
-                              .order_by(inbox.c.id).execution_options(yield_per=500))  # bodies, a few at a time
-    return [row.id for row in candidates
-            if _names(bytes(row.body), row.topic, texts, channel_ids.get(row.channel, set()))]
+    emails = [e.encode() for e in theirs.emails]
+    tails = [p[-2:].encode() for p in theirs.phones]  # a phone's last two digits are written together
+    numbers = {(channel, number.encode()) for channel, number in theirs.ids}
+    found = []
+    for inbox_id, channel, topic, body in _stored_bodies(conn):
+        lower = body.lower()
+        if (any(e in lower for e in emails) or any(t in body for t in tails)
+                or any(c == channel and n in body for c, n in numbers)):
+            if marks_in(body, channel, topic).meets(theirs):
+                found.append(inbox_id)
+    return found
 
 
 def erase(engine, key: str, at: datetime) -> dict:
@@ -204,10 +254,12 @@ def erase(engine, key: str, at: datetime) -> dict:
         return erase_customer(conn, customer_id, at)
 
 
-def erase_customer(conn: Connection, customer_id: int, at: datetime) -> dict:
-    """Erase one customer's personal data in the caller's transaction."""
+def erase_customer(conn: Connection, customer_id: int, at: datetime, deliveries: list[int] | None = None) -> dict:
+    """Erase one customer's personal data in the caller's transaction
+    (``deliveries``: their raw deliveries, when the caller found them)."""
     ids = _people(conn, customer_id)
-    deliveries = _delivery_ids(conn, ids)
+    if deliveries is None:
+        deliveries = _delivery_ids(conn, ids)
     for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
         conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
                      .values(body=ERASED_BODY, headers=None))
@@ -287,12 +339,23 @@ def erase_channel(conn: Connection, channel: str, at: datetime) -> dict:
                                                    customer_links.c.customer_id.in_(of_channel))
         .union(select(orders.c.customer_id).where(orders.c.channel != channel, orders.c.customer_id.in_(of_channel))))}
     only_here = sorted(linked - elsewhere)
-    # The channel's own bodies first: each customer's search below then reads
-    # only what other channels sent (an erased body is a few bytes).
+    # The channel's own bodies first, all of them.
     bodies = conn.execute(update(inbox).where(inbox.c.channel == channel, inbox.c.body != ERASED_BODY)
                           .values(body=ERASED_BODY, headers=None)).rowcount
+    # Then one reading of what the other channels sent, for all of them at once.
+    people = {customer_id: _people(conn, customer_id) for customer_id in only_here}
+    owners: dict[tuple, list[int]] = {}
+    for customer_id, ids in people.items():
+        for mark in marks_of(conn, ids).each():
+            owners.setdefault(mark, []).append(customer_id)
+    theirs: dict[int, list[int]] = {customer_id: [] for customer_id in only_here}
+    if owners:
+        for inbox_id, other, topic, body in _stored_bodies(conn, inbox.c.channel != channel):
+            named = {owner for mark in marks_in(body, other, topic).each() for owner in owners.get(mark, ())}
+            for owner in named:
+                theirs[owner].append(inbox_id)
     for customer_id in only_here:
-        erase_customer(conn, customer_id, at)
+        erase_customer(conn, customer_id, at, theirs[customer_id])
     conn.execute(delete(shop_credentials).where(shop_credentials.c.channel == channel))
     return {"customers_erased": len(only_here), "customers_kept_for_other_channels": len(linked & elsewhere),
             "deliveries_erased": bodies}

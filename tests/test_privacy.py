@@ -286,3 +286,38 @@ def test_a_delivery_that_names_them_only_by_their_channel_id_is_theirs(engine):
     engine.ingest("shopify", "orders/paid", b'{"id": 908, "customer": {"id": 3}, "status": "compl')
     found = export(engine, "ema@example.com")["deliveries"]
     assert sorted(d["id"] for d in found) == sorted(theirs)
+
+
+def test_a_delivery_is_theirs_by_their_email_in_any_case_and_their_phone_as_written(engine):
+    """Their email however capitalized, their phone in the national form
+    under a key that says phone or in the international form in a note:
+    all theirs. An address that only ends with theirs is someone else's."""
+    shop_with_jana(engine)
+    bodies = {
+        "capitals": {"id": 11, "email": "JANA.Novakova@Example.COM"},
+        "national": {"id": 12, "customer": {"phone": "601 123 456"}},
+        "note": {"id": 13, "note": "call her on +420601123456, or ring twice"},
+        "not hers": {"id": 14, "email": "xjana.novakova@example.com", "phone": "+420 601 999 999"},
+    }
+    stored = {name: engine.ingest("shopify", "orders/paid", json.dumps(b).encode()).inbox_id
+              for name, b in bodies.items()}
+    found = {d["id"] for d in export(engine, EMAIL)["deliveries"]}
+    assert {name for name, inbox_id in stored.items() if inbox_id in found} == {"capitals", "national", "note"}
+    erase(engine, EMAIL, T0 + timedelta(days=1))
+    with engine.db.connect() as conn:
+        kept = bytes(inbox.get(conn, stored["not hers"]).body)
+    assert b"xjana.novakova@example.com" in kept
+
+
+def test_a_shop_redact_erases_what_other_channels_hold_of_its_customers_and_only_that(engine):
+    shop_with_jana(engine)  # Jana buys in both shops; Petr only in Shopify
+    petr = engine.ingest("woocommerce", "order.updated", b'{"id": 77, "billing": {"email": "Petr@Example.cz"')
+    jana = engine.ingest("woocommerce", "order.updated", b'{"id": 78, "billing": {"email": "' + EMAIL.encode())
+    topic = "shop/redact"
+    assert engine.ingest("shopify", topic, _privacy_body(topic), _headers(topic, "s2")).status == "applied"
+    with engine.db.connect() as conn:
+        assert bytes(inbox.get(conn, petr.inbox_id).body) == b'{"erased": "personal data removed on request"}'
+        assert EMAIL.encode() in bytes(inbox.get(conn, jana.inbox_id).body)
+        woo_orders = [bytes(inbox.get(conn, r.id).body) for r in inbox.listing(conn)
+                      if r.channel == "woocommerce" and r.topic == "order.updated"]
+    assert sum(EMAIL.encode() in b for b in woo_orders) == 2  # her order and the raw one: she is kept

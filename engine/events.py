@@ -147,11 +147,14 @@ class LineItemSchema(_Strict):
 
 
 class RefundSchema(_Strict):
-    """One refund of an order. ``amount`` is the eligible merchandise refunded
-    (after discounts, without shipping and tax where the channel separates them)."""
+    """One refund of an order. ``amount`` is the merchandise refunded (after
+    discounts, without shipping); ``tax`` the tax on it, which ``amount``
+    contains when the order's prices include tax (its lines carry ``tax``):
+    the engine then refunds ``amount - tax`` of eligible spend."""
 
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     amount = Money(required=True)
+    tax = Money(load_default=Decimal(0))
     occurred_at = UtcDateTime(load_default=None, allow_none=True)
     lines = fields.List(fields.Dict(), load_default=list)
 

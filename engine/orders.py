@@ -90,11 +90,19 @@ def merge(state: dict | None, event: dict) -> dict:
                 state["paid_at"] = paid_at
 
     for refund in order.get("refunds") or ():
-        amount = refund["amount"]
+        amount, tax = refund["amount"], refund.get("tax") or Decimal(0)
         known = state["refunds"].get(refund["id"])
-        if known is None or amount > Decimal(known):
-            state["refunds"][refund["id"]] = str(amount)
+        if known is None or (amount, tax) > _refund_parts(known):
+            state["refunds"][refund["id"]] = [str(amount), str(tax)] if tax else str(amount)
     return state
+
+
+def _refund_parts(stored) -> tuple[Decimal, Decimal]:
+    """A refund kept in an order's state: ``"amount"``, or ``["amount", "tax"]``
+    since refunds carry their tax (30 November 2026)."""
+    if isinstance(stored, list):
+        return Decimal(stored[0]), Decimal(stored[1])
+    return Decimal(stored), Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,13 @@ def view(order_id: int, channel: str, external_id: str, state: dict, multipliers
         for line in snapshot.get("lines", ())
     ]
     gross = sum((line_eligible(line) for line in lines), Decimal(0))
-    refunded = sum((Decimal(v) for v in state.get("refunds", {}).values()), Decimal(0))
+    # Tax-inclusive prices (the lines carry the tax they contain): a refund's
+    # amount contains its tax too, which is no eligible spend.
+    taxed = any(line.get("tax") for line in lines)
+    refunded = Decimal(0)
+    for stored in state.get("refunds", {}).values():
+        amount, tax = _refund_parts(stored)
+        refunded += max(Decimal(0), amount - tax) if taxed else amount
     status = state.get("status")
     cancelled = bool(state.get("final_cancel")) or status == "cancelled"
     paid = bool(state.get("paid_seen")) and bool(snapshot)

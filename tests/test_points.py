@@ -80,6 +80,63 @@ def test_tax_included_in_prices_is_not_eligible(engine):
     assert points(engine) == 100
 
 
+def _taxed_order(taxes_included: bool):
+    """Two lines at 121.00 (21.00 VAT in them) or at 100.00 (21.00 VAT on top)."""
+    price = "121.00" if taxes_included else "100.00"
+    planned = order(lines=(Line(Decimal(price), 1), Line(Decimal(price), 1)))
+    body = _shopify_order(planned, "paid", order_time(1), [], False)
+    body["taxes_included"] = taxes_included
+    for item in body["line_items"]:
+        item["tax_lines"] = [{"price": "21.00", "rate": 0.21, "title": "VAT"}]
+    return planned, body
+
+
+def _line_refund(planned, body, at):
+    """Shopify's refund of the first line whole: its subtotal, and its
+    total_tax as the real refunds/create carries it."""
+    refund = _shopify_refund(planned, 0, Decimal(body["line_items"][0]["price"]), at)
+    refund["refund_line_items"][0]["total_tax"] = 21.0
+    refund["refund_line_items"][0]["total_tax_set"] = {"shop_money": {"amount": "21.00", "currency_code": "EUR"}}
+    return refund
+
+
+@pytest.mark.parametrize("refund_first", [False, True])
+def test_a_refund_in_a_shop_whose_prices_include_tax_takes_back_the_points_of_the_price_without_tax(
+        engine, refund_first):
+    """121.00 with 21.00 VAT in it earned 100; refunding that line (subtotal
+    121.00, total_tax 21.00) takes back 100, not 121, whichever comes first."""
+    planned, body = _taxed_order(taxes_included=True)
+    refund = _line_refund(planned, body, order_time(30))
+    deliveries = [("orders/paid", body), ("refunds/create", refund)]
+    for topic, delivery in reversed(deliveries) if refund_first else deliveries:
+        send(engine, "shopify", topic, delivery)
+    assert points(engine) == 100
+
+
+def test_a_refund_in_a_shop_that_adds_tax_takes_back_the_line_s_subtotal(engine):
+    """100.00 + 21.00 VAT on top earned 100 a line; the refund's subtotal
+    (100.00) is without the tax, which is not taken off again."""
+    planned, body = _taxed_order(taxes_included=False)
+    send(engine, "shopify", "orders/paid", body)
+    assert points(engine) == 200
+    send(engine, "shopify", "refunds/create", _line_refund(planned, body, order_time(30)))
+    assert points(engine) == 100
+
+
+def test_a_refund_in_an_order_snapshot_takes_its_tax_out_too(engine):
+    """The same refund seen in an ``orders/updated`` snapshot (its ``refunds``)
+    and in its webhook counts once, without its tax."""
+    planned, body = _taxed_order(taxes_included=True)
+    send(engine, "shopify", "orders/paid", body)
+    refund = _line_refund(planned, body, order_time(30))
+    updated = {**body, "financial_status": "partially_refunded", "refunds": [refund],
+               "updated_at": "2026-01-06T15:00:00+00:00"}
+    send(engine, "shopify", "orders/updated", updated)
+    assert points(engine) == 100
+    send(engine, "shopify", "refunds/create", refund)
+    assert points(engine) == 100
+
+
 def test_an_unpaid_order_earns_nothing_until_it_is_paid(engine):
     planned = order()
     send(engine, "shopify", "orders/create", _shopify_order(planned, "pending", order_time(0), [], False))

@@ -212,6 +212,22 @@ def translate_order(topic: str, payload: Any) -> Event:
 # -- Refunds -----------------------------------------------------------------------
 
 
+def _refund_line_tax(refund_line: Mapping[str, Any], line_item: Mapping[str, Any], quantity: int,
+                     what: str) -> Decimal:
+    """The tax on what one refund line gives back: Shopify's ``total_tax``; old
+    REST refunds lack it, so it is the line item's tax prorated to the
+    refunded quantity."""
+    total_tax = read_money(refund_line, "total_tax", f"{what}.total_tax")
+    if total_tax is not None:
+        return total_tax
+    tax = sum_money(read_objects(line_item.get("tax_lines"), f"{what}.line_item.tax_lines"), "price",
+                    f"{what}.line_item.tax_lines")
+    sold = line_item.get("quantity")
+    if tax and isinstance(sold, int) and not isinstance(sold, bool) and sold > 0 and quantity != sold:
+        tax = (tax * quantity / sold).quantize(tax, rounding=ROUND_HALF_EVEN)
+    return tax
+
+
 def _refund_line_amount(refund_line: Mapping[str, Any], line_item: Mapping[str, Any],
                         quantity: int, what: str) -> Decimal:
     """What one refund line gives back: Shopify's ``subtotal`` (after discounts);
@@ -238,12 +254,14 @@ def _refund_line_amount(refund_line: Mapping[str, Any], line_item: Mapping[str, 
 
 def translate_refund(payload: Any, what: str = "refund") -> dict[str, Any]:
     """One Shopify refund as a canonical refund: ``amount`` is the merchandise
-    refunded (refund line subtotals, gift-card lines skipped). Shipping and
-    order adjustments are left out; tax contained in tax-inclusive prices stays
-    in, since the refund alone doesn't say whether prices include tax."""
+    refunded (refund line subtotals, gift-card lines skipped), ``tax`` the tax
+    on those lines (their ``total_tax``). Shipping and order adjustments are
+    left out. The refund alone doesn't say whether prices include tax (then
+    ``amount`` contains ``tax``): the order does, and the engine takes the tax
+    out of what is refunded when its lines carry tax (``engine.orders.view``)."""
     refund = as_object(payload, what)
     refund_id = read_id(refund.get("id"), f"{what} id")
-    amount = ZERO
+    amount = tax = ZERO
     lines = []
     refund_lines = read_objects(refund.get("refund_line_items"), f"{what} refund_line_items")
     for index, refund_line in enumerate(refund_lines):
@@ -254,6 +272,7 @@ def translate_refund(payload: Any, what: str = "refund") -> dict[str, Any]:
         quantity = read_quantity(refund_line.get("quantity"), f"{line_what}.quantity")
         line_amount = _refund_line_amount(refund_line, line_item, quantity, line_what)
         amount += line_amount
+        tax += _refund_line_tax(refund_line, line_item, quantity, line_what)
         line_id = refund_line.get("line_item_id")
         if line_id is None:
             line_id = line_item.get("id")
@@ -266,6 +285,7 @@ def translate_refund(payload: Any, what: str = "refund") -> dict[str, Any]:
     return {
         "id": refund_id,
         "amount": money_str(amount),
+        "tax": money_str(tax),
         "occurred_at": first_moment(refund, REFUND_MOMENTS, what),
         "lines": lines,
     }

@@ -28,6 +28,12 @@ _ACTIVE_CLAIM = select(referrals).where(
 )
 
 
+def _stands(order) -> bool:
+    """Paid, not cancelled, and not refunded in full (its status says so, or
+    its refunds took all its eligible spend)."""
+    return order.awardable and order.status != "refunded" and not (order.refunded and order.eligible <= 0)
+
+
 class ReferralRefused(Exception):
     """A claim refused; the message says why."""
 
@@ -105,12 +111,12 @@ class Referrals:
         if claim is None:
             return 0
         if claim.status == "rewarded":
-            if claim.order_ref == source and not order.awardable:
+            if claim.order_ref == source and not _stands(order):
                 self._post_both(conn, claim, -1, at)
                 self._decide(conn, claim.id, "reversed", "the first order was refunded in full or cancelled", at)
                 return 2
             return 0
-        if not order.awardable or self._bought_before_this(conn, customer_id, order):
+        if not _stands(order) or self._bought_before_this(conn, customer_id, order):
             return 0
         if order.eligible < self.program.min_order:
             self._decide(conn, claim.id, "refused", f"the first order ({order.eligible}) is below the minimum "

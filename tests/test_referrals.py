@@ -107,6 +107,35 @@ def test_a_full_refund_of_the_first_order_reverses_both_rewards(shop):
     assert statuses(shop)[0][0] == "reversed"
 
 
+def _refund_whole(number: int, hours: int) -> bytes:
+    from tests.streams import _shopify_refund
+
+    planned = PlannedOrder("shopify", number, REFEREE, (Line(Decimal("30.00"), 1),))
+    return json.dumps(_shopify_refund(planned, 0, Decimal("30.00"), T0 + timedelta(hours=number + hours))).encode()
+
+
+@pytest.mark.parametrize("refund_first", [False, True])
+def test_a_full_refund_without_a_cancellation_reverses_both_rewards_too(shop, refund_first):
+    """Shopify's refunds/create for the whole first order (the order is not
+    cancelled: refunded in full), before or after the order itself."""
+    if refund_first:
+        assert shop.ingest("shopify", "refunds/create", _refund_whole(2, 30)).status == "applied"
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop))
+    if not refund_first:
+        assert shop.ingest("shopify", "refunds/create", _refund_whole(2, 30)).status == "applied"
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (0, 10)
+    assert statuses(shop)[0][0] == ("reversed" if not refund_first else "claimed")
+
+
+def test_a_woocommerce_order_set_refunded_reverses_both_rewards(shop):
+    buy(shop, 2, REFEREE, "30.00", attribute=code_of(shop), channel="woocommerce")
+    order = PlannedOrder("woocommerce", 2, REFEREE, (Line(Decimal("30.00"), 1),))
+    body = _woo_order(order, "refunded", T0 + timedelta(hours=40), [Decimal("30.00")])
+    assert shop.ingest("woocommerce", "order.updated", json.dumps(body).encode()).status == "applied"
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (0, 10)
+    assert statuses(shop)[0][0] == "reversed"
+
+
 def test_someone_who_already_bought_earns_no_referral(shop):
     buy(shop, 2, REFEREE, "30.00")
     buy(shop, 3, REFEREE, "30.00", code=code_of(shop))

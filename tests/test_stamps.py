@@ -129,6 +129,27 @@ def test_cancelling_the_order_that_filled_a_card_voids_its_unused_reward(shop):
         assert shop.ledger.audit(conn) == []
 
 
+def test_a_full_refund_without_a_cancellation_takes_the_stamps_back(shop):
+    """Shopify's refunds/create for the whole order (not cancelled), or
+    WooCommerce's status refunded: the order's stamps go, as PRODUCT.md says."""
+    from tests.streams import Line, _shopify_refund
+
+    shopify(shop, 1, line("COFFEE-LATTE", 3))
+    woo(shop, 2, line("coffee-espresso", 2))
+    assert card(shop)["coffee"] == 5
+    planned = PlannedOrder("shopify", 1, EMAIL, (Line(Decimal("3.50"), 3),))
+    refund = _shopify_refund(planned, 0, Decimal("10.50"), T0 + timedelta(hours=30))
+    assert shop.ingest("shopify", "refunds/create", json.dumps(refund).encode()).status == "applied"
+    assert card(shop)["coffee"] == 2
+    order = PlannedOrder("woocommerce", 2, EMAIL, (Line(Decimal("3.50"), 2),))
+    body = _woo_order(order, "refunded", T0 + timedelta(hours=40), [Decimal("7.00")])
+    body["line_items"][0]["sku"] = "coffee-espresso"
+    assert shop.ingest("woocommerce", "order.updated", json.dumps(body).encode()).status == "applied"
+    assert card(shop)["coffee"] == 0
+    with shop.db.connect() as conn:
+        assert shop.ledger.audit(conn) == []
+
+
 def test_a_used_reward_stays_used_and_the_card_owes_the_stamps(shop):
     shopify(shop, 1, line("COFFEE-LATTE", 10))
     (code,) = [r["code"] for r in customer_summary(shop, EMAIL)["rewards"]]

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from engine.cli_admin import admin_commands
 from engine.cli_pos import pos_commands
@@ -22,8 +23,8 @@ from engine.config import ConfigError, load_config
 from engine.plugins import PluginLoadError
 from engine.simulate import simulate_command
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(markup=False)  # a message's [brackets] are its text, not styles
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 class Context:
@@ -140,7 +141,8 @@ def ingest(ctx: Context, channel: str, topic: str, files: tuple[str, ...], batch
             progress.advance(task, len(chunk))
     for outcome in failures[:20]:
         who = f" [{outcome.plugin}]" if outcome.plugin else ""
-        err.print(f"[red]failed[/red] delivery {outcome.inbox_id}{who}: {outcome.error}", markup=True, highlight=False)
+        err.print(f"[red]failed[/red] delivery {outcome.inbox_id}{escape(who)}: {escape(outcome.error or '')}",
+                  markup=True, highlight=False)
     summary = ", ".join(f"{n} {status}" for status, n in counts.items())
     console.print(f"{len(deliveries)} deliveries: {summary}", highlight=False)
     if counts["failed"]:
@@ -185,7 +187,7 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
         ("memberships", ", ".join(f"{m['plan']}: {m['status']}" for m in summary.get("memberships", ())) or "-"),
     ]
     for label, value in rows:
-        table.add_row(f"[bold]{label}[/bold]", value)
+        table.add_row(Text(label, style="bold"), value)
     console.print(table)
 
 

@@ -7,7 +7,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(markup=False)  # a message's [brackets] are its text, not styles
 
 
 @click.group()

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from engine.jobs import JOBS
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(markup=False)  # a message's [brackets] are its text, not styles
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 @click.command()

@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+console = Console(markup=False)  # a message's [brackets] are its text, not styles
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _table(*headers: str) -> Table:

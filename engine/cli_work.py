@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-console = Console()
+console = Console(markup=False)  # a message's [brackets] are its text, not styles
 
 NO_BROKER = ("no broker: set REGULARS_BROKER_URL (redis://... or amqp://...). On the embedded defaults "
              "no worker is needed: `regulars serve` does the background work in its own process")

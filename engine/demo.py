@@ -463,6 +463,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     all duplicates and changes no balance; another seed reuses the same order ids
     and customer numbers, which the engine reads as updates of those orders."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import Progress
     from rich.table import Table
     from sqlalchemy import func, select
@@ -500,11 +501,12 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
                                    .group_by(rewards.c.reward)).all())
     seconds = time.perf_counter() - started
     console.print(f"[bold]{sum(counts.values())} deliveries[/bold] in {seconds:.1f} s: "
-                  + ", ".join(f"{n} {status}" for status, n in counts.items()), highlight=False)
+                  + ", ".join(f"{n} {status}" for status, n in counts.items()), highlight=False, markup=True)
     console.print(f"{tally['orders']} orders ({tally['refunds']} partly refunded, {tally['cancelled']} "
                   f"cancelled); {tally['both']} of {customers} customers bought in both shops", highlight=False)
     for outcome in failures[:10]:
-        console.print(f"[red]failed[/red] delivery {outcome.inbox_id}: {outcome.error}", highlight=False)
+        console.print(f"[red]failed[/red] delivery {outcome.inbox_id}: {escape(outcome.error or '')}", highlight=False,
+                      markup=True)
     table = Table("top customers", "points", "tier", title=f"{n_people} customers, {outstanding} points outstanding")
     for email, balance, tier in top:
         table.add_row(email, str(balance), tier or "-")
@@ -514,11 +516,12 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
                       + "rewards waiting to be spent: " + (", ".join(f"{n} {r}" for r, n in sorted(issued.items())) or "none"),
                       highlight=False)
     if drifts:
-        console.print(f"[red]audit: {len(drifts)} accounts drift from the ledger[/red]; see `regulars audit`")
+        console.print(f"[red]audit: {len(drifts)} accounts drift from the ledger[/red]; see `regulars audit`", markup=True)
     else:
         console.print("audit clean: every balance is the sum of its ledger entries")
     if top:
-        console.print(f"look one up: [bold]regulars customer show {top[0][0]}[/bold]", highlight=False)
+        console.print(f"look one up: [bold]regulars customer show {escape(top[0][0])}[/bold]", highlight=False,
+                      markup=True)
     return {**counts, "deliveries": sum(counts.values()), "customers": n_people, "points": int(outstanding),
             "top": [(email, int(balance)) for email, balance, _ in top], "drifts": len(drifts),
             "orders": tally["orders"], "both_channels": tally["both"], "seconds": round(seconds, 2)}

@@ -272,7 +272,7 @@ def simulate_command(ctx: Context, other_path: str, since: datetime | None, as_j
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
         return
-    console = Console()
+    console = Console(markup=False)  # a message's [brackets] are its text, not styles
     table = Table(title=f"simulate {other_path}")
     for header in ("measure", "today", "simulated", "difference"):
         table.add_column(header, overflow="fold", justify="left" if header == "measure" else "right")

@@ -383,3 +383,14 @@ def test_an_unreachable_database_is_one_clear_sentence_not_a_traceback(shop):
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database: ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_message_s_brackets_are_printed_as_they_are(shop, tmp_path):
+    """rich reads ``[...]`` as styles: a refusal naming the table to add,
+    ``[rules.subscriptions.vip]``, lost it (the CLI's consoles take no markup)."""
+    database = tmp_path / "brackets.sqlite3"
+    assert shop.run("ingest", "shopify", "orders/paid", str(shop.root / "paid.json"), database=database).returncode == 0
+    email = json.loads(shop.root.joinpath("paid.json").read_text())["email"]
+    result = shop.run("subscription", "start", email, "vip", database=database)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "add a [rules.subscriptions.vip] table to plugins.toml" in " ".join(result.stderr.split()), result.stderr

@@ -3,6 +3,8 @@ use the API) and customers' card links. (engine/cli.py registers these.)"""
 
 from __future__ import annotations
 
+import os
+
 import click
 from rich.console import Console
 from rich.table import Table
@@ -66,7 +68,9 @@ def card() -> None:
 @card.command("link")
 @click.argument("key")
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650))
-@click.option("--base-url", envvar="REGULARS_PUBLIC_URL", help="Where customers reach this server.")
+@click.option("--base-url", envvar="REGULARS_PUBLIC_URL",
+              help="Where customers reach this server (default: REGULARS_PUBLIC_URL, else this machine at "
+                   "REGULARS_PORT, 8000 when unset).")
 @click.pass_obj
 def card_link(ctx, key: str, days: int, base_url: str | None) -> None:
     """A link to the card of the customer KEY finds (email, phone, card code),
@@ -79,7 +83,8 @@ def card_link(ctx, key: str, days: int, base_url: str | None) -> None:
     if customer_id is None:
         raise click.ClickException(f"no customer matches {key!r}")
     token = make_link(engine, customer_id, days)
-    click.echo(f"{(base_url or 'http://127.0.0.1:8000').rstrip('/')}/card/{token}")
+    local = f"http://127.0.0.1:{os.environ.get('REGULARS_PORT') or 8000}"  # where scripts/demo serves
+    click.echo(f"{(base_url or local).rstrip('/')}/card/{token}")
 
 
 @card.command("revoke")

@@ -12,6 +12,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = Path(os.environ.get("REGULARS_CONTRACTS", ROOT.parent / "shared" / "contracts"))
 
 
+def pytest_configure(config):
+    """No run without the real payloads: the connectors' tests and the
+    streams stand on them (a clone alone has no ../shared beside it)."""
+    if not CONTRACTS.is_dir():
+        raise pytest.UsageError(
+            f"the real Shopify and WooCommerce payloads are not at {CONTRACTS}: put the shared folder beside this "
+            "checkout (../shared/contracts), or set REGULARS_CONTRACTS to where they are")
+
+
 @pytest.fixture(scope="session")
 def contracts_dir() -> Path:
     """The real Shopify and WooCommerce payloads in ../shared/contracts."""

@@ -394,3 +394,20 @@ def test_a_message_s_brackets_are_printed_as_they_are(shop, tmp_path):
     result = shop.run("subscription", "start", email, "vip", database=database)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "add a [rules.subscriptions.vip] table to plugins.toml" in " ".join(result.stderr.split()), result.stderr
+
+
+def test_a_card_link_points_at_the_public_url_else_at_this_machine_s_port(shop, tmp_path):
+    database = tmp_path / "links.sqlite3"
+    assert shop.run("ingest", "shopify", "orders/paid", str(shop.root / "paid.json"), database=database).returncode == 0
+    email = json.loads(shop.root.joinpath("paid.json").read_text())["email"]
+
+    def link(**env) -> str:
+        result = subprocess.run([REGULARS, "--config", str(shop.config), "card", "link", email], cwd=shop.root,
+                                env={**shop.env_for(database), **env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert link().startswith("http://127.0.0.1:8000/card/")
+    assert link(REGULARS_PORT="8771").startswith("http://127.0.0.1:8771/card/")
+    assert link(REGULARS_PORT="8771", REGULARS_PUBLIC_URL="https://loyalty.example.com/").startswith(
+        "https://loyalty.example.com/card/")

@@ -7,7 +7,9 @@ other configuration on a *scratch* database: a temporary SQLite file, migrated
 here and deleted afterwards. The real database is only read. ``figures(engine)``
 measures both databases the same way (SQL aggregates).
 
-Only deliveries are replayed: redemptions (``regulars redeem``), the scheduled
+Customers are carried over first, under their ids, card and referral codes
+(``carry_customers``: no delivery holds regulars' own codes). Only deliveries
+are replayed: redemptions (``regulars redeem``), the scheduled
 jobs (points and reward expiry, the tier review) and anything else that is not
 a delivery are not, so compare *points issued*. With ``--since`` only
 deliveries received since then are replayed: scratch balances start from zero.
@@ -156,11 +158,49 @@ def stored_deliveries(engine: Engine, since: datetime | None = None, page: int =
         last = rows[-1].id
 
 
+#: who a customer is, carried into the scratch database (what they earned is not: the replay decides it)
+_WHO = ("id", "email", "phone", "first_name", "last_name", "card_code", "referral_code", "accepts_marketing",
+        "address", "birthday", "created_at", "updated_at")
+
+
+def carry_customers(source: Engine, target: Engine, page: int = BATCH) -> int:
+    """Copy ``source``'s customers (those not merged into another) with their
+    ids, card and referral codes and their channels' ids into ``target``'s
+    empty database, before the replay. The codes are regulars' own, in no
+    delivery: without them a till's sale or visit naming a card code, or an
+    order carrying a referral code, would find nobody in the scratch database
+    (a nameless customer per delivery; no referral). Balances, tiers and
+    everything else earned are left to the replay. Returns how many."""
+    from sqlalchemy import insert, select
+
+    from engine.db.models import customer_links, customers
+
+    carried, last = 0, 0
+    while True:
+        with source.db.connect() as conn:
+            people = conn.execute(select(*(customers.c[name] for name in _WHO))
+                                  .where(customers.c.merged_into.is_(None), customers.c.id > last)
+                                  .order_by(customers.c.id).limit(page)).all()
+            links = conn.execute(select(customer_links.c.channel, customer_links.c.external_id,
+                                        customer_links.c.customer_id)
+                                 .where(customer_links.c.customer_id.in_([p.id for p in people]))).all()
+        if not people:
+            return carried
+        with target.db.begin() as conn:
+            conn.execute(insert(customers), [dict(p._mapping) for p in people])
+            if links:
+                conn.execute(insert(customer_links), [dict(link._mapping) for link in links])
+        carried += len(people)
+        last = people[-1].id
+
+
 def replay_into(source: Engine, target: Engine, since: datetime | None = None, batch: int = BATCH) -> Counter:
     """Feed ``source``'s stored deliveries through ``target.ingest_batch``, runs
     of consecutive deliveries of one channel at a time (so the order holds
-    across channels). Returns outcome → count; ``skipped`` counts deliveries of
-    a channel ``target`` has no connector for."""
+    across channels), after carrying its customers over (``carry_customers``).
+    Returns outcome → count; ``skipped`` counts deliveries of a channel
+    ``target`` has no connector for."""
+    carry_customers(source, target)
     counts: Counter = Counter()
     channel: str | None = None
     run: list[tuple[str, bytes, dict]] = []

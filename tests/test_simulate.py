@@ -222,3 +222,34 @@ def test_a_wrong_key_in_the_other_configuration_fails_with_where_it_is(run, tmp_
     with pytest.raises(ConfigError, match=r"\[rules.points\] per_unt"):
         with scratch_engine(other({**DEFAULT_TABLES, "rules": {"points": {"per_unt": 2}}}, tmp_path)):
             pass
+
+
+def test_a_till_s_card_code_and_a_referral_code_find_their_customers_in_the_replay(make_engine, tmp_path):
+    """regulars' own codes are in no delivery: the replay carries the
+    customers over with them, so a till's visit by card code and an order
+    carrying a referral code do what they did (no nameless customer, the
+    referral rewarded)."""
+    from tests.streams import T0, _shopify_order
+
+    tables = {**TABLES, "connectors": {**TABLES["connectors"], "pos": {}},
+              "rules": {**TABLES["rules"], "referrals": {"referrer_points": 200, "referee_points": 100,
+                                                        "min_order": "20.00", "weekly_limit": 5}}}
+    today = make_engine(tables=tables)
+    ingest_all(today, stream(planned(n=6, refunds=False)))
+    with today.db.connect() as conn:
+        first = conn.execute(select(customers.c.card_code, customers.c.referral_code).order_by(customers.c.id)).first()
+    visit = {"id": "v1", "terminal": "t1", "occurred_at": "2026-03-02T09:30:00+00:00",
+             "customer": {"card_code": first.card_code}}
+    assert today.ingest("pos", "visit", json.dumps(visit).encode()).status == "applied"
+    body = _shopify_order(PlannedOrder("shopify", 999, "newcomer@example.com", (Line(Decimal("30.00"), 1),)),
+                          "paid", T0, [], False)
+    body["discount_codes"] = [{"code": first.referral_code, "amount": "0.00", "type": "fixed_amount"}]
+    assert today.ingest("shopify", "orders/paid", json.dumps(body).encode()).status == "applied"
+    real = state(today)
+    assert real["newcomer@example.com"][0]["points"] == 130  # 30 and the referee's 100
+
+    result = simulate(today, other(tables, tmp_path))
+    assert result["simulated"] == result["today"], result["difference"]
+    with scratch_engine(other(tables, tmp_path)) as scratch:
+        replay_into(today, scratch)
+        assert state(scratch) == real

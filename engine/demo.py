@@ -129,12 +129,12 @@ def _shopify_address(c: DemoCustomer) -> Body:
             "province_code": None}
 
 
-def shopify_customer(c: DemoCustomer, updated_at: datetime) -> Body:
+def shopify_customer(c: DemoCustomer, updated_at: datetime, created_at: datetime = T0) -> Body:
     """A ``customers/create`` or ``customers/update`` body (also an order's ``customer``)."""
     consent = "subscribed" if c.accepts_marketing else "not_subscribed"
     address = {k: v for k, v in _shopify_address(c).items() if k not in ("latitude", "longitude")}
     return {
-        "id": c.shopify_id, "created_at": _iso(T0), "updated_at": _iso(updated_at),
+        "id": c.shopify_id, "created_at": _iso(created_at), "updated_at": _iso(updated_at),
         "first_name": c.first_name, "last_name": c.last_name, "state": "enabled", "note": None,
         "verified_email": True, "multipass_identifier": None, "tax_exempt": False, "email": c.email,
         "phone": c.phone, "currency": CURRENCY, "addresses": [], "tax_exemptions": [],
@@ -277,9 +277,9 @@ def _woo_dates(name: str, moment: datetime | None) -> Body:
     return {name: _gmt(moment, _SHOP_TZ), f"{name}_gmt": _gmt(moment)}
 
 
-def woocommerce_customer(c: DemoCustomer, modified_gmt: datetime) -> Body:
+def woocommerce_customer(c: DemoCustomer, modified_gmt: datetime, created_gmt: datetime = T0) -> Body:
     """A ``customer.created`` or ``customer.updated`` body (the REST v3 customer)."""
-    return {"id": c.woo_id, **_woo_dates("date_created", T0), **_woo_dates("date_modified", modified_gmt),
+    return {"id": c.woo_id, **_woo_dates("date_created", created_gmt), **_woo_dates("date_modified", modified_gmt),
             "email": c.email, "first_name": c.first_name, "last_name": c.last_name, "role": "customer",
             "username": c.email.split("@")[0].lower(), "billing": _woo_address(c),
             "shipping": _woo_address(c, False), "is_paying_customer": True, "avatar_url": "", "meta_data": [],
@@ -387,8 +387,9 @@ def random_lines(rng: random.Random) -> list[DemoLine]:
     return lines + [GIFT_CARD] if rng.random() < 0.03 else lines
 
 
-def plan(customers: int, seed: int) -> tuple[Plan, Counter]:
-    """Every delivery of the demo shop by (channel, topic), each group in time order."""
+def plan(customers: int, seed: int, start: datetime = T0) -> tuple[Plan, Counter]:
+    """Every delivery of the demo shop by (channel, topic), each group in time
+    order, the first order placed about ``start`` (``demo_start``)."""
     rng, stream, tally = random.Random(seed), {key: [] for key in TOPICS}, Counter()
     n_shop = n_woo = 0
     for number in range(1, customers + 1):
@@ -402,15 +403,15 @@ def plan(customers: int, seed: int) -> tuple[Plan, Counter]:
                         country="CZ", city="Praha", accepts_marketing=True)
         # Some type their address differently in the other shop; identity normalises it.
         wc = replace(c, email=c.email[0].upper() + c.email[1:]) if rng.random() < 0.3 else c
-        times = sorted(T0 + timedelta(minutes=rng.randrange(120 * 24 * 60)) for _ in range(rng.randint(1, 5)))
+        times = sorted(start + timedelta(minutes=rng.randrange(120 * 24 * 60)) for _ in range(rng.randint(1, 5)))
         while len(times) < (3 if number == 1 else len(channels)):
             times.append(times[-1] + timedelta(days=rng.randint(1, 30)))
         tally["both" if len(channels) == 2 else channels[0]] += 1
         joined = times[0] - timedelta(minutes=5)
         if "shopify" in channels:
-            stream["shopify", "customers/create"].append((joined, shopify_customer(c, joined)))
+            stream["shopify", "customers/create"].append((joined, shopify_customer(c, joined, start)))
         if c.woo_id:
-            stream["woocommerce", "customer.created"].append((joined, woocommerce_customer(wc, joined)))
+            stream["woocommerce", "customer.created"].append((joined, woocommerce_customer(wc, joined, start)))
         for i, t in enumerate(times):
             lines, fate = random_lines(rng), rng.random()
             units = sum(x.quantity for x in lines if not x.gift_card)
@@ -456,6 +457,24 @@ def plan(customers: int, seed: int) -> tuple[Plan, Counter]:
     return stream, tally
 
 
+def demo_start(engine: Any, customers: int, seed: int, now: datetime | None = None) -> datetime:
+    """Where the demo shop's history starts, so that it ends at the hour the
+    shop's first delivery was received (now, in an empty shop): the dashboard's
+    current month has its sales, and running the demo again, on any later
+    day, gives the same deliveries (all duplicates)."""
+    from sqlalchemy import func, select
+
+    from engine.db import as_utc
+    from engine.db.models import inbox
+
+    with engine.db.connect() as conn:
+        first = as_utc(conn.execute(select(func.min(inbox.c.received_at))).scalar())
+    anchor = (first or now or datetime.now(UTC)).replace(minute=0, second=0, microsecond=0)
+    stream, _ = plan(customers, seed)
+    last = max(moment for group in stream.values() for moment, _ in group)
+    return T0 + (anchor - last)
+
+
 def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dict[str, Any]:
     """Ingest the demo shop with ``engine.ingest_batch`` (``BATCH`` deliveries per
     channel and topic), print a summary and return its figures (counts by status,
@@ -473,7 +492,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
 
     console = console or Console()
     started = time.perf_counter()
-    stream, tally = plan(customers, seed)
+    stream, tally = plan(customers, seed, demo_start(engine, customers, seed))
     counts, failures = Counter(dict.fromkeys(("applied", "duplicate", "ignored", "failed"), 0)), []
     with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
         task = progress.add_task("demo shop", total=sum(map(len, stream.values())))

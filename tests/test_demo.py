@@ -164,6 +164,30 @@ def test_running_the_demo_again_is_all_duplicates_and_changes_nothing(demo_engin
     assert _state(engine) == before
 
 
+def test_the_demo_s_history_ends_at_the_hour_it_was_first_run_and_stays_there(demo_engine):
+    """The dashboard's current month has the demo's latest sales; a later run
+    (another day: ``now`` moved on) keeps the first run's dates, so it is
+    still all duplicates."""
+    from datetime import timedelta
+
+    from sqlalchemy import func
+
+    from engine.db import as_utc
+    from engine.db.models import orders
+    from engine.demo import demo_start
+
+    engine, _ = demo_engine
+    now = datetime.now(UTC)
+    with engine.db.connect() as conn:
+        newest = as_utc(conn.execute(select(func.max(orders.c.paid_at))).scalar())
+    assert now - timedelta(days=14) < newest <= now
+    start = demo_start(engine, CUSTOMERS, SEED)
+    assert demo_start(engine, CUSTOMERS, SEED, now=now + timedelta(days=30)) == start
+    stream, _ = plan(CUSTOMERS, SEED, start)
+    last = max(moment for group in stream.values() for moment, _ in group)
+    assert timedelta(0) <= now - last < timedelta(hours=2)  # (the hour it began, truncated)
+
+
 def test_shopify_bodies_translate_with_the_real_connector():
     connector = ShopifyConnector({"shop": "example.myshopify.com"})
     refund = shopify_refund(SHOPIFY_ID_BASE + 9, ORDER_ID, [(0, LINES[0], 1)], AT)

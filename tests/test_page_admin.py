@@ -420,3 +420,21 @@ def test_the_overview_says_when_the_figures_need_a_rebuild(shop, monkeypatch):
     page = signed_in(base).get(f"{base}/admin/")
     assert page.status_code == 200
     assert "The figures are not ready yet." in page.text and "regulars metrics rebuild" in page.text
+
+
+def test_a_customer_s_ledger_and_orders_are_newest_first_by_when_they_happened(shop):
+    """A sale the till sends late (an offline batch, a backfill) is written
+    last but happened first: it is listed below the newer ones."""
+    engine, base = shop
+    for sale, day in (("new", "2026-05-20"), ("old", "2026-04-08")):  # the older one delivered last
+        outcome = engine.ingest("pos", "sale", json.dumps({
+            "id": f"when-{sale}", "terminal": "t1", "occurred_at": f"{day}T09:00:00Z",
+            "customer": {"email": "when@example.com"},
+            "lines": [{"sku": "X", "quantity": 1, "unit_price": "7.00"}]}).encode())
+        assert outcome.status == "applied", outcome
+    with engine.db.connect() as conn:
+        who = engine.identity.find(conn, "when@example.com")
+    page = signed_in(base).get(f"{base}/admin/customers/{who}").text
+    ledger, orders = page.split("Recent orders", 1)
+    assert ledger.index("t1:when-new") < ledger.index("t1:when-old")
+    assert orders.index("t1:when-new") < orders.index("t1:when-old")

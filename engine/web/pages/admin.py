@@ -603,14 +603,16 @@ class Admin:
                        .join(accounts, accounts.c.id == ledger_entries.c.account_id)
                        .where(accounts.c.customer_id.in_(people)))
             total = conn.execute(select(func.count()).select_from(entries.subquery())).scalar_one()
-            ledger = conn.execute(entries.order_by(ledger_entries.c.id.desc())
+            # newest first by when it happened (a backfill's entries are written late)
+            ledger = conn.execute(entries.order_by(ledger_entries.c.occurred_at.desc(), ledger_entries.c.id.desc())
                                   .limit(LEDGER_PAGE).offset(page * LEDGER_PAGE)).all()
             issued = conn.execute(select(rewards).where(rewards.c.customer_id == customer_id)
                                   .order_by(rewards.c.id.desc()).limit(100)).all()
             bought = conn.execute(select(orders.c.channel, orders.c.external_id, orders.c.status, orders.c.eligible,
                                          orders.c.paid_at, orders.c.created_at)
                                   .where(orders.c.customer_id == customer_id)
-                                  .order_by(orders.c.id.desc()).limit(30)).all()
+                                  .order_by(func.coalesce(orders.c.paid_at, orders.c.created_at).desc(),
+                                            orders.c.id.desc()).limit(30)).all()
             n_orders = conn.execute(select(func.count()).select_from(orders)
                                     .where(orders.c.customer_id == customer_id)).scalar_one()
         summary = customer_summary(self.engine, int(customer_id))

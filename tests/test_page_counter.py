@@ -179,6 +179,9 @@ def test_find_a_customer_by_card_code_and_by_email_then_record_a_sale(till, brow
     expect(page.locator("#redeem-list li[data-reward=five-off] button")).to_be_enabled()
     expect(page.locator("#redeem-list li[data-reward=tote-bag] button")).to_be_disabled()
     expect(page.locator("#redeem-list li[data-reward=tote-bag]")).to_contain_text("345 more points")
+    # the names as the customer's card page writes them, not the configuration's slugs
+    expect(page.locator("#redeem-list li[data-reward=tote-bag] strong")).to_have_text("Tote bag")
+    expect(page.locator(".stampcard[data-card=coffee] .head span").first).to_have_text("Coffee")
 
     find(page, "nobody@example.cz")
     expect(page.locator("#find-message")).to_contain_text("No customer matches")

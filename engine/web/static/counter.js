@@ -36,6 +36,13 @@
   const pluralRules = (() => {
     try { return new Intl.PluralRules(C.locale); } catch (e) { return new Intl.PluralRules('en'); }
   })();
+  // `free-coffee` → `Free coffee`: catalogue, card and tier names are slugs
+  // (the same words as the customer's card page, engine/web/pages/card.py _title)
+  function title(name) {
+    const text = String(name || '').replace(/[-_.]+/g, ' ').trim();
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
   function tn(name, n, vars) {
     const forms = Object.prototype.hasOwnProperty.call(M, name) ? M[name] : {other: name};
     return fill(typeof forms === 'string' ? forms : (forms[pluralRules.select(n)] || forms.other || name), vars);
@@ -405,7 +412,7 @@
     $('customer-contact').textContent = [t('card', {code: data.card_code}), data.email, data.phone].filter(Boolean).join(' · ');
     const tier = $('customer-tier');
     tier.hidden = !data.tier;
-    tier.textContent = data.tier || '';
+    tier.textContent = data.tier ? title(data.tier) : '';
     const note = $('customer-note');
     const noteText = state.unknown ? t('offline_unchecked')
       : state.seenAt ? t('offline_cached', {time: moment(state.seenAt)}) : '';
@@ -443,7 +450,7 @@
     for (const name of names) {
       const card = known.get(name);
       const count = (data.stamps || {})[name] || 0;
-      const head = el('div', {class: 'head'}, el('span', {text: name}),
+      const head = el('div', {class: 'head'}, el('span', {text: title(name)}),
         el('span', {text: card ? t('stamps', {n: count, required: card.required}) : number(count)}));
       let body = null;
       if (card && card.required <= 30) {
@@ -456,7 +463,7 @@
       } else if (card) {
         body = el('div', {class: 'progress'}, el('span', {style: `width:${Math.min(100, 100 * count / card.required)}%`}));
       }
-      const foot = card ? el('div', {class: 'muted small', text: t('full_card', {reward: card.reward})}) : null;
+      const foot = card ? el('div', {class: 'muted small', text: t('full_card', {reward: title(card.reward)})}) : null;
       box.append(el('div', {class: 'stampcard', 'data-card': name, 'data-stamps': count}, head, body, foot));
     }
   }
@@ -468,7 +475,7 @@
     $('customer-rewards').hidden = !held.length;
     for (const reward of held) {
       list.append(el('li', {},
-        el('span', {}, el('strong', {text: reward.reward}), ' ', el('code', {text: reward.code}),
+        el('span', {}, el('strong', {text: title(reward.reward)}), ' ', el('code', {text: reward.code}),
           reward.expires_at ? el('span', {class: 'muted small', text: ' ' + t('expires', {date: day(reward.expires_at)})}) : null),
         el('label', {}, el('input', {type: 'checkbox', name: 'reward_code', value: reward.code}), t('use_in_sale'))));
     }
@@ -492,7 +499,7 @@
       const button = el('button', {type: 'button', class: 'secondary small-button', 'data-reward': reward.name,
         disabled: !state.checked || short > 0, onclick: () => redeem(reward.name, button)}, t('redeem'));
       list.append(el('li', {'data-reward': reward.name},
-        el('span', {}, el('strong', {text: reward.name}), ' ', el('span', {class: 'muted', text: rewardValue(reward)}),
+        el('span', {}, el('strong', {text: title(reward.name)}), ' ', el('span', {class: 'muted', text: rewardValue(reward)}),
           el('br'), el('span', {class: 'cost', text: state.checked && short > 0
             ? tn('redeem_cost', reward.cost, {cost: number(reward.cost)}) + ' · ' + tn('redeem_more', short, {n: number(short)})
             : tn('redeem_cost', reward.cost, {cost: number(reward.cost)})})),

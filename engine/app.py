@@ -169,6 +169,7 @@ class Engine:
         self.catalogue = Catalogue.build(config, self.plugins)
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
+        self.identity.cards = self.cards
         self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
         self.referrals = Referrals(self.plugins.pm.hook.regulars_register_referral_program(), self.ledger)
         self.subscriptions = Subscriptions(self.plugins, self.ledger)

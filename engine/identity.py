@@ -33,6 +33,7 @@ from engine.db.models import (
 from engine.fastsql import Fast, is_deferring
 from engine.jsonio import unstorable
 from engine.ledger import Ledger, insert_ignore_statement, typed_insert
+from engine.referrals import merge_referrals
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -259,6 +260,10 @@ class Identity:
     def __init__(self, ledger: Ledger, default_country: str | None = None):
         self.ledger = ledger
         self.default_country = default_country
+        #: engine.cards.Cards: a merge completes the survivor's stamp cards
+        #: that the two customers filled together (set by the Engine, which
+        #: builds the cards after the identity)
+        self.cards = None
 
     def view(self, conn: Connection, customer_id: int) -> CustomerView:
         return _view_of(conn.execute(select(customers).where(customers.c.id == customer_id)).one())
@@ -536,10 +541,16 @@ class Identity:
 
     def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger
-        entries, lots, orders and links follow, keys move over."""
+        entries, lots, orders, referrals and links follow, keys move over.
+
+        A stamps balance that moved is settled at once, as after an order: two
+        half cards may make a full one, whose reward is the survivor's now (and
+        a negative card may take back an unused reward)."""
+        moved = []
         for account in conn.execute(select(accounts).where(accounts.c.customer_id == gone)).all():
             unit, balance = account.unit, account.balance
             if balance:
+                moved.append(unit)
                 key = f"merge:{gone}:{keep}:{unit}"
                 source = f"merge:{gone}"
                 self.ledger.post(conn, gone, unit, -balance, "merge", source, None, key + ":out", at, lots=False)
@@ -561,5 +572,9 @@ class Identity:
         fill = {a: getattr(gone_row, a) for a in _ATTRS if getattr(keep_row, a) is None and getattr(gone_row, a) is not None}
         if fill:
             conn.execute(update(customers).where(customers.c.id == keep).values(**fill, updated_at=at))
+        merge_referrals(conn, keep, gone, at)
         if self.ledger.metrics is not None:
             self.ledger.metrics.merged(conn, keep, gone)
+        if self.cards is not None:
+            for unit in sorted(moved):
+                self.cards.settle(conn, keep, unit, at)  # (ignores a unit that is no card's)

@@ -26,6 +26,55 @@ ACTIVE = ("claimed", "rewarded")
 _ACTIVE_CLAIM = select(referrals).where(
     referrals.c.referee_id == bindparam("customer_id"), referrals.c.status.in_(ACTIVE)
 )
+_REFERRER = select(customers.c.id, customers.c.email, customers.c.phone, customers.c.address, customers.c.merged_into)
+SELF_REFERRAL = "a customer can't refer themselves"
+
+
+def already_referred(code: str) -> str:
+    return f"this customer was already referred with code {code}"
+
+
+def merge_referrals(conn: Connection, keep: int, gone: int, at: datetime) -> None:
+    """Customer ``gone`` was joined into ``keep`` (``Identity.merge``): their
+    referrals follow, so that a referrer reward, a reversal and the weekly limit
+    count on the survivor, and a claim ``gone`` made waits for (or is reversed
+    by) the survivor's orders.
+
+    A referral between the two, not yet rewarded, was a self-referral nobody
+    could see: it is refused as ``claim`` refuses one. (A rewarded one stays
+    rewarded, both sides the survivor now: its points were paid and moved with
+    the balance.)
+
+    A customer has one active claim as referee (``on_order`` reads one). When
+    both had one, the survivor keeps the one that was rewarded, else the older:
+    had the engine known them as one person, the later claim would have been
+    refused, and so it is now, with the reason ``claim`` gives. When both were
+    rewarded, neither can be undone without the operator: each stays where it
+    is, the merged-away customer's out of sight (its points moved with the
+    balance; only the survivor's can still be reversed by a refund)."""
+    conn.execute(update(referrals).where(referrals.c.referrer_id == gone).values(referrer_id=keep))
+    conn.execute(
+        update(referrals)
+        .where(referrals.c.referrer_id == keep, referrals.c.referee_id.in_([keep, gone]),
+               referrals.c.status == "claimed")
+        .values(status="refused", reason=SELF_REFERRAL, decided_at=at)
+    )
+    active = conn.execute(
+        select(referrals.c.id, referrals.c.referee_id, referrals.c.code, referrals.c.status)
+        .where(referrals.c.referee_id.in_([keep, gone]), referrals.c.status.in_(ACTIVE))
+        .order_by(referrals.c.status != "rewarded", referrals.c.claimed_at, referrals.c.id)
+    ).all()
+    stays = []
+    if len(active) > 1:
+        winner, loser = active[0], active[1]
+        if loser.status == "claimed":
+            conn.execute(update(referrals).where(referrals.c.id == loser.id)
+                         .values(status="refused", reason=already_referred(winner.code), decided_at=at))
+        else:
+            stays = [row.id for row in active if row.referee_id == gone]
+    conn.execute(
+        update(referrals).where(referrals.c.referee_id == gone, referrals.c.id.not_in(stays)).values(referee_id=keep)
+    )
 
 
 def _stands(order) -> bool:
@@ -55,20 +104,23 @@ class Referrals:
         ).first()
         if active is not None and active.code == code:
             return active.id, None  # claimed again with the same code: nothing new
-        referrer = conn.execute(
-            select(customers.c.id, customers.c.email, customers.c.phone, customers.c.address, customers.c.merged_into)
-            .where(customers.c.referral_code == code)
-        ).one_or_none()
+        referrer = conn.execute(_REFERRER.where(customers.c.referral_code == code)).one_or_none()
+        seen = set()
+        while referrer is not None and referrer.merged_into is not None and referrer.id not in seen:
+            # The code of a customer merged into another stays valid: the
+            # referrer is the one they joined (whose keys are the ones to compare).
+            seen.add(referrer.id)
+            referrer = conn.execute(_REFERRER.where(customers.c.id == referrer.merged_into)).one()
         referee = conn.execute(
             select(customers.c.email, customers.c.phone, customers.c.address).where(customers.c.id == referee_id)
         ).one()
         reason = None
         if active is not None:
-            reason = f"this customer was already referred with code {active.code}"
+            reason = already_referred(active.code)
         elif referrer is None:
             reason = f"no customer has the referral code {code}"
-        elif referrer.id == referee_id or referrer.merged_into == referee_id:
-            reason = "a customer can't refer themselves"
+        elif referrer.id == referee_id:
+            reason = SELF_REFERRAL
         elif any(a and a == b for a, b in ((referrer.email, referee.email), (referrer.phone, referee.phone),
                                            (referrer.address, referee.address))):
             reason = "self-referral: the referrer has the same email, phone or shipping address"

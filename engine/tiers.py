@@ -28,17 +28,24 @@ ORDER_REASONS = ("order", "refund", "cancel", "unpaid", "reassign")
 
 
 # Built once: SQLAlchemy reuses their compiled form (this runs after every order).
+# A merge moves the merged-away customer's orders to the survivor: spend needs
+# nothing more.
 _SPEND = select(func.coalesce(func.sum(orders.c.eligible), 0)).where(
     orders.c.customer_id == bindparam("customer_id"),
     orders.c.paid_at > bindparam("since"),
     orders.c.paid_at <= bindparam("until"),
 )
+# The customer and everyone merged into them, however deep: a merge moves the
+# balance with ``merge`` entries (not counted) and leaves the order entries on
+# the merged-away customer's accounts. (UNION, not UNION ALL: each id once.)
+_PEOPLE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("people", recursive=True)
+_PEOPLE = _PEOPLE.union(select(customers.c.id).where(customers.c.merged_into == _PEOPLE.c.id))
 _POINTS_EARNED = (
     select(func.coalesce(func.sum(ledger_entries.c.amount), 0))
     .join(accounts, accounts.c.id == ledger_entries.c.account_id)
     .where(
         and_(
-            accounts.c.customer_id == bindparam("customer_id"),
+            accounts.c.customer_id.in_(select(_PEOPLE.c.id)),
             accounts.c.unit == UNIT_POINTS,
             ledger_entries.c.reason.in_(ORDER_REASONS),
             ledger_entries.c.occurred_at > bindparam("since"),

@@ -99,6 +99,13 @@ def test_a_first_order_below_the_minimum_earns_no_referral(shop):
     assert statuses(shop) == [("refused", "the first order (19.99) is below the minimum (20.00)")]
 
 
+def test_a_first_order_of_exactly_the_minimum_earns_the_referral(shop):
+    """``min_order`` is reached, not exceeded: 20.00 against 20.00 earns both."""
+    buy(shop, 2, REFEREE, "20.00", code=code_of(shop))
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (20 + 100, 10 + 200)
+    assert statuses(shop) == [("rewarded", None)]
+
+
 def test_a_full_refund_of_the_first_order_reverses_both_rewards(shop):
     buy(shop, 2, REFEREE, "30.00", code=code_of(shop))
     buy(shop, 2, REFEREE, "30.00", cancelled=True, hours=30)

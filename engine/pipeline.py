@@ -12,6 +12,7 @@ behind.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import replace
 from datetime import datetime
@@ -80,7 +81,10 @@ class Pipeline:
         self.tiers = tiers
         self.referrals = referrals
         self.subscriptions = subscriptions
-        self.cards_to_settle: set[tuple[int, str]] = set()
+        # The stamp cards an event touched, settled at its end: per thread, since
+        # one engine applies events on several threads at once (the webhook
+        # applier, the till's requests), each its own transaction.
+        self._event = threading.local()
         # Plugins whose awards depend on the customer's other orders: they get
         # ``history`` and are asked again about those orders when one changes.
         self.history_plugins = {
@@ -100,7 +104,7 @@ class Pipeline:
 
     def _apply(self, conn: Connection, event: dict) -> int:
         kind = event["type"]
-        self.cards_to_settle = set()
+        self._event.cards = set()  # (this thread's event starts)
         if kind.startswith("order."):
             posted = self.apply_order(conn, event)
         elif kind == "visit":
@@ -120,6 +124,15 @@ class Pipeline:
         for customer_id, unit in sorted(self.cards_to_settle):
             self.cards.settle(conn, customer_id, unit, event["occurred_at"])
         return posted
+
+    @property
+    def cards_to_settle(self) -> set[tuple[int, str]]:
+        """``(customer id, unit)`` of the stamp cards the event being applied on
+        this thread posted to."""
+        cards = getattr(self._event, "cards", None)
+        if cards is None:
+            cards = self._event.cards = set()
+        return cards
 
     # -- orders -------------------------------------------------------------
 

@@ -231,3 +231,23 @@ def test_a_full_card_is_announced_to_observers_after_commit(make_engine):
     shop = make_engine(tables=TABLES, extra_plugins=(("till", TillPlugin()), ("coupons", coupons)))
     shopify(shop, 1, line("COFFEE-LATTE", 10))
     assert [(email, reward) for email, reward, _ in coupons.made] == [(EMAIL, "free-coffee")]
+
+
+def test_the_cards_an_event_touched_are_its_own_thread_s(shop):
+    """One engine applies events on several threads (the webhook applier, the
+    till's requests): an event starting on another thread must not empty the
+    list of cards this thread's event will settle (it did: one attribute)."""
+    import threading
+
+    pipeline = shop.pipeline
+    pipeline.cards_to_settle.add((1, "stamps:coffee"))
+
+    def another_event() -> None:  # a coupon used in the shop, applied on another thread
+        with shop.db.begin() as conn:
+            pipeline.apply(conn, {"type": "coupon.used", "channel": "shopify", "occurred_at": T0,
+                                  "coupon": {"code": "NOSUCHCODE"}})
+
+    other = threading.Thread(target=another_event)
+    other.start()
+    other.join()
+    assert pipeline.cards_to_settle == {(1, "stamps:coffee")}

@@ -169,6 +169,27 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
         assert engine.ledger.audit(conn) == []
 
 
+def test_a_void_timed_before_its_sale_still_voids_it(api):
+    """A void is final: one whose time is earlier than its sale's (the till's
+    clock was behind, or the sale was sent in an earlier batch with a later
+    time) takes the sale's points back all the same; it was answered
+    ``applied`` and changed nothing."""
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    before = call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"]
+    first = json.dumps({"topic": "sale", "key": "late", **sale("late", card, "10.00", T0 + timedelta(hours=5))})
+    assert call(f"{base}/api/v1/batches", "POST", raw=first.encode(), key=key, idem="first")[1]["results"][0][
+        "status"] == "applied"
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == before + 20  # two at 10.00
+    void = json.dumps({"topic": "void", "key": "void-late", "sale_id": "late",
+                       "occurred_at": (T0 + timedelta(hours=1)).isoformat()})
+    assert call(f"{base}/api/v1/batches", "POST", raw=void.encode(), key=key, idem="second")[1]["results"][0][
+        "status"] == "applied"
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == before
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
 def test_a_batch_line_is_what_the_live_request_was(api, monkeypatch):
     """An unknown card in a batch is refused as live (no customer is made up);
     a live visit whose answer was lost, sent again in a batch, is a duplicate

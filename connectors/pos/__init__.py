@@ -9,8 +9,9 @@ terminal.
   order ``<terminal>:<id>`` (prices include tax; the points rule reads the
   lines);
 - ``void``: ``{"sale_id", "terminal", "occurred_at", "reason"}`` →
-  ``order.cancelled`` for that order: its points go back through the same
-  rules as a refund;
+  ``order.cancelled`` for that order, final (a sale can't be sold again,
+  and its time is no newer snapshot to lose to): its points go back through
+  the same rules as a refund;
 - ``visit``: ``{"id", "terminal", "location", "occurred_at", "customer"}`` →
   ``visit`` (a stamp on cards that count visits);
 - ``enrol``: ``{"id", "terminal", "occurred_at", "customer": {"email",
@@ -101,7 +102,9 @@ def translate(topic: str, payload: Any, currency: str | None) -> list[dict[str, 
         return [{
             "type": "order.cancelled", "channel": CHANNEL, "idempotency_key": f"void:{terminal}:{sale}",
             "occurred_at": _moment(body, "void"), "customer": {},
-            "order": {"id": f"{terminal}:{sale}", "version": _moment(body, "void"), "status": "cancelled"},
+            # No version: a void is final (engine.orders.merge), whatever its time says
+            # beside the sale's: a till whose clock was behind, a void sent before its sale.
+            "order": {"id": f"{terminal}:{sale}", "status": "cancelled"},
         }]
     ident = _text(body, "id", topic)
     at = _moment(body, topic)

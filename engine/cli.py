@@ -180,6 +180,8 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
         ("card", summary["card_code"]),
         ("points", str(summary["points"])),
         ("stamps", ", ".join(f"{c}: {n}" for c, n in summary["stamps"].items()) or "-"),
+        *([("other units", ", ".join(f"{u}: {n}" for u, n in summary["other_units"].items()))]
+          if summary["other_units"] else []),
         ("tier", summary["tier"] or "-"),
         ("referral code", summary["referral_code"]),
         ("channels", ", ".join(f"{c}: {i}" for c, ids in summary["channels"].items() for i in ids) or "-"),

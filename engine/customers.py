@@ -55,6 +55,9 @@ def customer_summary(engine, key: str | int) -> dict | None:
             **dict.fromkeys(engine.cards.cards, 0),
             **{u[len(STAMPS_PREFIX):]: n for u, n in balances.items() if u.startswith(STAMPS_PREFIX)},
         }.items())),
+        #: units of plugins' own (``Award("beans", ...)``): neither points nor stamps
+        "other_units": {u: n for u, n in sorted(balances.items())
+                        if u != UNIT_POINTS and not u.startswith(STAMPS_PREFIX)},
         "tier": row.tier,
         "tier_history": tier_history,
         "rewards": [r.as_json() for r in unused],

@@ -21,9 +21,18 @@ objects, and the engine refuses two providers of the same name, naming both.
 
 *Decision* hooks run inside the ledger transaction of the event being applied.
 They must be pure functions of what they receive: no I/O, no clock (use the
-``occurred_at`` they are given). If one raises, the whole event is rolled back,
-recorded as failed with the plugin's name and the error, and can be replayed
-once the plugin is fixed; other events go on.
+``occurred_at`` they are given). They run with no timeout, and on SQLite their
+transaction holds the database's only write lock: a slow hook stalls every
+other write. What they receive is shared by every plugin and read-only (an
+order's ``lines`` and ``attributes`` are read-only mappings). If one raises
+(``sys.exit()`` included), returns anything but a list of the typed values its
+spec names, or an amount out of range (``engine.rules_api.MAX_AMOUNT``,
+``MAX_FACTOR``), the whole event is rolled back, recorded as failed with the
+plugin's name and the error, and can be replayed once the plugin is fixed;
+other events go on.
+
+A plugin installed with an entry point must have a ``table``, and a name (the
+entry point's) no other plugin has; either mistake stops the start.
 """
 
 from __future__ import annotations

@@ -20,9 +20,11 @@ state, and so in the same balances.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import MappingProxyType
 
 from engine.events import line_eligible
 
@@ -120,10 +122,11 @@ class OrderView:
     status: str | None
     paid: bool
     cancelled: bool
-    lines: list[dict] = field(default_factory=list)
+    #: read-only: each plugin sees the same lines, so none may change another's
+    lines: tuple[Mapping, ...] = ()
     currency: str | None = None
-    discount_codes: list[str] = field(default_factory=list)
-    attributes: dict = field(default_factory=dict)
+    discount_codes: tuple[str, ...] = ()
+    attributes: Mapping = field(default_factory=lambda: MappingProxyType({}))
     test: bool = False
     paid_at: datetime | None = None
     #: [(name, factor)] frozen when the order was first awarded
@@ -144,14 +147,14 @@ class OrderView:
 def view(order_id: int, channel: str, external_id: str, state: dict, multipliers) -> OrderView:
     """Derive the numbers rules need from a merged state."""
     snapshot = state.get("snapshot") or {}
-    lines = [
-        {
+    lines = tuple(
+        MappingProxyType({
             **line,
             **{k: Decimal(line[k]) for k in ("unit_price", "discount", "tax") if line.get(k) is not None},
             "subtotal": Decimal(line["subtotal"]) if line.get("subtotal") is not None else None,
-        }
+        })
         for line in snapshot.get("lines", ())
-    ]
+    )
     gross = sum((line_eligible(line) for line in lines), Decimal(0))
     # Tax-inclusive prices (the lines carry the tax they contain): a refund's
     # amount contains its tax too, which is no eligible spend.
@@ -176,8 +179,8 @@ def view(order_id: int, channel: str, external_id: str, state: dict, multipliers
         cancelled=cancelled,
         lines=lines,
         currency=snapshot.get("currency"),
-        discount_codes=snapshot.get("discount_codes", []),
-        attributes=snapshot.get("attributes", {}),
+        discount_codes=tuple(snapshot.get("discount_codes", ())),
+        attributes=MappingProxyType(dict(snapshot.get("attributes", {}))),
         test=snapshot.get("test", False),
         paid_at=datetime.fromisoformat(state["paid_at"]) if state.get("paid_at") else None,
         multipliers=tuple(tuple(m) for m in (multipliers or ())),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
@@ -64,6 +65,29 @@ _SIBLINGS = (
     .order_by(orders.c.id)
 )
 _SIBLINGS_FOR_UPDATE = _SIBLINGS.with_for_update()
+
+
+def _returned(plugin: str, hook: str, result, kind: type) -> list:
+    """A decision hook's result as the list of ``kind`` it must be; anything
+    else (one ``Award`` bare, a number, a dict, an item of another type, an
+    ``Award`` changed after it was made) fails naming the plugin."""
+    if isinstance(result, kind | str | bytes | dict) or not isinstance(result, Iterable):
+        raise PluginFailed(plugin, hook, TypeError(
+            f"expected a list of {kind.__name__}, got {_short(result)}"))
+    try:
+        items = list(result)  # (a generator runs the plugin's code here)
+        for item in items:
+            if not isinstance(item, kind):
+                raise TypeError(f"expected {kind.__name__}, got {_short(item)}")
+            item.check()
+    except (Exception, SystemExit) as exc:
+        raise PluginFailed(plugin, hook, exc) from exc
+    return items
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 class EventRefused(ValueError):
@@ -258,10 +282,9 @@ class Pipeline:
 
     def _multipliers(self, order, customer) -> list[list[str]]:
         frozen = []
-        for plugin, result in self.plugins.collect("regulars_order_multipliers", order=order, customer=customer):
-            for item in result:
-                if not isinstance(item, Multiplier):
-                    raise PluginFailed(plugin, "regulars_order_multipliers", TypeError(f"expected Multiplier, got {item!r}"))
+        hook = "regulars_order_multipliers"
+        for plugin, result in self.plugins.collect(hook, order=order, customer=customer):
+            for item in _returned(plugin, hook, result, Multiplier):
                 frozen.append([item.name, str(item.factor)])
         return frozen
 
@@ -270,9 +293,7 @@ class Pipeline:
         only those of the plugins named)."""
         totals: dict[str, int] = defaultdict(int)
         for plugin, result in self.plugins.collect(hook, only=only, **kwargs):
-            for award in result:
-                if not isinstance(award, Award):
-                    raise PluginFailed(plugin, hook, TypeError(f"expected Award, got {award!r}"))
+            for award in _returned(plugin, hook, result, Award):
                 totals[f"{plugin}|{award.unit}"] += award.amount
         return dict(totals)
 

@@ -3,8 +3,9 @@
 Built-in plugins (``rules/``, ``connectors/``, ``plugins/``) and third-party
 ones (entry-point group ``regulars``) are loaded the same way: a class with a
 ``table`` and a ``settings_schema`` is constructed with its validated table
-from ``plugins.toml`` when that table is present; an object without a
-``table`` is always on.
+from ``plugins.toml`` when that table is present. An installed plugin (entry
+point) must have a ``table``: installing one doesn't turn it on. An object
+given in code (``extra``, the tests' way) without a ``table`` is always on.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
+from marshmallow import Schema
 
 from engine import hookspecs
 from engine.config import Config, ConfigError, validate_table
@@ -74,7 +76,12 @@ def _instantiate(candidate: Any, config: Config, name: str) -> Any | None:
     if table is not None and config.table(table) is None:
         return None
     if isinstance(candidate, type):
-        settings = validate_table(config, table, getattr(candidate, "settings_schema", None)) if table else {}
+        schema = getattr(candidate, "settings_schema", None)
+        if schema is not None and not (isinstance(schema, Schema) or isinstance(schema, type)
+                                       and issubclass(schema, Schema)):
+            raise PluginLoadError(f"plugin {name!r}: settings_schema must be a marshmallow Schema class "
+                                  f"(derive it from engine.config.StrictSchema), got {schema!r}")
+        settings = validate_table(config, table, schema) if table else {}
         try:
             return candidate(settings)
         except Exception as exc:
@@ -111,8 +118,19 @@ class Plugins:
         for name, obj in extra:
             candidates.append((name, "given", obj))
 
+        sources: dict[str, str] = {}
         for name, source, candidate in candidates:
+            if name in sources:
+                raise PluginLoadError(
+                    f"two plugins are named {name!r}: {sources[name]} and {source}; a plugin's name (the left "
+                    "of its entry point) must be unique: uninstall one or rename it")
+            sources[name] = source
             table = getattr(candidate, "table", None)
+            if table is None and source.startswith("entry point"):
+                raise PluginLoadError(
+                    f"plugin {name!r} from {source} has no table: a plugin is turned on by its table in "
+                    "plugins.toml, so give its class a `table` (and a `settings_schema`); see "
+                    "docs/writing-a-plugin.md")
             if table is not None:
                 if table in owned:
                     raise PluginLoadError(
@@ -188,7 +206,7 @@ class Plugins:
             args = {k: kwargs[k] for k in impl.argnames}
             try:
                 result = impl.function(**args)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # (sys.exit() in a plugin ends nothing but its event)
                 raise PluginFailed(impl.plugin_name, hook, exc) from exc
             if result is not None:
                 results.append((impl.plugin_name, result))

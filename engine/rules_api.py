@@ -6,14 +6,22 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 UNIT_POINTS = "points"
+#: the most one award may be, either way: far above any real award, far below
+#: what a 64-bit balance holds (SQLite turns an integer that overflows into a float)
+MAX_AMOUNT = 10**12
+#: the most one multiplier may multiply by
+MAX_FACTOR = Decimal(1000)
 
 
 @dataclass(frozen=True)
 class Award:
     """What a rule says a subject (an order, a visit) is worth in one unit.
 
-    :param unit: ``"points"`` or ``"stamps:<card>"``; any short name works.
-    :param amount: an integer (points and stamps are never fractional).
+    :param unit: ``"points"`` or ``"stamps:<card>"``; any short name works
+        (``regulars customer show`` lists every unit a customer holds).
+    :param amount: an integer (points and stamps are never fractional): what
+        the subject is worth *in total* now, not a change. Negative is allowed
+        (a penalty); at most ``MAX_AMOUNT`` (10**12) either way.
     :param reason: a few words for the ledger (``"1 point per EUR"``).
     """
 
@@ -22,10 +30,11 @@ class Award:
     reason: str = ""
 
     def __post_init__(self):
-        if isinstance(self.amount, bool) or not isinstance(self.amount, int):
-            raise TypeError(f"Award.amount must be an int, got {self.amount!r}")
-        if not self.unit or len(self.unit) > 64:
-            raise ValueError(f"Award.unit must be 1 to 64 characters, got {self.unit!r}")
+        check_award(self)
+
+    def check(self) -> None:
+        """Raise what ``__post_init__`` raises (for an object changed since)."""
+        check_award(self)
 
 
 @dataclass(frozen=True)
@@ -33,17 +42,39 @@ class Multiplier:
     """A factor on an order's points (a tier, a membership, a campaign).
 
     :param name: what it is, shown in the ledger's detail (``"gold tier"``).
-    :param factor: a non-negative ``Decimal`` (``Decimal("1.5")``).
+    :param factor: a non-negative ``Decimal`` (``Decimal("1.5")``), at most
+        ``MAX_FACTOR`` (1000).
     """
 
     name: str
     factor: Decimal
 
     def __post_init__(self):
-        if not isinstance(self.factor, Decimal) or not self.factor.is_finite():
-            raise TypeError(f"Multiplier.factor must be a finite Decimal, got {self.factor!r}")
-        if self.factor < 0:
-            raise ValueError(f"Multiplier.factor must not be negative, got {self.factor}")
+        check_multiplier(self)
+
+    def check(self) -> None:
+        """Raise what ``__post_init__`` raises (for an object changed since)."""
+        check_multiplier(self)
+
+
+def check_award(award: Award) -> None:
+    amount, unit = award.amount, award.unit
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise TypeError(f"Award.amount must be an int, got {amount!r}")
+    if abs(amount) > MAX_AMOUNT:
+        raise ValueError(f"Award.amount must be at most {MAX_AMOUNT:,} either way, got {amount:,}")
+    if not isinstance(unit, str) or not unit or len(unit) > 64:
+        raise ValueError(f"Award.unit must be 1 to 64 characters, got {unit!r}")
+
+
+def check_multiplier(multiplier: Multiplier) -> None:
+    factor = multiplier.factor
+    if not isinstance(factor, Decimal) or not factor.is_finite():
+        raise TypeError(f"Multiplier.factor must be a finite Decimal, got {factor!r}")
+    if factor < 0:
+        raise ValueError(f"Multiplier.factor must not be negative, got {factor}")
+    if factor > MAX_FACTOR:
+        raise ValueError(f"Multiplier.factor must be at most {MAX_FACTOR}, got {factor}")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,9 @@ from engine import hookspecs, inbox
 from engine.app import Engine
 from engine.config import ConfigError, load_config
 from engine.db.models import accounts, ledger_entries, orders
+from engine.hookspecs import hookimpl
 from engine.plugins import PluginLoadError
+from engine.rules_api import UNIT_POINTS, Award, Multiplier
 from engine.testing import balance, engine_for, paid_order
 from tests.plugins.campaign import (
     BonusCampaign,
@@ -282,3 +285,162 @@ def test_every_hook_spec_is_implemented_by_a_test_plugin(name):
     assert implemented, (
         f"no test implements {name}: add one to tests/plugins/ and a test of its own"
     )
+
+
+# -- what a careless plugin does ----------------------------------------------------
+
+
+class Careless:
+    """A campaign that returns, or does, whatever the test says (for the
+    orders whose ids it is given, else nothing)."""
+
+    def __init__(self, behave, orders=("1",)):
+        self.behave, self.orders = behave, orders
+
+    @hookimpl
+    def regulars_order_awards(self, order, customer):
+        return self.behave() if order.external_id in self.orders else []
+
+
+class CarelessMultiplier:
+    def __init__(self, behave):
+        self.behave = behave
+
+    @hookimpl
+    def regulars_order_multipliers(self, order, customer):
+        return self.behave()
+
+
+def _exits():
+    raise SystemExit("bye from the plugin")
+
+
+def _raises_while_iterated():
+    yield Award(UNIT_POINTS, 1)
+    raise RuntimeError("half-way through")
+
+
+def _changed_after():
+    award = Award(UNIT_POINTS, 5)
+    object.__setattr__(award, "amount", 2.5)
+    return [award]
+
+
+@pytest.mark.parametrize(("behave", "said"), [
+    (_exits, "SystemExit: bye from the plugin"),
+    (lambda: Award(UNIT_POINTS, 5), "expected a list of Award, got Award("),
+    (lambda: 5, "expected a list of Award, got 5"),
+    (lambda: Decimal("5"), "expected a list of Award, got Decimal('5')"),
+    (lambda: {"points": 5}, "expected a list of Award, got {'points': 5}"),
+    (lambda: [Multiplier("x", Decimal(2))], "expected Award, got Multiplier("),
+    (_raises_while_iterated, "RuntimeError: half-way through"),
+    (lambda: [Award(UNIT_POINTS, 2**62)], "Award.amount must be at most 1,000,000,000,000"),
+    (_changed_after, "Award.amount must be an int, got 2.5"),
+], ids=["sys.exit", "a-bare-award", "an-int", "a-decimal", "a-dict", "a-multiplier", "a-generator-that-raises",
+        "an-absurd-amount", "an-award-changed-after"])
+def test_whatever_a_careless_award_hook_does_fails_its_delivery_naming_it_and_others_go_on(
+        make_engine, behave, said):
+    """A plugin's own mistake is the plugin's: its delivery is kept failed with
+    its name and the reason, the ledger untouched, the batch's other deliveries
+    applied (sys.exit() in a hook stopped ``regulars ingest`` and killed the
+    server's applier thread; a bare Award or an int was an "internal error"; an
+    amount of 2**62 was stored as a float in SQLite)."""
+    flaky = Careless(behave)
+    engine = make_engine(extra_plugins=(("careless", flaky),))
+    outcome = engine.ingest(*paid_order(order_id=1))
+    assert (outcome.status, outcome.plugin) == ("failed", "careless"), outcome
+    assert said in outcome.error
+    assert ledger_state(engine) == (0, [], [])
+    flaky.orders = ("2",)
+    outcomes = engine.ingest_batch("shopify", [paid_order(order_id=n)[1:] for n in (2, 3, 4)])
+    assert [(o.status, o.plugin) for o in outcomes] == [("failed", "careless"), ("applied", None), ("applied", None)]
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
+@pytest.mark.parametrize(("behave", "said"), [
+    (lambda: Multiplier("x", Decimal(2)), "expected a list of Multiplier, got Multiplier("),
+    (lambda: [Decimal(2)], "expected Multiplier, got Decimal('2')"),
+    (lambda: [Multiplier("x", Decimal(10**6))], "Multiplier.factor must be at most 1000"),
+], ids=["a-bare-multiplier", "a-decimal", "a-million-fold"])
+def test_a_careless_multiplier_hook_fails_its_delivery_naming_it(make_engine, behave, said):
+    engine = make_engine(extra_plugins=(("careless", CarelessMultiplier(behave)),))
+    outcome = engine.ingest(*paid_order())
+    assert (outcome.status, outcome.plugin) == ("failed", "careless"), outcome
+    assert said in outcome.error
+    assert ledger_state(engine) == (0, [], [])
+
+
+def _fake_distribution(tmp_path: Path, monkeypatch, name: str, entry_points: str) -> None:
+    site = tmp_path / f"site-{name}"
+    info = site / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[regulars]\n{entry_points}\n")
+    monkeypatch.syspath_prepend(str(site))
+
+
+def test_an_installed_plugin_without_a_table_stops_the_start_saying_what_it_needs(make_engine, tmp_path, monkeypatch):
+    """Installing a plugin doesn't turn it on: one with no table could only
+    be always on, so it is refused (it was loaded, and on)."""
+    _fake_distribution(tmp_path, monkeypatch, "regulars-tableless", "tableless = tests.plugins.campaign:DoublePoints")
+    with pytest.raises(PluginLoadError) as raised:
+        make_engine()
+    message = str(raised.value)
+    assert "'tableless'" in message and "regulars-tableless" in message and "has no table" in message
+
+
+def test_two_installed_plugins_of_one_name_stop_the_start_naming_both(make_engine, tmp_path, monkeypatch):
+    _fake_distribution(tmp_path, monkeypatch, "regulars-bonus-a", "bonus = tests.plugins.campaign:BonusCampaign")
+    _fake_distribution(tmp_path, monkeypatch, "regulars-bonus-b", "bonus = tests.plugins.campaign:BonusCampaign")
+    with pytest.raises(PluginLoadError) as raised:
+        make_engine()
+    message = str(raised.value)
+    assert "two plugins are named 'bonus'" in message
+    assert "regulars-bonus-a" in message and "regulars-bonus-b" in message and "object at 0x" not in message
+
+
+def test_a_settings_schema_that_is_no_schema_stops_the_start_naming_the_plugin(make_engine):
+    class Odd:
+        table = "plugins.odd"
+        settings_schema = {"x": int}
+
+        def __init__(self, settings):
+            pass
+
+    tables = {"engine": {"currency": "EUR"}, "rules": {"points": {}}, "plugins": {"odd": {"x": 1}},
+              "connectors": {"shopify": {"shop": "example.myshopify.com"}}}
+    with pytest.raises(PluginLoadError) as raised:
+        make_engine(tables=tables, extra_plugins=(("odd", Odd),))
+    assert "plugin 'odd': settings_schema must be a marshmallow Schema class" in str(raised.value)
+
+
+def test_a_plugin_can_t_change_what_another_plugin_sees_of_the_order(make_engine):
+    """Every plugin is handed the same order: changing a line (a SKU, say) made
+    the built-in SKU multipliers miss it, silently. Its lines, attributes and
+    discount codes are read-only: the meddler's delivery fails naming it."""
+    class Meddler:
+        @hookimpl
+        def regulars_order_awards(self, order, customer):
+            order.lines[0]["sku"] = "MUTATED"
+            return []
+
+    engine = make_engine(extra_plugins=(("meddler", Meddler()),))
+    outcome = engine.ingest(*paid_order())
+    assert (outcome.status, outcome.plugin) == ("failed", "meddler"), outcome
+    assert "does not support item assignment" in outcome.error
+
+
+def test_a_plugin_s_own_unit_is_shown_with_the_customer(make_engine):
+    from engine.customers import customer_summary
+
+    class Beans:
+        @hookimpl
+        def regulars_order_awards(self, order, customer):
+            return [Award("beans", 5 if order.awardable else 0)]
+
+    engine = make_engine(extra_plugins=(("beans", Beans()),))
+    assert engine.ingest(*paid_order()).status == "applied"
+    summary = customer_summary(engine, EMAIL)
+    assert summary["other_units"] == {"beans": 5}
+    assert "beans" not in summary["stamps"] and summary["points"] > 0

@@ -365,3 +365,37 @@ def test_the_cli_adds_lists_and_revokes_terminals_and_makes_card_links(tmp_path,
     assert link.exit_code == 0 and link.output.startswith("https://shop.example/card/")
     assert "1 link(s) revoked" in run("card", "revoke", "jana@example.cz").output
     engine.db.dispose()
+
+
+def test_a_plugin_that_fails_on_a_visit_is_no_fault_of_the_till(make_engine, monkeypatch):
+    """The till's visit is kept but not applied when a plugin fails: 503
+    ``plugin_failed`` naming it (it was 422 ``refused``, as if the till had
+    sent something wrong), and the delivery applies once replayed."""
+    from engine.hookspecs import hookimpl
+
+    class BrokenVisits:
+        broken = True
+
+        @hookimpl
+        def regulars_visit_awards(self, visit, customer):
+            if BrokenVisits.broken:
+                raise ValueError("visit hook broke")
+            return []
+
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
+    engine = make_engine(TABLES, extra_plugins=(("broken-visits", BrokenVisits()),))
+    engine.ensure_schema()
+    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    with served(engine) as base:
+        card = enrol(base, key)[1]["customer"]["card_code"]
+        visit = {"id": "v1", "customer": {"card_code": card}, "occurred_at": T0.isoformat()}
+        status, answer = call(f"{base}/api/v1/visits", "POST", visit, key, "visit-1")
+        assert status == 503, answer
+        assert answer["error"]["code"] == "plugin_failed" and answer["error"]["plugin"] == "broken-visits"
+        assert "ValueError: visit hook broke" in answer["error"]["message"]
+    BrokenVisits.broken = False
+    with engine.db.connect() as conn:
+        from engine import inbox
+
+        [failed] = [row for row in inbox.listing(conn) if row.status == "failed"]
+    assert engine.replay(failed.id).status == "applied"

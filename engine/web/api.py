@@ -211,6 +211,7 @@ class ErrorBodySchema(Schema):
                        "`wrong_channel`, `unknown_reward`, `unknown_channel`, `key_reused`, `unknown_customer`"})
     values = fields.Dict(keys=fields.String(), values=fields.Integer(), metadata={
         "description": "with `reason`: its numbers (`cost`, `balance`, `spendable`, `max`)"})
+    plugin = fields.String(metadata={"description": "with code `plugin_failed`: the plugin that failed"})
 
 
 class ErrorSchema(Schema):
@@ -297,6 +298,11 @@ class Api:
 
     def _ingest(self, topic: str, payload: dict, key: str):
         outcome = terminals.send(self.engine, topic, payload)
+        if outcome.status == "failed" and outcome.plugin:
+            # Not the till's mistake: kept, and applied once the plugin is fixed and it is replayed.
+            raise ApiError(503, "plugin_failed", f"kept but not applied: plugin {outcome.plugin!r} failed "
+                           f"({outcome.error}); it is applied when the plugin is fixed and the delivery replayed "
+                           "(regulars events replay --failed): don't send it again", plugin=outcome.plugin)
         if outcome.status == "failed":
             raise ApiError(422, "refused", outcome.error or "the till's delivery can't be applied")
         summary = self._summary(key)
@@ -508,6 +514,7 @@ _ERRORS = {
     "400": "the request is malformed", "401": "no or a wrong terminal key",
     "404": "no such customer or sale", "409": "refused (not enough points, ...)",
     "422": "a field is wrong, or an Idempotency-Key reused for another request",
+    "503": "kept but not applied: a plugin failed (`plugin_failed`, naming it); applied when it is fixed",
 }
 _DOCUMENT: dict | None = None
 

@@ -388,24 +388,29 @@ def test_an_unreachable_database_is_one_clear_sentence_not_a_traceback(shop):
 def test_a_message_s_brackets_are_printed_as_they_are(shop, tmp_path):
     """rich reads ``[...]`` as styles: a refusal naming the table to add,
     ``[rules.subscriptions.vip]``, lost it (the CLI's consoles take no markup)."""
-    database = tmp_path / "brackets.sqlite3"
-    assert shop.run("ingest", "shopify", "orders/paid", str(shop.root / "paid.json"), database=database).returncode == 0
+    env = {"REGULARS_DATABASE_URL": f"sqlite:///{tmp_path / 'brackets.sqlite3'}", "COLUMNS": "200"}
+    runner = CliRunner(env=env)
+    config = ["--config", str(shop.config)]
+    assert runner.invoke(main, [*config, "ingest", "shopify", "orders/paid", str(shop.root / "paid.json")]).exit_code == 0
     email = json.loads(shop.root.joinpath("paid.json").read_text())["email"]
-    result = shop.run("subscription", "start", email, "vip", database=database)
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert "add a [rules.subscriptions.vip] table to plugins.toml" in " ".join(result.stderr.split()), result.stderr
+    result = runner.invoke(main, [*config, "subscription", "start", email, "vip"])
+    assert result.exit_code == 1, result.output
+    assert "add a [rules.subscriptions.vip] table to plugins.toml" in " ".join(result.output.split()), result.output
 
 
-def test_a_card_link_points_at_the_public_url_else_at_this_machine_s_port(shop, tmp_path):
-    database = tmp_path / "links.sqlite3"
-    assert shop.run("ingest", "shopify", "orders/paid", str(shop.root / "paid.json"), database=database).returncode == 0
+def test_a_card_link_points_at_the_public_url_else_at_this_machine_s_port(shop, tmp_path, monkeypatch):
+    env = {"REGULARS_DATABASE_URL": f"sqlite:///{tmp_path / 'links.sqlite3'}", "COLUMNS": "200"}
+    config = ["--config", str(shop.config)]
+    monkeypatch.delenv("REGULARS_PUBLIC_URL", raising=False)
+    monkeypatch.delenv("REGULARS_PORT", raising=False)
+    assert CliRunner(env=env).invoke(main, [*config, "ingest", "shopify", "orders/paid",
+                                            str(shop.root / "paid.json")]).exit_code == 0
     email = json.loads(shop.root.joinpath("paid.json").read_text())["email"]
 
-    def link(**env) -> str:
-        result = subprocess.run([REGULARS, "--config", str(shop.config), "card", "link", email], cwd=shop.root,
-                                env={**shop.env_for(database), **env}, capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout.strip()
+    def link(**more) -> str:
+        result = CliRunner(env={**env, **more}).invoke(main, [*config, "card", "link", email])
+        assert result.exit_code == 0, result.output
+        return result.output.strip()
 
     assert link().startswith("http://127.0.0.1:8000/card/")
     assert link(REGULARS_PORT="8771").startswith("http://127.0.0.1:8771/card/")

@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import click
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 console = Console(markup=False)  # a message's [brackets] are its text, not styles
@@ -92,6 +93,11 @@ def admin_passwd(ctx, username: str, password_stdin: bool) -> None:
     console.print(f"password of {username} changed", highlight=False)
 
 
+def _width(table: Table) -> int:
+    """The columns a table takes unsqueezed (rich measures within the terminal's width)."""
+    return Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+
+
 @click.group("metrics")
 def metrics_group() -> None:
     """The dashboard's figures: retention, lifetime value, points and liability."""
@@ -132,15 +138,32 @@ def metrics_show(ctx, channel: str | None, period: str, count: int, end: str | N
                         for m in metrics.METRICS],
         }, indent=2))
         return
-    table = Table(highlight=False, title=f"{channel or 'all channels'}, per {period}")
+    title = f"{channel or 'all channels'}, per {period}"
+    starts = [d for d, _ in found[metrics.METRICS[0].name]]
+    labels = [start.strftime("%Y-%m" if period == "month" else "%Y-%m-%d") for start in starts]
+    table = Table(highlight=False, title=title)
     table.add_column(period)
     for m in metrics.METRICS:
         table.add_column(SHORT[m.name], justify="right")
-    starts = [d for d, _ in found[metrics.METRICS[0].name]]
-    for row, start in enumerate(starts):
-        table.add_row(start.strftime("%Y-%m" if period == "month" else "%Y-%m-%d"),
-                      *(_shown(m.unit, found[m.name][row][1]) for m in metrics.METRICS))
+    for row, label in enumerate(labels):
+        table.add_row(label, *(_shown(m.unit, found[m.name][row][1]) for m in metrics.METRICS))
+    left_out = 0
+    if _width(table) > console.width:
+        # Too wide for this terminal: a figure per row, and as many of the latest periods as fit.
+        for shown in range(len(labels), 0, -1):
+            table = Table(highlight=False, title=title)
+            table.add_column("figure")
+            for label in labels[-shown:]:
+                table.add_column(label, justify="right")
+            for m in metrics.METRICS:
+                table.add_row(SHORT[m.name], *(_shown(m.unit, v) for _, v in found[m.name][-shown:]))
+            left_out = len(labels) - shown
+            if _width(table) <= console.width:
+                break
     console.print(table)
+    if left_out:
+        console.print(f"{left_out} earlier {period}s left out: a wider terminal shows them, or --periods, --json",
+                      style="dim", highlight=False)
     console.print("formulas: regulars metrics show --json, or the dashboard", style="dim", highlight=False)
 
 

@@ -351,6 +351,18 @@ def test_the_admin_and_metrics_commands(make_engine):
     table = run(metrics_group, "show", "--to", "2026-03", "--channel", "shopify")
     assert table.exit_code == 0 and "retention" in table.output and "2026-03" in table.output
     assert run(metrics_group, "show", "--channel", "ebay").exit_code == 1
+    # On 80 columns: a figure per row, the latest months that fit, nothing cut.
+    from engine import cli_admin
+
+    wide = cli_admin.console.width
+    cli_admin.console.width = 80
+    try:
+        narrow = run(metrics_group, "show", "--to", "2026-03")
+    finally:
+        cli_admin.console.width = wide
+    assert narrow.exit_code == 0 and "…" not in narrow.output, narrow.output
+    assert "liability" in narrow.output and "2026-03" in narrow.output and "earlier months left out" in narrow.output
+    assert max(len(line) for line in narrow.output.splitlines()) <= 80
     assert run(metrics_group, "rebuild").exit_code == 0
 
 

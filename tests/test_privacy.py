@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -15,6 +14,7 @@ from click.testing import CliRunner
 from engine import inbox
 from engine.customers import customer_summary
 from engine.privacy import UnknownCustomer, erase, export
+from tests.conftest import CONTRACTS
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
 EMAIL = "jana.novakova@example.com"
@@ -227,7 +227,7 @@ def test_a_privacy_webhook_without_a_customer_is_refused_with_the_reason(engine)
 
 # -- whose raw deliveries are whose --------------------------------------------------
 
-WOO_HOOKS = Path(__file__).resolve().parents[2] / "shared" / "contracts" / "woocommerce" / "webhooks"
+WOO_HOOKS = CONTRACTS / "woocommerce" / "webhooks"
 
 
 def _woo(name: str, **changes) -> bytes:

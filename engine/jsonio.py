@@ -52,6 +52,8 @@ def long_number(data: bytes) -> bool:
 #: a NUL character or a lone surrogate: text no database stores
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def unstorable(text: str) -> bool:
     """Whether ``text`` holds a NUL character or a lone surrogate."""
     return _UNSTORABLE.search(text) is not None

@@ -30,11 +30,18 @@ class Award:
     reason: str = ""
 
     def __post_init__(self):
-        check_award(self)
+        self.check()
 
     def check(self) -> None:
-        """Raise what ``__post_init__`` raises (for an object changed since)."""
-        check_award(self)
+        """Raise ``TypeError`` or ``ValueError`` for a wrong amount or unit (on
+        construction, and again by the engine: the object may have been changed since)."""
+        amount, unit = self.amount, self.unit
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise TypeError(f"Award.amount must be an int, got {amount!r}")
+        if abs(amount) > MAX_AMOUNT:
+            raise ValueError(f"Award.amount must be at most {MAX_AMOUNT:,} either way, got {amount:,}")
+        if not isinstance(unit, str) or not unit or len(unit) > 64:
+            raise ValueError(f"Award.unit must be 1 to 64 characters, got {unit!r}")
 
 
 @dataclass(frozen=True)
@@ -50,31 +57,18 @@ class Multiplier:
     factor: Decimal
 
     def __post_init__(self):
-        check_multiplier(self)
+        self.check()
 
     def check(self) -> None:
-        """Raise what ``__post_init__`` raises (for an object changed since)."""
-        check_multiplier(self)
-
-
-def check_award(award: Award) -> None:
-    amount, unit = award.amount, award.unit
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise TypeError(f"Award.amount must be an int, got {amount!r}")
-    if abs(amount) > MAX_AMOUNT:
-        raise ValueError(f"Award.amount must be at most {MAX_AMOUNT:,} either way, got {amount:,}")
-    if not isinstance(unit, str) or not unit or len(unit) > 64:
-        raise ValueError(f"Award.unit must be 1 to 64 characters, got {unit!r}")
-
-
-def check_multiplier(multiplier: Multiplier) -> None:
-    factor = multiplier.factor
-    if not isinstance(factor, Decimal) or not factor.is_finite():
-        raise TypeError(f"Multiplier.factor must be a finite Decimal, got {factor!r}")
-    if factor < 0:
-        raise ValueError(f"Multiplier.factor must not be negative, got {factor}")
-    if factor > MAX_FACTOR:
-        raise ValueError(f"Multiplier.factor must be at most {MAX_FACTOR}, got {factor}")
+        """Raise ``TypeError`` or ``ValueError`` for a wrong factor (on
+        construction, and again by the engine: the object may have been changed since)."""
+        factor = self.factor
+        if not isinstance(factor, Decimal) or not factor.is_finite():
+            raise TypeError(f"Multiplier.factor must be a finite Decimal, got {factor!r}")
+        if factor < 0:
+            raise ValueError(f"Multiplier.factor must not be negative, got {factor}")
+        if factor > MAX_FACTOR:
+            raise ValueError(f"Multiplier.factor must be at most {MAX_FACTOR}, got {factor}")
 
 
 @dataclass(frozen=True)

@@ -254,12 +254,15 @@ def erase(engine, key: str, at: datetime) -> dict:
         return erase_customer(conn, customer_id, at)
 
 
-def erase_customer(conn: Connection, customer_id: int, at: datetime, deliveries: list[int] | None = None) -> dict:
-    """Erase one customer's personal data in the caller's transaction
-    (``deliveries``: their raw deliveries, when the caller found them)."""
+def erase_customer(conn: Connection, customer_id: int, at: datetime) -> dict:
+    """Erase one customer's personal data in the caller's transaction."""
     ids = _people(conn, customer_id)
-    if deliveries is None:
-        deliveries = _delivery_ids(conn, ids)
+    return _erase_people(conn, ids, at, _delivery_ids(conn, ids))
+
+
+def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: list[int]) -> dict:
+    """Erase the personal data of one person (``ids``: the customer and those
+    merged into them) and blank their raw ``deliveries``."""
     for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
         conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
                      .values(body=ERASED_BODY, headers=None))
@@ -354,8 +357,8 @@ def erase_channel(conn: Connection, channel: str, at: datetime) -> dict:
             named = {owner for mark in marks_in(body, other, topic).each() for owner in owners.get(mark, ())}
             for owner in named:
                 theirs[owner].append(inbox_id)
-    for customer_id in only_here:
-        erase_customer(conn, customer_id, at, theirs[customer_id])
+    for customer_id, ids in people.items():
+        _erase_people(conn, ids, at, theirs[customer_id])
     conn.execute(delete(shop_credentials).where(shop_credentials.c.channel == channel))
     return {"customers_erased": len(only_here), "customers_kept_for_other_channels": len(linked & elsewhere),
             "deliveries_erased": bodies}

@@ -24,7 +24,7 @@ from engine.jsonio import UNSTORABLE_REFUSAL, holds_unstorable
 from engine.ledger import insert_ignore
 
 KEY_PREFIX = "rt_"
-BATCH_TOPICS = ("sale", "void", "visit")
+BATCH_TOPICS = ("sale", "void", "visit", "membership")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,26 @@ def visit_payload(terminal: Terminal, data: dict, card_code: str) -> dict:
             "occurred_at": _when(data.get("occurred_at")), "customer": {"card_code": card_code}}
 
 
+def unknown_plan(engine, plan: str) -> str | None:
+    """Why a till can't sell a membership of ``plan`` (not in plugins.toml), or None."""
+    plans = engine.subscriptions.plans if engine.subscriptions is not None else {}
+    if plan in plans:
+        return None
+    known = ", ".join(sorted(plans)) or "none (add a [rules.subscriptions.<plan>] table)"
+    return f"no membership plan {plan!r}; plans: {known}"
+
+
+def membership_payload(terminal: Terminal, data: dict, customer: dict) -> dict:
+    """A ``membership`` delivery from a validated change (the API's
+    MembershipSchema); without a ``subscription_id``, the customer's one
+    membership of that plan at the counter."""
+    end = data.get("period_end")
+    return {"id": data["id"], "terminal": str(terminal.id), "occurred_at": _when(data.get("occurred_at")),
+            "customer": {"card_code": customer["card_code"]}, "action": data["action"], "plan": data["plan"],
+            "subscription_id": data.get("subscription_id") or f"{customer['id']}:{data['plan']}",
+            "period_end": end.isoformat() if end else None}
+
+
 def void_payload(terminal: Terminal, sale_id: str, data: dict) -> dict:
     return {"sale_id": sale_id, "terminal": str(terminal.id), "occurred_at": _when(data.get("occurred_at")),
             "reason": data.get("reason")}
@@ -146,7 +166,7 @@ def sale_customer(engine, terminal: Terminal, sale_id: str) -> str | None:
 
 
 def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
-    """An offline batch: JSON Lines, each ``{"topic": "sale" | "void" | "visit",
+    """An offline batch: JSON Lines, each ``{"topic": "sale" | "void" | "visit" | "membership",
     "key": the till's key for it, ...the payload}``, the payload as the live
     endpoint takes it (``occurred_at`` required: a line keeps its original
     time). Every line is read first; the good ones are applied in
@@ -159,9 +179,9 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
     reason."""
     from marshmallow import ValidationError
 
-    from engine.web.api import SaleSchema, VisitSchema, VoidSchema, _messages
+    from engine.web.api import MembershipSchema, SaleSchema, VisitSchema, VoidSchema, _messages
 
-    schemas = {"sale": SaleSchema, "visit": VisitSchema, "void": VoidSchema}
+    schemas = {"sale": SaleSchema, "visit": VisitSchema, "void": VoidSchema, "membership": MembershipSchema}
     results: list[dict] = []
     good = []
     for number, raw in enumerate(body.splitlines(), start=1):
@@ -212,8 +232,14 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
             if customer is None:
                 result["reason"] = "no customer matches that card code, phone or email"
                 continue
-            build = sale_payload if topic == "sale" else visit_payload
-            payload = build(terminal, data, customer["card_code"])
+            if topic == "membership":
+                result["reason"] = unknown_plan(engine, data["plan"])
+                if result["reason"]:
+                    continue
+                payload = membership_payload(terminal, data, customer)
+            else:
+                build = sale_payload if topic == "sale" else visit_payload
+                payload = build(terminal, data, customer["card_code"])
         outcome = send(engine, topic, payload)
         result["status"], result["reason"] = _batch_status(engine, topic, payload, outcome)
     return results

@@ -23,7 +23,8 @@ from tests.serving import serve_app
 TABLES = {
     "engine": {"currency": "EUR"},
     "rules": {"points": {"per_unit": 1},
-              "stamps": {"coffee": {"required": 3, "reward": "free-coffee"}}},  # orders and visits
+              "stamps": {"coffee": {"required": 3, "reward": "free-coffee"}},  # orders and visits
+              "subscriptions": {"vip": {"multiplier": 2.0, "start_points": 50, "renewal_points": 100}}},
     "rewards": {"five-off": {"kind": "fixed_amount", "cost": 50, "value": "5.00"},
                 "free-coffee": {"kind": "free_product", "sku": "COFFEE"}},
     "connectors": {"pos": {}},
@@ -167,6 +168,85 @@ def test_an_offline_batch_is_applied_in_time_order_and_resending_it_changes_noth
         ["duplicate", "duplicate", "applied"]
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []
+
+
+def membership(card: str, change_id: str, action: str, at: datetime = T0, **more) -> dict:
+    return {"id": change_id, "occurred_at": at.isoformat(), "customer": {"card_code": card}, "action": action,
+            "plan": "vip", **more}
+
+
+def test_a_membership_sold_at_the_counter_earns_its_points_and_doubles_sales_until_cancelled(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    end = (T0 + timedelta(days=30)).isoformat()
+    status, answer = call(f"{base}/api/v1/memberships", "POST", membership(card, "m1", "start", period_end=end),
+                          key, "m1")
+    assert status == 200 and answer["status"] == "applied"
+    assert answer["membership"]["status"] == "active" and answer["membership"]["channel"] == "pos"
+    assert answer["membership"]["period_end"] == end
+    assert answer["customer"]["points"] == 50  # the start points
+    assert [m["plan"] for m in answer["customer"]["memberships"]] == ["vip"]
+    assert call(f"{base}/api/v1/memberships", "POST", membership(card, "m1", "start", period_end=end),
+                key, "m1") == (status, answer)  # a retry gets the first answer
+    status, again = call(f"{base}/api/v1/memberships", "POST", membership(card, "m1", "start", period_end=end),
+                         key, "m1-lost-key")
+    assert status == 200 and again["status"] == "duplicate" and again["customer"]["points"] == 50
+
+    answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card, at=T0 + timedelta(hours=1)), key, "s1")[1]
+    assert answer["customer"]["points"] == 50 + 50  # 25.00 at twice the points
+
+    # A renewal earns once per period, whichever till change reports it.
+    renewed_to = (T0 + timedelta(days=60)).isoformat()
+    for change in ("m2", "m3"):
+        status, answer = call(f"{base}/api/v1/memberships", "POST", membership(
+            card, change, "renew", T0 + timedelta(days=30), period_end=renewed_to), key, change)
+        assert status == 200 and answer["membership"]["period_end"] == renewed_to
+    assert answer["customer"]["points"] == 100 + 100
+
+    status, answer = call(f"{base}/api/v1/memberships", "POST",
+                          membership(card, "m4", "cancel", T0 + timedelta(days=40)), key, "m4")
+    assert status == 200 and answer["membership"]["status"] == "cancelled"
+    answer = call(f"{base}/api/v1/sales", "POST", sale("s2", card, at=T0 + timedelta(days=41)), key, "s2")[1]
+    assert answer["customer"]["points"] == 200 + 25  # no longer doubled
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
+def test_a_membership_change_that_cant_be_applied_is_refused_saying_why(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    status, answer = call(f"{base}/api/v1/memberships", "POST", {**membership(card, "x1", "start"), "plan": "gold"},
+                          key, "x1")
+    assert status == 422 and answer["error"]["code"] == "unknown_plan"
+    assert answer["error"]["message"] == "no membership plan 'gold'; plans: vip"
+    status, answer = call(f"{base}/api/v1/memberships", "POST", membership(card, "x2", "upgrade"), key, "x2")
+    assert status == 422 and answer["error"]["code"] == "invalid" and "action" in answer["error"]["message"]
+    status, answer = call(f"{base}/api/v1/memberships", "POST", membership("NOBODY99", "x3", "start"), key, "x3")
+    assert status == 404 and answer["error"]["code"] == "no_customer"
+    # What the API checks, the till's connector checks too (a delivery sent to `regulars ingest pos`).
+    outcome = engine.ingest("pos", "membership", json.dumps(
+        {**membership(card, "x4", "upgrade"), "terminal": "1", "subscription_id": "s"}).encode())
+    assert outcome.status == "failed" and "action must be one of start, renew" in outcome.error
+    outcome = engine.ingest("pos", "membership", json.dumps(
+        {**membership(card, "x5", "start"), "terminal": "1", "subscription_id": "s", "period_end": "soon"}).encode())
+    assert outcome.status == "failed" and "period_end is not an ISO 8601 time" in outcome.error
+    summary = call(f"{base}/api/v1/customers?key={card}", key=key)[1]
+    assert (summary["points"], summary["memberships"]) == (0, [])
+
+
+def test_an_offline_batch_carries_membership_changes(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    lines = [{"topic": "membership", "key": "m1", **membership(card, "m1", "start")},
+             {"topic": "sale", "key": "a", **sale("a", card, "10.00", T0 + timedelta(hours=1))},
+             {"topic": "membership", "key": "m2", **membership(card, "m2", "start"), "plan": "gold"}]
+    body = b"\n".join(json.dumps(line).encode() for line in lines)
+    results = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="b1")[1]["results"]
+    assert [r["status"] for r in results] == ["applied", "applied", "refused"]
+    assert results[2]["reason"] == "no membership plan 'gold'; plans: vip"
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == 50 + 40  # start, 20.00 doubled
+    results = call(f"{base}/api/v1/batches", "POST", raw=body, key=key, idem="b2")[1]["results"]
+    assert [r["status"] for r in results] == ["duplicate", "duplicate", "refused"]
 
 
 def test_a_void_timed_before_its_sale_still_voids_it(api):

@@ -15,7 +15,12 @@ terminal.
 - ``visit``: ``{"id", "terminal", "location", "occurred_at", "customer"}`` →
   ``visit`` (a stamp on cards that count visits);
 - ``enrol``: ``{"id", "terminal", "occurred_at", "customer": {"email",
-  "phone", "first_name", "last_name"}}`` → ``customer.upserted``.
+  "phone", "first_name", "last_name"}}`` → ``customer.upserted``;
+- ``membership``: ``{"id", "terminal", "occurred_at", "customer", "action":
+  "start" | "renew" | "pause" | "resume" | "cancel", "plan",
+  "subscription_id", "period_end"}`` → ``subscription.started`` (and so on)
+  for subscription ``subscription_id`` of channel ``pos`` (a membership
+  sold or changed at the counter).
 
 The delivery key is ``<topic>:<terminal>:<id>``: a till that resends a sale
 changes nothing.
@@ -31,9 +36,10 @@ from typing import Any, ClassVar
 from marshmallow import RAISE, Schema, fields, validate
 
 from connectors.base import BadDelivery, Connector
+from engine.subscriptions import ACTIONS  # a membership's action → its canonical event
 
 CHANNEL = "pos"
-TOPICS = ("sale", "void", "visit", "enrol")
+TOPICS = ("sale", "void", "visit", "enrol", "membership")
 MAX_PRICE = Decimal("1000000")
 HINTS = ("card_code", "phone", "email")
 
@@ -65,14 +71,14 @@ def _text(payload: Mapping[str, Any], key: str, what: str, required: bool = True
     return str(value).strip()
 
 
-def _moment(payload: Mapping[str, Any], what: str) -> str:
-    raw = _text(payload, "occurred_at", what)
+def _moment(payload: Mapping[str, Any], what: str, key: str = "occurred_at") -> str:
+    raw = _text(payload, key, what)
     try:
         moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise BadDelivery(f"The {what}'s occurred_at is not an ISO 8601 time: {raw!r}.") from None
+        raise BadDelivery(f"The {what}'s {key} is not an ISO 8601 time: {raw!r}.") from None
     if moment.tzinfo is None:
-        raise BadDelivery(f"The {what}'s occurred_at has no UTC offset: {raw!r}.")
+        raise BadDelivery(f"The {what}'s {key} has no UTC offset: {raw!r}.")
     return moment.isoformat()
 
 
@@ -116,6 +122,16 @@ def translate(topic: str, payload: Any, currency: str | None) -> list[dict[str, 
     if topic == "enrol":
         return [{"type": "customer.upserted", "channel": CHANNEL, "idempotency_key": key, "occurred_at": at,
                  "customer": _customer(body, "enrolment", (*HINTS, "first_name", "last_name"))}]
+    if topic == "membership":
+        action = _text(body, "action", "membership")
+        if action not in ACTIONS:
+            raise BadDelivery(f"The membership's action must be one of {', '.join(ACTIONS)}, "
+                              f"got {action!r}.")
+        period_end = _moment(body, "membership", "period_end") if body.get("period_end") is not None else None
+        return [{"type": ACTIONS[action], "channel": CHANNEL, "idempotency_key": key, "occurred_at": at,
+                 "customer": _customer(body, "membership"),
+                 "subscription": {"id": _text(body, "subscription_id", "membership"),
+                                  "plan": _text(body, "plan", "membership"), "period_end": period_end}}]
     lines = body.get("lines")
     if not isinstance(lines, list) or not lines:
         raise BadDelivery("The sale has no lines.")

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from engine import terminals
 from engine.customers import customer_summary
 from engine.jsonio import UNSTORABLE_REFUSAL, holds_unstorable
+from engine.subscriptions import ACTIONS
 from engine.web.qr import printable_card, qr
 
 MAX_BATCH = 5 * 1024 * 1024
@@ -137,6 +138,23 @@ class EnrolSchema(_In):
             raise ValidationError("give an email or a phone")
 
 
+class MembershipSchema(_In):
+    """A membership sold, renewed, paused, resumed or cancelled at the counter."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1, max=100),
+                       metadata={"description": "the till's own id for this change, unique per terminal"})
+    occurred_at = fields.AwareDateTime(load_default=None, metadata={"description": "default: now"})
+    customer = fields.Nested(HintsSchema, required=True)
+    action = fields.String(required=True, validate=validate.OneOf(list(ACTIONS)))
+    plan = fields.String(required=True, validate=validate.Length(min=1, max=64),
+                         metadata={"description": "a plan of plugins.toml ([rules.subscriptions.<plan>])"})
+    subscription_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=100),
+                                    metadata={"description": "which membership; default: one per customer and plan "
+                                                             "at the counter"})
+    period_end = fields.AwareDateTime(load_default=None, allow_none=True, metadata={
+        "description": "the end of the period paid for (a renewal for the same period earns once)"})
+
+
 class RedeemSchema(_In):
     customer = fields.Nested(HintsSchema, required=True)
     reward = fields.String(required=True, validate=validate.Length(min=1, max=64))
@@ -164,6 +182,16 @@ class RewardSchema(Schema):
     expires_at = fields.String(allow_none=True)
 
 
+class MembershipStateSchema(Schema):
+    plan = fields.String()
+    status = fields.String(metadata={"description": "active, paused, cancelled or lapsed"})
+    since = fields.String()
+    period_end = fields.String(allow_none=True)
+    status_since = fields.String()
+    channel = fields.String()
+    id = fields.String()
+
+
 class CustomerSchema(Schema):
     """What the till shows: the customer's balance, stamps and tier at a glance."""
 
@@ -179,11 +207,16 @@ class CustomerSchema(Schema):
     tier = fields.String(allow_none=True)
     rewards = fields.List(fields.Nested(RewardSchema))
     referral_code = fields.String()
+    memberships = fields.List(fields.Nested(MembershipStateSchema))
 
 
 class ResultSchema(Schema):
     status = fields.String(metadata={"description": "applied, or duplicate for a sale seen before"})
     customer = fields.Nested(CustomerSchema, allow_none=True)
+
+
+class MembershipResultSchema(ResultSchema):
+    membership = fields.Nested(MembershipStateSchema, allow_none=True)
 
 
 class RedemptionSchema(Schema):
@@ -371,6 +404,26 @@ class Api:
 
         return await self._idempotent(request, terminal, work)
 
+    async def membership(self, request: Request) -> Response:
+        terminal = await self._terminal(request)
+        data = await self._json(request, MembershipSchema())
+        unknown = terminals.unknown_plan(self.engine, data["plan"])
+        if unknown:
+            raise ApiError(422, "unknown_plan", unknown)
+
+        async def work():
+            customer = await run_in_threadpool(self._find, data["customer"])
+            payload = terminals.membership_payload(terminal, data, customer)
+            status, answer = await run_in_threadpool(self._ingest, "membership", payload, customer["card_code"])
+            answer["membership"] = await run_in_threadpool(self._membership, payload["subscription_id"])
+            return status, answer
+
+        return await self._idempotent(request, terminal, work)
+
+    def _membership(self, subscription_id: str) -> dict | None:
+        with self.engine.db.connect() as conn:
+            return self.engine.subscriptions.state(conn, "pos", subscription_id)
+
     async def redeem(self, request: Request) -> Response:
         terminal = await self._terminal(request)
         data = await self._json(request, RedeemSchema())
@@ -474,6 +527,7 @@ class Api:
             Route("/api/v1/sales", guarded(self.sale), methods=["POST"]),
             Route("/api/v1/sales/{sale_id}/void", guarded(self.void), methods=["POST"]),
             Route("/api/v1/visits", guarded(self.visit), methods=["POST"]),
+            Route("/api/v1/memberships", guarded(self.membership), methods=["POST"]),
             Route("/api/v1/redemptions", guarded(self.redeem), methods=["POST"]),
             Route("/api/v1/batches", guarded(self.batch), methods=["POST"]),
             Route("/api/v1/me", guarded(self.me), methods=["GET"]),
@@ -544,8 +598,8 @@ def openapi_document() -> dict:
     spec.components.security_scheme("terminal", {"type": "http", "scheme": "bearer",
                                                  "description": "a terminal key from `regulars pos add-terminal`"})
     for schema in (HintsSchema, LineSchema, SaleSchema, VisitSchema, VoidSchema, EnrolSchema, RedeemSchema, MeRedeemSchema,
-                   RewardSchema, CustomerSchema, ResultSchema, RedemptionSchema, BatchLineSchema, BatchSchema,
-                   ErrorSchema):
+                   RewardSchema, MembershipStateSchema, CustomerSchema, ResultSchema, RedemptionSchema, BatchLineSchema,
+                   BatchSchema, MembershipSchema, MembershipResultSchema, ErrorSchema):
         spec.components.schema(schema.__name__[:-6], schema=schema)
     keys = [{"in": "query", "name": "key", "required": True, "schema": {"type": "string", "minLength": 1},
              "description": "the card code (what the QR code says), a phone or an email"}]
@@ -568,6 +622,8 @@ def openapi_document() -> dict:
         params=[{"in": "path", "name": "sale_id", "required": True, "schema": {"type": "string"}}])})
     spec.path("/api/v1/visits", operations={"post": _operation("Record a visit (a stamp)", VisitSchema, ResultSchema,
                                                                write=True)})
+    spec.path("/api/v1/memberships", operations={"post": _operation(
+        "Start, renew, pause, resume or cancel a membership", MembershipSchema, MembershipResultSchema, write=True)})
     spec.path("/api/v1/redemptions", operations={"post": _operation(
         "Redeem a reward or points", RedeemSchema, RedemptionSchema, "201", write=True)})
     me = {"in": "query", "name": "token", "schema": {"type": "string"},

@@ -13,8 +13,9 @@ Three kinds of rows:
   ``version``; a delivery that raced a newer change leaves the row pending.
 - ``reward.coupon``: create an issued reward's code as a single-use coupon for
   that customer (Shopify ``discountCodeBasicCreate``; a WooCommerce coupon with
-  ``usage_limit`` 1 and ``email_restrictions``). Creating it twice is harmless:
-  the clients find the existing code.
+  ``usage_limit`` 1 and ``email_restrictions``), in the shops its catalogue
+  entry's ``channels`` allow. Creating it twice is harmless: the clients find
+  the existing code.
 - ``reward.retire``: remove the coupon from the other shops once the reward is
   spent in one (or expires).
 
@@ -108,12 +109,15 @@ class Outbox:
         if channels:
             conn.execute(_SYNC_UPSERT, {"customer_id": customer_id, "channels": channels, "now": utcnow()})
 
-    def reward_issued(self, conn: Connection, customer_id: int, code: str, kind: str, channel: str | None) -> None:
+    def reward_issued(self, conn: Connection, customer_id: int, code: str, kind: str, channel: str | None,
+                      spendable_in: list[str] | None = None) -> None:
         """A reward was issued: make its code a coupon in the channel it was
-        issued for, or in every enabled channel that knows the customer."""
+        issued for, or in every enabled channel that knows the customer; only
+        in the channels of ``spendable_in`` (its catalogue entry's
+        ``channels``) when it names any."""
         if kind not in COUPON_KINDS:
             return
-        enabled = self.enabled(conn)
+        enabled = [c for c in self.enabled(conn) if not spendable_in or c in spendable_in]
         if channel is not None:
             targets = [channel] if channel in enabled else []
         else:

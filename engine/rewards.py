@@ -266,7 +266,7 @@ class Rewards:
         issued = _issued(conn.execute(select(rewards).where(rewards.c.id == row_id)).one())
         self.issued_in_transaction().append((customer_id, issued))
         if self.outbox is not None:
-            self.outbox.reward_issued(conn, customer_id, code, entry["kind"], channel)
+            self.outbox.reward_issued(conn, customer_id, code, entry["kind"], channel, entry["channels"])
         return issued
 
     def _check_channel(self, name: str, entry: dict, channel: str | None) -> None:
@@ -283,21 +283,32 @@ class Rewards:
                   at: datetime) -> int:
         """Rewards whose codes were spent (an order's discount codes, a
         ``coupon.used`` event) are used; with ``customer_id``, only that
-        customer's. Returns how many rewards it marked."""
+        customer's. A reward whose catalogue entry lists ``channels`` is used
+        only by a channel listed: elsewhere its code stays issued. Returns how
+        many rewards it marked."""
         wanted = [c.strip().upper() for c in codes if c and c.strip()]
         if not wanted:
             return 0
         condition = rewards.c.code.in_(wanted) & (rewards.c.status == "issued")
         if customer_id is not None:
             condition &= rewards.c.customer_id == customer_id
+        channel = spent_in(used_in)
+        elsewhere = self.not_spendable_in(channel)
+        if elsewhere:
+            condition &= rewards.c.reward.not_in(elsewhere)
         if self.outbox is None:
             return conn.execute(update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)).rowcount
         spent = [r.code for r in conn.execute(
             update(rewards).where(condition).values(status="used", used_at=at, used_in=used_in)
             .returning(rewards.c.code))]
         # The coupons made for it in the other shops go (the one spent is used up).
-        self.outbox.reward_closed(conn, spent, spent_in=used_in.split(":")[1] if used_in.startswith("order:") else used_in)
+        self.outbox.reward_closed(conn, spent, spent_in=channel)
         return len(spent)
+
+    def not_spendable_in(self, channel: str) -> list[str]:
+        """The catalogue rewards whose ``channels`` leave ``channel`` out."""
+        return sorted(name for name, entry in self.catalogue.entries.items()
+                      if entry.get("channels") and channel not in entry["channels"])
 
     def unused(self, conn: Connection, customer_id: int) -> list[Issued]:
         rows = conn.execute(
@@ -326,6 +337,11 @@ class Rewards:
         if self.outbox is not None:
             self.outbox.reward_closed(conn, [row.code for row in expired])
         return expired
+
+
+def spent_in(used_in: str) -> str:
+    """The channel of a ``used_in``: ``order:<channel>:<id>``, or a bare channel."""
+    return used_in.split(":")[1] if used_in.startswith("order:") else used_in
 
 
 def new_reward_code() -> str:

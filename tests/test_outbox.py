@@ -315,3 +315,23 @@ def test_a_reward_spent_in_one_shop_is_removed_from_the_other(make_engine, shopi
     ob.Deliverer(engine).deliver_due()
     assert first not in shopify.discounts  # gone from Shopify
     assert first.lower() in woo.coupons  # used up where it was spent
+
+
+def test_a_reward_kept_for_some_channels_becomes_a_coupon_only_there(make_engine, shopify, woo):
+    """The full card's reward lists ``channels = ["shopify"]``: issued without a
+    channel to a customer both shops know, it becomes a coupon in Shopify only."""
+    tables = _shopify_tables(shopify, woo.url)
+    tables["rewards"]["free-bag"]["channels"] = ["shopify"]
+    engine = make_engine(tables)
+    engine.ingest("shopify", "orders/paid", _shopify_order())
+    woo_body = json.loads(_woo_order())
+    woo_body["billing"]["email"] = json.loads(_shopify_order())["email"]
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(woo_body).encode()).status == "applied"
+    with engine.db.connect() as conn:
+        issued = [(r.code, r.channel) for r in conn.execute(select(rewards).order_by(rewards.c.id))]
+    assert len(issued) == 2 and all(channel is None for _, channel in issued)
+    second = issued[1][0]  # issued once the customer was known in both shops
+    assert [(r.channel, r.subject) for r in _rows(engine, kind="reward.coupon") if r.subject == second] == [
+        ("shopify", second)]
+    assert ob.Deliverer(engine).deliver_due().failed == 0
+    assert second in shopify.discounts and woo.coupons == {}

@@ -6,6 +6,7 @@ customer, a Liquid answer) and the WooCommerce embed (its signature, framing).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import html
@@ -86,6 +87,10 @@ def customer_id(engine, key: str = "jana@example.cz") -> int:
 def shop(make_engine, monkeypatch):
     """(engine, base URL) with Jana: 200 points (silver, 100 to gold), 4 of 8
     coffee stamps, known to Shopify as 7007 and to WooCommerce as user 42."""
+    yield from serve_shop(make_engine, monkeypatch, TABLES)
+
+
+def serve_shop(make_engine, monkeypatch, tables: dict):
     monkeypatch.setenv("REGULARS_SECRET_KEY", "card page test key")
     monkeypatch.setenv("REGULARS_SHOPIFY_ACCESS_TOKEN", "shpat_test")
     monkeypatch.setenv("REGULARS_WOOCOMMERCE_CONSUMER_KEY", "ck_test")
@@ -93,7 +98,7 @@ def shop(make_engine, monkeypatch):
     monkeypatch.setenv("REGULARS_SHOPIFY_API_SECRET", SHOPIFY_SECRET)
     monkeypatch.setenv("REGULARS_WOOCOMMERCE_EMBED_SECRET", WOO_SECRET)
     monkeypatch.delenv("REGULARS_PUBLIC_URL", raising=False)
-    engine = make_engine(TABLES)
+    engine = make_engine(tables)
     engine.ensure_schema()
     # the WooCommerce order first, at the base tier; the Shopify one makes her silver
     order(engine, "woocommerce", 2001, "20.00", "COFFEE-BEANS", 1, days_ago=2, customer_id=int(WOO_USER))
@@ -270,6 +275,47 @@ def test_redeem_issues_the_reward_in_the_chosen_shop_and_shows_its_code(shop):
     # the notice can't be forged or altered
     page = fetch(f"{base}/card/{token}?notice=AAAA{headers['location'][-20:]}")[2]
     assert "Your reward is ready." not in page
+
+
+def where(page: str, name: str) -> str:
+    """Where the card says the reward ``name`` can be spent."""
+    found = re.search(rf'data-reward="{name}">.*?data-testid="where">(.*?)(?: · |</p>)', page, re.S)
+    return " ".join(found.group(1).split())
+
+
+def test_the_card_says_where_each_reward_can_be_spent(make_engine, monkeypatch):
+    """A reward the catalogue keeps for some channels is said to be spendable
+    there only; one issued for a shop without such a limit, in that shop (its
+    coupon is there) or at the counter; one with neither, anywhere."""
+    tables = copy.deepcopy(TABLES)
+    tables["rules"]["stamps"]["coffee"]["required"] = 4  # Jana's four stamps fill the card
+    tables["rewards"]["free-coffee"]["channels"] = ["shopify"]
+    tables["rewards"]["web-ten"] = {"kind": "percentage", "cost": 20, "value": 10,
+                                    "channels": ["shopify", "woocommerce"]}
+    served = serve_shop(make_engine, monkeypatch, tables)
+    engine, base = next(served)
+    try:
+        jana = customer_id(engine)
+        [coffee] = [r for r in engine_summary(engine)["rewards"] if r["reward"] == "free-coffee"]
+        assert coffee["channel"] is None
+        engine.redeem(f"id:{jana}", "five-off", channel="woocommerce")
+        engine.redeem(f"id:{jana}", "web-ten")
+        engine.redeem(f"id:{jana}", "points-off")
+        token = make_link(engine, jana)
+        page = fetch(f"{base}/card/{token}")[2]
+        assert where(page, "free-coffee") == f"In the online shop {SHOP}"
+        assert where(page, "five-off") == "In the online shop shop.example or at the counter"
+        assert where(page, "web-ten") == f"In the online shop {SHOP} or in the online shop shop.example"
+        assert where(page, "points-off") == "Anywhere: online or at the counter"
+        czech = fetch(f"{base}/card/{token}?lang=cs")[2]
+        assert where(czech, "free-coffee") == f"V e-shopu {SHOP}"
+        assert where(czech, "five-off") == "V e-shopu shop.example nebo u pokladny v prodejně"
+        slovak = fetch(f"{base}/card/{token}?lang=sk")[2]
+        assert where(slovak, "web-ten") == f"V e-shope {SHOP} alebo v e-shope shop.example"
+        assert ("shopify", coffee["code"]) in coupons(engine)
+        assert ("woocommerce", coffee["code"]) not in coupons(engine)
+    finally:
+        served.close()
 
 
 def test_a_form_sent_twice_or_at_once_redeems_once(shop):

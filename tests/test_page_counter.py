@@ -30,7 +30,8 @@ TABLES = {
               "stamps": {"coffee": {"required": 6, "reward": "free-coffee"}}},  # orders and visits
     "rewards": {"five-off": {"kind": "fixed_amount", "cost": 50, "value": "5.00"},
                 "tote-bag": {"kind": "free_product", "cost": 400, "sku": "TOTE"},
-                "free-coffee": {"kind": "free_product", "sku": "COFFEE"}},
+                "free-coffee": {"kind": "free_product", "sku": "COFFEE"},
+                "web-ten": {"kind": "percentage", "cost": 30, "value": 10, "channels": ["shopify"]}},
     "connectors": {"pos": {}},
     "branding": {"name": "Kavárna U Mostu"},
 }
@@ -119,6 +120,7 @@ def test_the_counter_page_serves_and_everything_it_loads_is_local(till):
     config = json.loads(re.search(r'id="counter-config">(.*?)</script>', page, re.S)[1])
     assert config["cards"] == [{"name": "coffee", "required": 6, "reward": "free-coffee"}]
     assert [r["name"] for r in config["rewards"]] == ["five-off", "tote-bag"]  # free-coffee is earned, not bought
+    assert config["elsewhere"] == ["web-ten"]  # kept for the Shopify shop
     with urllib.request.urlopen(f"{base}/counter?lang=cs") as response:
         assert response.status == 200 and '<html lang="cs">' in response.read().decode()
 
@@ -325,6 +327,34 @@ def test_redeem_a_reward_and_spend_it_in_the_next_sale(till, browser_page):
     expect(page.locator("#customer-points")).to_have_text("30")
     expect(page.locator("#customer-rewards")).to_be_hidden()  # used in that sale
     assert summary(engine, card)["rewards"] == []
+
+
+def test_a_reward_kept_for_another_channel_is_shown_but_not_offered_for_the_sale(till, browser_page):
+    """``web-ten`` lists ``channels = ["shopify"]``: the counter shows it among
+    the customer's rewards, saying it can't be spent there, with nothing to
+    tick; a sale that carries its code anyway leaves it issued."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
+                                          "lines": [{"quantity": 1, "unit_price": "90.00"}]}, key, "old")
+    web = engine.redeem(card, "web-ten")
+    here = engine.redeem(card, "five-off", channel="pos")
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+    expect(page.locator("#customer-rewards-list li")).to_have_count(2)
+    kept = page.locator("#customer-rewards-list li[data-reward=web-ten]")
+    expect(kept).to_contain_text(web.code)
+    expect(kept).to_contain_text("can't be spent at the till")
+    expect(kept.locator("input")).to_have_count(0)
+    expect(page.locator(f"#customer-rewards-list input[value='{here.code}']")).to_be_enabled()
+
+    status, _ = call(f"{base}/api/v1/sales", "POST", {"id": "with-code", "customer": {"card_code": card},
+                                                       "lines": [{"quantity": 1, "unit_price": "10.00"}],
+                                                       "reward_codes": [web.code, here.code]}, key, "with-code")
+    assert status == 200
+    assert [r["code"] for r in summary(engine, card)["rewards"]] == [web.code]
 
 
 def test_a_refused_redemption_is_said_in_the_tills_language_with_its_numbers(till, browser_page):

@@ -291,3 +291,59 @@ def test_a_coupon_used_event_spends_the_reward_once(make_engine):
         row = conn.execute(select(rewards)).one()
     assert (row.status, row.used_in) == ("used", "order:counter:till-77")
     assert customer_summary(engine, EMAIL)["rewards"] == []
+
+
+def _status(engine, code: str) -> tuple[str, str | None]:
+    with engine.db.connect() as conn:
+        row = conn.execute(select(rewards.c.status, rewards.c.used_in).where(rewards.c.code == code)).one()
+    return row.status, row.used_in
+
+
+def test_a_reward_kept_for_some_channels_is_used_up_only_there(make_engine):
+    """``ten-percent`` lists ``channels = ["shopify"]``: the till's sale and a
+    WooCommerce order that carry its code don't use it up (the sale and the
+    order count as ever); a Shopify order does."""
+    from tests.streams import _woo_order
+
+    engine = make_engine(tables={**TABLES, "connectors": {**DEFAULT_TABLES["connectors"], "pos": {}}})
+    earn(engine, "900.00")
+    issued = engine.redeem(EMAIL, "ten-percent")
+    assert points(engine) == 100
+
+    sale = {"id": "s1", "terminal": "t1", "occurred_at": (T0 + timedelta(days=1)).isoformat(),
+            "customer": {"email": EMAIL}, "lines": [{"sku": "X", "quantity": 1, "unit_price": "20.00"}],
+            "reward_codes": [issued.code]}
+    assert engine.ingest("pos", "sale", json.dumps(sale).encode()).status == "applied"
+    assert _status(engine, issued.code) == ("issued", None)
+
+    woo = _woo_order(PlannedOrder("woocommerce", 7, EMAIL, (Line(Decimal("30.00"), 1),)), "processing",
+                     T0 + timedelta(days=2), [])
+    woo["coupon_lines"] = [{"id": 1, "code": issued.code.lower(), "discount": "3.00", "discount_tax": "0",
+                            "meta_data": []}]
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(woo).encode()).status == "applied"
+    assert _status(engine, issued.code) == ("issued", None)
+    assert points(engine) == 150  # both counted
+    assert [r["code"] for r in customer_summary(engine, EMAIL)["rewards"]] == [issued.code]
+
+    order = PlannedOrder("shopify", 3, EMAIL, (Line(Decimal("30.00"), 1, Decimal("3.00")),))
+    body = _shopify_order(order, "paid", T0 + timedelta(days=3), [], False)
+    body["discount_codes"] = [{"code": issued.code, "amount": "3.00", "type": "percentage"}]
+    engine.ingest("shopify", "orders/paid", json.dumps(body).encode())
+    assert _status(engine, issued.code) == ("used", f"order:shopify:{body['id']}")
+
+
+def test_a_reward_without_channels_is_used_up_anywhere_and_coupon_used_names_its_channel(make_engine):
+    from tests.plugins.counter import TillPlugin
+
+    engine = make_engine(tables=TABLES, extra_plugins=(("till", TillPlugin()),))
+    earn(engine, "1400.00")
+    anywhere = engine.redeem(EMAIL, "five-off", channel="shopify")
+    shopify_only = engine.redeem(EMAIL, "ten-percent")
+    connector = engine.connectors["counter"]
+    connector.topics = (*connector.topics, "coupon.used")
+    for n, code in enumerate((anywhere.code, shopify_only.code)):
+        event = {"type": "coupon.used", "idempotency_key": f"use-{n}", "occurred_at": "2026-03-05T10:00:00+00:00",
+                 "coupon": {"code": code}}
+        assert engine.ingest("counter", "coupon.used", json.dumps(event).encode()).status == "applied"
+    assert _status(engine, anywhere.code) == ("used", "counter")
+    assert _status(engine, shopify_only.code) == ("issued", None)

@@ -47,7 +47,8 @@ from datetime import datetime
 from decimal import Decimal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from markupsafe import Markup
+from babel.lists import format_list
+from markupsafe import Markup, escape
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -311,7 +312,8 @@ class CardPages:
         for reward in summary["rewards"]:
             mine.append({**reward, "title": _title(reward["reward"]),
                          "expires_at": _when(reward["expires_at"]),
-                         "value": None if reward["value"] is None else Decimal(reward["value"])})
+                         "value": None if reward["value"] is None else Decimal(reward["value"]),
+                         "places": self.places(reward, channels)})
 
         offers = []
         for name, entry in engine.catalogue.entries.items():
@@ -356,6 +358,7 @@ class CardPages:
             "my_rewards": mine,
             "offers": offers,
             "channel_labels": {c["name"]: c["label"] for c in channels},
+            "either": _either,
             "referral": referral,
             "memberships": [m for m in summary.get("memberships") or [] if m.get("status") != "cancelled"],
             "notice": notice,
@@ -375,6 +378,26 @@ class CardPages:
                 where = urlsplit(self.shop_setting("woocommerce", "url") or "").netloc or None
             found.append({"name": name, "label": where})
         return found
+
+    def places(self, reward: dict, channels: list[dict]) -> list[str] | None:
+        """Where an issued reward can be spent, among the configured channels
+        (None: anywhere). Its catalogue entry's ``channels`` bound it; one
+        issued for a shop has its coupon in that shop only, and the counter
+        takes its code too, unless the entry leaves the counter out."""
+        allowed = (self.engine.catalogue.entries.get(reward["reward"]) or {}).get("channels")
+        names = [c["name"] for c in channels]
+        issued_for = reward["channel"]
+        if issued_for is None:
+            if not allowed:
+                return None
+            found = [name for name in names if name in allowed]
+        else:
+            found = [issued_for]
+            if "pos" in names and issued_for != "pos" and (not allowed or "pos" in allowed):
+                found.append("pos")
+        if len(found) > 1 and set(found) == set(names):
+            return None
+        return found or list(allowed or [issued_for])
 
     def tier(self, customer_id: int, current: str | None, now: datetime) -> dict | None:
         """The tier, and what the next one needs, in the programme's measure."""
@@ -625,6 +648,11 @@ def _columns(required: int) -> int:
 
 def _when(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def _either(items: list, locale: str) -> Markup:
+    """``A or b``, ``A, b, or c`` in the page's language (text escaped, Markup kept)."""
+    return Markup(format_list([str(escape(item)) for item in items], style="or", locale=locale))
 
 
 def _offer(name: str, entry: dict) -> dict:

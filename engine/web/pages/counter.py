@@ -50,20 +50,23 @@ CHANNEL = "pos"
 
 
 def programme(engine) -> dict:
-    """What the page draws that the API doesn't answer: the stamp cards and
-    the catalogue rewards the till may redeem for points."""
+    """What the page draws that the API doesn't answer: the stamp cards, the
+    catalogue rewards the till may redeem for points, and those whose
+    ``channels`` leave the till out (``elsewhere``: a customer may hold one,
+    but a sale here doesn't spend it)."""
     cards = [{"name": card.name, "required": card.required, "reward": card.reward}
              for card in sorted(engine.cards.cards.values(), key=lambda c: c.name)]
-    rewards = []
+    rewards, elsewhere = [], []
     for name, entry in sorted(engine.catalogue.entries.items()):
+        if entry.get("channels") and CHANNEL not in entry["channels"]:
+            elsewhere.append(name)
+            continue
         if entry.get("cost") is None:
             continue  # earned (a full stamp card), not bought
-        if entry.get("channels") and CHANNEL not in entry["channels"]:
-            continue
         value = entry.get("value")
         rewards.append({"name": name, "kind": entry["kind"], "cost": entry["cost"],
                         "value": None if value is None else str(value), "sku": entry.get("sku")})
-    return {"currency": engine.config.currency, "cards": cards, "rewards": rewards}
+    return {"currency": engine.config.currency, "cards": cards, "rewards": rewards, "elsewhere": elsewhere}
 
 
 class Counter:

@@ -473,11 +473,15 @@
     list.replaceChildren();
     const held = (data.rewards || []).filter((r) => !r.status || r.status === 'issued');
     $('customer-rewards').hidden = !held.length;
+    const elsewhere = new Set(C.elsewhere || []);
     for (const reward of held) {
-      list.append(el('li', {},
+      // a reward the catalogue keeps for other channels: a sale here would not spend it
+      const here = !elsewhere.has(reward.reward);
+      list.append(el('li', {'data-reward': reward.reward, class: here ? null : 'elsewhere'},
         el('span', {}, el('strong', {text: title(reward.reward)}), ' ', el('code', {text: reward.code}),
           reward.expires_at ? el('span', {class: 'muted small', text: ' ' + t('expires', {date: day(reward.expires_at)})}) : null),
-        el('label', {}, el('input', {type: 'checkbox', name: 'reward_code', value: reward.code}), t('use_in_sale'))));
+        here ? el('label', {}, el('input', {type: 'checkbox', name: 'reward_code', value: reward.code}), t('use_in_sale'))
+          : el('span', {class: 'muted small', text: t('not_at_till')})));
     }
   }
 

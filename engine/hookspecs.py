@@ -103,7 +103,11 @@ def regulars_register_tier_program():
     """Give the tiers the engine keeps: upgrades as soon as a customer's metric
     reaches a threshold, downgrades at the review job, a history per customer.
 
-    Called once at start.
+    Called once at start. The plugin that gives the programme is the one whose
+    ``regulars_order_multipliers`` the engine asks again when an upgrade turns
+    up in an order's past (an earlier order delivered late): its multiplier must
+    depend on the tier (``customer.tier_at(order.paid_at)``) and nothing else
+    that changes.
 
     :return: an ``engine.rules_api.TierProgram``, or None. The first non-None
         result wins (the built-in ``[rules.tiers]`` plugin gives one).
@@ -151,7 +155,10 @@ def regulars_order_multipliers(order, customer):
     and again only if an earlier payment of it arrives late (its ``paid_at``
     moves). The result is stored with the order and reused for every later
     change to it (a refund is recomputed with the multipliers the order was
-    awarded with).
+    awarded with). The tier programme's plugin alone is also asked again when
+    the customer's upgrades before the order's payment change (see
+    ``regulars_register_tier_program``); its part of the stored result is then
+    replaced.
 
     :param order: the ``engine.orders.OrderView`` being awarded.
     :param customer: the ``engine.identity.CustomerView`` who placed it.

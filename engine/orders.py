@@ -12,7 +12,10 @@ worth *now* and posts the difference against what it already earned:
   and in its own webhook, counts once;
 - ``paid`` is remembered once seen, so a refund or an update that arrives
   before the payment is kept and counted when the payment comes;
-- a cancellation without a version (WooCommerce's ``order.deleted``) is final.
+- a cancellation without a version (WooCommerce's ``order.deleted``) is final;
+- when each refund happened (its own time, else the earliest delivery that
+  carried it) and when the order was first cancelled or refunded in full are
+  kept, for what the order stood at in the past (``as_of``: the tiers' metric).
 
 Hence any duplication or reordering of the same deliveries ends in the same
 state, and so in the same balances.
@@ -29,6 +32,8 @@ from types import MappingProxyType
 from engine.events import line_eligible
 
 PAID_STATUSES = ("paid", "refunded")
+#: a status that takes back all the order earned
+REVERSAL_STATUSES = ("cancelled", "refunded")
 
 
 def _stamp(event: dict) -> list[str]:
@@ -65,6 +70,7 @@ def merge(state: dict | None, event: dict) -> dict:
         **(state or {}),
     }
     state["refunds"] = dict(state["refunds"])
+    refund_at = state["refund_at"] = dict(state.get("refund_at") or {})
     order = event["order"]
     stamp = _stamp(event)
 
@@ -85,6 +91,8 @@ def merge(state: dict | None, event: dict) -> dict:
         elif state["status_stamp"] is None or stamp > state["status_stamp"]:
             state["status"] = status
             state["status_stamp"] = stamp
+        if status in REVERSAL_STATUSES:
+            _earliest(state, "reversed_at", event["occurred_at"])
         if status in PAID_STATUSES:
             state["paid_seen"] = True
             paid_at = _utc_iso(event["occurred_at"])
@@ -96,7 +104,36 @@ def merge(state: dict | None, event: dict) -> dict:
         known = state["refunds"].get(refund["id"])
         if known is None or (amount, tax) > _refund_parts(known):
             state["refunds"][refund["id"]] = [str(amount), str(tax)] if tax else str(amount)
+        moment = _utc_iso(refund.get("occurred_at") or event["occurred_at"])
+        if refund["id"] not in refund_at or moment < refund_at[refund["id"]]:
+            refund_at[refund["id"]] = moment
     return state
+
+
+def _earliest(state: dict, key: str, moment: datetime) -> None:
+    value = _utc_iso(moment)
+    if state.get(key) is None or value < state[key]:
+        state[key] = value
+
+
+def as_of(state: dict, moment: datetime) -> dict:
+    """The order's state as it stood at ``moment``: the refunds made after it
+    left out, and a cancellation or full refund made after it undone. (A
+    refund kept before its time was, 30 November 2026, counts from the start.)"""
+    at = _utc_iso(moment)
+    times = state.get("refund_at") or {}
+    refunds = state.get("refunds") or {}
+    kept = {key: value for key, value in refunds.items() if times.get(key, "") <= at}
+    reversed_at = state.get("reversed_at")
+    undone = reversed_at is not None and reversed_at > at
+    if len(kept) == len(refunds) and not undone:
+        return state
+    past = {**state, "refunds": kept}
+    if undone:
+        past["final_cancel"] = False
+        if past.get("status") in REVERSAL_STATUSES:
+            past["status"] = "paid"
+    return past
 
 
 def _refund_parts(stored) -> tuple[Decimal, Decimal]:

@@ -16,9 +16,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
@@ -27,13 +28,13 @@ from engine.db.models import ledger_entries, orders
 from engine.fastsql import Fast, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger, typed_update
-from engine.orders import merge, view
+from engine.orders import as_of, merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.referrals import Referrals
 from engine.rewards import Rewards
 from engine.rules_api import Award, Multiplier
 from engine.subscriptions import SubscriptionRefused, Subscriptions
-from engine.tiers import Tiers
+from engine.tiers import Tiers, points_of
 
 _ORDER_COLUMNS = [c.name for c in orders.c]
 # Finds or creates the order's row, locked, in one statement: the no-op
@@ -65,6 +66,12 @@ _SIBLINGS = (
     .order_by(orders.c.id)
 )
 _SIBLINGS_FOR_UPDATE = _SIBLINGS.with_for_update()
+# The customer's orders paid after a moment, oldest payment first (the tiers' walk).
+_PAID_SINCE = (
+    select(orders)
+    .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at > bindparam("since"))
+    .order_by(orders.c.paid_at, orders.c.id)
+)
 
 
 def _returned(plugin: str, hook: str, result, kind: type) -> list:
@@ -83,6 +90,11 @@ def _returned(plugin: str, hook: str, result, kind: type) -> list:
     except (Exception, SystemExit) as exc:
         raise PluginFailed(plugin, hook, exc) from exc
     return items
+
+
+def _under(customer, changes: list):
+    """The customer as the decision hooks see them under these tier changes."""
+    return replace(customer, tier_changes=tuple(changes), tier=changes[-1][1] if changes else None)
 
 
 def _short(value) -> str:
@@ -111,6 +123,9 @@ class Pipeline:
         self._event = threading.local()
         # Plugins whose awards depend on the customer's other orders: they get
         # ``history`` and are asked again about those orders when one changes.
+        #: the plugins that give the tier programme: their multiplier is asked
+        #: again when an upgrade is found in an order's past (``_retier``)
+        self.tier_plugins = {impl.plugin_name for impl in plugins.pm.hook.regulars_register_tier_program.get_hookimpls()}
         self.history_plugins = {
             impl.plugin_name
             for impl in plugins.pm.hook.regulars_order_awards.get_hookimpls()
@@ -248,9 +263,11 @@ class Pipeline:
             posted += self._ask_again_about(conn, siblings, order, customer, at)
         if self.referrals.program and customer_id is not None:
             posted += self.referrals.on_order(conn, order, customer_id, at)
-        if self.tiers.program and customer_id is not None:
-            known = resolved.tier if resolved is not None and resolved.id == customer_id else None
-            self.tiers.settle(conn, customer_id, at, known)  # upgrade at once, after this order counts
+        if self.tiers.program:  # upgrades decided again from the order's paid time on (engine.tiers)
+            if customer_id is not None and order.paid_at is not None:
+                posted += self._retier(conn, customer_id, order.paid_at, at)
+            if previous is not None and previous != customer_id and row.paid_at is not None:
+                posted += self._retier(conn, previous, as_utc(row.paid_at), at)  # the order left them
         return posted
 
     def _siblings(self, conn: Connection, customer_id: int, order_id: int) -> list:
@@ -280,10 +297,98 @@ class Pipeline:
                                            "updated_at": utcnow()})
         return posted
 
-    def _multipliers(self, order, customer) -> list[list[str]]:
+    def _retier(self, conn: Connection, customer_id: int, since: datetime, at: datetime) -> int:
+        """Decide the customer's upgrades again from ``since`` on: walk their
+        orders paid since then in paid-time order; ask each what the tier
+        plugin's multiplier is under the upgrades found so far (repost the
+        difference when it changed), then upgrade at its paid time when the
+        metric there reaches a higher level. The metric counts each order in
+        the window as it stood at that moment (``engine.orders.as_of``), so the
+        result is the same whatever order the deliveries came in."""
+        tiers = self.tiers
+        window = timedelta(days=tiers.program.window_days)
+        before = list(tiers.changes(conn, customer_id))
+        changes = tiers.rewind(conn, customer_id, since)
+        rows = conn.execute(_PAID_SINCE, {"customer_id": customer_id, "since": since - window}).all()
+        if not rows and before == changes:
+            return 0
+        customer = self._with_plans(conn, self.identity.view(conn, customer_id))
+        views = {r.id: view(r.id, r.channel, r.external_id, r.state, r.multipliers) for r in rows}
+        awarded = {r.id: dict(r.awarded or {}) for r in rows}
+        posted = 0
+        for r in rows:
+            paid_at = views[r.id].paid_at
+            if paid_at < since:
+                continue
+            if r.multipliers is not None and self.tier_plugins:
+                posted += self._ask_tier_again(conn, r, views, awarded, customer_id, _under(customer, before),
+                                               _under(customer, changes), at)
+            held = tiers.held(changes, paid_at)
+            if held == tiers.program.levels[-1].name:
+                continue
+            who = _under(customer, changes)
+            metric = self._tier_metric(rows, views, awarded, paid_at, window, who)
+            earned = tiers.earned(metric)
+            if tiers._rank(earned) > tiers._rank(held):
+                tiers.upgrade(conn, customer_id, held, earned, metric, paid_at)
+                changes = sorted([*changes, (paid_at, earned)], key=lambda change: change[0])
+        tiers.settled(conn, customer_id, changes)
+        return posted
+
+    def _ask_tier_again(self, conn, row, views, awarded, customer_id, before, now, at: datetime) -> int:
+        """The tier plugin's multiplier of an order again (one whose multipliers
+        were asked), under the upgrades as they now stand; when it changed, the
+        order's points are asked again with it (its other multipliers as they
+        were) and the difference posted."""
+        order = views[row.id]
+        old = self._multipliers(order, before, self.tier_plugins)
+        new = self._multipliers(order, now, self.tier_plugins)
+        if old == new:
+            return 0
+        multipliers = [list(m) for m in row.multipliers or ()]
+        for item in old:
+            if item in multipliers:
+                multipliers.remove(item)
+        multipliers.extend(new)
+        order = views[row.id] = replace(order, multipliers=tuple(tuple(m) for m in multipliers))
+        history = [v for _, v in self._siblings(conn, customer_id, row.id)] if self.history_plugins else []
+        targets = self._awards("regulars_order_awards", order=order, customer=now, history=history)
+        posted = self._post_differences(conn, row, customer_id, targets, awarded[row.id], "order", at, multipliers,
+                                        str(order.eligible))
+        awarded[row.id] = {k: v for k, v in targets.items() if v}
+        conn.execute(update(orders).where(orders.c.id == row.id).values(
+            multipliers=multipliers, awarded=awarded[row.id], revision=orders.c.revision + 1, updated_at=utcnow()))
+        return posted
+
+    def _tier_metric(self, rows, views, awarded, moment: datetime, window: timedelta, customer) -> Decimal:
+        """Points earned (or eligible spend) by the orders paid in the window up
+        to ``moment``, each as it stood then."""
+        spend = self.tiers.program.metric == "spend"
+        total = Decimal(0)
+        for r in rows:
+            paid_at = views[r.id].paid_at
+            if not moment - window < paid_at <= moment:
+                continue
+            past = as_of(r.state, moment)
+            if past is r.state:
+                total += views[r.id].eligible if spend else points_of(awarded[r.id])
+                continue
+            multipliers = r.multipliers
+            if multipliers is None:  # never awarded yet (cancelled before its payment arrived): as it would have been
+                multipliers = self._multipliers(view(r.id, r.channel, r.external_id, past, None), customer)
+            then = view(r.id, r.channel, r.external_id, past, views[r.id].multipliers or multipliers)
+            if spend:
+                total += then.eligible
+            else:
+                history = [v for other, v in views.items() if other != r.id] if self.history_plugins else []
+                total += points_of(self._awards("regulars_order_awards", order=then, customer=customer,
+                                                history=history))
+        return total
+
+    def _multipliers(self, order, customer, only: set[str] | None = None) -> list[list[str]]:
         frozen = []
         hook = "regulars_order_multipliers"
-        for plugin, result in self.plugins.collect(hook, order=order, customer=customer):
+        for plugin, result in self.plugins.collect(hook, only=only, order=order, customer=customer):
             for item in _returned(plugin, hook, result, Multiplier):
                 frozen.append([item.name, str(item.factor)])
         return frozen

@@ -1,15 +1,20 @@
 """Tiers: a customer's level by points earned (or spend) in a rolling window.
 
-Upgrades happen at once, after the order that reaches the threshold is applied
+Upgrades happen at once, after the order that reaches the threshold is paid
 (so that order earns at the tier it was paid in, and the next ones at the new
 tier). Downgrades happen only at the review job (``regulars jobs run
 tier-review``): one level at a time or straight to the level earned, after an
-optional grace period. Spending points never lowers the metric: it counts points
-*earned* by orders, net of their refunds.
+optional grace period. Spending points never lowers the metric: it counts the
+points orders earned (or their eligible spend) as they stood at each moment,
+so a refund lowers it from the refund's time on, never before.
 
-The multiplier is the tier's that held when the order was paid (from the tier
-history), so an order delivered late still earns at the tier of its paid time,
-as far as the engine knew the history when the order was first awarded.
+The upgrades are a function of the customer's orders, not of the order their
+deliveries came in (PRODUCT.md, invariant 2): whenever an order changes, the
+pipeline (``Pipeline._retier``) walks the customer's paid orders from its paid
+time on, in paid-time order, and decides the upgrades again, each at the paid
+time of the order that reached it; an order paid after an upgrade found that
+way is asked again for the tier's multiplier. Upgrades found before that time
+stand, and so do the review's downgrades (the job decided them at its time).
 """
 
 from __future__ import annotations
@@ -17,48 +22,42 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
-from engine.db.models import accounts, customers, ledger_entries, orders, tier_history
+from engine.db.models import customers, orders, tier_history
 from engine.rules_api import UNIT_POINTS, TierProgram
 
-ORDER_REASONS = ("order", "refund", "cancel", "unpaid", "reassign")
-
-
-# Built once: SQLAlchemy reuses their compiled form (this runs after every order).
-# A merge moves the merged-away customer's orders to the survivor: spend needs
-# nothing more.
+# Built once: SQLAlchemy reuses their compiled form. A merge moves the
+# merged-away customer's orders to the survivor, so both count the orders of
+# everyone merged in.
 _SPEND = select(func.coalesce(func.sum(orders.c.eligible), 0)).where(
     orders.c.customer_id == bindparam("customer_id"),
     orders.c.paid_at > bindparam("since"),
     orders.c.paid_at <= bindparam("until"),
 )
-# The customer and everyone merged into them, however deep: a merge moves the
-# balance with ``merge`` entries (not counted) and leaves the order entries on
-# the merged-away customer's accounts. (UNION, not UNION ALL: each id once.)
-_PEOPLE = select(customers.c.id).where(customers.c.id == bindparam("customer_id")).cte("people", recursive=True)
-_PEOPLE = _PEOPLE.union(select(customers.c.id).where(customers.c.merged_into == _PEOPLE.c.id))
-_POINTS_EARNED = (
-    select(func.coalesce(func.sum(ledger_entries.c.amount), 0))
-    .join(accounts, accounts.c.id == ledger_entries.c.account_id)
-    .where(
-        and_(
-            accounts.c.customer_id.in_(select(_PEOPLE.c.id)),
-            accounts.c.unit == UNIT_POINTS,
-            ledger_entries.c.reason.in_(ORDER_REASONS),
-            ledger_entries.c.occurred_at > bindparam("since"),
-            ledger_entries.c.occurred_at <= bindparam("until"),
-        )
-    )
+_AWARDED = select(orders.c.awarded).where(
+    orders.c.customer_id == bindparam("customer_id"),
+    orders.c.paid_at > bindparam("since"),
+    orders.c.paid_at <= bindparam("until"),
 )
+
+
+def points_of(awarded: dict | None) -> int:
+    """The points an order's awards (``{"plugin|unit": amount}``) come to."""
+    return sum(amount for key, amount in (awarded or {}).items() if key.split("|", 1)[1] == UNIT_POINTS)
 
 
 _CHANGES = (
     select(tier_history.c.at, tier_history.c.to_tier)
     .where(tier_history.c.customer_id == bindparam("customer_id"))
     .order_by(tier_history.c.at, tier_history.c.id)
+)
+_REWOUND = tier_history.delete().where(
+    tier_history.c.customer_id == bindparam("customer_id"),
+    tier_history.c.reason == "upgrade",
+    tier_history.c.at >= bindparam("since"),
 )
 
 
@@ -70,11 +69,13 @@ class Tiers:
         self.outbox = None
 
     def metric(self, conn: Connection, customer_id: int, at: datetime) -> Decimal:
-        """Points earned by orders (or their eligible spend) in the window up to ``at``."""
-        since = at - timedelta(days=self.program.window_days)
-        query = _SPEND if self.program.metric == "spend" else _POINTS_EARNED
-        total = conn.execute(query, {"customer_id": customer_id, "since": since, "until": at}).scalar_one()
-        return Decimal(str(total))
+        """Points earned (net of refunds) by the orders paid in the window up to
+        ``at``, or their eligible spend, as the orders stand now (the review's
+        and the card page's figure, at the present)."""
+        params = {"customer_id": customer_id, "since": at - timedelta(days=self.program.window_days), "until": at}
+        if self.program.metric == "spend":
+            return Decimal(str(conn.execute(_SPEND, params).scalar_one()))
+        return Decimal(sum(points_of(row.awarded) for row in conn.execute(_AWARDED, params)))
 
     def earned(self, metric: Decimal) -> str | None:
         """The highest level whose threshold the metric reaches."""
@@ -106,19 +107,40 @@ class Tiers:
         if self.outbox is not None:
             self.outbox.customer_changed(conn, customer_id)
 
-    def settle(self, conn: Connection, customer_id: int, at: datetime, current: str | None = None) -> None:
-        """Upgrade at once when the metric reached a higher level (``current``:
-        the tier the caller already knows holds)."""
-        if not self.program:
+    def rewind(self, conn: Connection, customer_id: int, since: datetime) -> list[tuple[datetime, str | None]]:
+        """Forget the customer's upgrades from ``since`` on (to be decided
+        again); the changes that stand, ``(when, tier from then on)``, oldest first."""
+        if conn.execute(select(tier_history.c.id).where(
+                tier_history.c.customer_id == customer_id, tier_history.c.reason == "upgrade",
+                tier_history.c.at >= since).limit(1)).first() is not None:
+            conn.execute(_REWOUND, {"customer_id": customer_id, "since": since})
+        return list(self.changes(conn, customer_id))
+
+    @staticmethod
+    def held(changes: list[tuple[datetime, str | None]], moment: datetime) -> str | None:
+        """The tier after the changes up to ``moment``, that one included."""
+        tier = None
+        for when, to in changes:
+            if when > moment:
+                break
+            tier = to
+        return tier
+
+    def upgrade(self, conn: Connection, customer_id: int, old: str | None, new: str, metric: Decimal,
+                at: datetime) -> None:
+        """Record an upgrade in the history (``settled`` then says which tier holds now)."""
+        conn.execute(tier_history.insert().values(
+            customer_id=customer_id, from_tier=old, to_tier=new, reason="upgrade", metric=metric, at=at))
+
+    def settled(self, conn: Connection, customer_id: int, changes: list[tuple[datetime, str | None]]) -> None:
+        """The customer's tier now, from the history's last change (the shops told when it changed)."""
+        tier, since = (changes[-1][1], changes[-1][0]) if changes else (None, None)
+        row = conn.execute(select(customers.c.tier, customers.c.tier_since).where(customers.c.id == customer_id)).one()
+        if row.tier == tier and as_utc(row.tier_since) == since:
             return
-        if current is None:
-            current = conn.execute(select(customers.c.tier).where(customers.c.id == customer_id)).scalar_one()
-        if current == self.program.levels[-1].name:
-            return  # the top: nothing to upgrade to
-        metric = self.metric(conn, customer_id, at)
-        earned = self.earned(metric)
-        if self._rank(earned) > self._rank(current):
-            self._change(conn, customer_id, current, earned, "upgrade", metric, at)
+        conn.execute(update(customers).where(customers.c.id == customer_id).values(tier=tier, tier_since=since))
+        if self.outbox is not None and row.tier != tier:
+            self.outbox.customer_changed(conn, customer_id)
 
     def review(self, conn: Connection, now: datetime) -> tuple[int, int]:
         """Downgrade those below their tier (after the grace period), one level

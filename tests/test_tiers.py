@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.config import ConfigError
 from engine.customers import customer_summary
@@ -17,7 +19,8 @@ from engine.hookspecs import hookimpl
 from engine.jobs import run
 from engine.rules_api import TierLevel, TierProgram
 from tests.conftest import DEFAULT_TABLES
-from tests.streams import Line, PlannedOrder, _shopify_order
+from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.test_invariants import _fresh
 
 EMAIL = "jana@example.com"
 JAN = datetime(2026, 1, 10, tzinfo=UTC)
@@ -144,3 +147,137 @@ def test_a_late_delivered_order_earns_at_the_tier_that_held_when_it_was_paid(mak
     assert summary(engine)["points"] == 550 + 100
     buy(engine, 4, "100.00", JAN + timedelta(days=2))  # paid while silver holds
     assert summary(engine)["points"] == 650 + 125
+
+
+def refund(engine, number: int, euros: str, at: datetime, index: int = 0):
+    order = PlannedOrder("shopify", number, EMAIL, (Line(Decimal("1"), 1),))
+    body = _shopify_refund(order, index, Decimal(euros), at)
+    assert engine.ingest("shopify", "refunds/create", json.dumps(body).encode()).status == "applied"
+
+
+def test_an_order_paid_after_an_upgrade_but_delivered_before_its_cause_earns_at_the_new_tier(make_engine):
+    """The case PRODUCT.md's invariant 2 is about: the order that reached
+    silver arrives last, and the one paid after it is asked again."""
+    engine = make_engine(tables=tables())
+    buy(engine, 2, "100.00", JAN + timedelta(days=2))  # paid after the upgrade, delivered first
+    assert (summary(engine)["points"], summary(engine)["tier"]) == (100, None)
+    buy(engine, 1, "600.00", JAN)  # silver from here
+    assert summary(engine)["tier"] == "silver"
+    assert summary(engine)["points"] == 600 + 125
+    history = summary(engine)["tier_history"]
+    assert [(h["to"], h["at"], h["metric"]) for h in history] == [("silver", JAN.isoformat(), "600")]
+
+
+def test_two_orders_that_reach_a_tier_together_upgrade_whatever_their_arrival(make_engine):
+    engine = make_engine(tables=tables())
+    buy(engine, 2, "300.00", JAN + timedelta(days=1))
+    buy(engine, 1, "300.00", JAN)  # at its time 300: no tier; at order 2's, 600
+    assert summary(engine)["tier"] == "silver"
+    assert summary(engine)["tier_history"][0]["at"] == (JAN + timedelta(days=1)).isoformat()
+    assert summary(engine)["points"] == 600  # both paid before silver held
+
+
+def test_a_refund_made_before_the_order_that_reached_a_tier_arriving_late_undoes_the_upgrade(make_engine):
+    """A refund counts from its time, whenever it arrives: one made before
+    the order that would have reached silver keeps the customer below."""
+    early = make_engine(tables=tables())
+    buy(early, 1, "400.00", JAN)
+    buy(early, 2, "150.00", JAN + timedelta(days=2))  # 550: silver, as far as the engine knows
+    assert summary(early)["tier"] == "silver"
+    refund(early, 1, "100.00", JAN + timedelta(days=1))  # made before order 2: 450 at its time
+    assert (summary(early)["tier"], summary(early)["tier_history"]) == (None, [])
+    assert summary(early)["points"] == 450
+
+
+def test_a_refund_made_after_the_upgrade_lowers_nothing_until_the_review(make_engine):
+    late = make_engine(tables=tables())
+    buy(late, 1, "400.00", JAN)
+    buy(late, 2, "150.00", JAN + timedelta(days=2))
+    refund(late, 1, "100.00", JAN + timedelta(days=3))  # after the upgrade
+    assert summary(late)["tier"] == "silver"
+
+
+def test_the_review_s_downgrade_stands_when_an_earlier_order_arrives_late(make_engine):
+    engine = make_engine(tables=tables())
+    buy(engine, 1, "600.00", JAN)
+    run(engine, "tier-review", JAN + timedelta(days=400))  # out of the window: down to none
+    assert summary(engine)["tier"] is None
+    buy(engine, 2, "10.00", JAN + timedelta(days=1))  # delivered after the review, paid long before it
+    assert summary(engine)["tier"] is None
+    assert [(h["to"], h["reason"]) for h in summary(engine)["tier_history"]] == [
+        ("silver", "upgrade"), (None, "downgrade")]
+
+
+TIERED = {"silver": (500, Decimal("1.25")), "gold": (1000, Decimal("1.5"))}
+
+
+@st.composite
+def tier_streams(draw):
+    """One customer's Shopify and WooCommerce orders at distinct paid times,
+    some refunded in part or cancelled later; the deliveries in time order,
+    and shuffled with some sent twice."""
+    n = draw(st.integers(1, 5))
+    hours = draw(st.lists(st.integers(0, 24 * 20), min_size=n, max_size=n, unique=True))
+    timed = []  # (when, channel, topic, body)
+    for number, hour in enumerate(hours, start=1):
+        euros = draw(st.sampled_from(["80.00", "250.00", "300.00", "450.00", "700.00"]))
+        channel = draw(st.sampled_from(["shopify", "woocommerce"]))
+        order = PlannedOrder(channel, number, EMAIL, (Line(Decimal(euros), 1),))
+        paid = JAN + timedelta(hours=hour)
+        refund_at = paid + timedelta(hours=draw(st.integers(1, 24 * 10))) if draw(st.booleans()) else None
+        cancel_at = (paid + timedelta(hours=draw(st.integers(1, 24 * 10)), minutes=30)  # never a refund's moment
+                     if draw(st.integers(0, 4)) == 0 else None)
+        half = Decimal(euros) / 2
+        if channel == "shopify":
+            timed.append((paid, channel, "orders/paid", _shopify_order(order, "paid", paid, [], False)))
+            refunds = [_shopify_refund(order, 0, half, refund_at)] if refund_at else []
+            if refund_at:
+                timed.append((refund_at, channel, "refunds/create", refunds[0]))
+            if cancel_at:
+                timed.append((cancel_at, channel, "orders/cancelled",
+                              _shopify_order(order, "refunded", cancel_at, refunds, True)))
+        else:
+            timed.append((paid, channel, "order.updated", _woo_order(order, "processing", paid, [])))
+            if refund_at:  # WooCommerce says no refund's time: the snapshot that shows it first does
+                timed.append((refund_at, channel, "order.updated", _woo_order(order, "processing", refund_at, [half])))
+            if cancel_at:
+                timed.append((cancel_at, channel, "order.updated",
+                              _woo_order(order, "cancelled", cancel_at, [half] if refund_at else [])))
+    timed.sort(key=lambda item: item[0])
+    ordered = [(channel, topic, json.dumps(body).encode()) for _, channel, topic, body in timed]
+    shuffled = list(draw(st.permutations(ordered)))
+    for delivery in draw(st.lists(st.sampled_from(ordered), max_size=3)):
+        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    return ordered, shuffled
+
+
+def _outcome(engine) -> tuple:
+    found = summary(engine)
+    return found["points"], found["tier"], [(h["to"], h["at"], h["reason"]) for h in found["tier_history"]]
+
+
+@pytest.mark.parametrize("metric", ["points_earned", "spend"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=tier_streams())
+def test_tiers_and_their_multipliers_do_not_depend_on_the_order_deliveries_arrive_in(
+    stream, metric, make_engine, tmp_path, _sqlite_template
+):
+    """PRODUCT.md's invariant 2 for tiers: any reordering and duplication of
+    a customer's deliveries ends in the same points, tier and upgrades (each
+    at the same moment) as the stream in time order."""
+    ordered, shuffled = stream
+    levels = [{"name": name, "threshold": threshold, "multiplier": float(factor)}
+              for name, (threshold, factor) in TIERED.items()]
+    programme = {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1},
+                                             "tiers": {"levels": levels, "metric": metric}}}
+    results = []
+    for deliveries in (ordered, shuffled):
+        engine = _fresh(make_engine, tmp_path, _sqlite_template, programme)
+        for channel, topic, body in deliveries:
+            outcome = engine.ingest(channel, topic, body)
+            assert outcome.status in ("applied", "duplicate"), outcome
+        results.append(_outcome(engine))
+        with engine.db.connect() as conn:
+            assert engine.ledger.audit(conn) == []
+        engine.db.dispose()
+    assert results[1] == results[0]

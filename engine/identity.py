@@ -264,6 +264,10 @@ class Identity:
         #: that the two customers filled together (set by the Engine, which
         #: builds the cards after the identity)
         self.cards = None
+        #: ``(conn, customer_id, at)``: decides a survivor's tier upgrades again
+        #: from their first order, the merged-in orders counted (set by the
+        #: Pipeline when tiers are on)
+        self.retier = None
 
     def view(self, conn: Connection, customer_id: int) -> CustomerView:
         return _view_of(conn.execute(select(customers).where(customers.c.id == customer_id)).one())
@@ -541,7 +545,8 @@ class Identity:
 
     def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger
-        entries, lots, orders, referrals and links follow, keys move over.
+        entries, lots, orders, referrals and links follow, keys move over; the
+        survivor's tier upgrades are decided again with the orders merged in.
 
         A stamps balance that moved is settled at once, as after an order: two
         half cards may make a full one, whose reward is the survivor's now (and
@@ -578,3 +583,5 @@ class Identity:
         if self.cards is not None:
             for unit in sorted(moved):
                 self.cards.settle(conn, keep, unit, at)  # (ignores a unit that is no card's)
+        if self.retier is not None:
+            self.retier(conn, keep, at)

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
@@ -126,6 +126,8 @@ class Pipeline:
         #: the plugins that give the tier programme: their multiplier is asked
         #: again when an upgrade is found in an order's past (``_retier``)
         self.tier_plugins = {impl.plugin_name for impl in plugins.pm.hook.regulars_register_tier_program.get_hookimpls()}
+        if tiers.program:
+            identity.retier = self._retier_merged
         self.history_plugins = {
             impl.plugin_name
             for impl in plugins.pm.hook.regulars_order_awards.get_hookimpls()
@@ -334,6 +336,12 @@ class Pipeline:
                 changes = sorted([*changes, (paid_at, earned)], key=lambda change: change[0])
         tiers.settled(conn, customer_id, changes)
         return posted
+
+    def _retier_merged(self, conn: Connection, customer_id: int, at: datetime) -> None:
+        """After a merge: the survivor's upgrades again, from their first paid order."""
+        first = conn.execute(select(func.min(orders.c.paid_at)).where(orders.c.customer_id == customer_id)).scalar()
+        if first is not None:
+            self._retier(conn, customer_id, as_utc(first), at)
 
     def _ask_tier_again(self, conn, row, views, awarded, customer_id, before, now, at: datetime) -> int:
         """The tier plugin's multiplier of an order again (one whose multipliers

@@ -263,11 +263,14 @@ def test_the_tier_metric_counts_the_orders_of_the_customer_merged_in(make_engine
     by_phone(engine, 1, JANA_PHONE, "30.00", at=JAN)
     by_email(engine, 2, JANA, "12.00", at=JAN + timedelta(days=1))
     link(engine, 42, JANA, JANA_PHONE, at=JAN + timedelta(days=2))
-    assert customer_summary(engine, JANA)["tier"] is None  # 42 only counts after the next order
-    by_email(engine, 3, JANA, "1.00", at=JAN + timedelta(days=3))
+    # The merge decides the survivor's upgrades again with both customers' orders:
+    # together they had reached 40 at the second order's payment.
     survivor = customer_summary(engine, JANA)
     assert survivor["tier"] == "silver"
-    assert [(h["to"], h["metric"]) for h in survivor["tier_history"]] == [("silver", "43")]  # each order once
+    assert [(h["to"], h["metric"], h["at"]) for h in survivor["tier_history"]] == [
+        ("silver", "42", (JAN + timedelta(days=1)).isoformat())]  # each order once
+    by_email(engine, 3, JANA, "2.00", at=JAN + timedelta(days=3))
+    assert customer_summary(engine, JANA)["points"] == 42 + 3  # at silver's 1.5
 
 
 def test_the_tier_metric_follows_merges_of_merges(make_engine):

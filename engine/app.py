@@ -166,7 +166,7 @@ class Engine:
         self.ledger = Ledger(self.policy.expiry_months, self.policy.pending_days)
         self.ledger.metrics = Recorder(config.engine.get("timezone"))
         self.identity = Identity(self.ledger, config.engine.get("default_country"))
-        self.catalogue = Catalogue.build(config, self.plugins)
+        self.catalogue = Catalogue.build(config, self.plugins, set(self.connectors))
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
         self.identity.cards = self.cards

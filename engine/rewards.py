@@ -108,7 +108,9 @@ class Catalogue:
         self.kinds = kinds
 
     @classmethod
-    def build(cls, config, plugins) -> Catalogue:
+    def build(cls, config, plugins, channels: set[str] | None = None) -> Catalogue:
+        """The catalogue of plugins.toml; with ``channels`` (the configured
+        connectors'), an entry's ``channels`` must name only those."""
         kinds: dict[str, RewardKind] = {}
         providers: dict[str, str] = {}
         for plugin, result in plugins.collect("regulars_register_reward_kinds"):
@@ -140,6 +142,10 @@ class Catalogue:
                 raise ConfigError(format_errors(filename, table, exc.messages)) from None
             if entry["partial"] and entry["cost"] is None:
                 raise ConfigError(f"{filename} [{table}] partial: needs a cost (points per unit)")
+            unknown = sorted(set(entry.get("channels") or ()) - channels) if channels is not None else []
+            if unknown:
+                raise ConfigError(f"{filename} [{table}] channels: no connector for {', '.join(map(repr, unknown))} "
+                                  f"(channels: {', '.join(sorted(channels)) or 'none'}): it could be spent nowhere")
             entries[name] = entry
         return cls(entries, kinds)
 

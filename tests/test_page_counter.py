@@ -32,7 +32,7 @@ TABLES = {
                 "tote-bag": {"kind": "free_product", "cost": 400, "sku": "TOTE"},
                 "free-coffee": {"kind": "free_product", "sku": "COFFEE"},
                 "web-ten": {"kind": "percentage", "cost": 30, "value": 10, "channels": ["shopify"]}},
-    "connectors": {"pos": {}},
+    "connectors": {"pos": {}, "shopify": {"shop": "kavarna.myshopify.com"}},  # (web-ten is spent there)
     "branding": {"name": "Kavárna U Mostu"},
 }
 STATIC = Path(__file__).resolve().parents[1] / "engine" / "web" / "static"

@@ -176,6 +176,8 @@ def test_a_plugin_adds_a_reward_kind_the_catalogue_can_use(make_engine):
         ({"kind": "fixed_amount", "cost": 0, "value": "1"}, r"\[rewards.bad\] cost: Must be greater"),
         ({"kind": "free_product", "sku": "X", "colour": "red"}, r"\[rewards.bad\] colour: unknown key"),
         ({"kind": "fixed_amount", "value": "1", "partial": True}, r"\[rewards.bad\] partial: needs a cost"),
+        ({"kind": "fixed_amount", "cost": 10, "value": "1", "channels": ["shopify", "shoify"]},
+         r"\[rewards.bad\] channels: no connector for 'shoify' \(channels: .*shopify.*\): it could be spent nowhere"),
     ],
 )
 def test_a_wrong_catalogue_entry_stops_the_start_naming_it(make_engine, entry, message):

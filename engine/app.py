@@ -172,6 +172,7 @@ class Engine:
         self.identity.cards = self.cards
         self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
         self.referrals = Referrals(self.plugins.pm.hook.regulars_register_referral_program(), self.ledger)
+        self.identity.referrals = self.referrals
         self.subscriptions = Subscriptions(self.plugins, self.ledger)
         self.pipeline = Pipeline(
             self.plugins, self.identity, self.ledger, self.rewards, self.cards, self.tiers, self.referrals,

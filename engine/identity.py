@@ -264,6 +264,9 @@ class Identity:
         #: that the two customers filled together (set by the Engine, which
         #: builds the cards after the identity)
         self.cards = None
+        #: engine.referrals.Referrals: a merge decides the survivor's claim again
+        #: with the orders merged in (set by the Engine)
+        self.referrals = None
         #: ``(conn, customer_id, at)``: decides a survivor's tier upgrades again
         #: from their first order, the merged-in orders counted (set by the
         #: Pipeline when tiers are on)
@@ -546,7 +549,8 @@ class Identity:
     def merge(self, conn: Connection, keep: int, gone: int, at: datetime) -> None:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger
         entries, lots, orders, referrals and links follow, keys move over; the
-        survivor's tier upgrades are decided again with the orders merged in.
+        survivor's referral claim and tier upgrades are decided again with the
+        orders merged in.
 
         A stamps balance that moved is settled at once, as after an order: two
         half cards may make a full one, whose reward is the survivor's now (and
@@ -578,6 +582,8 @@ class Identity:
         if fill:
             conn.execute(update(customers).where(customers.c.id == keep).values(**fill, updated_at=at))
         merge_referrals(conn, keep, gone, at)
+        if self.referrals is not None and self.referrals.program:
+            self.referrals.decide(conn, keep, at)
         if self.ledger.metrics is not None:
             self.ledger.metrics.merged(conn, keep, gone)
         if self.cards is not None:

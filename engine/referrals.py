@@ -9,6 +9,19 @@ its reason: an unknown code, a self-referral (same customer, normalized email,
 phone or shipping address), a referee who already bought before, a first order
 below the minimum, a referrer over the weekly limit. A rewarded referral is
 reversed if that first order is fully refunded or cancelled.
+
+The decision is a function of the referee's orders, not of the order their
+deliveries came in (PRODUCT.md, invariant 2): after every order of the referee
+(``decide``), the claim is decided again from the paid orders as they stand.
+The first order is the one paid first; "already bought" means a paid order
+paid before the claim (before the order that carried the code, or before the
+moment of a claim made at the counter or with the CLI). So a paid order
+delivered late, paid before the one that was rewarded, moves the referral onto
+it, or refuses it (bought before the code, or below the minimum) and takes
+both rewards back; and a first order delivered after a later one is judged as
+the first. The weekly limit is counted when a referral is rewarded, among the
+referrer's referrals rewarded by then: it depends on the order referees'
+orders arrive in.
 """
 
 from __future__ import annotations
@@ -18,13 +31,32 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
+from engine.db import as_utc
 from engine.db.models import customers, orders, referrals
+from engine.orders import view
 from engine.rules_api import UNIT_POINTS, ReferralProgram
 
 ACTIVE = ("claimed", "rewarded")
-# Built once: looked up after every order.
+BOUGHT_BEFORE = "the customer had already bought (in some channel) before using the code"
+REVERSED = "the first order was refunded in full or cancelled"
+# Built once: looked up after every order of a referee.
 _ACTIVE_CLAIM = select(referrals).where(
     referrals.c.referee_id == bindparam("customer_id"), referrals.c.status.in_(ACTIVE)
+)
+# A claim whose outcome depends on the referee's orders: decided again after each.
+_OPEN_CLAIM = (
+    select(referrals)
+    .where(referrals.c.referee_id == bindparam("customer_id"),
+           referrals.c.status.in_((*ACTIVE, "reversed"))
+           | ((referrals.c.status == "refused")
+              & (referrals.c.reason.in_((BOUGHT_BEFORE,)) | referrals.c.reason.like("the first order (%"))))
+    .order_by(referrals.c.status.in_(ACTIVE).desc(), referrals.c.claimed_at, referrals.c.id)
+    .limit(1)
+)
+_PAID_ORDERS = (
+    select(orders.c.id, orders.c.channel, orders.c.external_id, orders.c.state, orders.c.multipliers, orders.c.paid_at)
+    .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at.is_not(None))
+    .order_by(orders.c.paid_at, orders.c.id)
 )
 _REFERRER = select(customers.c.id, customers.c.email, customers.c.phone, customers.c.address, customers.c.merged_into)
 SELF_REFERRAL = "a customer can't refer themselves"
@@ -92,11 +124,14 @@ class Referrals:
         self.program = program
         self.ledger = ledger
 
-    def claim(self, conn: Connection, referee_id: int, code: str, at: datetime, via: str,
-              order_id: int | None = None) -> tuple[int, str | None]:
-        """Record a claim of ``code`` by ``referee_id``. Returns the referral's
-        id and, when it was refused, why (the refusal is recorded too)."""
+    def claim(self, conn: Connection, referee_id: int, code: str, at: datetime, via: str) -> tuple[int, str | None]:
+        """Record a claim of ``code`` by ``referee_id`` and decide it against
+        the orders already paid. Returns the referral's id and, when it was
+        refused, why (the refusal is recorded too)."""
         code = code.strip().upper()
+        known = conn.execute(_OPEN_CLAIM, {"customer_id": referee_id}).one_or_none()
+        if known is not None and known.code == code:  # the same code again (an order delivered twice): as decided
+            return known.id, known.reason if known.status == "refused" else None
         active = conn.execute(
             select(referrals.c.id, referrals.c.code).where(
                 referrals.c.referee_id == referee_id, referrals.c.status.in_(ACTIVE)
@@ -124,24 +159,17 @@ class Referrals:
         elif any(a and a == b for a, b in ((referrer.email, referee.email), (referrer.phone, referee.phone),
                                            (referrer.address, referee.address))):
             reason = "self-referral: the referrer has the same email, phone or shipping address"
-        elif self._bought_before(conn, referee_id, order_id):
-            reason = "the customer had already bought (in some channel) before using the code"
         row_id = conn.execute(
             referrals.insert().returning(referrals.c.id),
             {"referrer_id": referrer.id if referrer else None, "referee_id": referee_id, "code": code,
              "status": "refused" if reason else "claimed", "reason": reason, "via": via, "claimed_at": at,
              "decided_at": at if reason else None},
         ).scalar_one()
+        if reason is None:  # decided at once against the orders already paid
+            self.decide(conn, referee_id, at)
+            row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == row_id)).one()
+            reason = row.reason if row.status == "refused" else None
         return row_id, reason
-
-    @staticmethod
-    def _bought_before(conn: Connection, customer_id: int, order_id: int | None) -> bool:
-        query = select(func.count()).select_from(orders).where(
-            orders.c.customer_id == customer_id, orders.c.paid_at.is_not(None)
-        )
-        if order_id is not None:
-            query = query.where(orders.c.id != order_id)
-        return conn.execute(query).scalar_one() > 0
 
     def codes_in(self, order) -> list[str]:
         """Referral codes an order may carry."""
@@ -149,69 +177,90 @@ class Referrals:
         return found + list(order.discount_codes)
 
     def on_order(self, conn: Connection, order, customer_id: int, at: datetime) -> int:
-        """Claim a code the order carries, reward a claim on the referee's first
-        paid order, reverse one whose order no longer stands. Returns entries posted."""
+        """Claim a code the order carries, then decide the referee's claim
+        again (``decide``). Returns entries posted."""
         if not self.program:
             return 0
         source = f"order:{order.channel}:{order.external_id}"
         if order.paid:
             for code in self.codes_in(order):
                 if conn.execute(select(customers.c.id).where(customers.c.referral_code == code.strip().upper())).first():
-                    self.claim(conn, customer_id, code, at, via=source, order_id=order.id)  # refusals are recorded
+                    self.claim(conn, customer_id, code, at, via=source)  # refusals are recorded
                     break
-        claim = conn.execute(_ACTIVE_CLAIM, {"customer_id": customer_id}).one_or_none()
+        return self.decide(conn, customer_id, at)
+
+    def decide(self, conn: Connection, customer_id: int, at: datetime) -> int:
+        """The referee's claim decided from their paid orders as they stand
+        (the module's docstring says how); both rewards posted or taken back
+        when the outcome changed. Returns entries posted."""
+        claim = conn.execute(_OPEN_CLAIM, {"customer_id": customer_id}).one_or_none()
         if claim is None:
             return 0
-        if claim.status == "rewarded":
-            if claim.order_ref == source and not _stands(order):
-                self._post_both(conn, claim, -1, at)
-                self._decide(conn, claim.id, "reversed", "the first order was refunded in full or cancelled", at)
-                return 2
-            return 0
-        if not _stands(order) or self._bought_before_this(conn, customer_id, order):
-            return 0
-        if order.eligible < self.program.min_order:
-            self._decide(conn, claim.id, "refused", f"the first order ({order.eligible}) is below the minimum "
-                         f"({self.program.min_order})", at, source)
-            return 0
+        paid = conn.execute(_PAID_ORDERS, {"customer_id": customer_id}).all()
+        status, reason, ref = "claimed", None, None
+        if paid:
+            first = paid[0]
+            ref = f"order:{first.channel}:{first.external_id}"
+            first_view = view(first.id, first.channel, first.external_id, first.state, first.multipliers)
+            if as_utc(first.paid_at) < self._claimed_when(claim, paid):
+                status, reason = "refused", BOUGHT_BEFORE
+            elif not _stands(first_view):
+                status, reason = "reversed", REVERSED
+            elif first_view.eligible < self.program.min_order:
+                status, reason = "refused", (f"the first order ({first_view.eligible}) is below the minimum "
+                                             f"({self.program.min_order})")
+            else:
+                status = "rewarded"
+        posted = 0
+        if claim.status == "rewarded" and (status != "rewarded" or ref != claim.order_ref):
+            if status == "rewarded":  # the same reward, for the order that was in fact the first
+                self._decide(conn, claim.id, "rewarded", None, at, ref)
+                return 0
+            posted += self._post_both(conn, claim, -1, at, claim.order_ref)
+        elif status == "rewarded" and claim.status != "rewarded":
+            if self._over_limit(conn, claim, at):
+                status, reason = "refused", f"the referrer reached the limit of {self.program.weekly_limit} " \
+                                            "referrals a week"
+            else:
+                posted += self._post_both(conn, claim, 1, at, ref)
+        if (status, reason, ref) != (claim.status, claim.reason, claim.order_ref):
+            self._decide(conn, claim.id, status, reason, at, ref)
+        return posted
+
+    @staticmethod
+    def _claimed_when(claim, paid) -> datetime:
+        """The moment the code was used: the paid time of the order that
+        carried it, else when the claim was made."""
+        if claim.via and claim.via.startswith("order:"):
+            _, channel, external_id = claim.via.split(":", 2)
+            for row in paid:
+                if (row.channel, row.external_id) == (channel, external_id):
+                    return as_utc(row.paid_at)
+        return as_utc(claim.claimed_at)
+
+    def _over_limit(self, conn, claim, at: datetime) -> bool:
         week = conn.execute(
             select(func.count()).select_from(referrals).where(
                 referrals.c.referrer_id == claim.referrer_id, referrals.c.status == "rewarded",
                 referrals.c.decided_at > at - timedelta(days=7), referrals.c.decided_at <= at,
             )
         ).scalar_one()
-        if week >= self.program.weekly_limit:
-            self._decide(conn, claim.id, "refused",
-                         f"the referrer reached the limit of {self.program.weekly_limit} referrals a week", at, source)
-            return 0
-        self._decide(conn, claim.id, "rewarded", None, at, source)
-        claim = conn.execute(select(referrals).where(referrals.c.id == claim.id)).one()
-        return self._post_both(conn, claim, 1, at)
-
-    @staticmethod
-    def _bought_before_this(conn: Connection, customer_id: int, order) -> bool:
-        """Another paid order of the customer, paid before this one."""
-        return conn.execute(
-            select(func.count()).select_from(orders).where(
-                orders.c.customer_id == customer_id, orders.c.id != order.id,
-                orders.c.paid_at.is_not(None), orders.c.paid_at < order.paid_at,
-            )
-        ).scalar_one() > 0
+        return week >= self.program.weekly_limit
 
     def _decide(self, conn, referral_id, status, reason, at, order_ref=None) -> None:
-        values = {"status": status, "reason": reason, "decided_at": at}
-        if order_ref:
-            values["order_ref"] = order_ref
+        values = {"status": status, "reason": reason, "decided_at": at, "order_ref": order_ref}
         conn.execute(update(referrals).where(referrals.c.id == referral_id).values(**values))
 
-    def _post_both(self, conn, claim, sign: int, at: datetime) -> int:
+    def _post_both(self, conn, claim, sign: int, at: datetime, order_ref: str | None) -> int:
         kind = "reward" if sign > 0 else "reverse"
         posted = 0
         for who, customer_id, points in (("referee", claim.referee_id, self.program.referee_points),
                                          ("referrer", claim.referrer_id, self.program.referrer_points)):
             if points:
+                # Keyed by the order rewarded: a referral taken back may be
+                # rewarded again for an earlier first order delivered later.
                 self.ledger.post(conn, customer_id, UNIT_POINTS, sign * points, "referral", f"referral:{claim.id}",
-                                 None, f"referral:{claim.id}:{who}:{kind}", at)
+                                 None, f"referral:{claim.id}:{who}:{kind}:{order_ref}", at)
                 posted += 1
         return posted
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from engine.customers import customer_summary
 from engine.db.models import customers, referrals, rewards
-from engine.referrals import ReferralRefused
+from engine.referrals import BOUGHT_BEFORE, ReferralRefused
 from tests.conftest import DEFAULT_TABLES
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
@@ -213,7 +213,7 @@ def test_two_waiting_claims_leave_the_survivor_the_older_one(make_engine):
     assert customer_summary(engine, JANA)["points"] == 30 + 100
 
 
-def test_two_rewarded_claims_stay_where_they_are_and_the_survivors_can_still_be_reversed(make_engine):
+def test_of_two_rewarded_claims_the_one_made_after_the_person_had_bought_is_taken_back(make_engine):
     engine = make_engine(tables=REFERRALS)
     by_email(engine, 1, PETR)
     by_email(engine, 2, KAREL)
@@ -223,10 +223,14 @@ def test_two_rewarded_claims_stay_where_they_are_and_the_survivors_can_still_be_
     phone_half, email_half = ids(engine, JANA_PHONE, JANA)
     link(engine, 42, JANA, JANA_PHONE)
     assert customer_summary(engine, JANA_PHONE)["id"] == email_half
-    by_email(engine, 5, JANA, "5.00", at=T0 + timedelta(days=2))  # one active claim: the order goes through
-    assert claims(engine) == [(petr, phone_half, "rewarded", None), (karel, email_half, "rewarded", None)]
+    # One person, who had bought (order 3, with Petr's code) before using Karel's
+    # code (order 4): Karel's referral is taken back, Petr's stays, as if the
+    # shop had known them for one person all along.
+    assert claims(engine) == [(petr, phone_half, "rewarded", None), (karel, email_half, "refused", BOUGHT_BEFORE)]
+    assert customer_summary(engine, KAREL)["points"] == 10
+    by_email(engine, 5, JANA, "5.00", at=T0 + timedelta(days=2))  # the order goes through
     by_email(engine, 4, JANA, "30.00", at=T0 + timedelta(days=3), cancelled=True)
-    assert [c[2] for c in claims(engine)] == ["rewarded", "reversed"]
+    assert [c[2] for c in claims(engine)] == ["rewarded", "refused"]
     assert customer_summary(engine, JANA)["points"] == 30 + 100 + 5
     assert customer_summary(engine, KAREL)["points"] == 10
     assert customer_summary(engine, PETR)["points"] == 10 + 200

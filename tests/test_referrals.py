@@ -10,6 +10,8 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from engine.config import ConfigError
@@ -20,6 +22,7 @@ from engine.referrals import ReferralRefused
 from engine.rules_api import ReferralProgram
 from tests.conftest import DEFAULT_TABLES
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
+from tests.test_invariants import _fresh
 
 REFERRER = "petr@example.cz"
 REFEREE = "jana@example.com"
@@ -87,7 +90,7 @@ def test_a_code_in_a_woocommerce_meta_key_counts_too(shop):
 
 def test_a_claim_at_signup_is_rewarded_with_the_first_paid_order_in_any_channel(shop):
     buy(shop, 9, REFEREE, "5.00", channel="woocommerce", cancelled=True)  # known, never bought
-    shop.claim_referral(REFEREE, code_of(shop))
+    shop.claim_referral(REFEREE, code_of(shop), at=T0 + timedelta(hours=9, minutes=30))  # before order 10
     buy(shop, 10, REFEREE, "25.00", channel="woocommerce")
     assert points(shop, REFEREE) == 125
 
@@ -131,7 +134,7 @@ def test_a_full_refund_without_a_cancellation_reverses_both_rewards_too(shop, re
     if not refund_first:
         assert shop.ingest("shopify", "refunds/create", _refund_whole(2, 30)).status == "applied"
     assert (points(shop, REFEREE), points(shop, REFERRER)) == (0, 10)
-    assert statuses(shop)[0][0] == ("reversed" if not refund_first else "claimed")
+    assert statuses(shop)[0][0] == "reversed"  # whichever came first
 
 
 def test_a_woocommerce_order_set_refunded_reverses_both_rewards(shop):
@@ -194,3 +197,78 @@ def test_a_plugin_can_give_the_referral_programme(make_engine):
     buy(engine, 1, REFERRER, "10.00")
     buy(engine, 2, REFEREE, "1.00", attribute=code_of(engine))
     assert points(engine, REFEREE) == 1 + 5
+
+
+@st.composite
+def referee_streams(draw):
+    """A referee's orders at distinct paid times (Shopify or WooCommerce),
+    some cancelled later, and one way of using the referrer's code: on one of
+    the orders, or a claim at the counter at some moment; in time order, and
+    shuffled with some sent twice."""
+    n = draw(st.integers(1, 4))
+    hours = draw(st.lists(st.integers(2, 200), min_size=n, max_size=n, unique=True))
+    carrier = draw(st.integers(-1, n - 1))  # -1: a claim at the counter instead
+    timed = []  # (when, step): ("order", channel, topic, body) or ("claim", moment)
+    for index, hour in enumerate(hours):
+        number = 10 + index
+        euros = draw(st.sampled_from(["10.00", "19.99", "20.00", "35.00"]))
+        channel = draw(st.sampled_from(["shopify", "woocommerce"]))
+        order = PlannedOrder(channel, number, REFEREE, (Line(Decimal(euros), 1),))
+        paid = T0 + timedelta(hours=hour)
+        cancel = paid + timedelta(hours=draw(st.integers(1, 48)), minutes=30) if draw(st.integers(0, 3)) == 0 else None
+        for status, at in (("paid", paid), ("cancelled", cancel)):
+            if at is None:
+                continue
+            if channel == "shopify":
+                body = _shopify_order(order, "refunded" if status == "cancelled" else "paid", at, [],
+                                      status == "cancelled")
+                if index == carrier:
+                    body["discount_codes"] = [{"code": "{code}", "amount": "0.00", "type": "fixed_amount"}]
+                topic = "orders/cancelled" if status == "cancelled" else "orders/paid"
+            else:
+                body = _woo_order(order, "cancelled" if status == "cancelled" else "completed", at, [])
+                if index == carrier:
+                    body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": "{code}"}]
+                topic = "order.updated"
+            timed.append((at, ("order", channel, topic, json.dumps(body))))
+    if carrier == -1:
+        timed.append((T0 + timedelta(hours=draw(st.integers(2, 200)), minutes=15), ("claim",)))
+    timed.sort(key=lambda item: item[0])
+    ordered = [(at, step) for at, step in timed]
+    shuffled = list(draw(st.permutations(ordered)))
+    for step in draw(st.lists(st.sampled_from(ordered), max_size=2)):
+        shuffled.insert(draw(st.integers(0, len(shuffled))), step)
+    return ordered, shuffled
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=referee_streams())
+def test_a_referral_does_not_depend_on_the_order_deliveries_arrive_in(stream, make_engine, tmp_path, _sqlite_template):
+    """PRODUCT.md's invariant 2 for referrals: any reordering and duplication
+    of the referee's deliveries (and of when the claim is seen) ends in the
+    same points for both and the same decision as the stream in time order."""
+    results = []
+    for steps in stream:
+        engine = _fresh(make_engine, tmp_path, _sqlite_template, tables())
+        buy(engine, 1, REFERRER, "10.00")
+        code = code_of(engine)
+        with engine.db.begin() as conn:  # the referee signed up at the counter before anything else
+            engine.identity.resolve(conn, "pos", {"email": REFEREE}, T0)
+        for at, step in steps:
+            if step[0] == "claim":
+                try:
+                    engine.claim_referral(REFEREE, code, at=at)
+                except ReferralRefused:
+                    pass  # recorded all the same
+                continue
+            _, channel, topic, body = step
+            outcome = engine.ingest(channel, topic, body.replace("{code}", code).encode())
+            assert outcome.status in ("applied", "duplicate"), outcome
+        with engine.db.connect() as conn:
+            # (A refused claim seen twice, with its order delivered twice, is recorded twice.)
+            decided = sorted({(r.status, r.reason or "", r.order_ref or "") for r in conn.execute(select(referrals))})
+            assert engine.ledger.audit(conn) == []
+        referee = customer_summary(engine, REFEREE)
+        results.append((referee["points"], points(engine, REFERRER), decided))
+        engine.db.dispose()
+    assert results[1] == results[0]

@@ -15,6 +15,11 @@ CONTRACTS = Path(os.environ.get("REGULARS_CONTRACTS", ROOT.parent / "shared" / "
 def pytest_configure(config):
     """No run without the real payloads: the connectors' tests and the
     streams stand on them (a clone alone has no ../shared beside it)."""
+    config.addinivalue_line(
+        "markers",
+        "same_in_both_passes: the test runs the same whatever the pass's database (it uses none, or "
+        "its own SQLite file, or PostgreSQL in both passes): the PostgreSQL pass leaves it out",
+    )
     if not CONTRACTS.is_dir():
         raise pytest.UsageError(
             f"the real Shopify and WooCommerce payloads are not at {CONTRACTS}: put the shared folder beside this "
@@ -32,6 +37,79 @@ def contracts_dir() -> Path:
 def load_contract(relative: str):
     """One contract file, parsed (Python's json keeps Shopify's big ids exact)."""
     return json.loads((CONTRACTS / relative).read_text(encoding="utf-8"))
+
+
+# -- the two passes ---------------------------------------------------------------
+#
+# scripts/test (and so .ci/run) runs the suite twice against the same code: on
+# SQLite, then on PostgreSQL with REGULARS_TEST_PASS=postgres. The second pass
+# is there for what the database changes, so:
+#
+# - A test marked ``same_in_both_passes`` runs in the first pass only: it uses
+#   no database, or a SQLite file of its own, or PostgreSQL in both passes
+#   (``postgres_url``). The second pass deselects it (pytest's summary counts
+#   it as deselected, not skipped) unless it uses the pass's database after all
+#   (the ``database_url`` fixture, and so ``engine`` or ``make_engine``): then
+#   it runs in both passes, whatever the mark says.
+# - The property tests run all their examples in the first pass. For the second
+#   pass .ci/run sets REGULARS_POSTGRES_PASS_HYPOTHESIS=second-pass, which loads
+#   the profile below: a third of the examples, at least 5, for what is
+#   PostgreSQL's own (locks, types, round trips), without exploring again what
+#   the first pass has explored. (With CI set, hypothesis loads its "ci"
+#   profile, derandomized: both passes draw their examples the same way, the
+#   second fewer of them.) A count given in a test's own @settings is not the
+#   profile's to change, so such a test says ``max_examples=examples(n)``.
+
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+
+SECOND_PASS = os.environ.get("REGULARS_TEST_PASS") == "postgres"
+#: the share of its examples a property test runs under the second-pass profile
+SECOND_PASS_SHARE = 1 / 3
+# everything as in the active profile (hypothesis's "default", or its "ci"
+# when CI is set) but the number of examples
+hypothesis_settings.register_profile(
+    "second-pass", parent=hypothesis_settings.default,
+    max_examples=round(hypothesis_settings.default.max_examples * SECOND_PASS_SHARE))
+#: the hypothesis profile of this pass, if not the active one (the second pass only)
+PASS_PROFILE = os.environ.get("REGULARS_POSTGRES_PASS_HYPOTHESIS", "") if SECOND_PASS else ""
+if PASS_PROFILE:
+    hypothesis_settings.load_profile(PASS_PROFILE)
+
+
+def examples(n: int) -> int:
+    """The max_examples of a property test that gives its own count ``n``:
+    ``n``, or under the second-pass profile a third of it, at least 5 (or
+    ``n`` if that is fewer)."""
+    if PASS_PROFILE != "second-pass":
+        return n
+    return max(min(n, 5), round(n * SECOND_PASS_SHARE))
+
+
+_DESELECTED = pytest.StashKey[int]()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The second pass leaves out what ran the same in the first (see above)."""
+    if not SECOND_PASS:
+        return
+    kept, once = [], []
+    for item in items:
+        uses_the_pass_database = "database_url" in getattr(item, "fixturenames", ())
+        if item.get_closest_marker("same_in_both_passes") and not uses_the_pass_database:
+            once.append(item)
+        else:
+            kept.append(item)
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = kept
+        config.stash[_DESELECTED] = len(once)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if config.stash.get(_DESELECTED, 0):
+        terminalreporter.write_line(
+            f"{config.stash[_DESELECTED]} tests marked same_in_both_passes deselected: "
+            "they ran in the SQLite pass")
 
 
 # -- databases ------------------------------------------------------------------
@@ -107,15 +185,36 @@ def _postgres_ready(url: str):
     return engine, None
 
 
+#: every how many resets reset_postgres truncates instead of deleting
+TRUNCATE_EVERY = 100
+_resets = [0]
+
+
 def reset_postgres(engine) -> None:
-    """Empty every table (fast, keeps the migrated schema)."""
+    """Empty every table and restart every sequence (keeps the migrated schema):
+    what ``TRUNCATE ... RESTART IDENTITY`` leaves. It deletes the rows instead,
+    children first, and sets each sequence back to its start, in one round
+    trip: about 3 ms where TRUNCATE, which makes new files for each of the two
+    dozen tables and their indexes, takes about 100 ms; and the PostgreSQL pass
+    resets before nearly every test and between the examples of the property
+    tests. Deleted rows stay until a vacuum and CI's server has no autovacuum,
+    so every TRUNCATE_EVERY-th reset truncates, which gives their space back."""
     from sqlalchemy import text
 
     from engine.db.models import Base
 
-    names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    tables = Base.metadata.sorted_tables
+    _resets[0] += 1
+    if _resets[0] % TRUNCATE_EVERY == 0:
+        names = ", ".join(t.name for t in tables)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        return
+    statements = [f'DELETE FROM "{t.name}"' for t in reversed(tables)]
+    statements.append("SELECT setval(quote_ident(schemaname) || '.' || quote_ident(sequencename), start_value, false) "
+                      "FROM pg_sequences WHERE schemaname = current_schema()")
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        conn.exec_driver_sql("; ".join(statements))
 
 
 def empty_database(engine) -> None:

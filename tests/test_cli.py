@@ -27,6 +27,8 @@ from engine.db import head_revision
 from engine.plugins import Plugins
 from tests.conftest import load_contract
 
+pytestmark = pytest.mark.same_in_both_passes  # SQLite files of its own (see tests/conftest.py)
+
 BIN = Path(sys.executable).parent
 REGULARS = shutil.which("regulars", path=str(BIN)) or shutil.which("regulars")
 SHOPIFY_DELIVERY = "shopify/webhooks/orders_paid.delivery-2024-10.json"

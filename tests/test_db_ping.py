@@ -9,6 +9,8 @@ from sqlalchemy import text
 
 import engine.db as db
 
+pytestmark = pytest.mark.same_in_both_passes  # PostgreSQL in both passes (see tests/conftest.py)
+
 
 @pytest.fixture
 def pg(postgres_url):

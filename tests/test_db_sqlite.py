@@ -12,6 +12,8 @@ from sqlalchemy.exc import OperationalError
 
 from engine.db import make_engine
 
+pytestmark = pytest.mark.same_in_both_passes  # SQLite files of its own (see tests/conftest.py)
+
 
 def test_every_connection_gets_the_engines_pragmas(tmp_path):
     db = make_engine(f"sqlite:///{tmp_path / 'shop.sqlite3'}")

@@ -17,6 +17,8 @@ from engine.config import config_from_tables, validate_table
 from engine.plugins import BUILTINS
 from tests.test_examples import load_source
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "writing-a-plugin.md"
 HOOKS = sorted(name for name in vars(hookspecs) if name.startswith(f"{hookspecs.PROJECT}_"))

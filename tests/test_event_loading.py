@@ -9,6 +9,7 @@ import copy
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
@@ -17,6 +18,8 @@ from connectors.shopify import ShopifyConnector
 from connectors.woocommerce import WooCommerceConnector
 from engine.events import _event_schema, load_event
 from tests.conftest import load_contract
+
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 
 
 def seeds() -> list[dict]:

@@ -21,7 +21,7 @@ from engine.db.models import ledger_entries
 from engine.hookspecs import hookimpl
 from engine.jobs import run
 from engine.rewards import RedemptionRefused
-from tests.conftest import DEFAULT_TABLES, empty_database
+from tests.conftest import DEFAULT_TABLES, empty_database, examples
 from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund
 
 EMAIL = "jana@example.com"
@@ -145,7 +145,7 @@ def test_a_wrong_expiry_setting_is_refused_naming_it(make_engine, expiry, messag
         make_engine(tables=tables(**expiry))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.one_of(
     st.tuples(st.just("earn"), st.integers(1, 400)),
     st.tuples(st.just("spend"), st.integers(1, 4)),

@@ -10,6 +10,8 @@ from sqlalchemy import bindparam, text
 from engine.db import make_engine
 from engine.fastsql import Fast, deferring
 
+pytestmark = pytest.mark.same_in_both_passes  # its own SQLite, and PostgreSQL in both passes
+
 _INSERT = Fast(text("INSERT INTO fast_probe (x) VALUES (:x)").bindparams(bindparam("x")))
 _COUNT = Fast(text("SELECT count(*) AS n FROM fast_probe"))
 _SUM = Fast(text("SELECT coalesce(sum(x), 0) AS total FROM fast_probe WHERE x > :above").bindparams(bindparam("above")))

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.customers import customer_summary
-from tests.conftest import DEFAULT_TABLES, POSTGRES_URL, reset_postgres
+from tests.conftest import DEFAULT_TABLES, POSTGRES_URL, examples, reset_postgres
 from tests.streams import Line, PlannedOrder, deliveries, expected_by_email, ingest_all
 
 EMAILS = ["jana@example.com", "petr@example.cz", "zuzana@example.sk"]
@@ -93,7 +93,7 @@ def _audit_clean(engine) -> bool:
         return engine.ledger.audit(conn) == []
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(programme=programmes())
 def test_any_reordering_and_duplication_ends_in_the_balances_of_the_ordered_stream(
     programme, make_engine, tmp_path, _sqlite_template
@@ -115,7 +115,7 @@ def test_any_reordering_and_duplication_ends_in_the_balances_of_the_ordered_stre
     assert _audit_clean(engine)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(programme=programmes(), batch=st.integers(1, 7))
 def test_a_batched_replay_of_a_shuffled_stream_ends_in_the_same_balances(
     programme, batch, make_engine, tmp_path, _sqlite_template
@@ -191,7 +191,7 @@ def _state(engine) -> dict:
     return {"balances": found, "rewards": dict(issued)}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(programme=programmes())
 def test_with_stamp_cards_campaigns_and_the_first_order_bonus_any_reordering_ends_the_same(
     programme, make_engine, tmp_path, _sqlite_template

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from engine import jsonio
 from tests.test_parse_body import same
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 keys = st.text(max_size=8) | st.integers(-(10**3), 10**3) | st.booleans()
 finite = (st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30)
           | st.floats(allow_nan=False, allow_infinity=False) | st.text())

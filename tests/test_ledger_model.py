@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from sqlalchemy import func, select
 
 from engine.db.models import ledger_entries, lots
-from tests.conftest import POSTGRES_URL
+from tests.conftest import POSTGRES_URL, examples
 
 AT = datetime(2026, 6, 1, tzinfo=UTC)
 UNITS = ["points", "stamps:coffee"]
@@ -106,4 +106,4 @@ def ledger_machine(make_engine, tmp_path, _sqlite_template, request):
 def test_the_ledger_behaves_like_its_model(ledger_machine):
     from hypothesis.stateful import run_state_machine_as_test
 
-    run_state_machine_as_test(ledger_machine, settings=settings(max_examples=25, stateful_step_count=15, deadline=None))
+    run_state_machine_as_test(ledger_machine, settings=settings(max_examples=examples(25), stateful_step_count=15, deadline=None))

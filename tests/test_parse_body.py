@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.app import parse_body
 from engine.jsonio import holds_unstorable, may_hold_unstorable, storable
+
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 
 #: text with what no database stores (NUL, lone surrogates, a pair split in two)
 awkward = st.text(st.sampled_from("a\x00\ud800\udbff\udc00\udfffé\U0001f338"), max_size=6)

@@ -20,7 +20,7 @@ from engine.db.models import referrals
 from engine.hookspecs import hookimpl
 from engine.referrals import ReferralRefused
 from engine.rules_api import ReferralProgram
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 from tests.test_invariants import _fresh
 
@@ -241,7 +241,7 @@ def referee_streams(draw):
     return ordered, shuffled
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stream=referee_streams())
 def test_a_referral_does_not_depend_on_the_order_deliveries_arrive_in(stream, make_engine, tmp_path, _sqlite_template):
     """PRODUCT.md's invariant 2 for referrals: any reordering and duplication

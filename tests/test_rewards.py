@@ -20,7 +20,7 @@ from engine.db.models import rewards
 from engine.hookspecs import hookimpl
 from engine.rewards import CODE_LENGTH, RedemptionRefused
 from engine.rules_api import RewardKind
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order
 
 EMAIL = "jana@example.com"
@@ -195,7 +195,7 @@ def test_two_plugins_registering_one_kind_are_refused_naming_both(make_engine):
         make_engine(tables=TABLES, extra_plugins=(("gift-cards", Clash()),))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=st.lists(st.one_of(
     st.tuples(st.just("earn"), st.integers(0, 900)),
     st.tuples(st.just("redeem"), st.sampled_from(["five-off", "points-off", "ten-percent"]), st.integers(1, 6)),

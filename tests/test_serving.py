@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
 
 from engine import inbox
@@ -55,6 +56,7 @@ def release(process: subprocess.Popen) -> None:
     process.wait(10)
 
 
+@pytest.mark.same_in_both_passes  # a SQLite file of its own (see tests/conftest.py)
 def test_the_write_gate_makes_a_second_process_wait_on_sqlite(tmp_path):
     engine = SimpleNamespace(db=make_engine(f"sqlite:///{tmp_path / 'gate.sqlite3'}"))
     assert sqlite_file(engine.db) == tmp_path / "gate.sqlite3"

@@ -19,7 +19,7 @@ from engine.customers import customer_summary
 from engine.db.models import rewards
 from engine.hookspecs import hookimpl
 from engine.rules_api import StampCard
-from tests.conftest import DEFAULT_TABLES, empty_database
+from tests.conftest import DEFAULT_TABLES, empty_database, examples
 from tests.plugins.counter import TillPlugin
 from tests.streams import T0, PlannedOrder, _shopify_order, _woo_order
 
@@ -206,7 +206,7 @@ def test_a_plugin_registers_a_card_the_engine_completes(make_engine):
     assert issued(shop) == ["five-off"]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(quantities=st.lists(st.integers(1, 9), min_size=1, max_size=6), cancelled=st.data(), seed=st.integers(0, 10**6))
 def test_cards_and_rewards_end_the_same_whatever_the_order_of_sales_and_refunds(shop, quantities, cancelled, seed):
     empty_database(shop)

@@ -18,7 +18,7 @@ from engine.customers import customer_summary
 from engine.hookspecs import hookimpl
 from engine.jobs import run
 from engine.rules_api import TierLevel, TierProgram
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
 from tests.test_invariants import _fresh
 
@@ -257,7 +257,7 @@ def _outcome(engine) -> tuple:
 
 
 @pytest.mark.parametrize("metric", ["points_earned", "spend"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(stream=tier_streams())
 def test_tiers_and_their_multipliers_do_not_depend_on_the_order_deliveries_arrive_in(
     stream, metric, make_engine, tmp_path, _sqlite_template

@@ -26,7 +26,7 @@ from engine.cli import main
 from engine.customers import customer_summary
 from engine.db.models import inbox as inbox_table
 from engine.web.app import Publisher, Scheduler
-from tests.conftest import empty_database, unreachable
+from tests.conftest import empty_database, examples, unreachable
 from tests.streams import Line, PlannedOrder, deliveries, expected_by_email
 
 ORDERS = [
@@ -81,7 +81,7 @@ def test_a_delivery_that_fails_is_marked_once_and_not_retried_by_the_workers(eng
     assert (row.status, row.attempts) == (inbox.FAILED, 1)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(6), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), workers=st.integers(2, 6), copies=st.integers(1, 3))
 def test_workers_handed_the_same_deliveries_in_any_order_apply_each_once(engine, seed, workers, copies):
     """What a broker may do: hand a delivery to several workers (a redelivery
@@ -201,6 +201,7 @@ def test_the_sweep_takes_what_waited_past_the_grace_or_long_past_when_busy(engin
 # -- the embedded scheduler -------------------------------------------------------------
 
 
+@pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 def test_due_follows_the_schedule_from_its_start():
     start = datetime(2026, 11, 29, 1, 0, tzinfo=UTC)
     due = work.Due(start=start)
@@ -271,6 +272,7 @@ def _published(url: str) -> list[int]:
     return sorted(ids)
 
 
+@pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 def test_the_publisher_hands_received_deliveries_to_the_broker(redis_broker):
     publisher = Publisher()
     publisher.start()
@@ -280,6 +282,7 @@ def test_the_publisher_hands_received_deliveries_to_the_broker(redis_broker):
     assert _published(redis_broker) == [1, 2, 3]
 
 
+@pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 def test_a_broker_that_is_down_holds_up_nothing_and_is_said(caplog):
     from engine.tasks import configure
 

@@ -23,6 +23,8 @@ from connectors.shopify.translate import translate_refund
 from engine.events import line_eligible, load_event
 from tests.conftest import load_contract
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 WEBHOOKS = "shopify/webhooks"
 REST_FIXTURES = "shopify/python_api_fixtures"
 ORDER_TOPICS = ("orders/create", "orders/paid", "orders/updated", "orders/cancelled")

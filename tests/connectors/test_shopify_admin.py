@@ -15,6 +15,8 @@ from connectors.shopify.admin import ShopifyAdmin, ShopifyError
 from connectors.shopify.translate import translate_payload
 from tests.fakes.shopify import FakeShopify, make_orders
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 CUSTOMER = "115310627314723954"  # above 2**53
 
 

@@ -17,6 +17,8 @@ from connectors.woocommerce import WooCommerceConnector, WooCommerceSettingsSche
 from engine.events import load_event
 from tests.conftest import load_contract
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 # (file under woocommerce/, index in a list response or None)
 ORDER_SOURCES = [
     ("webhooks/order_created.body.json", None),

@@ -19,6 +19,8 @@ from connectors.woocommerce.translate import DEFAULT_ORDER_KEY_META, order_event
 from engine.events import load_event
 from tests.fakes.woocommerce import FakeWoo
 
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
 CUSTOMER = 25  # the documented customer the fake starts with
 
 

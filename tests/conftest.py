@@ -1,4 +1,4 @@
-"""Shared fixtures. The database fixtures live in tests/fixtures_db.py."""
+"""Shared fixtures: the real payloads, the two passes (SQLite, then PostgreSQL), the databases and the engines."""
 
 from __future__ import annotations
 

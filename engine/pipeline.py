@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, func, select, text, update
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
@@ -59,6 +59,7 @@ _ORDER_WRITE = ("state", "customer_id", "status", "eligible", "multipliers", "aw
                 "updated_at")
 _UPDATE_ORDER = Fast(typed_update(orders, _ORDER_WRITE))
 _UPDATE_AWARDED = Fast(typed_update(orders, ("awarded", "revision", "updated_at")))
+_UPDATE_TIERED = Fast(typed_update(orders, ("multipliers", "awarded", "revision", "updated_at")))
 _SIBLINGS = (
     select(orders)
     .where(orders.c.customer_id == bindparam("customer_id"), orders.c.id != bindparam("order_id"),
@@ -123,16 +124,16 @@ class Pipeline:
         self._event = threading.local()
         # Plugins whose awards depend on the customer's other orders: they get
         # ``history`` and are asked again about those orders when one changes.
-        #: the plugins that give the tier programme: their multiplier is asked
-        #: again when an upgrade is found in an order's past (``_retier``)
-        self.tier_plugins = {impl.plugin_name for impl in plugins.pm.hook.regulars_register_tier_program.get_hookimpls()}
-        if tiers.program:
-            identity.retier = self._retier_merged
         self.history_plugins = {
             impl.plugin_name
             for impl in plugins.pm.hook.regulars_order_awards.get_hookimpls()
             if "history" in impl.argnames
         }
+        #: the plugins that give the tier programme: their multiplier is asked
+        #: again when an upgrade is found in an order's past (``_retier``)
+        self.tier_plugins = {impl.plugin_name for impl in plugins.pm.hook.regulars_register_tier_program.get_hookimpls()}
+        if tiers.program:
+            identity.retier = self._retier_merged
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
@@ -331,7 +332,7 @@ class Pipeline:
             who = _under(customer, changes)
             metric = self._tier_metric(rows, views, awarded, paid_at, window, who)
             earned = tiers.earned(metric)
-            if tiers._rank(earned) > tiers._rank(held):
+            if tiers.rank(earned) > tiers.rank(held):
                 tiers.upgrade(conn, customer_id, held, earned, metric, paid_at)
                 changes = sorted([*changes, (paid_at, earned)], key=lambda change: change[0])
         tiers.settled(conn, customer_id, changes)
@@ -364,8 +365,8 @@ class Pipeline:
         posted = self._post_differences(conn, row, customer_id, targets, awarded[row.id], "order", at, multipliers,
                                         str(order.eligible))
         awarded[row.id] = {k: v for k, v in targets.items() if v}
-        conn.execute(update(orders).where(orders.c.id == row.id).values(
-            multipliers=multipliers, awarded=awarded[row.id], revision=orders.c.revision + 1, updated_at=utcnow()))
+        _UPDATE_TIERED.execute(conn, {"b_id": row.id, "multipliers": multipliers, "awarded": awarded[row.id],
+                                      "revision": row.revision + 1, "updated_at": utcnow()})
         return posted
 
     def _tier_metric(self, rows, views, awarded, moment: datetime, window: timedelta, customer) -> Decimal:
@@ -381,10 +382,11 @@ class Pipeline:
             if past is r.state:
                 total += views[r.id].eligible if spend else points_of(awarded[r.id])
                 continue
-            multipliers = r.multipliers
-            if multipliers is None:  # never awarded yet (cancelled before its payment arrived): as it would have been
+            if r.multipliers is not None:
+                multipliers = views[r.id].multipliers  # (the tier's as the walk asked it again)
+            else:  # never awarded yet (cancelled before its payment arrived): as it would have been
                 multipliers = self._multipliers(view(r.id, r.channel, r.external_id, past, None), customer)
-            then = view(r.id, r.channel, r.external_id, past, views[r.id].multipliers or multipliers)
+            then = view(r.id, r.channel, r.external_id, past, multipliers)
             if spend:
                 total += then.eligible
             else:

@@ -90,7 +90,7 @@ class Tiers:
             return None
         return self.program.levels[self.ranks[tier]].multiplier
 
-    def _rank(self, tier: str | None) -> int:
+    def rank(self, tier: str | None) -> int:
         return self.ranks.get(tier, -1)
 
     def _change(self, conn, customer_id, old, new, reason, metric, at, below_since=None) -> None:
@@ -110,10 +110,7 @@ class Tiers:
     def rewind(self, conn: Connection, customer_id: int, since: datetime) -> list[tuple[datetime, str | None]]:
         """Forget the customer's upgrades from ``since`` on (to be decided
         again); the changes that stand, ``(when, tier from then on)``, oldest first."""
-        if conn.execute(select(tier_history.c.id).where(
-                tier_history.c.customer_id == customer_id, tier_history.c.reason == "upgrade",
-                tier_history.c.at >= since).limit(1)).first() is not None:
-            conn.execute(_REWOUND, {"customer_id": customer_id, "since": since})
+        conn.execute(_REWOUND, {"customer_id": customer_id, "since": since})
         return list(self.changes(conn, customer_id))
 
     @staticmethod
@@ -156,7 +153,7 @@ class Tiers:
         for row in rows:
             metric = self.metric(conn, row.id, now)
             earned = self.earned(metric)
-            if self._rank(earned) >= self._rank(row.tier):
+            if self.rank(earned) >= self.rank(row.tier):
                 if row.tier_below_since is not None:
                     conn.execute(update(customers).where(customers.c.id == row.id).values(tier_below_since=None))
                 continue
@@ -168,10 +165,10 @@ class Tiers:
             if self.program.downgrade == "to_earned":
                 new = earned
             else:
-                rank = self._rank(row.tier) - 1
+                rank = self.rank(row.tier) - 1
                 new = self.program.levels[rank].name if rank >= 0 else None
             # Still below the new tier? Keep counting the grace from now.
-            still_below = now if self._rank(earned) < self._rank(new) else None
+            still_below = now if self.rank(earned) < self.rank(new) else None
             self._change(conn, row.id, row.tier, new, "downgrade", metric, now, still_below)
             downgraded += 1
         return len(rows), downgraded

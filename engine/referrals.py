@@ -39,11 +39,8 @@ from engine.rules_api import UNIT_POINTS, ReferralProgram
 ACTIVE = ("claimed", "rewarded")
 BOUGHT_BEFORE = "the customer had already bought (in some channel) before using the code"
 REVERSED = "the first order was refunded in full or cancelled"
-# Built once: looked up after every order of a referee.
-_ACTIVE_CLAIM = select(referrals).where(
-    referrals.c.referee_id == bindparam("customer_id"), referrals.c.status.in_(ACTIVE)
-)
-# A claim whose outcome depends on the referee's orders: decided again after each.
+# Built once: looked up after every order of a referee. A claim whose outcome
+# depends on the referee's orders: decided again after each.
 _OPEN_CLAIM = (
     select(referrals)
     .where(referrals.c.referee_id == bindparam("customer_id"),

@@ -138,8 +138,10 @@ POSTGRES_URL = os.environ.get("REGULARS_TEST_DATABASE_URL", "")
 POSTGRES_FALLBACK = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 #: the SQLite pass's own database for its PostgreSQL-only tests, created beside
 #: ``test`` when the server allows: its schema is dropped at the start, so a
-#: PostgreSQL pass running at the same time on ``test`` is left alone
-SQLITE_PASS_DATABASE = "regulars_sqlite_pass"
+#: PostgreSQL pass running at the same time on ``test`` is left alone. Two
+#: SQLite passes at once on one machine each need their own:
+#: REGULARS_SQLITE_PASS_DATABASE names it.
+SQLITE_PASS_DATABASE = os.environ.get("REGULARS_SQLITE_PASS_DATABASE", "regulars_sqlite_pass")
 
 
 def _fallback_url() -> str:

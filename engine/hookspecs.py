@@ -132,8 +132,14 @@ def regulars_register_subscription_plans():
     subscriptions from ``subscription.*`` events (newest event by event time
     wins the status), posts a plan's start points once per subscription and its
     renewal points once per renewal, and fills ``customer.plans`` with the
-    plans of the customer's active memberships for the decision hooks (a plan's
-    multiplier is its plugin's to give in ``regulars_order_multipliers``).
+    plans of the customer's memberships active when the order was paid (or
+    the visit made) for the decision hooks (a plan's multiplier is its
+    plugin's to give in ``regulars_order_multipliers``). When a late event
+    changes which plans were active at an order's payment, the plugins that
+    register plans are asked again for that order's multipliers with the plans
+    as they now stand, and the difference in points is posted: their
+    multiplier must depend on the order and ``customer.plans`` only, and each
+    plan's item must keep its name whatever other plans are active.
 
     Called once at start. An event naming a plan nobody registered fails,
     naming the plan, and can be replayed once it is configured.

@@ -271,6 +271,10 @@ class Identity:
         #: from their first order, the merged-in orders counted (set by the
         #: Pipeline when tiers are on)
         self.retier = None
+        #: ``(conn, customer_id, at)``: asks a survivor's orders again for their
+        #: memberships' multipliers, the merged-in memberships counted (set by
+        #: the Pipeline when plans are configured)
+        self.reprice = None
 
     def view(self, conn: Connection, customer_id: int) -> CustomerView:
         return _view_of(conn.execute(select(customers).where(customers.c.id == customer_id)).one())
@@ -550,7 +554,8 @@ class Identity:
         """Join customer ``gone`` into ``keep``: balances move with paired ledger
         entries, lots, orders, referrals and links follow, keys move over; the
         survivor's referral claim and tier upgrades are decided again with the
-        orders merged in.
+        orders merged in, and their orders' membership multipliers with the
+        memberships merged in.
 
         A stamps balance that moved is settled at once, as after an order: two
         half cards may make a full one, whose reward is the survivor's now (and
@@ -589,5 +594,7 @@ class Identity:
         if self.cards is not None:
             for unit in sorted(moved):
                 self.cards.settle(conn, keep, unit, at)  # (ignores a unit that is no card's)
+        if self.reprice is not None:
+            self.reprice(conn, keep, at)
         if self.retier is not None:
             self.retier(conn, keep, at)

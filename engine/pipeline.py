@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
 from engine.db import as_utc, utcnow
-from engine.db.models import ledger_entries, orders
+from engine.db.models import ledger_entries, orders, subscriptions
 from engine.fastsql import Fast, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger, typed_update
@@ -67,6 +67,12 @@ _SIBLINGS = (
     .order_by(orders.c.id)
 )
 _SIBLINGS_FOR_UPDATE = _SIBLINGS.with_for_update()
+# The customer's orders paid from a moment on, oldest payment first (memberships asked again).
+_PAID_FROM = (
+    select(orders)
+    .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at >= bindparam("since"))
+    .order_by(orders.c.paid_at, orders.c.id)
+)
 # The customer's orders paid after a moment, oldest payment first (the tiers' walk).
 _PAID_SINCE = (
     select(orders)
@@ -134,6 +140,13 @@ class Pipeline:
         self.tier_plugins = {impl.plugin_name for impl in plugins.pm.hook.regulars_register_tier_program.get_hookimpls()}
         if tiers.program:
             identity.retier = self._retier_merged
+        #: the plugins that give membership plans: their multiplier is asked
+        #: again when a subscription event changes which plans were active when
+        self.membership_plugins = {
+            impl.plugin_name for impl in plugins.pm.hook.regulars_register_subscription_plans.get_hookimpls()}
+        if subscriptions is not None and subscriptions.plans:
+            subscriptions.reprice = self.reprice_memberships
+            identity.reprice = self._reprice_merged
 
     def apply(self, conn: Connection, event: dict) -> int:
         """Apply one loaded canonical event; returns how many entries it posted."""
@@ -223,7 +236,7 @@ class Pipeline:
         order = view(row.id, channel, external_id, state, multipliers)
         if customer_id is not None:
             customer = resolved if resolved is not None else self.identity.view(conn, customer_id)
-            customer = self._with_plans(conn, customer)
+            customer = self._with_plans(conn, customer, order.paid_at or at)
             # Multipliers are asked once, when the order is first awardable, and
             # kept; again only if an earlier payment turns up late (paid_at moved),
             # since a multiplier may depend on when the order was paid.
@@ -330,7 +343,7 @@ class Pipeline:
             if held == tiers.program.levels[-1].name:
                 continue
             who = _under(customer, changes)
-            metric = self._tier_metric(rows, views, awarded, paid_at, window, who)
+            metric = self._tier_metric(conn, rows, views, awarded, paid_at, window, who)
             earned = tiers.earned(metric)
             if tiers.rank(earned) > tiers.rank(held):
                 tiers.upgrade(conn, customer_id, held, earned, metric, paid_at)
@@ -354,6 +367,12 @@ class Pipeline:
         new = self._multipliers(order, now, self.tier_plugins)
         if old == new:
             return 0
+        return self._swap_multipliers(conn, row, views, awarded, customer_id, old, new, now, at)
+
+    def _swap_multipliers(self, conn, row, views, awarded, customer_id, old, new, customer, at: datetime) -> int:
+        """An order's multipliers with ``old`` replaced by ``new``; its points
+        asked again with them and the difference posted."""
+        order = views[row.id]
         multipliers = [list(m) for m in row.multipliers or ()]
         for item in old:
             if item in multipliers:
@@ -361,7 +380,7 @@ class Pipeline:
         multipliers.extend(new)
         order = views[row.id] = replace(order, multipliers=tuple(tuple(m) for m in multipliers))
         history = [v for _, v in self._siblings(conn, customer_id, row.id)] if self.history_plugins else []
-        targets = self._awards("regulars_order_awards", order=order, customer=now, history=history)
+        targets = self._awards("regulars_order_awards", order=order, customer=customer, history=history)
         posted = self._post_differences(conn, row, customer_id, targets, awarded[row.id], "order", at, multipliers,
                                         str(order.eligible))
         awarded[row.id] = {k: v for k, v in targets.items() if v}
@@ -369,7 +388,52 @@ class Pipeline:
                                       "revision": row.revision + 1, "updated_at": utcnow()})
         return posted
 
-    def _tier_metric(self, rows, views, awarded, moment: datetime, window: timedelta, customer) -> Decimal:
+    def reprice_memberships(self, conn: Connection, customer_id: int, since: datetime, at: datetime) -> int:
+        """After a subscription event (or a merge) changed which memberships
+        were active when: the customer's awarded orders paid from ``since`` on
+        are asked again for the membership plugins' multipliers under the plans
+        active at their ``paid_at``; an order whose multipliers changed is
+        asked again for its points (its other multipliers as they were) and
+        the difference posted. Then the tier upgrades are decided again from
+        the first order that changed, as its points count for them."""
+        self.identity.lock(conn, [customer_id])
+        rows = conn.execute(_PAID_FROM, {"customer_id": customer_id, "since": since}).all()
+        if not rows:
+            return 0
+        customer = self.identity.view(conn, customer_id)
+        everything = replace(customer, plans=tuple(sorted(self.subscriptions.plans)))
+        views = {r.id: view(r.id, r.channel, r.external_id, r.state, r.multipliers) for r in rows}
+        awarded = {r.id: dict(r.awarded or {}) for r in rows}
+        posted, first = 0, None
+        for r in rows:
+            order = views[r.id]
+            if r.multipliers is None or order.paid_at is None:
+                continue
+            then = self._with_plans(conn, customer, order.paid_at)
+            new = self._multipliers(order, then, self.membership_plugins)
+            # what the order holds from these plugins: any item they can give
+            # (asked with every plan), whichever customer's memberships it was
+            # awarded under (a merge brings orders awarded under another's)
+            names = {name for name, _ in self._multipliers(order, everything, self.membership_plugins)}
+            names.update(name for name, _ in new)
+            old = [list(m) for m in r.multipliers if m[0] in names]
+            if sorted(old) == sorted(new):
+                continue
+            posted += self._swap_multipliers(conn, r, views, awarded, customer_id, old, new, then, at)
+            first = first if first is not None else order.paid_at
+        if first is not None and self.tiers.program:
+            posted += self._retier(conn, customer_id, first, at)
+        return posted
+
+    def _reprice_merged(self, conn: Connection, customer_id: int, at: datetime) -> None:
+        """After a merge: the survivor's orders paid since their first
+        membership began, under every membership now theirs."""
+        first = conn.execute(select(func.min(subscriptions.c.started_at))
+                             .where(subscriptions.c.customer_id == customer_id)).scalar()
+        if first is not None:
+            self.reprice_memberships(conn, customer_id, as_utc(first), at)
+
+    def _tier_metric(self, conn, rows, views, awarded, moment: datetime, window: timedelta, customer) -> Decimal:
         """Points earned (or eligible spend) by the orders paid in the window up
         to ``moment``, each as it stood then."""
         spend = self.tiers.program.metric == "spend"
@@ -385,7 +449,8 @@ class Pipeline:
             if r.multipliers is not None:
                 multipliers = views[r.id].multipliers  # (the tier's as the walk asked it again)
             else:  # never awarded yet (cancelled before its payment arrived): as it would have been
-                multipliers = self._multipliers(view(r.id, r.channel, r.external_id, past, None), customer)
+                then = self._with_plans(conn, customer, paid_at)
+                multipliers = self._multipliers(view(r.id, r.channel, r.external_id, past, None), then)
             then = view(r.id, r.channel, r.external_id, past, multipliers)
             if spend:
                 total += then.eligible
@@ -458,7 +523,7 @@ class Pipeline:
         if self.ledger.metrics is not None:
             self.ledger.metrics.visited(conn, customer_id, event["channel"], at)
         visit = {**event["visit"], "occurred_at": at, "channel": event["channel"]}
-        customer = self._with_plans(conn, self.identity.view(conn, customer_id))
+        customer = self._with_plans(conn, self.identity.view(conn, customer_id), at)
         source = f"visit:{event['channel']}:{visit['id']}"
         posted = 0
         for key, amount in sorted(self._awards("regulars_visit_awards", visit=visit, customer=customer).items()):
@@ -483,12 +548,15 @@ class Pipeline:
         except SubscriptionRefused as exc:
             raise EventRefused(str(exc)) from None
 
-    def _with_plans(self, conn: Connection, customer):
-        """The customer with their active membership plans, for the decision
-        hooks; no query at all when no plans are configured."""
+    def _with_plans(self, conn: Connection, customer, at: datetime | None = None):
+        """The customer with their membership plans active at ``at`` (by the
+        memberships' events; without ``at``: active now, by their status), for
+        the decision hooks; no query at all when no plans are configured."""
         if self.subscriptions is None or not self.subscriptions.plans:
             return customer
-        return replace(customer, plans=self.subscriptions.active_plans(conn, customer.id))
+        if at is None:
+            return replace(customer, plans=self.subscriptions.active_plans(conn, customer.id))
+        return replace(customer, plans=self.subscriptions.plans_at(conn, customer.id, at))
 
 
 __all__ = ["EventRefused", "Pipeline"]

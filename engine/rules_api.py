@@ -173,7 +173,8 @@ class SubscriptionPlan:
 
     :param name: the plan ``subscription.*`` events name (``"vip"``).
     :param multiplier: the factor on orders paid while the membership is
-        active. The engine fills ``customer.plans``; the plugin that registers
+        active (at its ``paid_at``, by the membership's events). The engine
+        fills ``customer.plans``; the plugin that registers
         the plan gives the factor through ``regulars_order_multipliers`` (the
         built-in ``[rules.subscriptions]`` does).
     :param renewal_points: points on each renewal.

@@ -18,10 +18,17 @@ event into it so that duplicates and reordered deliveries converge:
   key. A stale renewal still earns its points (the renewal happened).
 
 A membership is active from a start, renewal or resumption until a newer pause
-or cancellation. The multiplier applies to an order by the membership as the
-engine knows it when the order is first awarded (like a tier), not as it stood
-at the order's ``paid_at``. ``period_end`` is reported, not enforced, unless the
-plan sets ``grace_days``:
+or cancellation. Every event is kept (``history``), so whether a membership was
+active at a moment is decided from the events at or before it, whatever order
+they arrived in (``active_plan``): the newest of them must be a start, renewal
+or resumption and, for a plan with ``grace_days``, the moment no later than the
+latest ``period_end`` among them plus the grace. The multiplier applies to an
+order by the memberships active at its ``paid_at`` (``plans_at``); an event
+that changes that for orders already awarded has them asked again
+(``Pipeline.reprice_memberships``, through ``reprice``).
+
+``status`` is the membership as it stands now. ``period_end`` is reported, not
+enforced there, unless the plan sets ``grace_days``:
 
 - the ``subscription-check`` job (``Subscriptions.lapse``) marks an active
   membership of such a plan ``lapsed`` once its ``current_period_end`` plus
@@ -74,6 +81,9 @@ _ACTIVE_PLANS = (
     .where(subscriptions.c.customer_id == bindparam("customer_id"), subscriptions.c.status == ACTIVE)
     .distinct()
 )
+_HISTORIES = select(subscriptions.c.history).where(subscriptions.c.customer_id == bindparam("customer_id"))
+#: the kinds of event that make a membership active
+_ACTIVATING = frozenset(rank for kind, rank in _RANK.items() if STATUS[kind] == ACTIVE)
 
 
 class SubscriptionRefused(ValueError):
@@ -89,6 +99,16 @@ def _stamp(kind: str, at: datetime, key: str) -> str:
 def _stamp_time(stamp: str) -> datetime:
     """The event time a stamp starts with."""
     return datetime.strptime(stamp.split("|", 1)[0], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+
+
+def _moment(at: datetime | None) -> str | None:
+    """A time as stamps and history entries write it (UTC)."""
+    return None if at is None else f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"
+
+
+def _entry(stamp: str, plan: str, period_end: datetime | None) -> list:
+    """One event in a subscription's ``history``."""
+    return [stamp, plan, _moment(period_end)]
 
 
 def _lapses(plan: SubscriptionPlan | None, period_end: datetime | None, now: datetime) -> bool:
@@ -126,6 +146,11 @@ class Subscriptions:
                     )
                 self.plans[plan.name], self.providers[plan.name] = plan, plugin
         self.ledger = ledger
+        #: ``(conn, customer_id, since, at) -> entries posted``: asks the
+        #: customer's orders paid from ``since`` on again for their memberships'
+        #: multipliers after an event changed which were active when (set by
+        #: the Pipeline)
+        self.reprice = None
 
     def plan(self, name: str) -> SubscriptionPlan:
         found = self.plans.get(name)
@@ -138,8 +163,34 @@ class Subscriptions:
         return found
 
     def active_plans(self, conn: Connection, customer_id: int) -> tuple[str, ...]:
-        """The plans of the customer's active memberships, sorted."""
+        """The plans of the customer's memberships active now (by their status), sorted."""
         return tuple(sorted(conn.execute(_ACTIVE_PLANS, {"customer_id": customer_id}).scalars()))
+
+    def plans_at(self, conn: Connection, customer_id: int, at: datetime) -> tuple[str, ...]:
+        """The plans of the customer's memberships active at ``at`` by their
+        events (``active_plan``), sorted: the same whatever order the events
+        arrived in, and whether or not the ``subscription-check`` job ran."""
+        histories = conn.execute(_HISTORIES, {"customer_id": customer_id}).scalars()
+        return tuple(sorted({p for p in (self.active_plan(h or [], at) for h in histories) if p is not None}))
+
+    def active_plan(self, history: list, at: datetime) -> str | None:
+        """The plan of a membership with these events if it was active at
+        ``at``, else None: the newest event at or before ``at`` started,
+        renewed or resumed it, and, for a plan with ``grace_days``, ``at`` is
+        no later than the latest ``period_end`` of those events plus the grace."""
+        moment = _moment(at)
+        newest, period_end = None, None
+        for stamp, plan, end in history:  # (oldest first)
+            if stamp.split("|", 1)[0] > moment:
+                break
+            newest = (stamp, plan)
+            if end is not None and (period_end is None or end > period_end):
+                period_end = end
+        if newest is None or int(newest[0].split("|", 2)[1]) not in _ACTIVATING:
+            return None
+        name = newest[1]
+        end = None if period_end is None else datetime.strptime(period_end, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+        return None if _lapses(self.plans.get(name), end, at) else name
 
     def lapse(self, conn: Connection, now: datetime) -> int | None:
         """Mark ``lapsed`` the active memberships of plans with ``grace_days``
@@ -194,15 +245,36 @@ class Subscriptions:
                 subscriptions,
                 {"customer_id": customer_id, "channel": channel, "external_id": external_id, "plan": plan.name,
                  "status": STATUS[kind], "status_at": at, "status_stamp": stamp, "started_at": at,
-                 "current_period_end": period_end, "created_at": now, "updated_at": now},
+                 "current_period_end": period_end, "history": [_entry(stamp, plan.name, period_end)],
+                 "created_at": now, "updated_at": now},
                 ["channel", "external_id"],
             )
             if created is None:  # a concurrent first event of the same subscription
                 row = self._lock(conn, channel, external_id)
+        since = at
         if row is not None:
-            customer_id = self._merge(conn, row, kind, plan, at, period_end, stamp, customer_id)
-        return self._post_points(conn, kind, plan, channel, external_id, customer_id, at, period_end,
-                                 event["idempotency_key"])
+            owner, customer_id = row.customer_id, self._merge(conn, row, kind, plan, at, period_end, stamp,
+                                                              customer_id)
+            if owner != customer_id:  # moved: every order of both, from the membership's start
+                since = min(at, as_utc(row.started_at))
+                customer_ids = sorted({owner, customer_id})
+            else:
+                customer_ids = [customer_id]
+            if not any(entry[0] == stamp for entry in row.history or ()):
+                posted = self._reprice(conn, customer_ids, since, at)
+            else:
+                posted = 0  # an event seen before: no moment's memberships changed
+        else:
+            posted = self._reprice(conn, [customer_id], since, at)
+        return posted + self._post_points(conn, kind, plan, channel, external_id, customer_id, at, period_end,
+                                          event["idempotency_key"])
+
+    def _reprice(self, conn: Connection, customer_ids: list[int], since: datetime, at: datetime) -> int:
+        """Orders paid from ``since`` on are asked again for their memberships'
+        multipliers (``reprice``, set by the Pipeline)."""
+        if self.reprice is None:
+            return 0
+        return sum(self.reprice(conn, customer_id, since, at) for customer_id in customer_ids)
 
     def _merge(self, conn, row, kind, plan, at, period_end, stamp, customer_id) -> int:
         """Fold one event into an existing subscription; returns whose it is."""
@@ -214,6 +286,9 @@ class Subscriptions:
                 values["customer_id"] = customer_id  # the channel gave it to someone else
         if at < as_utc(row.started_at):
             values["started_at"] = at
+        history = [list(entry) for entry in row.history or ()]
+        if not any(entry[0] == stamp for entry in history):
+            values["history"] = sorted([*history, _entry(stamp, plan.name, period_end)])
         current_end = latest_end = as_utc(row.current_period_end)
         if period_end is not None and (current_end is None or period_end > current_end):
             values["current_period_end"] = latest_end = period_end

@@ -10,8 +10,9 @@ grace_days = 7          # optional: lapse 7 days after the paid period ends (sub
 ```
 
 The engine keeps the subscriptions and posts the points (engine/subscriptions.py);
-this plugin gives the plans and the multiplier of the customer's active ones
-(``customer.plans``) when an order is first awarded. Without ``grace_days`` a
+this plugin gives the plans and the multiplier of the customer's memberships
+active when the order was paid (``customer.plans``; asked again when a late
+event changes which were). Without ``grace_days`` a
 membership's ``period_end`` is reported, not enforced; with it, ``regulars jobs
 run subscription-check`` lapses memberships whose period ended more than
 ``grace_days`` ago.

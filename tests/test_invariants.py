@@ -68,15 +68,15 @@ def programmes(draw):
     return planned, ordered, shuffled
 
 
-def _fresh(make_engine, tmp_path, sqlite_template, tables=None, counter=[0]):  # noqa: B006 - a per-process counter
+def _fresh(make_engine, tmp_path, sqlite_template, tables=None, counter=[0], extra_plugins=()):  # noqa: B006 - a per-process counter
     if POSTGRES_URL:
-        engine = make_engine(tables=tables)
+        engine = make_engine(tables=tables, extra_plugins=extra_plugins)
         reset_postgres(engine.db)
         return engine
     counter[0] += 1
     path = tmp_path / f"example-{counter[0]}.sqlite3"
     shutil.copy(sqlite_template, path)
-    return make_engine(tables=tables, url=f"sqlite:///{path}")
+    return make_engine(tables=tables, url=f"sqlite:///{path}", extra_plugins=extra_plugins)
 
 
 def _points_by_email(engine) -> dict[str, int]:

@@ -14,20 +14,26 @@ from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from engine.cli import main
 from engine.config import ConfigError
 from engine.customers import customer_summary
-from engine.db.models import ledger_entries
+from engine.db import as_utc
+from engine.db.models import ledger_entries, orders
 from engine.events import SUBSCRIPTION_TOPICS
 from engine.hookspecs import hookimpl
 from engine.rules_api import Multiplier, SubscriptionPlan
-from tests.conftest import DEFAULT_TABLES, empty_database
+from tests.conftest import DEFAULT_TABLES, empty_database, examples
 from tests.plugins.till import CanonicalTill
+from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.test_invariants import _fresh
 
 EMAIL = "jana@example.com"
 T0 = datetime(2026, 1, 10, 9, 0, tzinfo=UTC)
+JAN = datetime(2026, 1, 1, tzinfo=UTC)
 VIP = {"multiplier": 2.0, "renewal_points": 100, "start_points": 50}
 
 
@@ -232,7 +238,7 @@ def test_the_multipliers_of_two_active_plans_multiply(make_engine):
     assert points(engine) == 50 + 30  # floor(10 x 2 x 1.5); coffee-club grants no points
 
 
-def test_a_membership_follows_its_customer_into_a_merge(shop):
+def test_a_membership_follows_its_customer_into_a_merge_and_counts_for_their_orders_paid_while_active(shop):
     phone = "+420601123456"
     event = {"idempotency_key": "s", "occurred_at": T0.isoformat(), "customer": {"phone": phone},
              "subscription": {"id": "S1", "plan": "vip"}}
@@ -242,8 +248,12 @@ def test_a_membership_follows_its_customer_into_a_merge(shop):
             "customer": {"email": EMAIL, "phone": phone}}
     assert shop.ingest("till", "customer.upserted", json.dumps(both).encode()).status == "applied"
     assert memberships(shop) == [("vip", "active")]
+    # the order the email half paid while the phone half's membership was
+    # active earns double once they are one person, as it would had the
+    # deliveries come the other way round
+    assert points(shop) == 50 + 20
     sale(shop, 2, "10.00", T0 + timedelta(days=3))
-    assert points(shop) == 50 + 10 + 20
+    assert points(shop) == 50 + 20 + 20
 
 
 # -- refusals ---------------------------------------------------------------------
@@ -394,3 +404,165 @@ def test_the_cli_refuses_an_unknown_plan_or_customer_saying_why(cli, shop):
     nobody = cli("subscription", "start", "nobody@example.com", "vip")
     assert nobody.exit_code == 1 and "no customer matches 'nobody@example.com'" in nobody.output
     assert points(shop) == 0
+
+
+# -- whatever order the deliveries come in (PRODUCT.md invariant 2) -------------------
+
+
+def order_multipliers(engine) -> dict[str, list]:
+    with engine.db.connect() as conn:
+        rows = conn.execute(select(orders.c.external_id, orders.c.multipliers)).all()
+    return {r.external_id: sorted(m for m in r.multipliers or [] if m[0].endswith(" membership")) for r in rows}
+
+
+def test_an_order_delivered_before_the_start_of_a_membership_it_was_paid_in_earns_double_once_it_arrives(shop):
+    sale(shop, 1, "10.00", T0 + timedelta(days=1))
+    assert points(shop) == 10
+    subscription(shop, "started", T0)
+    assert points(shop) == 50 + 20
+    assert order_multipliers(shop) == {"1": [["vip membership", "2.0"]]}
+    subscription(shop, "started", T0)  # the start resent: nothing more
+    assert points(shop) == 50 + 20
+
+
+def test_a_start_after_the_order_was_paid_gives_it_nothing(shop):
+    sale(shop, 1, "10.00", T0)
+    subscription(shop, "started", T0 + timedelta(hours=1))
+    assert points(shop) == 50 + 10
+
+
+def test_a_cancellation_delivered_late_takes_back_the_double_of_orders_paid_after_it(shop):
+    subscription(shop, "started", T0)
+    sale(shop, 1, "10.00", T0 + timedelta(days=1))
+    sale(shop, 2, "10.00", T0 + timedelta(days=3))
+    assert points(shop) == 50 + 20 + 20
+    subscription(shop, "cancelled", T0 + timedelta(days=2))
+    assert points(shop) == 50 + 20 + 10
+    assert order_multipliers(shop) == {"1": [["vip membership", "2.0"]], "2": []}
+    # a refund of the second order reverses at what it now holds
+    sale(shop, 2, "10.00", T0 + timedelta(days=4), refunds=(("r1", "5.00"),))
+    assert points(shop) == 50 + 20 + 5
+
+
+def test_a_pause_and_resumption_delivered_late_move_the_multiplier_to_the_orders_paid_while_active(shop):
+    subscription(shop, "started", T0)
+    for number, day in ((1, 1), (2, 3), (3, 5)):
+        sale(shop, number, "10.00", T0 + timedelta(days=day))
+    subscription(shop, "resumed", T0 + timedelta(days=4))
+    subscription(shop, "paused", T0 + timedelta(days=2))
+    assert points(shop) == 50 + 20 + 10 + 20
+    assert memberships(shop) == [("vip", "active")]
+
+
+def test_a_membership_past_its_period_and_grace_gives_no_multiplier_before_the_job_runs(make_engine):
+    engine = make_engine(tables=programme({"vip": {**VIP, "grace_days": 7}}), extra_plugins=(("till", MembershipTill()),))
+    subscription(engine, "started", T0, period_end=T0 + timedelta(days=30))
+    sale(engine, 1, "10.00", T0 + timedelta(days=37))  # the last day of the grace
+    sale(engine, 2, "10.00", T0 + timedelta(days=38))
+    assert points(engine) == 50 + 20 + 10
+    assert memberships(engine) == [("vip", "active")]  # (the job has not run)
+    # a renewal made in the grace, delivered late, covers the second order too
+    subscription(engine, "renewed", T0 + timedelta(days=33), period_end=T0 + timedelta(days=60))
+    assert points(engine) == 50 + 100 + 20 + 20
+
+
+@st.composite
+def membership_streams(draw):
+    """A customer's VIP membership (started, maybe renewed, paused, resumed,
+    cancelled; periods of 10 days, 3 days' grace) and a coffee club's, and
+    their Shopify and WooCommerce orders, some refunded in part; the deliveries
+    in time order, and shuffled with some sent twice."""
+    timed = []  # (when, channel, topic, body)
+    start = draw(st.integers(0, 24 * 10))
+    events = [("started", start)]
+    for kind in ("renewed", "paused", "resumed", "cancelled"):
+        if draw(st.booleans()):
+            events.append((kind, draw(st.integers(start, 24 * 40))))
+    for kind, hour in events:
+        at = JAN + timedelta(hours=hour, minutes=7)
+        period_end = at + timedelta(days=10) if kind in ("started", "renewed") else None
+        timed.append((at, "till", f"subscription.{kind}", _membership(kind, at, "vip", "S1", period_end)))
+    if draw(st.booleans()):
+        club = JAN + timedelta(hours=draw(st.integers(0, 24 * 40)), minutes=11)
+        timed.append((club, "till", "subscription.started", _membership("started", club, "coffee-club", "S2", None)))
+        if draw(st.booleans()):
+            end = club + timedelta(hours=draw(st.integers(1, 24 * 10)))
+            timed.append((end, "till", "subscription.cancelled", _membership("cancelled", end, "coffee-club", "S2",
+                                                                             None)))
+    n = draw(st.integers(1, 5))
+    for number, hour in enumerate(draw(st.lists(st.integers(0, 24 * 45), min_size=n, max_size=n, unique=True)),
+                                  start=1):
+        euros = draw(st.sampled_from(["10.00", "25.00", "33.00"]))
+        channel = draw(st.sampled_from(["shopify", "woocommerce"]))
+        order = PlannedOrder(channel, number, EMAIL, (Line(Decimal(euros), 1),))
+        paid = JAN + timedelta(hours=hour)
+        refund_at = paid + timedelta(hours=draw(st.integers(1, 24 * 10))) if draw(st.booleans()) else None
+        half = Decimal(euros) / 2
+        if channel == "shopify":
+            timed.append((paid, channel, "orders/paid", _shopify_order(order, "paid", paid, [], False)))
+            if refund_at:
+                timed.append((refund_at, channel, "refunds/create", _shopify_refund(order, 0, half, refund_at)))
+        else:
+            timed.append((paid, channel, "order.updated", _woo_order(order, "processing", paid, [])))
+            if refund_at:
+                timed.append((refund_at, channel, "order.updated", _woo_order(order, "processing", refund_at, [half])))
+    timed.sort(key=lambda item: item[0])
+    ordered = [(channel, topic, json.dumps(body).encode()) for _, channel, topic, body in timed]
+    shuffled = list(draw(st.permutations(ordered)))
+    for delivery in draw(st.lists(st.sampled_from(ordered), max_size=3)):
+        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    return ordered, shuffled, events
+
+
+def _membership(kind: str, at: datetime, plan: str, sub_id: str, period_end: datetime | None) -> dict:
+    return {"idempotency_key": f"{sub_id}-{kind}-{at.isoformat()}", "occurred_at": at.isoformat(),
+            "customer": {"email": EMAIL},
+            "subscription": {"id": sub_id, "plan": plan, **({"period_end": period_end.isoformat()} if period_end
+                                                             else {})}}
+
+
+def _vip_at(events: list[tuple[str, int]], moment: datetime) -> bool:
+    """The VIP membership's rule, told again: active at a moment when its
+    newest event by then started, renewed or resumed it and its latest period
+    by then (10 days from a start or renewal) plus 3 days' grace has not ended."""
+    seen = sorted((JAN + timedelta(hours=hour, minutes=7), _RANKS[kind], kind) for kind, hour in events)
+    seen = [(at, kind) for at, _, kind in seen if at <= moment]
+    if not seen or seen[-1][1] in ("paused", "cancelled"):
+        return False
+    period_end = max(at for at, kind in seen if kind in ("started", "renewed")) + timedelta(days=10)
+    return moment <= period_end + timedelta(days=3)
+
+
+_RANKS = {"started": 0, "renewed": 1, "resumed": 2, "paused": 3, "cancelled": 4}
+
+
+@settings(max_examples=examples(40), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=membership_streams())
+def test_memberships_multipliers_do_not_depend_on_the_order_deliveries_arrive_in(
+    stream, make_engine, tmp_path, _sqlite_template
+):
+    """PRODUCT.md's invariant 2 for memberships: any reordering and
+    duplication of a customer's orders and membership events ends in the same
+    points, memberships and multipliers as the stream in time order, and each
+    order holds the VIP multiplier exactly when the membership was active at
+    its payment."""
+    ordered, shuffled, events = stream
+    plans = {"vip": {**VIP, "grace_days": 3}, "coffee-club": {"multiplier": 1.5}}
+    results = []
+    for deliveries in (ordered, shuffled):
+        engine = _fresh(make_engine, tmp_path, _sqlite_template, programme(plans),
+                        extra_plugins=(("till", MembershipTill()),))
+        for channel, topic, body in deliveries:
+            outcome = engine.ingest(channel, topic, body)
+            assert outcome.status in ("applied", "duplicate"), outcome
+        found = summary(engine)
+        with engine.db.connect() as conn:
+            assert engine.ledger.audit(conn) == []
+            paid = {r.external_id: as_utc(r.paid_at) for r in conn.execute(select(orders)).all()}
+        results.append((found["points"], sorted(tuple(sorted(m.items())) for m in found["memberships"]),
+                        order_multipliers(engine)))
+        engine.db.dispose()
+    assert results[1] == results[0]
+    for external_id, multipliers in results[0][2].items():
+        assert (["vip membership", "2.0"] in multipliers) == _vip_at(events, paid[external_id]), external_id

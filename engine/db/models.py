@@ -293,6 +293,10 @@ class Subscription(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     #: the latest period_end seen
     current_period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: every event merged, oldest first: ``[stamp, plan, period_end]`` (the
+    #: period's end in UTC, ``%Y-%m-%dT%H:%M:%S.%f``, or null), from which
+    #: whether the membership was active at a moment is decided
+    history: Mapped[list | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -311,6 +311,26 @@ class Rewards:
         self.outbox.reward_closed(conn, spent, spent_in=channel)
         return len(spent)
 
+    def used_by(self, conn: Connection, customer_id: int | None, codes: list[str], used_in: str) -> list[dict]:
+        """What ``mark_used`` made of the codes an order carried: for each code,
+        once, ``{"code", "used", "reason"}``, ``used`` if this order (``used_in``)
+        used it, else the ``reason`` (one of ``NOT_USED``). Read from the rewards
+        as they are, so an order resent, whose codes mark_used leaves alone, is
+        answered exactly as it was the first time: a used reward keeps its order."""
+        sent: dict[str, str] = {}
+        for code in codes:
+            sent.setdefault((code or "").strip().upper(), code)
+        wanted = [code for code in sent if code]
+        rows = {row.code: row for row in conn.execute(
+            select(rewards.c.code, rewards.c.reward, rewards.c.customer_id, rewards.c.status, rewards.c.used_in)
+            .where(rewards.c.code.in_(wanted)))} if wanted else {}
+        elsewhere = set(self.not_spendable_in(spent_in(used_in)))
+        answer = []
+        for code, as_sent in sent.items():
+            reason = _not_used(rows.get(code), customer_id, used_in, elsewhere)
+            answer.append({"code": as_sent, "used": reason is None, "reason": reason})
+        return answer
+
     def not_spendable_in(self, channel: str) -> list[str]:
         """The catalogue rewards whose ``channels`` leave ``channel`` out."""
         return sorted(name for name, entry in self.catalogue.entries.items()
@@ -343,6 +363,30 @@ class Rewards:
         if self.outbox is not None:
             self.outbox.reward_closed(conn, [row.code for row in expired])
         return expired
+
+
+#: Why an order's code was not used (``Rewards.used_by``): no reward has it;
+#: another customer's; used (by another order); expired, or voided (a full
+#: stamp card's reward taken back with its stamps); kept for other channels
+#: (its ``channels``); or still issued, spendable, yet this order didn't spend it
+#: (not applied yet: kept after a plugin failed on it, to be replayed).
+NOT_USED = ("unknown", "not_this_customers", "already_used", "expired", "voided", "not_spendable_here",
+            "still_issued")
+
+
+def _not_used(row, customer_id: int | None, used_in: str, elsewhere: set[str]) -> str | None:
+    """mark_used's conditions, one at a time: None when ``used_in`` used it."""
+    if row is None:
+        return "unknown"
+    if row.status == "used" and row.used_in == used_in:
+        return None
+    if customer_id is not None and row.customer_id != customer_id:
+        return "not_this_customers"
+    if row.status != "issued":
+        return "already_used" if row.status == "used" else row.status  # expired, voided
+    if row.reward in elsewhere:
+        return "not_spendable_here"
+    return "still_issued"
 
 
 def spent_in(used_in: str) -> str:

@@ -155,13 +155,33 @@ def send(engine, topic: str, payload: dict):
     return engine.ingest("pos", topic, json.dumps(payload, default=str).encode())
 
 
+def sale_order_id(terminal: Terminal, sale_id) -> str:
+    """The id of the order ``connectors.pos`` makes of this terminal's sale."""
+    return f"{terminal.id}:{str(sale_id).strip()}"
+
+
+def sale_codes(engine, terminal: Terminal, payload: dict) -> list[dict]:
+    """Each reward code a sale carried, once: ``{"code", "used", "reason"}``,
+    whether this sale used it and if not why (``Rewards.used_by``); the same
+    for the sale resent."""
+    from engine.db.models import orders
+
+    if not payload.get("reward_codes"):
+        return []
+    external_id = sale_order_id(terminal, payload["id"])
+    with engine.db.connect() as conn:
+        customer_id = conn.execute(select(orders.c.customer_id).where(
+            orders.c.channel == "pos", orders.c.external_id == external_id)).scalar_one_or_none()
+        return engine.rewards.used_by(conn, customer_id, payload["reward_codes"], f"order:pos:{external_id}")
+
+
 def sale_customer(engine, terminal: Terminal, sale_id: str) -> str | None:
     """The card code of the customer of a sale this terminal recorded."""
     from engine.db.models import customers, orders
 
     with engine.db.connect() as conn:
         row = conn.execute(select(customers.c.card_code).join(orders, orders.c.customer_id == customers.c.id)
-                           .where(orders.c.channel == "pos", orders.c.external_id == f"{terminal.id}:{sale_id}")).first()
+                           .where(orders.c.channel == "pos", orders.c.external_id == sale_order_id(terminal, sale_id))).first()
     return row.card_code if row else None
 
 
@@ -176,7 +196,8 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
     ``duplicate``; a batch cut off and sent again whole applies only what is
     missing; a line refused before is refused again with its reason. Results
     are per line, in the lines' order: applied, duplicate or refused with the
-    reason."""
+    reason; a sale's, applied or duplicate, says what became of its reward
+    codes (``codes``, as live)."""
     from marshmallow import ValidationError
 
     from engine.web.api import MembershipSchema, SaleSchema, VisitSchema, VoidSchema, _messages
@@ -242,6 +263,8 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
                 payload = build(terminal, data, customer["card_code"])
         outcome = send(engine, topic, payload)
         result["status"], result["reason"] = _batch_status(engine, topic, payload, outcome)
+        if topic == "sale" and result["status"] != "refused":
+            result["codes"] = sale_codes(engine, terminal, payload)
     return results
 
 

@@ -29,6 +29,7 @@ from starlette.routing import Route
 from engine import terminals
 from engine.customers import customer_summary
 from engine.jsonio import UNSTORABLE_REFUSAL, holds_unstorable
+from engine.rewards import NOT_USED
 from engine.subscriptions import ACTIONS
 from engine.web.qr import printable_card, qr
 
@@ -215,6 +216,24 @@ class ResultSchema(Schema):
     customer = fields.Nested(CustomerSchema, allow_none=True)
 
 
+class CodeUseSchema(Schema):
+    """What became of a reward code the till sent with a sale."""
+
+    code = fields.String(metadata={"description": "the code, as the till sent it"})
+    used = fields.Boolean(metadata={"description": "true: this sale used the reward (true again for the sale resent)"})
+    reason = fields.String(allow_none=True, validate=validate.OneOf(NOT_USED), metadata={
+        "description": "when not used, why: `unknown` (no reward has this code), `not_this_customers`, "
+                       "`already_used` (by another order), `expired`, `voided` (a stamp card's reward taken back), "
+                       "`not_spendable_here` (its catalogue `channels` leave the till out), `still_issued` (valid, "
+                       "but this sale didn't spend it: the sale is not applied yet, kept after a plugin failed); "
+                       "the reward was not used, so no discount is owed for it"})
+
+
+class SaleResultSchema(ResultSchema):
+    codes = fields.List(fields.Nested(CodeUseSchema), metadata={
+        "description": "each of the sale's `reward_codes`, once: used by this sale or why not"})
+
+
 class MembershipResultSchema(ResultSchema):
     membership = fields.Nested(MembershipStateSchema, allow_none=True)
 
@@ -229,6 +248,8 @@ class BatchLineSchema(Schema):
     key = fields.String(allow_none=True)
     status = fields.String(metadata={"description": "applied, duplicate or refused"})
     reason = fields.String(allow_none=True)
+    codes = fields.List(fields.Nested(CodeUseSchema), metadata={
+        "description": "a sale's line, applied or duplicate: its reward codes, as a live sale's answer has them"})
 
 
 class BatchSchema(Schema):
@@ -375,7 +396,9 @@ class Api:
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
             payload = terminals.sale_payload(terminal, data, customer["card_code"])
-            return await run_in_threadpool(self._ingest, "sale", payload, customer["card_code"])
+            status, answer = await run_in_threadpool(self._ingest, "sale", payload, customer["card_code"])
+            answer["codes"] = await run_in_threadpool(terminals.sale_codes, self.engine, terminal, payload)
+            return status, answer
 
         return await self._idempotent(request, terminal, work)
 
@@ -598,8 +621,8 @@ def openapi_document() -> dict:
     spec.components.security_scheme("terminal", {"type": "http", "scheme": "bearer",
                                                  "description": "a terminal key from `regulars pos add-terminal`"})
     for schema in (HintsSchema, LineSchema, SaleSchema, VisitSchema, VoidSchema, EnrolSchema, RedeemSchema, MeRedeemSchema,
-                   RewardSchema, MembershipStateSchema, CustomerSchema, ResultSchema, RedemptionSchema, BatchLineSchema,
-                   BatchSchema, MembershipSchema, MembershipResultSchema, ErrorSchema):
+                   RewardSchema, MembershipStateSchema, CustomerSchema, ResultSchema, CodeUseSchema, SaleResultSchema,
+                   RedemptionSchema, BatchLineSchema, BatchSchema, MembershipSchema, MembershipResultSchema, ErrorSchema):
         spec.components.schema(schema.__name__[:-6], schema=schema)
     keys = [{"in": "query", "name": "key", "required": True, "schema": {"type": "string", "minLength": 1},
              "description": "the card code (what the QR code says), a phone or an email"}]
@@ -616,7 +639,7 @@ def openapi_document() -> dict:
             "text/html": {"schema": {"type": "string"}}}},
             **{c: {"description": t, "content": {"application/json": {"schema": "Error"}}} for c, t in _ERRORS.items()}},
     }})
-    spec.path("/api/v1/sales", operations={"post": _operation("Record a sale", SaleSchema, ResultSchema, write=True)})
+    spec.path("/api/v1/sales", operations={"post": _operation("Record a sale", SaleSchema, SaleResultSchema, write=True)})
     spec.path("/api/v1/sales/{sale_id}/void", operations={"post": _operation(
         "Void a sale (its points go back through the refund rules)", VoidSchema, ResultSchema, write=True,
         params=[{"in": "path", "name": "sale_id", "required": True, "schema": {"type": "string"}}])})

@@ -19,9 +19,19 @@ moment of a claim made at the counter or with the CLI). So a paid order
 delivered late, paid before the one that was rewarded, moves the referral onto
 it, or refuses it (bought before the code, or below the minimum) and takes
 both rewards back; and a first order delivered after a later one is judged as
-the first. The weekly limit is counted when a referral is rewarded, among the
-referrer's referrals rewarded by then: it depends on the order referees'
-orders arrive in.
+the first.
+
+The weekly limit is decided the same way, across the referrer's referees
+(``walk``): a referral whose referee side is met (its first order stands and
+reaches the minimum) counts at the paid time of that first order, and the
+referrer's such referrals are walked in that order (ties by the order's
+reference): one is rewarded while fewer than ``weekly_limit`` rewarded ones
+fall in the 7 days up to it, else refused at the limit. Whenever a referral
+enters or leaves that set, or moves in it, the walk runs again, so a referral
+refused at the limit is rewarded after all when an earlier one is taken back,
+and a late first order paid earlier in the week takes the place of one paid
+after it. A referral refused at the limit still holds the referee's claim: a
+second code they use is refused as "already referred".
 """
 
 from __future__ import annotations
@@ -32,11 +42,13 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
-from engine.db.models import customers, orders, referrals
+from engine.db.models import customers, ledger_entries, orders, referrals
 from engine.orders import view
 from engine.rules_api import UNIT_POINTS, ReferralProgram
 
 ACTIVE = ("claimed", "rewarded")
+#: how a refusal at the weekly limit begins (the limit follows)
+AT_LIMIT = "the referrer reached the limit of"
 BOUGHT_BEFORE = "the customer had already bought (in some channel) before using the code"
 REVERSED = "the first order was refunded in full or cancelled"
 # Built once: looked up after every order of a referee. A claim whose outcome
@@ -46,7 +58,8 @@ _OPEN_CLAIM = (
     .where(referrals.c.referee_id == bindparam("customer_id"),
            referrals.c.status.in_((*ACTIVE, "reversed"))
            | ((referrals.c.status == "refused")
-              & (referrals.c.reason.in_((BOUGHT_BEFORE,)) | referrals.c.reason.like("the first order (%"))))
+              & (referrals.c.reason.in_((BOUGHT_BEFORE,)) | referrals.c.reason.like("the first order (%")
+                 | referrals.c.reason.like(f"{AT_LIMIT}%"))))
     .order_by(referrals.c.status.in_(ACTIVE).desc(), referrals.c.claimed_at, referrals.c.id)
     .limit(1)
 )
@@ -55,12 +68,30 @@ _PAID_ORDERS = (
     .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at.is_not(None))
     .order_by(orders.c.paid_at, orders.c.id)
 )
+# A referrer's referrals whose referee side is met: rewarded, or refused at the
+# weekly limit; in the order the limit is decided (``Referrals.walk``).
+_AT_STAKE = (
+    select(referrals)
+    .where(referrals.c.referrer_id == bindparam("referrer_id"),
+           (referrals.c.status == "rewarded")
+           | ((referrals.c.status == "refused") & referrals.c.reason.like(f"{AT_LIMIT}%")))
+    .order_by(referrals.c.decided_at, referrals.c.order_ref, referrals.c.id)
+)
 _REFERRER = select(customers.c.id, customers.c.email, customers.c.phone, customers.c.address, customers.c.merged_into)
 SELF_REFERRAL = "a customer can't refer themselves"
 
 
 def already_referred(code: str) -> str:
     return f"this customer was already referred with code {code}"
+
+
+def _holds(status, reason) -> bool:
+    """Whether a referral holds its referee's claim: claimed, rewarded, or
+    refused at the weekly limit (which a later walk may reward)."""
+    return status in ACTIVE or (status == "refused" and (reason or "").startswith(AT_LIMIT))
+
+
+_HOLDING = referrals.c.status.in_(ACTIVE) | ((referrals.c.status == "refused") & referrals.c.reason.like(f"{AT_LIMIT}%"))
 
 
 def merge_referrals(conn: Connection, keep: int, gone: int, at: datetime) -> None:
@@ -90,13 +121,13 @@ def merge_referrals(conn: Connection, keep: int, gone: int, at: datetime) -> Non
     )
     active = conn.execute(
         select(referrals.c.id, referrals.c.referee_id, referrals.c.code, referrals.c.status)
-        .where(referrals.c.referee_id.in_([keep, gone]), referrals.c.status.in_(ACTIVE))
+        .where(referrals.c.referee_id.in_([keep, gone]), _HOLDING)
         .order_by(referrals.c.status != "rewarded", referrals.c.claimed_at, referrals.c.id)
     ).all()
     stays = []
     if len(active) > 1:
         winner, loser = active[0], active[1]
-        if loser.status == "claimed":
+        if loser.status != "rewarded":
             conn.execute(update(referrals).where(referrals.c.id == loser.id)
                          .values(status="refused", reason=already_referred(winner.code), decided_at=at))
         else:
@@ -130,9 +161,7 @@ class Referrals:
         if known is not None and known.code == code:  # the same code again (an order delivered twice): as decided
             return known.id, known.reason if known.status == "refused" else None
         active = conn.execute(
-            select(referrals.c.id, referrals.c.code).where(
-                referrals.c.referee_id == referee_id, referrals.c.status.in_(ACTIVE)
-            )
+            select(referrals.c.id, referrals.c.code).where(referrals.c.referee_id == referee_id, _HOLDING)
         ).first()
         if active is not None and active.code == code:
             return active.id, None  # claimed again with the same code: nothing new
@@ -194,12 +223,12 @@ class Referrals:
         if claim is None:
             return 0
         paid = conn.execute(_PAID_ORDERS, {"customer_id": customer_id}).all()
-        status, reason, ref = "claimed", None, None
+        status, reason, ref, paid_at = "claimed", None, None, None
         if paid:
             first = paid[0]
-            ref = f"order:{first.channel}:{first.external_id}"
+            ref, paid_at = f"order:{first.channel}:{first.external_id}", as_utc(first.paid_at)
             first_view = view(first.id, first.channel, first.external_id, first.state, first.multipliers)
-            if as_utc(first.paid_at) < self._claimed_when(claim, paid):
+            if paid_at < self._claimed_when(claim, paid):
                 status, reason = "refused", BOUGHT_BEFORE
             elif not _stands(first_view):
                 status, reason = "reversed", REVERSED
@@ -208,20 +237,51 @@ class Referrals:
                                              f"({self.program.min_order})")
             else:
                 status = "rewarded"
+        at_stake = claim.status == "rewarded" or (claim.reason or "").startswith(AT_LIMIT)
         posted = 0
-        if claim.status == "rewarded" and (status != "rewarded" or ref != claim.order_ref):
-            if status == "rewarded":  # the same reward, for the order that was in fact the first
-                self._decide(conn, claim.id, "rewarded", None, at, ref)
+        if status == "rewarded":
+            # The referee's side is met; whether the referrer's limit allows it
+            # is the walk's to decide, at the first order's paid time. (One
+            # rewarded already stays so, for the order that was in fact the first.)
+            if (claim.order_ref, as_utc(claim.decided_at)) == (ref, paid_at) and at_stake:
                 return 0
-            posted += self._post_both(conn, claim, -1, at, claim.order_ref)
-        elif status == "rewarded" and claim.status != "rewarded":
-            if self._over_limit(conn, claim, at):
-                status, reason = "refused", f"the referrer reached the limit of {self.program.weekly_limit} " \
-                                            "referrals a week"
+            if claim.status == "rewarded":
+                self._decide(conn, claim.id, "rewarded", None, paid_at, ref)
             else:
-                posted += self._post_both(conn, claim, 1, at, ref)
+                self._decide(conn, claim.id, "refused", self._limit_reason(), paid_at, ref)
+            return self.walk(conn, claim.referrer_id, at)
+        if claim.status == "rewarded":
+            posted += self._post_both(conn, claim, -1, at, claim.order_ref)
         if (status, reason, ref) != (claim.status, claim.reason, claim.order_ref):
             self._decide(conn, claim.id, status, reason, at, ref)
+        if at_stake:  # it left the referrer's week: another may take its place
+            posted += self.walk(conn, claim.referrer_id, at)
+        return posted
+
+    def _limit_reason(self) -> str:
+        return f"{AT_LIMIT} {self.program.weekly_limit} referrals a week"
+
+    def walk(self, conn: Connection, referrer_id: int, at: datetime) -> int:
+        """The weekly limit decided again over the referrer's referrals whose
+        referee side is met, in the paid-time order of their first orders
+        (the module's docstring); a referral that changes side has both
+        rewards posted or taken back. Returns entries posted."""
+        if conn.dialect.name == "postgresql":  # one walk of a referrer at a time
+            conn.execute(select(customers.c.id).where(customers.c.id == referrer_id).with_for_update())
+        window, limit = timedelta(days=7), self.program.weekly_limit
+        rewarded: list[datetime] = []
+        posted = 0
+        for row in conn.execute(_AT_STAKE, {"referrer_id": referrer_id}).all():
+            moment = as_utc(row.decided_at)
+            allowed = sum(1 for t in rewarded if moment - window < t <= moment) < limit
+            if allowed:
+                rewarded.append(moment)
+                if row.status != "rewarded":
+                    posted += self._post_both(conn, row, 1, at, row.order_ref)
+                    self._decide(conn, row.id, "rewarded", None, moment, row.order_ref)
+            elif row.status == "rewarded":
+                posted += self._post_both(conn, row, -1, at, row.order_ref)
+                self._decide(conn, row.id, "refused", self._limit_reason(), moment, row.order_ref)
         return posted
 
     @staticmethod
@@ -235,21 +295,17 @@ class Referrals:
                     return as_utc(row.paid_at)
         return as_utc(claim.claimed_at)
 
-    def _over_limit(self, conn, claim, at: datetime) -> bool:
-        week = conn.execute(
-            select(func.count()).select_from(referrals).where(
-                referrals.c.referrer_id == claim.referrer_id, referrals.c.status == "rewarded",
-                referrals.c.decided_at > at - timedelta(days=7), referrals.c.decided_at <= at,
-            )
-        ).scalar_one()
-        return week >= self.program.weekly_limit
-
     def _decide(self, conn, referral_id, status, reason, at, order_ref=None) -> None:
         values = {"status": status, "reason": reason, "decided_at": at, "order_ref": order_ref}
         conn.execute(update(referrals).where(referrals.c.id == referral_id).values(**values))
 
     def _post_both(self, conn, claim, sign: int, at: datetime, order_ref: str | None) -> int:
         kind = "reward" if sign > 0 else "reverse"
+        # A referral may be rewarded, taken back and rewarded again for the same
+        # order (the weekly limit walked again): each posting its own key.
+        done = conn.execute(select(func.count()).select_from(ledger_entries)
+                            .where(ledger_entries.c.source == f"referral:{claim.id}")).scalar_one()
+        again = f":{done}" if done else ""
         posted = 0
         for who, customer_id, points in (("referee", claim.referee_id, self.program.referee_points),
                                          ("referrer", claim.referrer_id, self.program.referrer_points)):
@@ -257,7 +313,7 @@ class Referrals:
                 # Keyed by the order rewarded: a referral taken back may be
                 # rewarded again for an earlier first order delivered later.
                 self.ledger.post(conn, customer_id, UNIT_POINTS, sign * points, "referral", f"referral:{claim.id}",
-                                 None, f"referral:{claim.id}:{who}:{kind}:{order_ref}", at)
+                                 None, f"referral:{claim.id}:{who}:{kind}:{order_ref}{again}", at)
                 posted += 1
         return posted
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from engine.config import ConfigError
 from engine.customers import customer_summary
-from engine.db.models import referrals
+from engine.db.models import customers, referrals
 from engine.hookspecs import hookimpl
 from engine.referrals import ReferralRefused
 from engine.rules_api import ReferralProgram
@@ -173,6 +173,62 @@ def test_a_referrer_has_a_weekly_limit(shop):
     assert statuses(shop)[-1] == ("refused", "the referrer reached the limit of 2 referrals a week")
 
 
+LIMIT = ("refused", "the referrer reached the limit of 2 referrals a week")
+FRIENDS = ("a@example.com", "b@example.com", "c@example.com")
+
+
+def by_referee(engine) -> dict[str, tuple[str, str | None]]:
+    with engine.db.connect() as conn:
+        rows = conn.execute(select(referrals.c.status, referrals.c.reason, customers.c.email)
+                            .join(customers, customers.c.id == referrals.c.referee_id)).all()
+    return {r.email: (r.status, r.reason) for r in rows}
+
+
+def test_the_weekly_limit_goes_by_when_the_first_orders_were_paid_not_by_when_they_arrived(shop):
+    code = code_of(shop)
+    for n, email in reversed(list(enumerate(FRIENDS, start=2))):  # paid a, b, c; delivered c, b, a
+        buy(shop, n, email, "30.00", code=code)
+    assert by_referee(shop) == {"a@example.com": ("rewarded", None), "b@example.com": ("rewarded", None),
+                                "c@example.com": LIMIT}
+    assert points(shop, REFERRER) == 10 + 2 * 200
+    assert [points(shop, email) for email in FRIENDS] == [130, 130, 30]
+    with shop.db.connect() as conn:
+        assert shop.ledger.audit(conn) == []
+
+
+def test_a_referral_refused_at_the_limit_is_rewarded_when_an_earlier_one_is_taken_back(shop):
+    code = code_of(shop)
+    for n, email in enumerate(FRIENDS, start=2):
+        buy(shop, n, email, "30.00", code=code)
+    buy(shop, 2, "a@example.com", "30.00", cancelled=True, hours=30)
+    assert by_referee(shop) == {"a@example.com": ("reversed", "the first order was refunded in full or cancelled"),
+                                "b@example.com": ("rewarded", None), "c@example.com": ("rewarded", None)}
+    assert points(shop, REFERRER) == 10 + 2 * 200
+    assert [points(shop, email) for email in FRIENDS] == [0, 130, 130]
+
+
+def test_referrals_more_than_a_week_apart_are_each_within_the_limit(shop):
+    code = code_of(shop)
+    for n, email in enumerate(FRIENDS, start=2):
+        buy(shop, n, email, "30.00", code=code, hours=24 * 7 * (n - 2))
+    assert set(by_referee(shop).values()) == {("rewarded", None)}
+    assert points(shop, REFERRER) == 10 + 3 * 200
+
+
+def test_a_referee_refused_at_the_limit_still_holds_their_claim(shop):
+    """A second code they use is refused as already referred: the first may
+    yet be rewarded, when an earlier referral is taken back."""
+    code = code_of(shop)
+    for n, email in enumerate(FRIENDS, start=2):
+        buy(shop, n, email, "30.00", code=code)
+    other = code_of(shop, "a@example.com")
+    buy(shop, 9, "c@example.com", "30.00", code=other)
+    assert statuses(shop)[-2:] == [LIMIT, ("refused", f"this customer was already referred with code {code}")]
+    buy(shop, 2, "a@example.com", "30.00", cancelled=True, hours=30)
+    assert statuses(shop)[-2][0] == "rewarded"
+    assert points(shop, "c@example.com") == 60 + 100
+
+
 def test_explicit_claims_say_why_they_are_refused_and_are_recorded(shop):
     with pytest.raises(ReferralRefused, match="no customer has the referral code NOPE"):
         shop.claim_referral(REFERRER, "nope")
@@ -272,3 +328,89 @@ def test_a_referral_does_not_depend_on_the_order_deliveries_arrive_in(stream, ma
         results.append((referee["points"], points(engine, REFERRER), decided))
         engine.db.dispose()
     assert results[1] == results[0]
+
+
+@st.composite
+def referrer_streams(draw):
+    """Three referees of one referrer (weekly limit 2), each with one or two
+    orders over ten days (Shopify or WooCommerce), the code on one of
+    them, now and then a cancellation; in time order, and shuffled with some
+    sent twice."""
+    timed = []
+    number = 10
+    for email in FRIENDS:
+        n = draw(st.integers(1, 2))
+        hours = sorted(draw(st.lists(st.integers(2, 24 * 10), min_size=n, max_size=n, unique=True)))
+        carrier = draw(st.sampled_from([0, 0, 0, n - 1]))  # mostly their first order
+        for index, hour in enumerate(hours):
+            number += 1
+            euros = draw(st.sampled_from(["35.00", "35.00", "35.00", "10.00"]))
+            channel = draw(st.sampled_from(["shopify", "woocommerce"]))
+            order = PlannedOrder(channel, number, email, (Line(Decimal(euros), 1),))
+            paid = T0 + timedelta(hours=hour, minutes=number)  # (no two orders paid at once)
+            cancel = paid + timedelta(hours=draw(st.integers(1, 48))) if draw(st.integers(0, 4)) == 0 else None
+            for status, at in (("paid", paid), ("cancelled", cancel)):
+                if at is None:
+                    continue
+                if channel == "shopify":
+                    body = _shopify_order(order, "refunded" if status == "cancelled" else "paid", at, [],
+                                          status == "cancelled")
+                    if index == carrier:
+                        body["discount_codes"] = [{"code": "{code}", "amount": "0.00", "type": "fixed_amount"}]
+                    body["shipping_address"] = {**body["shipping_address"], "address1": f"{email} Street"}
+                    topic = "orders/cancelled" if status == "cancelled" else "orders/paid"
+                else:
+                    body = _woo_order(order, "cancelled" if status == "cancelled" else "completed", at, [])
+                    if index == carrier:
+                        body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": "{code}"}]
+                    body["shipping"] = {**body["shipping"], "address_1": f"{email} Street"}
+                    topic = "order.updated"
+                timed.append((at, channel, topic, json.dumps(body)))
+    timed.sort(key=lambda item: item[0])
+    ordered = [step[1:] for step in timed]
+    shuffled = list(draw(st.permutations(ordered)))
+    for step in draw(st.lists(st.sampled_from(ordered), max_size=2)):
+        shuffled.insert(draw(st.integers(0, len(shuffled))), step)
+    return ordered, shuffled
+
+
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(stream=referrer_streams())
+def test_a_referrer_s_weekly_limit_does_not_depend_on_the_order_deliveries_arrive_in(
+    stream, make_engine, tmp_path, _sqlite_template
+):
+    """PRODUCT.md's invariant 2 across referees: any reordering and
+    duplication of three referees' deliveries ends in the same points for
+    everyone and the same decisions as the stream in time order, the weekly
+    limit included."""
+    results = []
+    for steps in stream:
+        engine = _fresh(make_engine, tmp_path, _sqlite_template, tables())
+        buy(engine, 1, REFERRER, "10.00")
+        code = code_of(engine)
+        for channel, topic, body in steps:
+            outcome = engine.ingest(channel, topic, body.replace("{code}", code).encode())
+            assert outcome.status in ("applied", "duplicate"), outcome
+        with engine.db.connect() as conn:
+            assert engine.ledger.audit(conn) == []
+        decided = sorted(set(by_referee(engine).items()))
+        results.append((points(engine, REFERRER), [points(engine, email) for email in FRIENDS], decided))
+        engine.db.dispose()
+    assert results[1] == results[0]
+
+
+def test_two_referrers_found_to_be_one_person_share_one_weekly_limit(shop):
+    other = "petr.novak@example.cz"
+    buy(shop, 2, other, "10.00")
+    for n, (email, referrer) in enumerate(zip(FRIENDS, (REFERRER, other, other), strict=True), start=3):
+        buy(shop, n, email, "30.00", code=code_of(shop, referrer))
+    assert set(by_referee(shop).values()) == {("rewarded", None)}
+    keep, gone = (customer_summary(shop, e)["id"] for e in (REFERRER, other))
+    with shop.db.begin() as conn:
+        shop.identity.merge(conn, keep, gone, T0 + timedelta(days=1))
+    assert by_referee(shop) == {"a@example.com": ("rewarded", None), "b@example.com": ("rewarded", None),
+                                "c@example.com": LIMIT}
+    assert points(shop, REFERRER) == 10 + 10 + 2 * 200
+    assert points(shop, "c@example.com") == 30
+    with shop.db.connect() as conn:
+        assert shop.ledger.audit(conn) == []

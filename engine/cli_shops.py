@@ -97,12 +97,15 @@ def outbox_retry(ctx, ids: tuple[int, ...], all_failed: bool) -> None:
 def reconcile(ctx, channel: str, since) -> None:
     """Fetch the shop's orders and refunds through its API and feed them
     through the same idempotent path as webhooks: what a missed webhook should
-    have brought is applied, nothing is counted twice. Exits 1 if a delivery
-    failed (kept: `regulars events list --failed`)."""
+    have brought is applied, nothing is counted twice. WooCommerce orders go
+    in with their refunds' lines, read from the shop. Exits 1 if a delivery
+    failed (kept: `regulars events list --failed`) or an order's refunds could
+    not be read (it went in as its webhook would)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from engine.app import UnknownChannel
     from engine.outbox import Unreachable
+    from engine.reconcile import STATUSES, Undetailed
     from engine.reconcile import reconcile as run
 
     engine = ctx.engine
@@ -121,11 +124,17 @@ def reconcile(ctx, channel: str, since) -> None:
                 raise
             raise click.ClickException(f"{channel}: {exc}") from None
     for outcome in failed[:20]:
-        err.print(f"failed delivery {outcome.inbox_id}: {outcome.error}", highlight=False, markup=False)
-    total = sum(counts.values())
-    summary = ", ".join(f"{counts[s]} {s}" for s in ("applied", "duplicate", "ignored", "failed") if counts[s])
+        if isinstance(outcome, Undetailed):
+            err.print(f"order {outcome.order_id}: refunds not read, counted whole until a reconcile reads them: "
+                      f"{outcome.error}", highlight=False, markup=False)
+        else:
+            err.print(f"failed delivery {outcome.inbox_id}: {outcome.error}", highlight=False, markup=False)
+    total = sum(counts[s] for s in STATUSES)
+    summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    if counts["undetailed"]:
+        summary += f"; {counts['undetailed']} without their refunds' details"
     console.print(f"{total} orders from {channel}" + (f": {summary}" if summary else ""), highlight=False)
-    if counts["failed"]:
+    if counts["failed"] or counts["undetailed"]:
         sys.exit(1)
 
 

@@ -155,8 +155,14 @@ class RefundSchema(_Strict):
     id = fields.String(required=True, validate=validate.Length(min=1, max=128))
     amount = Money(required=True)
     tax = Money(load_default=Decimal(0))
+    #: when the refund was made, by its own account (else the delivery's time stands in)
     occurred_at = UtcDateTime(load_default=None, allow_none=True)
     lines = fields.List(fields.Dict(), load_default=list)
+    #: ``amount`` was read from the refund's lines. A channel that first knows a
+    #: refund only by its total (WooCommerce's order webhooks: shipping and tax
+    #: in it) reports it again itemized once its lines are read; for the same
+    #: refund id, the itemized report wins (``engine.orders.merge``)
+    itemized = fields.Boolean(load_default=False)
 
 
 class OrderSchema(_Strict):

@@ -93,7 +93,7 @@ def reconcile_shops(engine, now: datetime) -> str:
     (engine.reconcile): what missed webhooks should have brought. A shop
     without credentials is skipped; one that fails (down, refusing) does not
     stop the others; if every shop tried failed, raises ``JobFailed``."""
-    from engine.reconcile import reconcile
+    from engine.reconcile import STATUSES, reconcile
 
     since = now - timedelta(days=RECONCILE_DAYS)
     parts: list[str] = []
@@ -113,8 +113,9 @@ def reconcile_shops(engine, now: datetime) -> str:
             log.warning("reconcile %s failed", channel, exc_info=True)
             parts.append(f"{channel} failed: {_first_line(exc)}")
             continue
-        found = ", ".join(f"{counts[s]} {s}" for s in ("applied", "duplicate", "ignored", "failed") if counts[s])
-        parts.append(f"{channel}: {sum(counts.values())} orders" + (f" ({found})" if found else ""))
+        found = ", ".join([f"{counts[s]} {s}" for s in STATUSES if counts[s]]
+                          + ([f"{counts['undetailed']} without refund details"] if counts["undetailed"] else []))
+        parts.append(f"{channel}: {sum(counts[s] for s in STATUSES)} orders" + (f" ({found})" if found else ""))
     if not parts:
         return "nothing to reconcile: no [connectors.shopify] or [connectors.woocommerce] table"
     summary = "; ".join(parts)

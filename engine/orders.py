@@ -9,13 +9,16 @@ worth *now* and posts the difference against what it already earned:
   (by the channel's ``version``, then the event time, then the key, so that
   equal times still give one answer); an older snapshot changes nothing;
 - refunds are a set keyed by refund id: a refund seen twice, or in a snapshot
-  and in its own webhook, counts once;
+  and in its own webhook, counts once; of two reports of one refund, the one
+  read from its lines wins (``itemized``: WooCommerce's webhooks know only a
+  refund's total, the reconciliation its lines), then the larger amount;
 - ``paid`` is remembered once seen, so a refund or an update that arrives
   before the payment is kept and counted when the payment comes;
 - a cancellation without a version (WooCommerce's ``order.deleted``) is final;
-- when each refund happened (its own time, else the earliest delivery that
-  carried it) and when the order was first cancelled or refunded in full are
-  kept, for what the order stood at in the past (``as_of``: the tiers' metric).
+- when each refund happened (its own time when a delivery said it, else the
+  earliest delivery that carried it) and when the order was first cancelled or
+  refunded in full are kept, for what the order stood at in the past
+  (``as_of``: the tiers' metric).
 
 Hence any duplication or reordering of the same deliveries ends in the same
 state, and so in the same balances.
@@ -71,6 +74,7 @@ def merge(state: dict | None, event: dict) -> dict:
     }
     state["refunds"] = dict(state["refunds"])
     refund_at = state["refund_at"] = dict(state.get("refund_at") or {})
+    made_at = dict(state.get("refund_made_at") or {})
     order = event["order"]
     stamp = _stamp(event)
 
@@ -100,13 +104,18 @@ def merge(state: dict | None, event: dict) -> dict:
                 state["paid_at"] = paid_at
 
     for refund in order.get("refunds") or ():
-        amount, tax = refund["amount"], refund.get("tax") or Decimal(0)
-        known = state["refunds"].get(refund["id"])
-        if known is None or (amount, tax) > _refund_parts(known):
-            state["refunds"][refund["id"]] = [str(amount), str(tax)] if tax else str(amount)
+        rid = refund["id"]
+        parts = (bool(refund.get("itemized")), refund["amount"], refund.get("tax") or Decimal(0))
+        known = state["refunds"].get(rid)
+        if known is None or parts > _refund_parts(known):
+            state["refunds"][rid] = _stored_refund(*parts)
         moment = _utc_iso(refund.get("occurred_at") or event["occurred_at"])
-        if refund["id"] not in refund_at or moment < refund_at[refund["id"]]:
-            refund_at[refund["id"]] = moment
+        if rid not in refund_at or moment < refund_at[rid]:
+            refund_at[rid] = moment
+        if refund.get("occurred_at") is not None and (rid not in made_at or moment < made_at[rid]):
+            made_at[rid] = moment
+    if made_at:
+        state["refund_made_at"] = made_at
     return state
 
 
@@ -121,7 +130,8 @@ def as_of(state: dict, moment: datetime) -> dict:
     left out, and a cancellation or full refund made after it undone. (A
     refund kept before its time was, 30 November 2026, counts from the start.)"""
     at = _utc_iso(moment)
-    times = state.get("refund_at") or {}
+    # a refund's own time, when a delivery said it, over the delivery's
+    times = {**(state.get("refund_at") or {}), **(state.get("refund_made_at") or {})}
     refunds = state.get("refunds") or {}
     kept = {key: value for key, value in refunds.items() if times.get(key, "") <= at}
     reversed_at = state.get("reversed_at")
@@ -136,12 +146,25 @@ def as_of(state: dict, moment: datetime) -> dict:
     return past
 
 
-def _refund_parts(stored) -> tuple[Decimal, Decimal]:
-    """A refund kept in an order's state: ``"amount"``, or ``["amount", "tax"]``
-    since refunds carry their tax (30 November 2026)."""
+#: the mark of a refund kept as read from its lines: ``["amount", "tax", ITEMIZED]``
+ITEMIZED = "itemized"
+
+
+def _refund_parts(stored) -> tuple[bool, Decimal, Decimal]:
+    """A refund kept in an order's state, as (itemized, amount, tax), which is
+    also the order in which reports of one refund win: ``"amount"``, or
+    ``["amount", "tax"]`` since refunds carry their tax (30 November 2026), or
+    ``["amount", "tax", "itemized"]`` for a refund read from its lines."""
     if isinstance(stored, list):
-        return Decimal(stored[0]), Decimal(stored[1])
-    return Decimal(stored), Decimal(0)
+        return len(stored) > 2 and stored[2] == ITEMIZED, Decimal(stored[0]), Decimal(stored[1])
+    return False, Decimal(stored), Decimal(0)
+
+
+def _stored_refund(itemized: bool, amount: Decimal, tax: Decimal):
+    """The JSON form ``_refund_parts`` reads back (the older forms while they suffice)."""
+    if itemized:
+        return [str(amount), str(tax), ITEMIZED]
+    return [str(amount), str(tax)] if tax else str(amount)
 
 
 @dataclass(frozen=True)
@@ -198,7 +221,7 @@ def view(order_id: int, channel: str, external_id: str, state: dict, multipliers
     taxed = any(line.get("tax") for line in lines)
     refunded = Decimal(0)
     for stored in state.get("refunds", {}).values():
-        amount, tax = _refund_parts(stored)
+        _itemized, amount, tax = _refund_parts(stored)
         refunded += max(Decimal(0), amount - tax) if taxed else amount
     status = state.get("status")
     cancelled = bool(state.get("final_cancel")) or status == "cancelled"

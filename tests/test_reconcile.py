@@ -4,10 +4,11 @@ client, fed through the webhook path; nothing counted twice."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from engine.cli import main
 from engine.reconcile import reconcile
@@ -136,3 +137,210 @@ def test_shopify_webhooks_and_reconciliation_together_count_each_order_once(make
             fresh.ingest("shopify", "orders/paid", json.dumps(order).encode())
         assert sorted(_balances(fresh).values()) == sorted(once.values())
         assert by_webhook != once  # reconciliation did bring the missed orders
+
+
+# -- WooCommerce refunds read from the shop -----------------------------------------
+#
+# Order 727 as documented (completed): line 315 (2 x 3.00, 0.45 tax), line 316
+# (12.00, 0.90 tax) and 10.00 of shipping; 18.00 eligible, 18 points. Its
+# webhooks list a refund by its total only, tax and shipping in it; the
+# reconciliation reads the refund's lines (GET orders/<id>/refunds).
+
+T0 = datetime(2024, 6, 3, 9, 0)  # naive: WooCommerce's *_gmt
+
+
+def _727(order_id: int, paid: datetime, email: str = "john.doe@example.com") -> dict:
+    from tests.fakes.woocommerce import GMT_OFFSET, _rest
+
+    order = _rest("order_update")
+    order["id"], order["number"] = order_id, str(order_id)
+    for field in ("date_created", "date_modified", "date_paid", "date_completed"):
+        order[f"{field}_gmt"], order[field] = paid.isoformat(), (paid - GMT_OFFSET).isoformat()
+    order["billing"]["email"] = email
+    return order
+
+
+def _refunded(order: dict, at: datetime, shown: datetime, refund_id: int = 801, **what) -> tuple[dict, dict]:
+    """A refund of ``order`` made at ``at`` (``what``: lines, shipping) and the
+    order as its webhook shows it at ``shown``."""
+    from tests.fakes.woocommerce import make_refund, with_refunds
+
+    refund = make_refund(order, refund_id, at, **what)
+    return refund, with_refunds(order, [refund], shown)
+
+
+def _send(engine, *bodies: dict) -> list[str]:
+    return [engine.ingest("woocommerce", "order.updated", json.dumps(b).encode()).status for b in bodies]
+
+
+def _points(engine, email: str = "john.doe@example.com") -> int:
+    from engine.customers import customer_summary
+
+    return customer_summary(engine, email)["points"]
+
+
+def _woo(monkeypatch, orders: list[dict], refunds: dict[int, list[dict]]):
+    from tests.fakes.woocommerce import FakeWoo
+
+    fake = FakeWoo(orders=orders, refunds=refunds)
+    monkeypatch.setenv("REGULARS_WOOCOMMERCE_CONSUMER_KEY", fake.key)
+    monkeypatch.setenv("REGULARS_WOOCOMMERCE_CONSUMER_SECRET", fake.secret)
+    return fake
+
+
+def _second_engine(make_engine, engine, tables: dict, name: str = "second"):
+    return make_engine(tables, url=f"sqlite:///{engine.config.base_dir / f'{name}.sqlite3'}")
+
+
+def test_a_refunded_line_takes_back_its_total_without_tax_whether_the_webhook_or_the_reconciliation_comes_first(
+        make_engine, monkeypatch):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=2), T0 + timedelta(hours=2), lines={316: 1})
+    assert shown["refunds"] == [{"id": 801, "reason": "", "total": "-12.90"}]  # 12.00 and its 0.90 VAT
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        tables = _tables(woo.url)
+        webhook_first = make_engine(tables)
+        assert _send(webhook_first, paid, shown) == ["applied", "applied"]
+        assert _points(webhook_first) == 5  # the webhook alone: 18.00 - 12.90 = 5.10
+        counts, failed = reconcile(webhook_first, "woocommerce")
+        assert (counts, failed) == ({"applied": 1}, [])  # not swallowed as the webhook's snapshot
+        assert _points(webhook_first) == 6  # 18.00 - 12.00: the line, without its tax
+
+        reconciled_first = _second_engine(make_engine, webhook_first, tables)
+        reconcile(reconciled_first, "woocommerce")
+        assert _points(reconciled_first) == 6
+        assert _send(reconciled_first, shown, paid) == ["applied", "applied"]  # the webhooks, late
+        assert _points(reconciled_first) == 6
+        assert _balances(reconciled_first) == _balances(webhook_first)
+        for engine in (webhook_first, reconciled_first):
+            with engine.db.connect() as conn:
+                assert engine.ledger.audit(conn) == []
+    assert [r["path"] for r in woo.requests if r["path"].endswith("/refunds")] == [
+        "/wp-json/wc/v3/orders/6001/refunds"] * 2
+
+
+def test_refunded_shipping_takes_no_points(make_engine, monkeypatch):
+    """A refund of the shipping alone, and one of a line and the shipping:
+    only the line's merchandise comes off."""
+    shipping_only = _727(6001, T0, "ship@example.com")
+    with_a_line = _727(6002, T0, "line@example.com")
+    later = T0 + timedelta(days=1)
+    first, shown_first = _refunded(shipping_only, later, later, 801, shipping=True)
+    second, shown_second = _refunded(with_a_line, later, later, 811, lines={315: 2}, shipping=True)
+    assert (first["amount"], second["amount"]) == ("10.00", "16.45")
+    assert first["line_items"] == [] and first["shipping_lines"][0]["total"] == "-10.00"
+    with _woo(monkeypatch, [shown_first, shown_second], {6001: [first], 6002: [second]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        _send(engine, shown_first, shown_second)
+        assert (_points(engine, "ship@example.com"), _points(engine, "line@example.com")) == (8, 1)  # webhooks
+        assert reconcile(engine, "woocommerce")[0] == {"applied": 2}
+        assert _points(engine, "ship@example.com") == 18  # the shipping was no eligible spend
+        assert _points(engine, "line@example.com") == 12  # 18.00 - 6.00 (line 315), not its tax nor shipping
+
+
+def test_a_refund_of_an_amount_only_keeps_its_total(make_engine, woo):
+    """Order 723 as documented: refund 726 is an amount (10.00) with no line,
+    724 gives back line 311 (9.00, no tax); 29.00 eligible, 10 left."""
+    engine = make_engine(_tables(woo.url))
+    refunded = [o for o in woo.orders if o["refunds"]]  # two copies of 723, João Silva's
+    assert [r["line_items"] for r in woo.refunds[refunded[0]["id"]] if r["id"] == 726] == [[]]
+    _send(engine, *refunded)
+    email = refunded[0]["billing"]["email"]
+    assert _points(engine, email) == 2 * 10
+    reconcile(engine, "woocommerce")
+    assert f"/wp-json/wc/v3/orders/{refunded[0]['id']}/refunds" in [r["path"] for r in woo.requests]
+    with engine.db.connect() as conn:
+        keys = [k for (k,) in conn.execute(text("SELECT key FROM inbox WHERE key LIKE :k"),
+                                           {"k": f"order:{refunded[0]['id']}:%"})]
+    assert len(keys) == 2 and any(":refunds:" in k for k in keys)  # the reconciled snapshot went in
+    assert _points(engine, email) == 2 * 10  # 29.00 - 10.00 - 9.00 each, as the webhooks had it
+
+
+def test_the_snapshot_with_its_refunds_read_sent_again_is_a_duplicate(make_engine, monkeypatch):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        _send(engine, paid, shown)
+        assert reconcile(engine, "woocommerce")[0] == {"applied": 1}
+        once = _balances(engine)
+        assert reconcile(engine, "woocommerce")[0] == {"duplicate": 1}
+
+        from connectors.woocommerce.rest import WooStore
+
+        store = WooStore(woo.url, woo.key, woo.secret)
+        body = json.dumps(store.with_refund_details(shown)).encode()
+        assert [engine.ingest("woocommerce", "order.updated", body).status for _ in range(2)] == [
+            "duplicate", "duplicate"]
+        assert _balances(engine) == once and _points(engine) == 6
+
+
+def test_a_refund_read_from_the_shop_counts_from_its_own_time(make_engine, monkeypatch):
+    """Order A (18.00) paid, its line 316 refunded a day later, order B (18.00)
+    the day after: with the refund counted, 24 earned by B's payment stays
+    under silver's 30. The webhook that showed the refund was missed; a later
+    snapshot (day 3) shows it, and alone it would date the refund at day 3,
+    after B made silver. Read from the shop, the refund counts from its
+    date_created_gmt, whichever comes first."""
+    paid_a, paid_b = _727(6001, T0), _727(6002, T0 + timedelta(days=2))
+    refund, shown = _refunded(paid_a, T0 + timedelta(days=1), T0 + timedelta(days=3), lines={316: 1})
+    assert refund["date_created_gmt"] == "2024-06-04T09:00:00"
+    levels = [{"name": "silver", "threshold": 30, "multiplier": 2}]
+    with _woo(monkeypatch, [shown, paid_b], {6001: [refund]}) as woo:
+        tables = {**_tables(woo.url), "rules": {"points": {"per_unit": 1}, "tiers": {"levels": levels}}}
+        webhooks_only = make_engine(tables)
+        _send(webhooks_only, paid_a, paid_b, shown)
+        assert _tier(webhooks_only) == ("silver", 5 + 18)  # the refund dated by the snapshot, day 3
+
+        webhooks_first = _second_engine(make_engine, webhooks_only, tables, "webhooks_first")
+        _send(webhooks_first, paid_a, paid_b, shown)
+        reconcile(webhooks_first, "woocommerce")
+        reconciled_first = _second_engine(make_engine, webhooks_only, tables, "reconciled_first")
+        reconcile(reconciled_first, "woocommerce")
+        _send(reconciled_first, shown, paid_b, paid_a)
+        for engine in (webhooks_first, reconciled_first):
+            assert _tier(engine) == (None, 6 + 18)
+
+
+def _tier(engine) -> tuple:
+    from engine.customers import customer_summary
+
+    summary = customer_summary(engine, "john.doe@example.com")
+    return summary["tier"], summary["points"]
+
+
+def test_an_order_whose_refunds_cannot_be_read_goes_in_as_its_webhook_and_the_rest_go_on(make_engine, monkeypatch):
+    from engine.reconcile import Undetailed
+
+    one, other = _727(6001, T0, "one@example.com"), _727(6002, T0, "other@example.com")
+    later = T0 + timedelta(hours=3)
+    first, shown_one = _refunded(one, later, later, 801, lines={316: 1})
+    second, shown_other = _refunded(other, later, later, 811, lines={316: 1})
+    with _woo(monkeypatch, [shown_one, shown_other], {6001: [first], 6002: [second]}) as woo:
+        woo.refunds_failing.add(6001)
+        engine = make_engine(_tables(woo.url))
+        counts, failed = reconcile(engine, "woocommerce")
+        assert counts == {"applied": 2, "undetailed": 1}
+        (problem,) = failed
+        assert isinstance(problem, Undetailed) and problem.order_id == "6001"
+        assert "orders/6001/refunds" in problem.error and "HTTP 500" in problem.error
+        assert (_points(engine, "one@example.com"), _points(engine, "other@example.com")) == (5, 6)
+
+        woo.refunds_failing.clear()  # the next run reads them
+        assert reconcile(engine, "woocommerce") == ({"applied": 1, "duplicate": 1}, [])
+        assert (_points(engine, "one@example.com"), _points(engine, "other@example.com")) == (6, 6)
+
+
+def test_the_cli_says_whose_refunds_were_not_read_and_exits_1(tmp_path, monkeypatch):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        woo.refunds_failing.add(6001)
+        config = tmp_path / "plugins.toml"
+        config.write_text(f'[engine]\ncurrency = "EUR"\n[rules.points]\nper_unit = 1\n'
+                          f'[connectors.woocommerce]\nurl = "{woo.url}"\n')
+        monkeypatch.setenv("REGULARS_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+        result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
+    assert result.exit_code == 1, result.output
+    assert "1 orders from woocommerce: 1 applied; 1 without their refunds' details" in result.output
+    assert "order 6001: refunds not read" in result.output and "Traceback" not in result.output

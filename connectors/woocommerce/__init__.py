@@ -60,8 +60,10 @@ class WooCommerceConnector(Connector):
         self, topic: str, payload: Any, headers: Mapping[str, str], body: bytes
     ) -> str:
         """The resource id and its ``date_modified_gmt`` (``order:727:<date>``,
-        ``customer:25:<date>``, ``order.deleted:727``), never the
-        X-WC-Webhook-Delivery-ID header: WooCommerce repeats delivery ids.
+        ``customer:25:<date>``, ``order.deleted:727``; an order sent by the
+        reconciliation with its refunds' details adds ``:refunds:<sha256>`` of
+        them), never the X-WC-Webhook-Delivery-ID header: WooCommerce repeats
+        delivery ids.
         A payload that can't be keyed so falls back to the body's SHA-256,
         leaving ``translate`` to say what is wrong with it."""
         if topic in TOPICS:

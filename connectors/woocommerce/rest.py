@@ -2,7 +2,8 @@
 
 The outbox deliverer writes loyalty state onto customers and issues reward
 coupons; the install routes run WooCommerce's key exchange and register the
-webhooks; the reconcile command pages through orders. Every call goes through
+webhooks; the reconcile command pages through orders and reads the refunds
+of those that list some. Every call goes through
 the official ``woocommerce`` package, which signs requests with OAuth 1.0a
 query parameters over plain http and uses HTTP basic auth over https.
 
@@ -23,6 +24,8 @@ from urllib.parse import urlencode, urlsplit
 
 import requests
 from woocommerce import API
+
+from connectors.woocommerce.translate import with_refund_details
 
 #: prefix of every customer meta key regulars writes
 META_PREFIX = "regulars_"
@@ -240,6 +243,27 @@ class WooStore:
             if snapshot not in seen:
                 seen.add(snapshot)
                 yield order
+
+    def order_refunds(self, order_id: Any) -> list[dict[str, Any]]:
+        """The refunds of one order (``GET orders/<id>/refunds``, every page),
+        as the raw dicts the REST API returns: ``amount``, ``date_created_gmt``,
+        ``line_items`` (negative totals, without tax) and, where the shop
+        refunded shipping, ``shipping_lines``."""
+        oid = _numeric_id(order_id, "order id")
+        return list(self._pages("order_refunds", f"orders/{oid}/refunds", {}, MAX_PAGE_SIZE))
+
+    def with_refund_details(self, order: Mapping[str, Any]) -> dict[str, Any]:
+        """The order (as ``orders`` yields it) with each refund it lists
+        carrying its details from ``order_refunds``, which a webhook's order
+        lacks (``connectors.woocommerce.translate.with_refund_details``); the
+        order as it is when it lists none. A WooError when they can't be read."""
+        if not order.get("refunds"):
+            return dict(order)
+        try:
+            refunds = self.order_refunds(order.get("id"))
+        except ValueError as exc:  # an id no refunds endpoint has
+            raise WooError(f"WooCommerce order_refunds: {exc}", retryable=False) from None
+        return with_refund_details(order, refunds)
 
     def _pages(
         self, operation: str, endpoint: str, params: dict[str, str], page_size: int

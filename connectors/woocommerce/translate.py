@@ -5,6 +5,14 @@ resource itself, so a ``GET /wc/v3/orders/<id>`` response translates the same
 way. Every function here is pure: the events are JSON-able dicts (money as
 decimal strings, datetimes as ISO 8601 with an offset, ids as strings) that
 ``engine.events.load_event`` accepts. Keys this module doesn't know are ignored.
+
+An order lists its refunds only as ``{"id", "reason", "total"}``, and the total
+holds the tax and shipping refunded, so a webhook's refund is taken whole. The
+reconciliation (``engine.reconcile``) reads each refund from
+``GET orders/<id>/refunds`` and sends the order with its refund entries
+carrying those details (``with_refund_details``): such a refund is itemized,
+the merchandise of its lines without tax or shipping, at its own
+``date_created_gmt``.
 """
 
 from __future__ import annotations
@@ -60,8 +68,9 @@ def resource_key(topic: str, payload: Mapping[str, Any], digest: Callable[[], st
 
     WooCommerce reuses delivery ids, so the key is the resource id and its
     ``date_modified_gmt``: an order.created and an order.updated carrying the
-    same snapshot are one delivery. Without a usable date, ``digest()`` (a
-    SHA-256 of the delivery) stands in for it.
+    same snapshot are one delivery. An order whose refunds carry their details
+    (``with_refund_details``) adds ``:refunds:`` and their SHA-256. Without a
+    usable date, ``digest()`` (a SHA-256 of the delivery) stands in for it.
     """
     rid = resource_id(payload)
     if topic == ORDER_DELETED:
@@ -69,8 +78,19 @@ def resource_key(topic: str, payload: Mapping[str, Any], digest: Callable[[], st
     prefix = "customer" if topic in CUSTOMER_TOPICS else "order"
     modified = payload.get("date_modified_gmt")
     if isinstance(modified, str) and _is_datetime(modified):
-        return f"{prefix}:{rid}:{modified}"
+        details = refund_details_digest(payload) if prefix == "order" else None
+        # A snapshot with its refunds' details read is a delivery of its own,
+        # or the plain webhook of the same snapshot would swallow it (or it, that).
+        return f"{prefix}:{rid}:{modified}" + (f":refunds:{details}" if details else "")
     return f"{prefix}:{rid}:sha256:{digest()}"
+
+
+def refund_details_digest(payload: Mapping[str, Any]) -> str | None:
+    """SHA-256 of the refund details an order body carries (see
+    ``with_refund_details``), or None when it carries none (a webhook)."""
+    refunds = payload.get("refunds")
+    detailed = [entry for entry in refunds if _is_detailed(entry)] if isinstance(refunds, list) else []
+    return payload_digest(detailed) if detailed else None
 
 
 def payload_digest(payload: Any) -> str:
@@ -95,16 +115,18 @@ def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
             f"Order {order_id} has neither a date_modified_gmt nor a date_created_gmt."
         )
     kind, status = order_state(payload.get("status"))
+    lines = [_line(item, order_id) for item in _list(payload, "line_items", order_id)]
+    gift_cards = {line["id"] for line in lines if line["gift_card"]}
     order = {
         "id": order_id,
         "version": _gmt(payload, "date_modified_gmt"),
         "status": status,
         "currency": _text(payload.get("currency")),
-        "lines": [_line(item, order_id) for item in _list(payload, "line_items", order_id)],
+        "lines": lines,
         "shipping": _money(payload.get("shipping_total"), f"Order {order_id}'s shipping_total"),
         "tax": _money(payload.get("total_tax"), f"Order {order_id}'s total_tax"),
         "total": _optional_money(payload.get("total"), f"Order {order_id}'s total"),
-        "refunds": [_refund(entry, order_id) for entry in _list(payload, "refunds", order_id)],
+        "refunds": [_refund(entry, order_id, gift_cards) for entry in _list(payload, "refunds", order_id)],
         "discount_codes": _discount_codes(payload, order_id),
         "attributes": _attributes(payload, order_key_meta, order_id),
     }
@@ -202,14 +224,119 @@ def _line(item: Any, order_id: str) -> dict[str, Any]:
     }
 
 
-def _refund(entry: Any, order_id: str) -> dict[str, str]:
+def _refund(entry: Any, order_id: str, gift_cards: set[str]) -> dict[str, Any]:
     # An order lists its refunds as {"id", "reason" (or "refund"), "total"} with
     # a negative total; which lines were refunded is not in the order.
     if not isinstance(entry, Mapping) or entry.get("id") in (None, ""):
         raise BadDelivery(f"Order {order_id} has a refund without an id.")
+    if _is_detailed(entry):
+        return _detailed_refund(entry, order_id, gift_cards)
     where = f"Order {order_id}'s refund {entry['id']} total"
     amount = abs(_number(entry.get("total"), where))
     return {"id": str(entry["id"]), "amount": _format(_bounded(amount, where))}
+
+
+def _detailed_refund(entry: Mapping[str, Any], order_id: str, gift_cards: set[str]) -> dict[str, Any]:
+    """A refund entry carrying its refund resource (``GET orders/<id>/refunds``).
+
+    With lines that moved money, it is itemized: its merchandise is the sum of
+    its line items' totals (negative, after discounts, without tax), gift-card
+    lines left out; its shipping, fee and tax lines take nothing off eligible
+    spend. Without them (an amount refunded, no line said) it is its amount,
+    as a webhook's refund is. Either way it counts from ``date_created_gmt``.
+    """
+    where = f"Order {order_id}'s refund {entry['id']}"
+    occurred_at = _gmt(entry, "date_created_gmt")
+    merchandise = tax = Decimal(0)
+    moved = False
+    lines = []
+    for item in _list(entry, "line_items", where):
+        if not isinstance(item, Mapping):
+            raise BadDelivery(f"{where} has a line item that is not an object.")
+        item_where = f"{where}'s line {item.get('id')}"
+        total = abs(_number(_or_zero(item.get("total")), f"{item_where} total"))
+        item_tax = abs(_number(_or_zero(item.get("total_tax")), f"{item_where} total_tax"))
+        moved = moved or bool(total or item_tax)
+        refunded_id = _refunded_item_id(item)
+        if refunded_id in gift_cards:
+            continue
+        merchandise += total
+        tax += item_tax
+        lines.append({
+            "line_id": refunded_id or str(item.get("id")),
+            "sku": _text(item.get("sku")),
+            "quantity": _quantity(_unsigned(item.get("quantity")), f"{item_where} quantity"),
+            "amount": _format(total),
+        })
+    for key in ("shipping_lines", "fee_lines"):
+        for item in _list(entry, key, where):
+            if isinstance(item, Mapping):
+                moved = moved or any(_number(_or_zero(item.get(k)), f"{where}'s {key}") for k in ("total", "total_tax"))
+    if not moved:
+        # (a quantity-only line, e.g. restocked, says nothing of the money)
+        raw = entry.get("amount")
+        amount = _number(raw, f"{where} amount") if raw not in (None, "") else _number(entry.get("total"), where)
+        amount = _bounded(abs(amount), f"{where} amount")
+        return {"id": str(entry["id"]), "amount": _format(amount), "occurred_at": occurred_at}
+    return {
+        "id": str(entry["id"]),
+        "amount": _format(_bounded(merchandise, f"{where} merchandise")),
+        "tax": _format(_bounded(tax, f"{where} tax")),
+        "occurred_at": occurred_at,
+        "lines": lines,
+        "itemized": True,
+    }
+
+
+def with_refund_details(order: Mapping[str, Any], refunds: list[Any]) -> dict[str, Any]:
+    """The order with each refund it lists carrying that refund's resource
+    from ``GET orders/<id>/refunds`` (its ``line_items``, ``shipping_lines``,
+    ``amount``, ``date_created_gmt``; not its ``_links``), matched by id. A
+    refund the order lists but ``refunds`` lacks stays as the order has it;
+    one the order does not list yet is left for a newer snapshot."""
+    details = {
+        str(refund["id"]): {k: v for k, v in refund.items() if k != "_links"}
+        for refund in refunds
+        if isinstance(refund, Mapping) and refund.get("id") not in (None, "")
+    }
+    listed = order.get("refunds")
+    if not isinstance(listed, list):
+        return dict(order)
+    entries = [
+        {**entry, **details[str(entry["id"])]}
+        if isinstance(entry, Mapping) and str(entry.get("id")) in details else entry
+        for entry in listed
+    ]
+    return {**order, "refunds": entries}
+
+
+def _is_detailed(entry: Any) -> bool:
+    """A refund entry that carries its refund resource (``line_items`` is
+    always in one, never in an order's own listing)."""
+    return isinstance(entry, Mapping) and isinstance(entry.get("line_items"), list)
+
+
+def _refunded_item_id(item: Mapping[str, Any]) -> str | None:
+    """The order line a refund line gives back (its ``_refunded_item_id`` meta)."""
+    meta = item.get("meta_data")
+    for entry in meta if isinstance(meta, list) else ():
+        if isinstance(entry, Mapping) and entry.get("key") == "_refunded_item_id":
+            value = _text(entry.get("value"))
+            return value.strip() if value else None
+    return None
+
+
+def _unsigned(value: Any) -> Any:
+    """A refund line's quantity (negative in WooCommerce) without its sign."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return abs(value)
+    if isinstance(value, str):
+        return value.strip().removeprefix("-")
+    return value
+
+
+def _or_zero(value: Any) -> Any:
+    return "0" if value is None or value == "" else value
 
 
 def _discount_codes(payload: Mapping[str, Any], order_id: str) -> list[str]:

@@ -14,6 +14,7 @@ from marshmallow import ValidationError
 
 from connectors.base import BadDelivery
 from connectors.woocommerce import WooCommerceConnector, WooCommerceSettingsSchema
+from connectors.woocommerce.translate import with_refund_details
 from engine.events import load_event
 from tests.conftest import load_contract
 
@@ -370,6 +371,113 @@ def test_php_empty_array_billing_gives_empty_hints(connector):
     payload["billing"] = []
     payload["shipping"] = []
     assert set(_one(connector, "order.updated", payload)["customer"].values()) == {None}
+
+
+# -- Refunds read from the shop (the reconciliation) ------------------------------
+
+
+def _documented_refunds() -> list[dict[str, Any]]:
+    """GET orders/723/refunds as documented: 726 an amount only, 724 line 311."""
+    return copy.deepcopy(_payload("rest_v3/order_refunds_list.json"))
+
+
+def _refund_of_line_316(total: str = "-12.00", tax: str = "-0.90") -> dict[str, Any]:
+    """A refund of order 727's taxed line 316, in the documented refund shape."""
+    refund = _documented_refunds()[1]
+    line = refund["line_items"][0]
+    line.update(id=320, name="Ship Your Idea", product_id=22, variation_id=23, sku="Bar3", price=-12,
+                subtotal="-12.00", subtotal_tax="-0.90", total=total, total_tax=tax,
+                taxes=[{"id": 75, "total": tax, "subtotal": "-0.90"}])
+    line["meta_data"][0]["value"] = "316"
+    amount = -(Decimal(total) + Decimal(tax))
+    refund.update(id=730, amount=f"{amount:.2f}", date_created_gmt="2017-03-23T08:15:00")
+    return refund
+
+
+def _727_refunded(*refunds: dict[str, Any]) -> dict[str, Any]:
+    order = copy.deepcopy(_payload("rest_v3/order_update.json"))
+    order["refunds"] = [{"id": r["id"], "reason": "", "total": f"-{r['amount']}"} for r in refunds]
+    return order
+
+
+def test_a_refund_read_with_its_lines_is_their_merchandise_without_tax_at_its_own_time(connector):
+    refund = _refund_of_line_316()
+    order = with_refund_details(_727_refunded(refund), [refund])
+    (translated,) = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert translated == {
+        "id": "730", "amount": "12.00", "tax": "0.90", "occurred_at": "2017-03-23T08:15:00+00:00",
+        "lines": [{"line_id": "316", "sku": "Bar3", "quantity": 1, "amount": "12.00"}], "itemized": True,
+    }
+    # the same order as its webhook has it: the whole 12.90, no time of its own
+    assert _one(connector, "order.updated", _727_refunded(refund))["order"]["refunds"] == [
+        {"id": "730", "amount": "12.90"}]
+
+
+def test_a_refunded_line_counts_after_its_discount(connector):
+    refund = _refund_of_line_316(total="-10.00", tax="-0.75")  # 2.00 off the line by a coupon
+    order = with_refund_details(_727_refunded(refund), [refund])
+    (translated,) = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert (translated["amount"], translated["tax"]) == ("10.00", "0.75")
+
+
+def test_documented_refunds_of_723_the_amount_only_one_keeps_its_amount(connector):
+    order = with_refund_details(_payload("webhooks/order_updated_with_refunds.body.json"), _documented_refunds())
+    refunds = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert refunds == [
+        {"id": "726", "amount": "10.00", "occurred_at": "2017-03-21T20:07:11+00:00"},
+        {"id": "724", "amount": "9.00", "tax": "0.00", "occurred_at": "2017-03-21T19:55:37+00:00",
+         "lines": [{"line_id": "311", "sku": None, "quantity": 1, "amount": "9.00"}], "itemized": True},
+    ]
+    assert all("_links" not in entry for entry in order["refunds"])
+
+
+def test_a_refund_of_shipping_alone_takes_no_merchandise(connector):
+    refund = _documented_refunds()[0]
+    refund.update(id=731, amount="10.00", shipping_lines=[{
+        "id": 332, "method_title": "Flat Rate", "method_id": "flat_rate", "total": "-10.00",
+        "total_tax": "0.00", "taxes": [], "meta_data": [{"id": 2101, "key": "_refunded_item_id", "value": "317"}]}])
+    order = with_refund_details(_727_refunded(refund), [refund])
+    (translated,) = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert (translated["amount"], translated["tax"], translated["itemized"]) == ("0", "0", True)
+
+
+def test_a_refund_whose_lines_moved_no_money_is_its_amount(connector):
+    refund = _refund_of_line_316(total="0.00", tax="0.00")  # restocked; an amount typed by hand
+    refund["amount"] = "5.00"
+    order = with_refund_details(_727_refunded(refund), [refund])
+    (translated,) = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert translated == {"id": "730", "amount": "5.00", "occurred_at": "2017-03-23T08:15:00+00:00"}
+
+
+def test_a_refunded_gift_card_line_takes_nothing(connector):
+    refund = _refund_of_line_316()
+    order = _727_refunded(refund)
+    order["line_items"][1]["meta_data"].append({"id": 1, "key": "_gift_card", "value": "yes"})
+    (translated,) = _one(connector, "order.updated", with_refund_details(order, [refund]))["order"]["refunds"]
+    assert (translated["amount"], translated["lines"], translated["itemized"]) == ("0", [], True)
+
+
+def test_a_refund_the_shop_did_not_return_stays_as_the_order_lists_it(connector):
+    listed = _payload("webhooks/order_updated_with_refunds.body.json")
+    order = with_refund_details(listed, [_documented_refunds()[1]])  # 726 missing
+    refunds = _one(connector, "order.updated", order)["order"]["refunds"]
+    assert refunds[0] == {"id": "726", "amount": "10.00"} and refunds[1]["itemized"] is True
+
+
+def test_an_order_with_its_refunds_read_has_a_key_of_its_own_stable_for_the_same_details(connector):
+    listed = _payload("webhooks/order_updated_with_refunds.body.json")
+    detailed = with_refund_details(listed, _documented_refunds())
+    plain = connector.delivery_key("order.updated", listed, {}, _body(listed))
+    key = connector.delivery_key("order.updated", detailed, {}, _body(detailed))
+    assert plain == "order:723:2017-03-21T19:54:51"  # a webhook's key is as it was
+    assert key.startswith(plain + ":refunds:") and len(key) == len(plain) + len(":refunds:") + 64
+    again = with_refund_details(copy.deepcopy(listed), _documented_refunds())
+    assert connector.delivery_key("order.updated", again, {}, _body(again)) == key
+    changed = _documented_refunds()
+    changed[1]["line_items"][0]["total"] = "-8.00"
+    other = with_refund_details(listed, changed)
+    assert connector.delivery_key("order.updated", other, {}, _body(other)) not in (key, plain)
+    assert _one(connector, "order.updated", detailed)["idempotency_key"] == key
 
 
 # -- Delivery keys --------------------------------------------------------------

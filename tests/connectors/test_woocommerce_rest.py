@@ -17,6 +17,7 @@ from connectors.woocommerce import WooCommerceConnector
 from connectors.woocommerce.rest import WooError, WooStore
 from connectors.woocommerce.translate import DEFAULT_ORDER_KEY_META, order_events
 from engine.events import load_event
+from tests.conftest import load_contract
 from tests.fakes.woocommerce import FakeWoo
 
 pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
@@ -220,6 +221,43 @@ def test_orders_keeps_the_json_exact(woo):
     order = next(o for o in store.orders() if o["id"] == woo.orders[0]["id"])
     assert order["line_items"][0]["price"] == 18.99 and order["big"] == 2**63 + 1
     assert json.loads(json.dumps(order)) == woo.orders[0]
+
+
+def test_order_refunds_reads_an_orders_refunds_as_documented(woo, store):
+    order = next(o for o in woo.orders if o["refunds"])  # order 723 as documented, under its own id
+    refunds = store.order_refunds(order["id"])
+    assert woo.requests[-1]["path"] == f"/wp-json/wc/v3/orders/{order['id']}/refunds"
+    documented = load_contract("woocommerce/rest_v3/order_refunds_list.json")["response"]
+    assert [r["id"] for r in refunds] == [r["id"] for r in documented] == [726, 724]  # newest first
+    assert [(r["amount"], r["line_items"]) for r in refunds] == [
+        (r["amount"], r["line_items"]) for r in documented]
+    assert refunds[0]["date_created_gmt"] == order["date_modified_gmt"]  # the last refund changed the order
+    # and one refund (GET orders/<id>/refunds/<refund_id>, order_refund_get.json)
+    one = store._json("refund", store._call("refund", "GET", f"orders/{order['id']}/refunds/726"))
+    documented_one = load_contract("woocommerce/rest_v3/order_refund_get.json")["response"]
+    assert {k: v for k, v in one.items() if not k.startswith(("date_", "_links"))} == {
+        k: v for k, v in documented_one.items() if not k.startswith(("date_", "_links"))}
+
+
+def test_with_refund_details_puts_each_refund_in_the_order_that_lists_it(woo, store):
+    order = next(o for o in store.orders() if o["refunds"])
+    detailed = store.with_refund_details(order)
+    assert [(r["id"], r["total"], r["amount"], len(r["line_items"])) for r in detailed["refunds"]] == [
+        (726, "-10.00", "10.00", 0), (724, "-9.00", "9.00", 1)]
+    assert {k: v for k, v in detailed.items() if k != "refunds"} == {k: v for k, v in order.items() if k != "refunds"}
+    plain = next(o for o in store.orders() if not o["refunds"])
+    calls = len(woo.requests)
+    assert store.with_refund_details(plain) == plain and len(woo.requests) == calls  # nothing to read
+
+
+def test_refunds_that_fail_are_a_woo_error(woo, store):
+    order = next(o for o in woo.orders if o["refunds"])
+    woo.refunds_failing.add(order["id"])
+    with pytest.raises(WooError) as caught:
+        store.with_refund_details(order)
+    assert caught.value.retryable and caught.value.status == 500
+    with pytest.raises(WooError, match="not found|Invalid order ID"):
+        store.order_refunds(999999)
 
 
 # -- webhooks ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
@@ -69,6 +70,97 @@ def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
 
 
+def _money(amount: Decimal) -> str:
+    return format(amount.quantize(Decimal("0.01"), ROUND_HALF_UP), "f")
+
+
+def _negative(amount: Decimal) -> str:
+    return _money(-amount) if amount else "0.00"
+
+
+def contract_refunds(order: dict[str, Any]) -> list[dict[str, Any]]:
+    """The refund resources (``GET orders/<id>/refunds``) of an order built from
+    the documented ones: for each refund it lists, the documented refund with
+    that id (726: an amount only; 724: line 311 with its meta), else one of an
+    amount only like 726; their times kept apart as documented, the last at the
+    order's ``date_modified_gmt``, and their links pointing at the order."""
+    documented = {refund["id"]: refund for refund in _rest("order_refunds_list")}
+    listed = [entry for entry in order.get("refunds") or [] if isinstance(entry, dict)]
+    refunds = []
+    for entry in listed:
+        refund = copy.deepcopy(documented.get(entry["id"]) or documented[726])
+        refund["id"] = entry["id"]
+        refund["amount"] = _money(abs(Decimal(entry["total"])))
+        refunds.append(refund)
+    if refunds:
+        last = max(_parse(refund["date_created_gmt"]) for refund in refunds)
+        shift = _parse(order["date_modified_gmt"]) - last
+        for refund in refunds:
+            _stamp_refund(refund, order["id"], _parse(refund["date_created_gmt"]) + shift)
+    return refunds
+
+
+def _stamp_refund(refund: dict[str, Any], order_id: int, created: datetime) -> None:
+    refund["date_created_gmt"], refund["date_created"] = _iso(created), _iso(created - GMT_OFFSET)
+    base = f"https://example.com/wp-json/wc/v3/orders/{order_id}"
+    refund["_links"] = {"self": [{"href": f"{base}/refunds/{refund['id']}"}],
+                        "collection": [{"href": f"{base}/refunds"}], "up": [{"href": base}]}
+
+
+def make_refund(order: dict[str, Any], refund_id: int, created: datetime, lines: dict[int, int] | None = None,
+                shipping: bool = False) -> dict[str, Any]:
+    """A refund resource of ``order`` in the documented shape (refund 724's
+    line items): ``lines`` maps the order's line ids to the quantities given
+    back, each with its share of the line's total and tax (negative, as
+    WooCommerce writes them, ``_refunded_item_id`` in its meta); ``shipping``
+    gives back the order's shipping lines too, in ``shipping_lines``. Its
+    ``amount`` is all of it, tax included."""
+    refund = copy.deepcopy(_rest("order_refunds_list")[1])
+    template = refund["line_items"][0]
+    refund.update(id=refund_id, line_items=[])
+    amount = Decimal(0)
+    by_id = {item["id"]: item for item in order["line_items"]}
+    for number, (line_id, quantity) in enumerate((lines or {}).items()):
+        item = by_id[line_id]
+        share = Decimal(quantity) / Decimal(item["quantity"])
+        total, tax = Decimal(item["total"]) * share, Decimal(item["total_tax"]) * share
+        subtotal, subtotal_tax = Decimal(item["subtotal"]) * share, Decimal(item["subtotal_tax"]) * share
+        line = copy.deepcopy(template)
+        line.update(
+            id=refund_id + 1 + number, name=item["name"], product_id=item["product_id"],
+            variation_id=item["variation_id"], quantity=-quantity, tax_class=item["tax_class"],
+            subtotal=_negative(subtotal), subtotal_tax=_negative(subtotal_tax), total=_negative(total),
+            total_tax=_negative(tax), sku=item["sku"], price=-item["price"],
+            taxes=[{"id": t["id"], "total": _negative(Decimal(t["total"]) * share),
+                    "subtotal": _negative(Decimal(t["subtotal"]) * share)} for t in item["taxes"]],
+            meta_data=[{**template["meta_data"][0], "id": refund_id + 50 + number, "value": str(line_id)}],
+        )
+        refund["line_items"].append(line)
+        amount += Decimal(_money(total)) + Decimal(_money(tax))
+    if shipping:  # (after line_items, as WooCommerce writes them)
+        refund = {**{k: v for k, v in refund.items() if k != "_links"}, "shipping_lines": []}
+        for number, ship in enumerate(order["shipping_lines"]):
+            refund["shipping_lines"].append({
+                "id": refund_id + 20 + number, "method_title": ship["method_title"], "method_id": ship["method_id"],
+                "total": _negative(Decimal(ship["total"])), "total_tax": _negative(Decimal(ship["total_tax"])),
+                "taxes": [], "meta_data": [{"id": refund_id + 70 + number, "key": "_refunded_item_id",
+                                            "value": str(ship["id"])}],
+            })
+            amount += Decimal(ship["total"]) + Decimal(ship["total_tax"])
+    refund["amount"] = _money(amount)
+    _stamp_refund(refund, order["id"], created)
+    return refund
+
+
+def with_refunds(order: dict[str, Any], refunds: list[dict[str, Any]], modified: datetime) -> dict[str, Any]:
+    """The order as WooCommerce shows it once ``refunds`` were made: listed
+    as ``{"id", "reason", "total"}`` (negative totals), modified at ``modified``."""
+    shown = copy.deepcopy(order)
+    shown["refunds"] = [{"id": r["id"], "reason": r["reason"], "total": f"-{r['amount']}"} for r in refunds]
+    shown["date_modified_gmt"], shown["date_modified"] = _iso(modified), _iso(modified - GMT_OFFSET)
+    return shown
+
+
 def make_orders(count: int, start: datetime = datetime(2024, 5, 1, 9, 0)) -> list[dict[str, Any]]:
     """``count`` orders built from the documented ones (727 processing, 723
     completed with refunds, 727 completed), each with its own id and an hour
@@ -88,10 +180,13 @@ def make_orders(count: int, start: datetime = datetime(2024, 5, 1, 9, 0)) -> lis
 class FakeWoo:
     """The fake shop. ``requests`` records (method, path, query without oauth_*,
     json); ``customers`` (id -> customer), ``coupons`` (code -> coupon),
-    ``webhooks`` (id -> webhook incl. its secret), ``products`` and ``orders``
-    are its state."""
+    ``webhooks`` (id -> webhook incl. its secret), ``products``, ``orders`` and
+    ``refunds`` (order id -> its refund resources: those given, else
+    ``contract_refunds`` of each order that lists some) are its state. An
+    order id in ``refunds_failing`` has its refunds answered with HTTP 500."""
 
-    def __init__(self, orders: list[dict[str, Any]] | None = None, order_count: int = 7):
+    def __init__(self, orders: list[dict[str, Any]] | None = None, order_count: int = 7,
+                 refunds: dict[int, list[dict[str, Any]]] | None = None):
         self.key = "ck_" + secrets.token_hex(20)
         self.secret = "cs_" + secrets.token_hex(20)
         self.requests: list[dict[str, Any]] = []
@@ -102,6 +197,9 @@ class FakeWoo:
         self.products = [{"id": 93, "name": "Espresso beans", "sku": "BEANS-1"},
                          {"id": 94, "name": "Flat white", "sku": "FLAT-WHITE"}]
         self.orders = orders if orders is not None else make_orders(order_count)
+        self.refunds = {order["id"]: contract_refunds(order) for order in self.orders if order.get("refunds")}
+        self.refunds.update(refunds or {})
+        self.refunds_failing: set[int] = set()
         self._failures: list[tuple[int, int | None]] = []
         self._nonces: set[str] = set()
         self._ids = itertools.count(800)
@@ -141,15 +239,17 @@ class FakeWoo:
             if refused:
                 return refused
             parts = path[len(API):].strip("/").split("/") if path.startswith(API) else []
-            handler = getattr(self, f"_{method.lower()}_{parts[0]}" if parts else "", None)
-            if handler is None or len(parts) > 2:
+            # collection/<id>/sub-collection/<id>: _get_orders_refunds(order_id, refund_id=None)
+            names, ids = parts[0::2], parts[1::2]
+            handler = getattr(self, f"_{method.lower()}_{'_'.join(names)}" if parts else "", None)
+            if handler is None or len(parts) > 4 or any(name.isdigit() for name in names):
                 return _error(404, "rest_no_route", "No route was found matching the URL and request method.")
-            args = [int(part) for part in parts[1:] if part.isdigit()]
+            args = [int(part) for part in ids if part.isdigit()]
             try:
                 inspect.signature(handler).bind(*args, query=query, body=body)
             except TypeError:  # e.g. PUT on a collection, or a non-numeric id
                 args = None
-            if args is None or len(args) != len(parts) - 1:
+            if args is None or len(args) != len(ids):
                 return _error(404, "rest_no_route", "No route was found matching the URL and request method.")
             if method in ("POST", "PUT") and not isinstance(body, dict):
                 return _error(400, "rest_invalid_json", "Invalid JSON body passed.")
@@ -306,6 +406,19 @@ class FakeWoo:
         field = {"modified": "date_modified_gmt", "id": "id"}.get(query.get("orderby", "date"), "date_created_gmt")
         orders = sorted(orders, key=lambda o: (o[field], o["id"]), reverse=query.get("order", "desc") == "desc")
         return self._page(orders, query)
+
+
+    def _get_orders_refunds(self, oid: int, rid: int | None = None, *, query: dict[str, str], **_: Any) -> Reply:
+        if not any(order["id"] == oid for order in self.orders):
+            return _error(404, "woocommerce_rest_invalid_order_id", "Invalid order ID.")
+        if oid in self.refunds_failing:
+            return _error(500, "fake_failure", "Injected HTTP 500 for this order's refunds.")
+        refunds = sorted(self.refunds.get(oid, []), key=lambda r: r["date_created_gmt"], reverse=True)
+        if rid is not None:
+            found = [r for r in refunds if r["id"] == rid]
+            return (200, found[0], {}) if found else _error(
+                404, "woocommerce_rest_invalid_id", "Invalid resource ID.")
+        return self._page(refunds, query)
 
 
 class _Handler(JSONHandler):

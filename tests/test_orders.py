@@ -1,0 +1,82 @@
+"""engine.orders: an order's refunds merged from every report of them, in any
+order; refunds read from their lines win over the same refunds known by their
+totals; states stored before keep their numbers."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from engine.events import load_event
+from engine.orders import as_of, merge, view
+
+pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
+
+PAID = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)
+MADE = PAID + timedelta(days=1)  # when the refund was made
+SHOWN = PAID + timedelta(days=3)  # the snapshot that first shows it
+
+
+def _event(key: str, at: datetime, refunds: list[dict]) -> dict:
+    """A WooCommerce-like snapshot: 18.00 of lines, no tax in them."""
+    return load_event({
+        "type": "order.paid", "channel": "woocommerce", "idempotency_key": key, "occurred_at": at.isoformat(),
+        "order": {"id": "6001", "version": at.isoformat(), "status": "paid", "currency": "USD",
+                  "lines": [{"id": "315", "quantity": 2, "unit_price": "3.00", "subtotal": "6.00"},
+                            {"id": "316", "quantity": 1, "unit_price": "12.00", "subtotal": "12.00"}],
+                  "refunds": refunds},
+    })
+
+
+PAID_EVENT = _event("order:6001:paid", PAID, [])
+WEBHOOK = _event("order:6001:shown", SHOWN, [{"id": "801", "amount": "12.90"}])  # its total: tax in it
+DETAILED = _event("order:6001:shown:refunds:ab", SHOWN, [
+    {"id": "801", "amount": "12.00", "tax": "0.90", "occurred_at": MADE.isoformat(), "itemized": True,
+     "lines": [{"line_id": "316", "quantity": 1, "amount": "12.00"}]}])
+
+
+def _state(*events: dict) -> dict | None:
+    state = None
+    for event in events:
+        state = merge(state, event)
+    return state
+
+
+def _eligible(state: dict, at: datetime | None = None) -> Decimal:
+    return view(1, "woocommerce", "6001", as_of(state, at) if at else state, None).eligible
+
+
+def test_the_refund_read_from_its_lines_wins_in_any_order_and_twice_changes_nothing():
+    states = [_state(*events) for events in itertools.permutations([PAID_EVENT, WEBHOOK, DETAILED])]
+    states.append(_state(PAID_EVENT, DETAILED, WEBHOOK, DETAILED, WEBHOOK))
+    assert all(state == states[0] for state in states)
+    assert _eligible(states[0]) == Decimal("6.00")  # 18.00 - 12.00, not - 12.90
+    assert _eligible(_state(PAID_EVENT, WEBHOOK)) == Decimal("5.10")  # the webhook alone
+
+
+def test_the_refund_counts_from_its_own_time_over_the_snapshot_that_showed_it():
+    for state in (_state(PAID_EVENT, WEBHOOK, DETAILED), _state(DETAILED, PAID_EVENT, WEBHOOK)):
+        assert _eligible(state, MADE - timedelta(seconds=1)) == Decimal("18.00")
+        assert _eligible(state, MADE) == Decimal("6.00")
+    alone = _state(PAID_EVENT, WEBHOOK)
+    assert _eligible(alone, MADE) == Decimal("18.00") and _eligible(alone, SHOWN) == Decimal("5.10")
+
+
+def test_states_stored_before_keep_their_numbers_and_take_the_itemized_refund():
+    stored = {  # as merge wrote them before refunds were itemized
+        **_state(PAID_EVENT),
+        "refunds": {"801": "12.90", "802": ["1.21", "0.21"]},
+        "refund_at": {"801": SHOWN.isoformat(), "802": SHOWN.isoformat()},
+    }
+    assert _eligible(stored) == Decimal("18.00") - Decimal("12.90") - Decimal("1.21")
+    assert _eligible(stored, MADE) == Decimal("18.00")
+    assert merge(stored, PAID_EVENT)["refunds"] == stored["refunds"]  # a stale snapshot: nothing new
+
+    updated = merge(stored, DETAILED)
+    assert updated["refunds"] == {"801": ["12.00", "0.90", "itemized"], "802": ["1.21", "0.21"]}
+    assert _eligible(updated) == Decimal("18.00") - Decimal("12.00") - Decimal("1.21")
+    assert _eligible(updated, MADE) == Decimal("18.00") - Decimal("12.00")
+    assert merge(updated, WEBHOOK)["refunds"] == updated["refunds"]

@@ -155,6 +155,20 @@ def send(engine, topic: str, payload: dict):
     return engine.ingest("pos", topic, json.dumps(payload, default=str).encode())
 
 
+def as_stored(engine, outcome):
+    """A ``duplicate`` outcome as the delivery it repeats stands: ``failed``
+    (its error and plugin) when that one was kept but not applied."""
+    from dataclasses import replace
+
+    from engine import inbox
+
+    with engine.db.connect() as conn:
+        row = inbox.get(conn, outcome.inbox_id)
+    if row is None or row.status != inbox.FAILED:
+        return outcome
+    return replace(outcome, status="failed", error=row.error, plugin=row.plugin)
+
+
 def sale_order_id(terminal: Terminal, sale_id) -> str:
     """The id of the order ``connectors.pos`` makes of this terminal's sale."""
     return f"{terminal.id}:{str(sale_id).strip()}"

@@ -137,9 +137,9 @@ def test_an_offline_batch_says_what_became_of_each_sale_s_codes(till):
 
 
 def test_a_sale_kept_but_not_applied_has_not_used_its_code_yet(make_engine, monkeypatch):
-    """A plugin failed on the sale (503, kept to be replayed): sent again, the
-    sale is not applied yet, and neither is its code, which is still the
-    customer's; once replayed, the sale uses it."""
+    """A plugin failed on the sale (503, kept to be replayed): sent again, it
+    is answered 503 again (not applied yet, and its code still the
+    customer's); once replayed, the sale sent again says it used the code."""
     from engine import inbox
     from engine.hookspecs import hookimpl
 
@@ -162,12 +162,12 @@ def test_a_sale_kept_but_not_applied_has_not_used_its_code_yet(make_engine, monk
         five = engine.redeem(card, "five-off", channel="pos").code
         assert call(f"{base}/api/v1/sales", "POST", spending("s1", card, [five]), key, "s1")[0] == 503
         status, answer = call(f"{base}/api/v1/sales", "POST", spending("s1", card, [five]), key, "s1-again")
-        assert status == 200
-        assert answer["codes"] == [{"code": five, "used": False, "reason": "still_issued"}]
+        assert (status, answer["error"]["code"], answer["error"]["plugin"]) == (503, "plugin_failed", "broken-orders")
         assert unused(engine, card) == [five]
         BrokenOrders.broken = False
         with engine.db.connect() as conn:
             [failed] = [row for row in inbox.listing(conn) if row.status == "failed"]
         assert engine.replay(failed.id).status == "applied"
         status, answer = call(f"{base}/api/v1/sales", "POST", spending("s1", card, [five]), key, "s1-replayed")
-        assert status == 200 and answer["codes"] == [{"code": five, "used": True, "reason": None}]
+        assert status == 200 and answer["status"] == "duplicate"
+        assert answer["codes"] == [{"code": five, "used": True, "reason": None}]

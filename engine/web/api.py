@@ -352,6 +352,10 @@ class Api:
 
     def _ingest(self, topic: str, payload: dict, key: str):
         outcome = terminals.send(self.engine, topic, payload)
+        if outcome.status == "duplicate":
+            # Sent before: answered as it stands. One kept but not applied (a
+            # plugin failed, or refused) is not the duplicate of an applied one.
+            outcome = terminals.as_stored(self.engine, outcome)
         if outcome.status == "failed" and outcome.plugin:
             # Not the till's mistake: kept, and applied once the plugin is fixed and it is replayed.
             raise ApiError(503, "plugin_failed", f"kept but not applied: plugin {outcome.plugin!r} failed "

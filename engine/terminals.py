@@ -155,6 +155,22 @@ def send(engine, topic: str, payload: dict):
     return engine.ingest("pos", topic, json.dumps(payload, default=str).encode())
 
 
+def first_time(engine, topic: str, payload: dict) -> dict:
+    """A delivery whose till gave no time, with the time it was first sent
+    with when it was sent before (its key stored), else as it is."""
+    from engine.db.models import inbox as inbox_table
+
+    key = engine.connector("pos").delivery_key(topic, payload, {}, b"")
+    with engine.db.connect() as conn:
+        body = conn.execute(select(inbox_table.c.body).where(
+            inbox_table.c.channel == "pos", inbox_table.c.key == key)).scalar_one_or_none() if key else None
+    try:
+        first = json.loads(body).get("occurred_at") if body is not None else None
+    except ValueError:
+        first = None
+    return {**payload, "occurred_at": first} if isinstance(first, str) else payload
+
+
 def as_stored(engine, outcome):
     """A ``duplicate`` outcome as the delivery it repeats stands: ``failed``
     (its error and plugin) when that one was kept but not applied."""

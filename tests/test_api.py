@@ -105,6 +105,23 @@ def test_a_retried_write_gets_the_first_answer_and_a_reused_key_is_refused(api):
     assert status == 200 and answer["status"] == "duplicate" and answer["customer"]["points"] == 25
 
 
+def test_a_sale_or_visit_without_its_time_sent_again_under_a_new_key_is_a_duplicate_not_a_conflict(api):
+    """A till that gives no ``occurred_at`` (the engine's clock stands in) and
+    resends after a lost answer, under a new key: counted once, with the time
+    it was first received; a changed sale under the same id is still refused."""
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    untimed = {k: v for k, v in sale("s1", card).items() if k != "occurred_at"}
+    assert call(f"{base}/api/v1/sales", "POST", untimed, key, "k1")[0] == 200
+    status, answer = call(f"{base}/api/v1/sales", "POST", untimed, key, "k2")
+    assert (status, answer["status"], answer["customer"]["points"]) == (200, "duplicate", 25)
+    status, answer = call(f"{base}/api/v1/sales", "POST", {**untimed, "lines": untimed["lines"] * 2}, key, "k3")
+    assert status == 422 and "already used" in answer["error"]["message"]
+    visit = {"id": "v1", "customer": {"card_code": card}}
+    assert call(f"{base}/api/v1/visits", "POST", visit, key, "v-1")[1]["status"] == "applied"
+    assert call(f"{base}/api/v1/visits", "POST", visit, key, "v-2")[1]["status"] == "duplicate"
+
+
 def test_visits_fill_a_stamp_card_and_a_void_takes_a_sale_s_points_back(api):
     engine, base, key = api
     card = enrol(base, key)[1]["customer"]["card_code"]

@@ -350,7 +350,12 @@ class Api:
             raise ApiError(404, "no_customer", "no customer matches that card code, phone or email")
         return found
 
-    def _ingest(self, topic: str, payload: dict, key: str):
+    def _ingest(self, topic: str, payload: dict, key: str, timed: bool = True):
+        """Send a till's delivery and answer as it went. ``timed``: the till
+        gave its time; else the time is now, or, for one sent before, the time
+        it had then (so that it is the duplicate it is, not a conflict)."""
+        if not timed:
+            payload = terminals.first_time(self.engine, topic, payload)
         outcome = terminals.send(self.engine, topic, payload)
         if outcome.status == "duplicate":
             # Sent before: answered as it stands. One kept but not applied (a
@@ -400,7 +405,8 @@ class Api:
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
             payload = terminals.sale_payload(terminal, data, customer["card_code"])
-            status, answer = await run_in_threadpool(self._ingest, "sale", payload, customer["card_code"])
+            status, answer = await run_in_threadpool(self._ingest, "sale", payload, customer["card_code"],
+                                                   data.get("occurred_at") is not None)
             answer["codes"] = await run_in_threadpool(terminals.sale_codes, self.engine, terminal, payload)
             return status, answer
 
@@ -416,7 +422,8 @@ class Api:
             if order is None:
                 raise ApiError(404, "no_sale", f"this terminal recorded no sale {sale_id!r}")
             payload = terminals.void_payload(terminal, sale_id, data)
-            return await run_in_threadpool(self._ingest, "void", payload, order)
+            return await run_in_threadpool(self._ingest, "void", payload, order,
+                                                   data.get("occurred_at") is not None)
 
         return await self._idempotent(request, terminal, work)
 
@@ -427,7 +434,8 @@ class Api:
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
             payload = terminals.visit_payload(terminal, data, customer["card_code"])
-            return await run_in_threadpool(self._ingest, "visit", payload, customer["card_code"])
+            return await run_in_threadpool(self._ingest, "visit", payload, customer["card_code"],
+                                                   data.get("occurred_at") is not None)
 
         return await self._idempotent(request, terminal, work)
 
@@ -441,7 +449,8 @@ class Api:
         async def work():
             customer = await run_in_threadpool(self._find, data["customer"])
             payload = terminals.membership_payload(terminal, data, customer)
-            status, answer = await run_in_threadpool(self._ingest, "membership", payload, customer["card_code"])
+            status, answer = await run_in_threadpool(self._ingest, "membership", payload, customer["card_code"],
+                                                   data.get("occurred_at") is not None)
             answer["membership"] = await run_in_threadpool(self._membership, payload["subscription_id"])
             return status, answer
 

@@ -255,6 +255,32 @@ def test_a_plugin_can_give_the_referral_programme(make_engine):
     assert points(engine, REFEREE) == 1 + 5
 
 
+def _order_deliveries(order: PlannedOrder, paid, cancel, carries_code: bool, address: str | None = None) -> list:
+    """An order's deliveries, ``(at, channel, topic, body)``: paid, and
+    cancelled when ``cancel`` is a time; the code (``{code}``) on it when it
+    carries it; shipped to ``address`` when given."""
+    deliveries = []
+    for status, at in (("paid", paid), ("cancelled", cancel)):
+        if at is None:
+            continue
+        if order.channel == "shopify":
+            body = _shopify_order(order, "refunded" if status == "cancelled" else "paid", at, [], status == "cancelled")
+            if carries_code:
+                body["discount_codes"] = [{"code": "{code}", "amount": "0.00", "type": "fixed_amount"}]
+            if address:
+                body["shipping_address"] = {**body["shipping_address"], "address1": address}
+            topic = "orders/cancelled" if status == "cancelled" else "orders/paid"
+        else:
+            body = _woo_order(order, "cancelled" if status == "cancelled" else "completed", at, [])
+            if carries_code:
+                body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": "{code}"}]
+            if address:
+                body["shipping"] = {**body["shipping"], "address_1": address}
+            topic = "order.updated"
+        deliveries.append((at, order.channel, topic, json.dumps(body)))
+    return deliveries
+
+
 @st.composite
 def referee_streams(draw):
     """A referee's orders at distinct paid times (Shopify or WooCommerce),
@@ -272,21 +298,8 @@ def referee_streams(draw):
         order = PlannedOrder(channel, number, REFEREE, (Line(Decimal(euros), 1),))
         paid = T0 + timedelta(hours=hour)
         cancel = paid + timedelta(hours=draw(st.integers(1, 48)), minutes=30) if draw(st.integers(0, 3)) == 0 else None
-        for status, at in (("paid", paid), ("cancelled", cancel)):
-            if at is None:
-                continue
-            if channel == "shopify":
-                body = _shopify_order(order, "refunded" if status == "cancelled" else "paid", at, [],
-                                      status == "cancelled")
-                if index == carrier:
-                    body["discount_codes"] = [{"code": "{code}", "amount": "0.00", "type": "fixed_amount"}]
-                topic = "orders/cancelled" if status == "cancelled" else "orders/paid"
-            else:
-                body = _woo_order(order, "cancelled" if status == "cancelled" else "completed", at, [])
-                if index == carrier:
-                    body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": "{code}"}]
-                topic = "order.updated"
-            timed.append((at, ("order", channel, topic, json.dumps(body))))
+        for at, channel_, topic, body in _order_deliveries(order, paid, cancel, index == carrier):
+            timed.append((at, ("order", channel_, topic, body)))
     if carrier == -1:
         timed.append((T0 + timedelta(hours=draw(st.integers(2, 200)), minutes=15), ("claim",)))
     timed.sort(key=lambda item: item[0])
@@ -349,23 +362,7 @@ def referrer_streams(draw):
             order = PlannedOrder(channel, number, email, (Line(Decimal(euros), 1),))
             paid = T0 + timedelta(hours=hour, minutes=number)  # (no two orders paid at once)
             cancel = paid + timedelta(hours=draw(st.integers(1, 48))) if draw(st.integers(0, 4)) == 0 else None
-            for status, at in (("paid", paid), ("cancelled", cancel)):
-                if at is None:
-                    continue
-                if channel == "shopify":
-                    body = _shopify_order(order, "refunded" if status == "cancelled" else "paid", at, [],
-                                          status == "cancelled")
-                    if index == carrier:
-                        body["discount_codes"] = [{"code": "{code}", "amount": "0.00", "type": "fixed_amount"}]
-                    body["shipping_address"] = {**body["shipping_address"], "address1": f"{email} Street"}
-                    topic = "orders/cancelled" if status == "cancelled" else "orders/paid"
-                else:
-                    body = _woo_order(order, "cancelled" if status == "cancelled" else "completed", at, [])
-                    if index == carrier:
-                        body["meta_data"] = [{"id": 1, "key": "_regulars_ref", "value": "{code}"}]
-                    body["shipping"] = {**body["shipping"], "address_1": f"{email} Street"}
-                    topic = "order.updated"
-                timed.append((at, channel, topic, json.dumps(body)))
+            timed.extend(_order_deliveries(order, paid, cancel, index == carrier, address=f"{email} Street"))
     timed.sort(key=lambda item: item[0])
     ordered = [step[1:] for step in timed]
     shuffled = list(draw(st.permutations(ordered)))

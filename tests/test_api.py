@@ -37,13 +37,19 @@ def served(engine):
     return serve_app(create_app(engine, secrets={}))
 
 
+def with_till(make_engine, monkeypatch, tables: dict, extra_plugins: tuple = ()):
+    """(engine, a terminal's key): an engine with these tables and plugins,
+    its schema made, and one terminal."""
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
+    engine = make_engine(tables, extra_plugins=extra_plugins)
+    engine.ensure_schema()
+    return engine, terminals.add_terminal(engine.db, "Main Street", "till 1")[1]
+
+
 @pytest.fixture
 def api(make_engine, monkeypatch):
     """(engine, base URL, a terminal's key) with the app served on loopback."""
-    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
-    engine = make_engine(TABLES)
-    engine.ensure_schema()
-    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    engine, key = with_till(make_engine, monkeypatch, TABLES)
     with served(engine) as base:
         yield engine, base, key
 
@@ -479,10 +485,7 @@ def test_a_plugin_that_fails_on_a_visit_is_no_fault_of_the_till(make_engine, mon
                 raise ValueError("visit hook broke")
             return []
 
-    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
-    engine = make_engine(TABLES, extra_plugins=(("broken-visits", BrokenVisits()),))
-    engine.ensure_schema()
-    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    engine, key = with_till(make_engine, monkeypatch, TABLES, (("broken-visits", BrokenVisits()),))
     with served(engine) as base:
         card = enrol(base, key)[1]["customer"]["card_code"]
         visit = {"id": "v1", "customer": {"card_code": card}, "occurred_at": T0.isoformat()}

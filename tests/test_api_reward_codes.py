@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine import terminals
 from engine.customers import customer_summary
-from tests.test_api import TABLES, call, enrol, sale, served
+from tests.test_api import TABLES, call, enrol, sale, served, with_till
 
 CODES_TABLES = {
     **TABLES,
@@ -27,10 +26,7 @@ CODES_TABLES = {
 def till(make_engine, monkeypatch):
     """(engine, base URL, a terminal's key, Jana's card code) with the app
     served on loopback; Jana has 1,000 points to redeem rewards with."""
-    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
-    engine = make_engine(CODES_TABLES)
-    engine.ensure_schema()
-    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    engine, key = with_till(make_engine, monkeypatch, CODES_TABLES)
     with served(engine) as base:
         card = enrol(base, key)[1]["customer"]["card_code"]
         status, _ = call(f"{base}/api/v1/sales", "POST", sale("old", card, "250.00"), key, "old")
@@ -152,10 +148,7 @@ def test_a_sale_kept_but_not_applied_has_not_used_its_code_yet(make_engine, monk
                 raise ValueError("order hook broke")
             return None
 
-    monkeypatch.setenv("REGULARS_SECRET_KEY", "api test key")
-    engine = make_engine(CODES_TABLES, extra_plugins=(("broken-orders", BrokenOrders()),))
-    engine.ensure_schema()
-    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    engine, key = with_till(make_engine, monkeypatch, CODES_TABLES, (("broken-orders", BrokenOrders()),))
     with served(engine) as base:
         card = enrol(base, key)[1]["customer"]["card_code"]
         call(f"{base}/api/v1/sales", "POST", sale("old", card, "250.00"), key, "old")

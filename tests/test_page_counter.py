@@ -1,6 +1,7 @@
 """The cashier's counter (/counter) in a real browser, on the till's API: signing
 in with a terminal key, finding a customer by card code, email or the camera,
-recording sales and visits, redeeming, and the offline queue: actions kept in
+recording sales and visits (and saying a reward code a sale sent that the
+engine did not use), redeeming, and the offline queue: actions kept in
 the browser with their keys and sent as one batch when the network is back,
 never counted twice (a lost answer, a resent batch)."""
 
@@ -355,6 +356,119 @@ def test_a_reward_kept_for_another_channel_is_shown_but_not_offered_for_the_sale
                                                        "reward_codes": [web.code, here.code]}, key, "with-code")
     assert status == 200
     assert [r["code"] for r in summary(engine, card)["rewards"]] == [web.code]
+
+
+def test_a_sale_says_which_ticked_reward_code_was_not_used_and_why(till, browser_page):
+    """The sale's answer says what became of each code (``codes``): a code the
+    engine took says nothing more; one spent meanwhile by another order (the
+    page still shows it, as it was when the customer was found) is said next
+    to the sale's result, with why and that its reward is not to be given."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
+                                          "lines": [{"quantity": 1, "unit_price": "150.00"}]}, key, "old")
+    first, second, third = (engine.redeem(card, "five-off", channel="pos").code for _ in range(3))
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+    expect(page.locator("#customer-rewards-list input[name=reward_code]")).to_have_count(3)
+    warnings = page.locator("#result-codes li")
+
+    page.check(f"#customer-rewards-list input[value='{first}']")
+    page.fill("#sale-amount", "20")
+    page.click("#sale-button")
+    expect(page.locator("#result")).to_contain_text("Sale of €20.00 recorded.")
+    expect(page.locator(f"#customer-rewards-list input[value='{first}']")).to_have_count(0)  # used
+    expect(page.locator("#result-codes")).to_be_attached()
+    expect(page.locator("#result-codes")).to_be_hidden()
+    expect(warnings).to_have_count(0)
+
+    # Spent at another till while this one still shows it.
+    status, answer = call(f"{base}/api/v1/sales", "POST", {
+        "id": "elsewhere", "customer": {"card_code": card}, "lines": [{"quantity": 1, "unit_price": "9.00"}],
+        "reward_codes": [second]}, key, "elsewhere")
+    assert status == 200 and answer["codes"] == [{"code": second, "used": True, "reason": None}]
+    page.check(f"#customer-rewards-list input[value='{second}']")
+    page.check(f"#customer-rewards-list input[value='{third}']")
+    page.fill("#sale-amount", "30")
+    page.click("#sale-button")
+    expect(page.locator("#result")).to_contain_text("Sale of €30.00 recorded.")
+    expect(page.locator("#result-codes")).to_be_visible()
+    expect(warnings).to_have_count(1)  # the third was used: nothing about it
+    expect(warnings).to_have_text(
+        f"Code {second} was not used: already used by another order — don't give its reward.")
+    expect(warnings).to_have_attribute("data-reason", "already_used")
+    assert summary(engine, card)["rewards"] == []
+
+    # The next sale's result replaces it.
+    page.fill("#sale-amount", "5")
+    page.click("#sale-button")
+    expect(page.locator("#result")).to_contain_text("Sale of €5.00 recorded.")
+    expect(page.locator("#result-codes")).to_be_hidden()
+
+
+def test_a_code_not_used_is_said_in_the_tills_language(till, browser_page):
+    """A full stamp card's reward, shown on the till, taken back meanwhile (the
+    sale that filled the card was voided): ticked in a sale, it is not used,
+    and the till says so, and why, in Czech."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    for n in range(5):
+        status, _ = call(f"{base}/api/v1/visits", "POST", {"id": f"visit-{n}", "customer": {"card_code": card}},
+                         key, f"visit-{n}")
+        assert status in (200, 201)
+    status, _ = call(f"{base}/api/v1/sales", "POST", {"id": "sixth", "customer": {"card_code": card},
+                                                       "lines": [{"quantity": 1, "unit_price": "4.00"}]}, key, "sixth")
+    assert status == 200
+    [coffee] = summary(engine, card)["rewards"]
+    page = browser_page
+    sign_in(page, base, key, lang="cs")
+    find(page, card)
+    expect(page.locator(f"#customer-rewards-list input[value='{coffee['code']}']")).to_be_enabled()
+    status, _ = call(f"{base}/api/v1/sales/sixth/void", "POST", {}, key, "void-sixth")
+    assert status == 200
+
+    page.check(f"#customer-rewards-list input[value='{coffee['code']}']")
+    page.fill("#sale-amount", "3")
+    page.click("#sale-button")
+    warning = page.locator(f"#result-codes li[data-code='{coffee['code']}']")
+    expect(warning).to_have_text(
+        f"Kód {coffee['code']} nebyl uplatněn: odměna byla zrušena — odměnu za něj nedávejte.")
+    expect(warning).to_have_attribute("data-reason", "voided")
+    expect(page.locator("#result-codes")).not_to_contain_text("not used")
+
+
+def test_a_sale_sent_from_the_offline_queue_says_a_code_it_could_not_use(till, browser_page):
+    """Offline, a sale with a ticked code waits; meanwhile the code is spent by
+    another order. When the batch goes, the result names the sale and the
+    code, and why it was not used."""
+    from playwright.sync_api import expect
+
+    engine, _, base, key, card = till
+    call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
+                                          "lines": [{"quantity": 1, "unit_price": "60.00"}]}, key, "old")
+    code = engine.redeem(card, "five-off", channel="pos").code
+    page = browser_page
+    sign_in(page, base, key)
+    find(page, card)
+    page.context.set_offline(True)
+    page.check(f"#customer-rewards-list input[value='{code}']")
+    page.fill("#sale-amount", "12")
+    page.click("#sale-button")
+    expect(page.locator("#waiting-list li[data-topic=sale]")).to_contain_text("€12.00")
+    assert queued(page)[0]["line"]["reward_codes"] == [code]
+    status, _ = call(f"{base}/api/v1/sales", "POST", {"id": "online", "customer": {"card_code": card},
+                                                       "lines": [{"quantity": 1, "unit_price": "9.00"}],
+                                                       "reward_codes": [code]}, key, "online")
+    assert status == 200
+
+    page.context.set_offline(False)
+    expect(page.locator("#waiting")).to_be_hidden()
+    expect(page.locator("#result")).to_contain_text("sent")
+    expect(page.locator("#result-codes li")).to_have_text(
+        f"Sale €12.00 · Jana Nováková: code {code} was not used: already used by another order.")
 
 
 def test_a_refused_redemption_is_said_in_the_tills_language_with_its_numbers(till, browser_page):

@@ -513,13 +513,36 @@
 
   // -- results ------------------------------------------------------------------------------
 
-  function showResult(text, kind, voidable) {
+  function showResult(text, kind, voidable, unused) {
     const node = $('result');
     node.hidden = !text;
     node.textContent = text || '';
     node.className = 'result' + (kind ? ' ' + kind : '');
     if (!voidable) lastSale = null;
     $('void-row').hidden = !lastSale;
+    showUnusedCodes(unused || []);
+  }
+
+  /** Unused codes are said next to the result, each with why: the engine took
+   * no reward for them, so the cashier must not give one. Used ones say nothing. */
+  function showUnusedCodes(unused) {
+    const list = $('result-codes');
+    list.replaceChildren(...unused.map((c) => el('li', {'data-code': c.code, 'data-reason': c.reason},
+      c.sale ? t('code_not_used_sent', {sale: c.sale, code: c.code, reason: whyNotUsed(c.reason)})
+        : t('code_not_used', {code: c.code, reason: whyNotUsed(c.reason)}))));
+    list.hidden = !unused.length;
+  }
+
+  /** A sale's answer's ``codes`` (or a batch line's): those the sale did not use. */
+  function unusedCodes(codes, sale) {
+    return (Array.isArray(codes) ? codes : []).filter((c) => c && !c.used)
+      .map((c) => ({code: c.code, reason: c.reason, sale}));
+  }
+
+  /** The API's ``reason`` in the page's words; one this page doesn't know yet, as the API said it. */
+  function whyNotUsed(why) {
+    const name = 'code_' + why;
+    return Object.prototype.hasOwnProperty.call(M, name) ? t(name) : String(why || '?');
   }
 
   // -- the sales recorded here, and voiding one --------------------------------------------
@@ -677,7 +700,7 @@
               lastSale = {key, amount: info.amount};
               rememberSale({key, amount: info.amount, who, at: body.occurred_at});
             }
-            showResult(lines.join(' '), 'ok', voidable);
+            showResult(lines.join(' '), 'ok', voidable, unusedCodes(answer.data.codes));
             return true;
           }
           if (answer.status === 401) { revoked(); return false; }
@@ -780,6 +803,7 @@
 
   async function sendBatches(manual) {
     let sent = false;
+    const unused = []; // reward codes the sales just sent carried and the engine did not take
     for (;;) {
       if (!termKey) return;
       // A batch whose answer never came goes again first, byte for byte, under
@@ -825,6 +849,7 @@
         const result = outcome.get(item.key);
         if (result && (result.status === 'applied' || result.status === 'duplicate')) {
           sent = true;
+          unused.push(...unusedCodes(result.codes, item.label + ' · ' + item.who));
           if (item.topic === 'sale' && result.status === 'applied') {
             rememberSale({key: item.key, amount: item.amount || '', who: item.who, at: item.at});
           }
@@ -839,7 +864,7 @@
       saveQueue(queue);
     }
     if (sent) {
-      showResult(t('sent'), 'ok');
+      showResult(t('sent'), 'ok', false, unused);
       await refreshCustomer();
     }
   }

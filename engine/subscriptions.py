@@ -91,19 +91,27 @@ class SubscriptionRefused(ValueError):
     the message says why."""
 
 
+#: how stamps and history entries write a time (UTC)
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"
+
+
 def _stamp(kind: str, at: datetime, key: str) -> str:
     """The order in which events win the status: time, kind, key."""
-    return f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}|{_RANK[kind]}|{key}"
+    return f"{_moment(at)}|{_RANK[kind]}|{key}"
 
 
 def _stamp_time(stamp: str) -> datetime:
     """The event time a stamp starts with."""
-    return datetime.strptime(stamp.split("|", 1)[0], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    return _parse(stamp.split("|", 1)[0])
 
 
 def _moment(at: datetime | None) -> str | None:
-    """A time as stamps and history entries write it (UTC)."""
-    return None if at is None else f"{at.astimezone(UTC):%Y-%m-%dT%H:%M:%S.%f}"
+    """A time as stamps and history entries write it."""
+    return None if at is None else f"{at.astimezone(UTC):{_FORMAT}}"
+
+
+def _parse(moment: str) -> datetime:
+    return datetime.strptime(moment, _FORMAT).replace(tzinfo=UTC)
 
 
 def _entry(stamp: str, plan: str, period_end: datetime | None) -> list:
@@ -189,8 +197,7 @@ class Subscriptions:
         if newest is None or int(newest[0].split("|", 2)[1]) not in _ACTIVATING:
             return None
         name = newest[1]
-        end = None if period_end is None else datetime.strptime(period_end, "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
-        return None if _lapses(self.plans.get(name), end, at) else name
+        return None if _lapses(self.plans.get(name), period_end and _parse(period_end), at) else name
 
     def lapse(self, conn: Connection, now: datetime) -> int | None:
         """Mark ``lapsed`` the active memberships of plans with ``grace_days``

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
+from hypothesis import strategies as st
+
 from tests.conftest import load_contract
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -249,3 +251,12 @@ def expected_by_email(orders: list[PlannedOrder], per_unit: Decimal = Decimal(1)
 
 def ingest_all(engine, stream) -> list:
     return [engine.ingest(channel, topic, body) for channel, topic, body in stream]
+
+
+def shuffled_with_resends(draw, ordered: list, resends: int) -> list:
+    """For a ``st.composite`` strategy: the deliveries in any order, with up to
+    ``resends`` of them sent again anywhere."""
+    shuffled = list(draw(st.permutations(ordered)))
+    for delivery in draw(st.lists(st.sampled_from(ordered), max_size=resends)):
+        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    return shuffled

@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 
 from engine.customers import customer_summary
 from tests.conftest import DEFAULT_TABLES, POSTGRES_URL, examples, reset_postgres
-from tests.streams import Line, PlannedOrder, deliveries, expected_by_email, ingest_all
+from tests.streams import (
+    Line,
+    PlannedOrder,
+    deliveries,
+    expected_by_email,
+    ingest_all,
+    shuffled_with_resends,
+)
 
 EMAILS = ["jana@example.com", "petr@example.cz", "zuzana@example.sk"]
 
@@ -61,10 +68,7 @@ def programmes(draw):
     n = draw(st.integers(1, 4))
     planned = [draw(orders(number)) for number in range(1, n + 1)]
     ordered = [d for order in planned for d in deliveries(order)]
-    shuffled = list(draw(st.permutations(ordered)))
-    repeats = draw(st.lists(st.sampled_from(ordered), max_size=4))
-    for delivery in repeats:
-        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    shuffled = shuffled_with_resends(draw, ordered, 4)
     return planned, ordered, shuffled
 
 

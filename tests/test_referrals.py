@@ -21,7 +21,7 @@ from engine.hookspecs import hookimpl
 from engine.referrals import ReferralRefused
 from engine.rules_api import ReferralProgram
 from tests.conftest import DEFAULT_TABLES, examples
-from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
+from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order, shuffled_with_resends
 from tests.test_invariants import _fresh
 
 REFERRER = "petr@example.cz"
@@ -304,9 +304,7 @@ def referee_streams(draw):
         timed.append((T0 + timedelta(hours=draw(st.integers(2, 200)), minutes=15), ("claim",)))
     timed.sort(key=lambda item: item[0])
     ordered = [(at, step) for at, step in timed]
-    shuffled = list(draw(st.permutations(ordered)))
-    for step in draw(st.lists(st.sampled_from(ordered), max_size=2)):
-        shuffled.insert(draw(st.integers(0, len(shuffled))), step)
+    shuffled = shuffled_with_resends(draw, ordered, 2)
     return ordered, shuffled
 
 
@@ -365,9 +363,7 @@ def referrer_streams(draw):
             timed.extend(_order_deliveries(order, paid, cancel, index == carrier, address=f"{email} Street"))
     timed.sort(key=lambda item: item[0])
     ordered = [step[1:] for step in timed]
-    shuffled = list(draw(st.permutations(ordered)))
-    for step in draw(st.lists(st.sampled_from(ordered), max_size=2)):
-        shuffled.insert(draw(st.integers(0, len(shuffled))), step)
+    shuffled = shuffled_with_resends(draw, ordered, 2)
     return ordered, shuffled
 
 

@@ -28,7 +28,14 @@ from engine.hookspecs import hookimpl
 from engine.rules_api import Multiplier, SubscriptionPlan
 from tests.conftest import DEFAULT_TABLES, empty_database, examples
 from tests.plugins.till import CanonicalTill
-from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.streams import (
+    Line,
+    PlannedOrder,
+    _shopify_order,
+    _shopify_refund,
+    _woo_order,
+    shuffled_with_resends,
+)
 from tests.test_invariants import _fresh
 
 EMAIL = "jana@example.com"
@@ -508,9 +515,7 @@ def membership_streams(draw):
                 timed.append((refund_at, channel, "order.updated", _woo_order(order, "processing", refund_at, [half])))
     timed.sort(key=lambda item: item[0])
     ordered = [(channel, topic, json.dumps(body).encode()) for _, channel, topic, body in timed]
-    shuffled = list(draw(st.permutations(ordered)))
-    for delivery in draw(st.lists(st.sampled_from(ordered), max_size=3)):
-        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    shuffled = shuffled_with_resends(draw, ordered, 3)
     return ordered, shuffled, events
 
 

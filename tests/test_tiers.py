@@ -19,7 +19,14 @@ from engine.hookspecs import hookimpl
 from engine.jobs import run
 from engine.rules_api import TierLevel, TierProgram
 from tests.conftest import DEFAULT_TABLES, examples
-from tests.streams import Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.streams import (
+    Line,
+    PlannedOrder,
+    _shopify_order,
+    _shopify_refund,
+    _woo_order,
+    shuffled_with_resends,
+)
 from tests.test_invariants import _fresh
 
 EMAIL = "jana@example.com"
@@ -245,9 +252,7 @@ def tier_streams(draw):
                               _woo_order(order, "cancelled", cancel_at, [half] if refund_at else [])))
     timed.sort(key=lambda item: item[0])
     ordered = [(channel, topic, json.dumps(body).encode()) for _, channel, topic, body in timed]
-    shuffled = list(draw(st.permutations(ordered)))
-    for delivery in draw(st.lists(st.sampled_from(ordered), max_size=3)):
-        shuffled.insert(draw(st.integers(0, len(shuffled))), delivery)
+    shuffled = shuffled_with_resends(draw, ordered, 3)
     return ordered, shuffled
 
 

@@ -70,11 +70,18 @@ def test_reconcile_since_only_fetches_newer_orders(make_engine, woo):
     assert query["modified_after"].startswith("2024-05-01T12:00:00")
 
 
-def test_the_cli_reconciles_and_says_what_it_did(tmp_path, woo, monkeypatch):
+def _cli_shop(tmp_path, monkeypatch, url: str):
+    """A plugins.toml for the CLI with the WooCommerce shop at ``url``, on a
+    SQLite file of its own; its path."""
     config = tmp_path / "plugins.toml"
     config.write_text(f'[engine]\ncurrency = "EUR"\n[rules.points]\nper_unit = 1\n'
-                      f'[connectors.woocommerce]\nurl = "{woo.url}"\n')
+                      f'[connectors.woocommerce]\nurl = "{url}"\n')
     monkeypatch.setenv("REGULARS_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    return config
+
+
+def test_the_cli_reconciles_and_says_what_it_did(tmp_path, woo, monkeypatch):
+    config = _cli_shop(tmp_path, monkeypatch, woo.url)
     result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
     assert result.exit_code == 0, result.output
     assert "7 orders from woocommerce: 7 applied" in result.output
@@ -336,10 +343,7 @@ def test_the_cli_says_whose_refunds_were_not_read_and_exits_1(tmp_path, monkeypa
     refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
     with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
         woo.refunds_failing.add(6001)
-        config = tmp_path / "plugins.toml"
-        config.write_text(f'[engine]\ncurrency = "EUR"\n[rules.points]\nper_unit = 1\n'
-                          f'[connectors.woocommerce]\nurl = "{woo.url}"\n')
-        monkeypatch.setenv("REGULARS_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+        config = _cli_shop(tmp_path, monkeypatch, woo.url)
         result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
     assert result.exit_code == 1, result.output
     assert "1 orders from woocommerce: 1 applied; 1 without their refunds' details" in result.output

@@ -401,6 +401,7 @@ class Pipeline:
         if not rows:
             return 0
         customer = self.identity.view(conn, customer_id)
+        histories = self.subscriptions.histories(conn, customer_id)
         everything = replace(customer, plans=tuple(sorted(self.subscriptions.plans)))
         views = {r.id: view(r.id, r.channel, r.external_id, r.state, r.multipliers) for r in rows}
         awarded = {r.id: dict(r.awarded or {}) for r in rows}
@@ -409,7 +410,7 @@ class Pipeline:
             order = views[r.id]
             if r.multipliers is None or order.paid_at is None:
                 continue
-            then = self._with_plans(conn, customer, order.paid_at)
+            then = replace(customer, plans=self.subscriptions.plans_among(histories, order.paid_at))
             new = self._multipliers(order, then, self.membership_plugins)
             # what the order holds from these plugins: any item they can give
             # (asked with every plan), whichever customer's memberships it was

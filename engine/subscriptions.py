@@ -178,8 +178,15 @@ class Subscriptions:
         """The plans of the customer's memberships active at ``at`` by their
         events (``active_plan``), sorted: the same whatever order the events
         arrived in, and whether or not the ``subscription-check`` job ran."""
-        histories = conn.execute(_HISTORIES, {"customer_id": customer_id}).scalars()
-        return tuple(sorted({p for p in (self.active_plan(h or [], at) for h in histories) if p is not None}))
+        return self.plans_among(self.histories(conn, customer_id), at)
+
+    def histories(self, conn: Connection, customer_id: int) -> list[list]:
+        """The events of each of the customer's memberships (``history``)."""
+        return [h or [] for h in conn.execute(_HISTORIES, {"customer_id": customer_id}).scalars()]
+
+    def plans_among(self, histories: list[list], at: datetime) -> tuple[str, ...]:
+        """The plans of these memberships (their ``histories``) active at ``at``, sorted."""
+        return tuple(sorted({p for p in (self.active_plan(h, at) for h in histories) if p is not None}))
 
     def active_plan(self, history: list, at: datetime) -> str | None:
         """The plan of a membership with these events if it was active at

@@ -440,17 +440,16 @@ def test_a_code_not_used_is_said_in_the_tills_language(till, browser_page):
     expect(page.locator("#result-codes")).not_to_contain_text("not used")
 
 
-def test_a_sale_sent_from_the_offline_queue_says_a_code_it_could_not_use(till, browser_page):
-    """Offline, a sale with a ticked code waits; meanwhile the code is spent by
-    another order. When the batch goes, the result names the sale and the
-    code, and why it was not used."""
+def _queue_a_sale_whose_code_is_spent_meanwhile(till, page) -> str:
+    """Jana has 60 points and redeems five-off; offline, a €12 sale with its
+    code ticked waits on the page; meanwhile another sale (online, €9) spends
+    the code. The code."""
     from playwright.sync_api import expect
 
     engine, _, base, key, card = till
     call(f"{base}/api/v1/sales", "POST", {"id": "old", "customer": {"card_code": card},
                                           "lines": [{"quantity": 1, "unit_price": "60.00"}]}, key, "old")
     code = engine.redeem(card, "five-off", channel="pos").code
-    page = browser_page
     sign_in(page, base, key)
     find(page, card)
     page.context.set_offline(True)
@@ -463,12 +462,71 @@ def test_a_sale_sent_from_the_offline_queue_says_a_code_it_could_not_use(till, b
                                                        "lines": [{"quantity": 1, "unit_price": "9.00"}],
                                                        "reward_codes": [code]}, key, "online")
     assert status == 200
+    return code
 
+
+def test_a_sale_sent_from_the_offline_queue_says_a_code_it_could_not_use(till, browser_page):
+    """Offline, a sale with a ticked code waits; meanwhile the code is spent by
+    another order. When the batch goes, the result names the sale and the
+    code, and why it was not used."""
+    from playwright.sync_api import expect
+
+    page = browser_page
+    code = _queue_a_sale_whose_code_is_spent_meanwhile(till, page)
     page.context.set_offline(False)
     expect(page.locator("#waiting")).to_be_hidden()
     expect(page.locator("#result")).to_contain_text("sent")
     expect(page.locator("#result-codes li")).to_have_text(
         f"Sale €12.00 · Jana Nováková: code {code} was not used: already used by another order.")
+
+
+def test_a_batch_that_went_is_said_though_the_next_one_could_not_go(till, browser_page):
+    """Offline, a sale with a ticked code waits; the code is spent elsewhere
+    meanwhile. Back online, while its batch is on its way, a visit's POST
+    fails and the visit is queued; the next batch, with it, can't go. The
+    page still says what went (and the code the sale could not use), keeps
+    the visit waiting, and the sales list keeps the code's warning."""
+    from playwright.sync_api import expect
+
+    engine, _, _, _, card = till
+    page = browser_page
+    code = _queue_a_sale_whose_code_is_spent_meanwhile(till, page)
+    [sale] = queued(page)
+    held = []
+
+    def hold_the_first_then_cut(route):
+        if not held:
+            held.append(route)  # answered below, once the visit is queued
+        else:
+            route.abort("connectionreset")
+
+    page.route("**/api/v1/batches", hold_the_first_then_cut)
+    page.route("**/api/v1/visits", lambda route: route.abort("connectionreset"))
+    page.context.set_offline(False)
+    for _ in range(200):
+        if held:
+            break
+        page.wait_for_timeout(25)
+    assert held, "the batch was not sent"
+    page.click("#visit-button")
+    expect(page.locator("#waiting-list li[data-topic=visit]")).to_have_count(1)
+    held[0].fulfill(response=held[0].fetch())
+
+    expect(page.locator("#result")).to_contain_text("Some waiting actions were sent")
+    expect(page.locator("#result-codes li")).to_have_text(
+        f"Sale €12.00 · Jana Nováková: code {code} was not used: already used by another order.")
+    expect(page.locator("#waiting-list li")).to_have_count(1)
+    expect(page.locator("#waiting-list li[data-topic=visit] .state")).to_have_text("waiting")
+    expect(page.locator(f"#sales-list li[data-key='{sale['key']}'] .code-warning")).to_have_text(
+        f"code {code} was not used: already used by another order")
+    now = summary(engine, card)
+    assert (now["points"], now["stamps"]) == (60 - 50 + 9 + 12, {"coffee": 3})  # the visit is not in yet
+
+    page.unroute("**/api/v1/batches")
+    page.click("#send-now")
+    expect(page.locator("#waiting")).to_be_hidden()
+    expect(page.locator("#result")).to_have_text("The waiting actions were sent.")
+    assert summary(engine, card)["stamps"] == {"coffee": 4}
 
 
 def test_a_refused_redemption_is_said_in_the_tills_language_with_its_numbers(till, browser_page):

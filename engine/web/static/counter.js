@@ -547,7 +547,8 @@
 
   // -- the sales recorded here, and voiding one --------------------------------------------
 
-  /** Keep a sale this device recorded ({key, amount, who, at}) on the list of sales. */
+  /** Keep a sale this device recorded ({key, amount, who, at, unused}) on the list of sales
+   * (``unused``: the codes it carried that the engine did not take, said there too). */
   function rememberSale(sale) {
     saveSales([{...sale, voided: false}, ...store.get(salesName(), []).filter((s) => s.key !== sale.key)]);
   }
@@ -567,7 +568,9 @@
       list.append(el('li', {class: sale.voided ? 'voided' : 'recorded', 'data-key': sale.key},
         el('span', {},
           el('span', {class: 'what', text: t('topic_sale', {amount: sale.amount})}), ' · ', el('span', {text: sale.who}),
-          el('br'), el('span', {class: 'muted small', text: moment(sale.at)})),
+          el('br'), el('span', {class: 'muted small', text: moment(sale.at)}),
+          ...(sale.unused || []).map((c) => el('span', {class: 'code-warning small', 'data-code': c.code},
+            t('code_not_used_listed', {code: c.code, reason: whyNotUsed(c.reason)})))),
         sale.voided ? el('span', {class: 'state', text: t('sale_voided')})
           : el('button', {type: 'button', class: 'secondary small-button', onclick: (e) => voidSale(sale.key, e.currentTarget)},
             t('void'))));
@@ -698,7 +701,7 @@
             const voidable = topic === 'sale' && answer.data.status !== 'duplicate';
             if (voidable) {
               lastSale = {key, amount: info.amount};
-              rememberSale({key, amount: info.amount, who, at: body.occurred_at});
+              rememberSale({key, amount: info.amount, who, at: body.occurred_at, unused: unusedCodes(answer.data.codes)});
             }
             showResult(lines.join(' '), 'ok', voidable, unusedCodes(answer.data.codes));
             return true;
@@ -802,10 +805,27 @@
   }
 
   async function sendBatches(manual) {
-    let sent = false;
-    const unused = []; // reward codes the sales just sent carried and the engine did not take
+    const done = {sent: false, unused: []}; // what went, and the codes its sales carried that the engine did not take
+    const stopped = await sendEach(done);
+    if (stopped === 'revoked') return revoked();
+    if (done.sent) {
+      // Said even when a later batch could not go (actions queued while one was on its way).
+      if (stopped) showResult(t('sent_some'), 'queued', false, done.unused);
+      else showResult(t('sent'), 'ok', false, done.unused);
+      await refreshCustomer();
+    } else if (stopped === 'failed') {
+      if (manual) showResult(t('send_failed'), 'queued');
+    } else if (stopped) {
+      showResult(t('refused', {reason: stopped.reason}), 'error');
+    }
+  }
+
+  /** Send batch after batch until nothing waits; ``done`` gathers what went.
+   * Returns null when all went, 'failed' (no connection, a 5xx: they wait),
+   * 'revoked', or ``{reason}`` when the API refused the batch. */
+  async function sendEach(done) {
     for (;;) {
-      if (!termKey) return;
+      if (!termKey) return null;
       // A batch whose answer never came goes again first, byte for byte, under
       // its own key: the API then answers it as it did (or does) the first time.
       let batch = store.get(inflightName(), null);
@@ -823,21 +843,16 @@
         answer = await api('POST', '/batches', {body: batch.body, idem: batch.idem, type: 'application/x-ndjson'});
       } catch (e) {
         if (!(e instanceof Offline)) throw e;
-        if (manual) showResult(t('send_failed'), 'queued');
-        return;
+        return 'failed';
       } finally {
         sending = false;
       }
-      if (answer.status === 401) return revoked();
-      if (answer.status >= 500) {
-        if (manual) showResult(t('send_failed'), 'queued');
-        return;
-      }
+      if (answer.status === 401) return 'revoked';
+      if (answer.status >= 500) return 'failed';
       store.del(inflightName());
       store.set('last-batch.' + terminal(), {idem: batch.idem, body: batch.body, at: new Date().toISOString()});
       if (answer.status !== 200 || !answer.data || !Array.isArray(answer.data.results)) {
-        showResult(t('refused', {reason: reason(answer)}), 'error');
-        return;
+        return {reason: reason(answer)};
       }
       const outcome = new Map();
       for (const result of answer.data.results) {
@@ -848,10 +863,11 @@
       for (const item of loadQueue()) {
         const result = outcome.get(item.key);
         if (result && (result.status === 'applied' || result.status === 'duplicate')) {
-          sent = true;
-          unused.push(...unusedCodes(result.codes, item.label + ' · ' + item.who));
+          done.sent = true;
+          const codes = unusedCodes(result.codes, item.label + ' · ' + item.who);
+          done.unused.push(...codes);
           if (item.topic === 'sale' && result.status === 'applied') {
-            rememberSale({key: item.key, amount: item.amount || '', who: item.who, at: item.at});
+            rememberSale({key: item.key, amount: item.amount || '', who: item.who, at: item.at, unused: codes});
           }
           continue; // counted (now or before): off the list
         }
@@ -862,10 +878,6 @@
         queue.push(item);
       }
       saveQueue(queue);
-    }
-    if (sent) {
-      showResult(t('sent'), 'ok', false, unused);
-      await refreshCustomer();
     }
   }
 

@@ -86,7 +86,7 @@ def remember(conn: Connection, terminal_id: int, key: str, request_hash: str, st
 
 # -- what the till sends, live or in a batch ------------------------------------------
 #
-# The live endpoints (engine.web.api) and an offline batch build a delivery's
+# The live endpoints (engine.web.api_till) and an offline batch build a delivery's
 # body with the same functions, so a live request whose answer was lost and is
 # sent again in a batch is the same delivery: a duplicate, not a conflict.
 
@@ -230,7 +230,13 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
     codes (``codes``, as live)."""
     from marshmallow import ValidationError
 
-    from engine.web.api import MembershipSchema, SaleSchema, VisitSchema, VoidSchema, _messages
+    from engine.web.api_schemas import (
+        MembershipSchema,
+        SaleSchema,
+        VisitSchema,
+        VoidSchema,
+        _messages,
+    )
 
     schemas = {"sale": SaleSchema, "visit": VisitSchema, "void": VoidSchema, "membership": MembershipSchema}
     results: list[dict] = []

@@ -125,6 +125,11 @@ def _earliest(state: dict, key: str, moment: datetime) -> None:
         state[key] = value
 
 
+#: the parts of a state ``as_of`` reads to tell whether anything in it happened
+#: after a moment (the tiers' walk reads only these of most orders)
+AS_OF_READS = ("refunds", "refund_at", "refund_made_at", "reversed_at")
+
+
 def as_of(state: dict, moment: datetime) -> dict:
     """The order's state as it stood at ``moment``: the refunds made after it
     left out, and a cancellation or full refund made after it undone. (A

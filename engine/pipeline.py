@@ -28,7 +28,7 @@ from engine.db.models import ledger_entries, orders, subscriptions
 from engine.fastsql import Fast, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger, typed_update
-from engine.orders import as_of, merge, view
+from engine.orders import AS_OF_READS, as_of, merge, view
 from engine.plugins import PluginFailed, Plugins
 from engine.referrals import Referrals
 from engine.rewards import Rewards
@@ -73,12 +73,21 @@ _PAID_FROM = (
     .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at >= bindparam("since"))
     .order_by(orders.c.paid_at, orders.c.id)
 )
-# The customer's orders paid after a moment, oldest payment first (the tiers' walk).
-_PAID_SINCE = (
-    select(orders)
-    .where(orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at > bindparam("since"))
+# The customer's orders paid in the tiers' window before the walk's first order,
+# oldest payment first: whole, or light: the points they earned as they stand
+# now and the parts of their state ``as_of`` reads; the state itself is read
+# only for one that changed after a moment the metric asks about
+# (engine.orders.AS_OF_READS).
+_WINDOW = (orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at > bindparam("after"),
+           orders.c.paid_at < bindparam("before"))
+_EARLIER = select(orders).where(*_WINDOW).order_by(orders.c.paid_at, orders.c.id)
+_EARLIER_LIGHT = (
+    select(orders.c.id, orders.c.paid_at, orders.c.awarded,
+           *(orders.c.state[part].label(part) for part in AS_OF_READS))
+    .where(*_WINDOW)
     .order_by(orders.c.paid_at, orders.c.id)
 )
+_ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
 
 
 def _returned(plugin: str, hook: str, result, kind: type) -> list:
@@ -325,17 +334,23 @@ class Pipeline:
         window = timedelta(days=tiers.program.window_days)
         before = list(tiers.changes(conn, customer_id))
         changes = tiers.rewind(conn, customer_id, since)
-        rows = conn.execute(_PAID_SINCE, {"customer_id": customer_id, "since": since - window}).all()
+        rows = conn.execute(_PAID_FROM, {"customer_id": customer_id, "since": since}).all()
         if not rows and before == changes:
             return 0
         customer = self._with_plans(conn, self.identity.view(conn, customer_id))
-        views = {r.id: view(r.id, r.channel, r.external_id, r.state, r.multipliers) for r in rows}
-        awarded = {r.id: dict(r.awarded or {}) for r in rows}
+        orders_in = _Window(conn)
+        earlier = {"customer_id": customer_id, "after": since - window, "before": since}
+        if self.history_plugins or tiers.program.metric == "spend":
+            # (history plugins see every order; spend is read from the state, exact
+            # to the last digit, where the orders table keeps four)
+            orders_in.add_whole(conn.execute(_EARLIER, earlier).all())
+        else:
+            orders_in.add_light(conn.execute(_EARLIER_LIGHT, earlier).all())
+        orders_in.add_whole(rows)
+        views, awarded = orders_in.views, orders_in.awarded
         posted = 0
         for r in rows:
             paid_at = views[r.id].paid_at
-            if paid_at < since:
-                continue
             if r.multipliers is not None and self.tier_plugins:
                 posted += self._ask_tier_again(conn, r, views, awarded, customer_id, _under(customer, before),
                                                _under(customer, changes), at)
@@ -343,7 +358,7 @@ class Pipeline:
             if held == tiers.program.levels[-1].name:
                 continue
             who = _under(customer, changes)
-            metric = self._tier_metric(conn, rows, views, awarded, paid_at, window, who)
+            metric = self._tier_metric(conn, orders_in, paid_at, window, who)
             earned = tiers.earned(metric)
             if tiers.rank(earned) > tiers.rank(held):
                 tiers.upgrade(conn, customer_id, held, earned, metric, paid_at)
@@ -434,19 +449,20 @@ class Pipeline:
         if first is not None:
             self.reprice_memberships(conn, customer_id, as_utc(first), at)
 
-    def _tier_metric(self, conn, rows, views, awarded, moment: datetime, window: timedelta, customer) -> Decimal:
+    def _tier_metric(self, conn, orders_in: _Window, moment: datetime, window: timedelta, customer) -> Decimal:
         """Points earned (or eligible spend) by the orders paid in the window up
         to ``moment``, each as it stood then."""
         spend = self.tiers.program.metric == "spend"
+        views, awarded = orders_in.views, orders_in.awarded
         total = Decimal(0)
-        for r in rows:
-            paid_at = views[r.id].paid_at
+        for order_id, paid_at, eligible, timing in orders_in.entries:
             if not moment - window < paid_at <= moment:
                 continue
-            past = as_of(r.state, moment)
-            if past is r.state:
-                total += views[r.id].eligible if spend else points_of(awarded[r.id])
+            if as_of(timing, moment) is timing:  # nothing in it happened after the moment
+                total += eligible if spend else points_of(awarded[order_id])
                 continue
+            r = orders_in.whole(order_id)
+            past = as_of(r.state, moment)
             if r.multipliers is not None:
                 multipliers = views[r.id].multipliers  # (the tier's as the walk asked it again)
             else:  # never awarded yet (cancelled before its payment arrived): as it would have been
@@ -558,6 +574,44 @@ class Pipeline:
         if at is None:
             return replace(customer, plans=self.subscriptions.active_plans(conn, customer.id))
         return replace(customer, plans=self.subscriptions.plans_at(conn, customer.id, at))
+
+
+class _Window:
+    """The orders of a tiers' walk (``Pipeline._retier``), oldest payment
+    first: ``entries`` ``(id, paid_at, eligible spend or None when read
+    light, the parts of its state as_of reads)``; ``awarded`` by id; and
+    ``views`` by id of the orders read whole (the walked ones, and any the
+    metric needed whole: ``whole``)."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.views: dict = {}
+        self.awarded: dict = {}
+        self.entries: list[tuple] = []
+        self.rows: dict = {}
+
+    def add_whole(self, rows) -> None:
+        for r in rows:
+            self._keep(r)
+            order = self.views[r.id]
+            self.entries.append((r.id, order.paid_at, order.eligible, r.state))
+
+    def add_light(self, rows) -> None:
+        for r in rows:
+            self.awarded[r.id] = dict(r.awarded or {})
+            timing = {part: getattr(r, part) for part in AS_OF_READS if getattr(r, part) is not None}
+            self.entries.append((r.id, as_utc(r.paid_at), None, timing))
+
+    def whole(self, order_id: int):
+        """The order's row (read now if it was read light), with its view."""
+        if order_id not in self.rows:
+            self._keep(self.conn.execute(_ORDER, {"order_id": order_id}).one())
+        return self.rows[order_id]
+
+    def _keep(self, r) -> None:
+        self.rows[r.id] = r
+        self.views.setdefault(r.id, view(r.id, r.channel, r.external_id, r.state, r.multipliers))
+        self.awarded.setdefault(r.id, dict(r.awarded or {}))
 
 
 __all__ = ["EventRefused", "Pipeline"]

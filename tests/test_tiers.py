@@ -204,6 +204,40 @@ def test_a_refund_made_after_the_upgrade_lowers_nothing_until_the_review(make_en
     assert summary(late)["tier"] == "silver"
 
 
+@pytest.mark.parametrize("metric", ["points_earned", "spend"])
+def test_an_earlier_order_refunded_later_counts_as_it_stood_when_a_late_order_was_paid(make_engine, metric):
+    """Order 1's refund is made after order 2 was paid but delivered before
+    order 2: at order 2's time order 1 still counted whole (400 + 150), so
+    order 2 reached silver. (The walk reads the earlier orders light and
+    order 1 whole, for its refund after that moment.)"""
+    engine = make_engine(tables=tables(metric=metric))
+    buy(engine, 1, "400.00", JAN)
+    refund(engine, 1, "100.00", JAN + timedelta(days=3))
+    buy(engine, 2, "150.00", JAN + timedelta(days=2))
+    assert summary(engine)["tier"] == "silver"
+    assert [(h["to"], h["at"], h["metric"]) for h in summary(engine)["tier_history"]] == [
+        ("silver", (JAN + timedelta(days=2)).isoformat(), "550")]
+
+
+def test_an_order_event_reads_the_earlier_orders_of_the_window_without_their_states(make_engine, monkeypatch):
+    """A customer's next order costs the tiers' walk the same whether they
+    have 3 orders in the window or 30: the earlier ones are read light (the
+    points they earned and when anything in them happened), not viewed."""
+    import engine.pipeline as pipeline
+
+    engine = make_engine(tables=tables(levels=[{"name": "silver", "threshold": 100_000, "multiplier": 1.25}]))
+    viewed = []
+    real = pipeline.view
+    monkeypatch.setattr(pipeline, "view", lambda order_id, *rest: viewed.append(order_id) or real(order_id, *rest))
+    seen = []
+    for number in range(1, 31):
+        viewed.clear()
+        buy(engine, number, "10.00", JAN + timedelta(days=number))
+        seen.append(len(viewed))
+    assert summary(engine)["points"] == 300
+    assert seen[3] == seen[29] <= 3, seen  # the new order's views, however many came before
+
+
 def test_the_review_s_downgrade_stands_when_an_earlier_order_arrives_late(make_engine):
     engine = make_engine(tables=tables())
     buy(engine, 1, "600.00", JAN)

@@ -138,7 +138,8 @@ def jobs_run(ctx, job: str, at) -> None:
     reward-expiry       expire unused rewards (points back where the catalogue says)
     tier-review         downgrade customers below their tier (after the grace period)
     subscription-check  lapse memberships past their period plus the plan's grace_days
-    reconcile           fetch the last 2 days of orders from each shop with credentials
+    reconcile           fetch the last 2 days of orders from each shop with credentials,
+                        and older WooCommerce orders whose refunds lack their details
     """
     from datetime import UTC
 

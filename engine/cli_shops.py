@@ -98,9 +98,10 @@ def reconcile(ctx, channel: str, since) -> None:
     """Fetch the shop's orders and refunds through its API and feed them
     through the same idempotent path as webhooks: what a missed webhook should
     have brought is applied, nothing is counted twice. WooCommerce orders go
-    in with their refunds' lines, read from the shop. Exits 1 if a delivery
-    failed (kept: `regulars events list --failed`) or an order's refunds could
-    not be read (it went in as its webhook would)."""
+    in with their refunds' lines, read from the shop; older orders whose
+    refunds are still known only by their totals are read again too (50 a
+    run). Exits 1 if a delivery failed (kept: `regulars events list --failed`)
+    or an order's refunds could not be read (it went in as its webhook would)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from engine.app import UnknownChannel
@@ -125,12 +126,14 @@ def reconcile(ctx, channel: str, since) -> None:
             raise click.ClickException(f"{channel}: {exc}") from None
     for outcome in failed[:20]:
         if isinstance(outcome, Undetailed):
-            err.print(f"order {outcome.order_id}: refunds not read, counted whole until a reconcile reads them: "
+            err.print(f"order {outcome.order_id}: refunds counted by their totals until a reconcile reads them: "
                       f"{outcome.error}", highlight=False, markup=False)
         else:
             err.print(f"failed delivery {outcome.inbox_id}: {outcome.error}", highlight=False, markup=False)
     total = sum(counts[s] for s in STATUSES)
     summary = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    if counts["revisited"]:
+        summary += f"; {counts['revisited']} read again for their refunds' details"
     if counts["undetailed"]:
         summary += f"; {counts['undetailed']} without their refunds' details"
     console.print(f"{total} orders from {channel}" + (f": {summary}" if summary else ""), highlight=False)

@@ -90,9 +90,11 @@ def _first_line(exc: Exception, limit: int = 300) -> str:
 def reconcile_shops(engine, now: datetime) -> str:
     """Fetch the orders changed in the last ``RECONCILE_DAYS`` days from each
     configured shop with credentials and feed them through the webhook path
-    (engine.reconcile): what missed webhooks should have brought. A shop
-    without credentials is skipped; one that fails (down, refusing) does not
-    stop the others; if every shop tried failed, raises ``JobFailed``."""
+    (engine.reconcile): what missed webhooks should have brought; from
+    WooCommerce also older orders whose refunds are still known only by their
+    totals (``engine.reconcile.REVISIT_LIMIT`` a run), read again with them. A
+    shop without credentials is skipped; one that fails (down, refusing) does
+    not stop the others; if every shop tried failed, raises ``JobFailed``."""
     from engine.reconcile import STATUSES, reconcile
 
     since = now - timedelta(days=RECONCILE_DAYS)
@@ -114,6 +116,7 @@ def reconcile_shops(engine, now: datetime) -> str:
             parts.append(f"{channel} failed: {_first_line(exc)}")
             continue
         found = ", ".join([f"{counts[s]} {s}" for s in STATUSES if counts[s]]
+                          + ([f"{counts['revisited']} revisited for refund details"] if counts["revisited"] else [])
                           + ([f"{counts['undetailed']} without refund details"] if counts["undetailed"] else []))
         parts.append(f"{channel}: {sum(counts[s] for s in STATUSES)} orders" + (f" ({found})" if found else ""))
     if not parts:

@@ -119,6 +119,15 @@ def merge(state: dict | None, event: dict) -> dict:
     return state
 
 
+def undetailed_refunds(state: dict) -> list[str]:
+    """The ids of the refunds an order's state knows only by a total: no
+    delivery said when they were made (``refund_made_at``), as a WooCommerce
+    webhook lists them. Its reconciliation, which reads them, says it, so
+    ``engine.reconcile`` comes back for these (its query mirrors this)."""
+    made = state.get("refund_made_at") or {}
+    return [rid for rid in state.get("refunds") or {} if rid not in made]
+
+
 def _earliest(state: dict, key: str, moment: datetime) -> None:
     value = _utc_iso(moment)
     if state.get(key) is None or value < state[key]:

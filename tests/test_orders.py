@@ -9,9 +9,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.events import load_event
-from engine.orders import as_of, merge, view
+from engine.orders import as_of, merge, undetailed_refunds, view
+from tests.conftest import examples
 
 pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 
@@ -80,3 +83,42 @@ def test_states_stored_before_keep_their_numbers_and_take_the_itemized_refund():
     assert _eligible(updated) == Decimal("18.00") - Decimal("12.00") - Decimal("1.21")
     assert _eligible(updated, MADE) == Decimal("18.00") - Decimal("12.00")
     assert merge(updated, WEBHOOK)["refunds"] == updated["refunds"]
+
+
+# -- Refunds still known only by their totals (engine.reconcile comes back for them) ---
+
+SECOND = PAID + timedelta(days=2)  # when a second refund, of line 315, was made
+BOTH_SHOWN = _event("order:6001:both", SHOWN, [{"id": "801", "amount": "12.90"}, {"id": "802", "amount": "3.23"}])
+READ_801 = {"id": "801", "amount": "12.00", "tax": "0.90", "occurred_at": MADE.isoformat(), "itemized": True,
+            "lines": [{"line_id": "316", "quantity": 1, "amount": "12.00"}]}
+# 801 read from its lines; 802 listed by the order but not returned by the shop
+ONE_READ = _event("order:6001:both:refunds:cd", SHOWN, [READ_801, {"id": "802", "amount": "3.23"}])
+# both read: 802 as an amount only (its lines moved no money), still with its own time
+BOTH_READ = _event("order:6001:both:refunds:ef", SHOWN, [
+    READ_801, {"id": "802", "amount": "3.23", "occurred_at": SECOND.isoformat()}])
+REPORTS = [PAID_EVENT, WEBHOOK, DETAILED, BOTH_SHOWN, ONE_READ, BOTH_READ]
+
+
+def test_a_refund_is_undetailed_until_a_report_of_it_says_when_it_was_made():
+    assert undetailed_refunds(_state(PAID_EVENT)) == []
+    assert undetailed_refunds(_state(PAID_EVENT, BOTH_SHOWN)) == ["801", "802"]
+    assert undetailed_refunds(_state(BOTH_SHOWN, ONE_READ)) == ["802"]
+    assert undetailed_refunds(_state(ONE_READ, BOTH_SHOWN, BOTH_READ)) == []  # an amount only, read, counts
+    stored = {"refunds": {"801": "12.90"}, "refund_at": {"801": SHOWN.isoformat()}}  # as kept before
+    assert undetailed_refunds(stored) == ["801"] and undetailed_refunds({}) == []
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.lists(st.sampled_from(REPORTS), min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_reports_of_an_orders_refunds_in_any_order_and_repeated_leave_the_same_ones_undetailed(reports, random):
+    """Whatever order the webhooks and reconciliations of an order come in,
+    and however often, the state (so the balances) is the same, and a refund
+    is left for a later reconciliation exactly when no report read it."""
+    shuffled = reports + random.sample(reports, len(reports))
+    random.shuffle(shuffled)
+    state = _state(*reports)
+    assert _state(*shuffled) == state
+    listed = {refund["id"] for report in reports for refund in report["order"]["refunds"]}
+    read = {refund["id"] for report in reports for refund in report["order"]["refunds"] if refund["occurred_at"]}
+    assert set(undetailed_refunds(state)) == listed - read
+    assert len(undetailed_refunds(state)) == len(set(undetailed_refunds(state)))

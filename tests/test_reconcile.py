@@ -3,6 +3,7 @@ client, fed through the webhook path; nothing counted twice."""
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from engine.cli import main
-from engine.reconcile import reconcile
+from engine.reconcile import Undetailed, reconcile
 from tests.fakes.woocommerce import FakeWoo
 from tests.serving import free_port
 
@@ -347,4 +348,222 @@ def test_the_cli_says_whose_refunds_were_not_read_and_exits_1(tmp_path, monkeypa
         result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
     assert result.exit_code == 1, result.output
     assert "1 orders from woocommerce: 1 applied; 1 without their refunds' details" in result.output
-    assert "order 6001: refunds not read" in result.output and "Traceback" not in result.output
+    assert "order 6001: refunds counted by their totals until a reconcile reads them: WooCommerce order_refunds " \
+           "(GET orders/6001/refunds) failed: HTTP 500" in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+
+
+# -- Refunds read again: within the run, and by later runs ----------------------------
+
+
+@pytest.fixture(autouse=True)
+def _quick_retries(monkeypatch):
+    """A read of refunds that fails is tried again a moment later: a short moment here."""
+    monkeypatch.setattr("connectors.woocommerce.rest.READ_RETRY_PAUSES", (0.01, 0.01), raising=False)
+
+
+#: a week after the orders below changed: no run's ``since`` covers them any more
+LATER = datetime(2024, 6, 10, 9, 0, tzinfo=UTC)
+
+
+def _paths(woo) -> list[str]:
+    return [r["path"].removeprefix("/wp-json/wc/v3/") for r in woo.requests]
+
+
+def test_a_refunds_read_that_fails_once_or_twice_is_tried_again_within_the_run(make_engine, monkeypatch):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        woo.fail_refunds(6001, 502, "reset")  # a bad gateway, then the connection closed unanswered
+        engine = make_engine(_tables(woo.url))
+        assert reconcile(engine, "woocommerce") == ({"applied": 1}, [])
+        assert _points(engine) == 6  # its line, without tax: read
+    assert _paths(woo) == ["orders"] + ["orders/6001/refunds"] * 3
+
+
+def test_an_order_left_undetailed_is_read_again_by_a_later_run_and_once_read_not_asked_for_again(
+        make_engine, monkeypatch):
+    """6001's refunds could not be read when it was reconciled; 6002 came by
+    webhook only. Later runs, whose ``since`` no longer covers them, come back
+    to both once the shop answers, and after that leave them alone."""
+    one, other = _727(6001, T0, "one@example.com"), _727(6002, T0, "other@example.com")
+    later = T0 + timedelta(hours=3)
+    first, shown_one = _refunded(one, later, later, 801, lines={316: 1})
+    second, shown_other = _refunded(other, later, later, 811, lines={316: 1})
+    with _woo(monkeypatch, [shown_one], {6001: [first], 6002: [second]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        woo.refunds_failing.add(6001)  # all three tries fail
+        assert reconcile(engine, "woocommerce")[0] == {"applied": 1, "undetailed": 1}
+        woo.orders.append(shown_other)  # (its webhook came; no reconciliation saw it)
+        assert _send(engine, shown_other) == ["applied"]
+        assert (_points(engine, "one@example.com"), _points(engine, "other@example.com")) == (5, 5)  # whole
+
+        woo.requests.clear()
+        counts, failed = reconcile(engine, "woocommerce", since=LATER)
+        assert counts == {"applied": 1, "duplicate": 1, "revisited": 2, "undetailed": 1}
+        assert [(problem.order_id, problem.error) for problem in failed] == [(
+            "6001", "WooCommerce order_refunds (GET orders/6001/refunds) failed: HTTP 500 fake_failure: "
+                    "Injected HTTP 500 for this order's refunds.")]
+        assert _paths(woo) == ["orders", "orders/6002", "orders/6002/refunds", "orders/6001"] + [
+            "orders/6001/refunds"] * 3  # the most recently changed first
+        assert (_points(engine, "one@example.com"), _points(engine, "other@example.com")) == (5, 6)
+
+        woo.refunds_failing.clear()  # the shop answers again
+        assert reconcile(engine, "woocommerce", since=LATER) == ({"applied": 1, "revisited": 1}, [])
+        assert (_points(engine, "one@example.com"), _points(engine, "other@example.com")) == (6, 6)
+        woo.requests.clear()
+        assert reconcile(engine, "woocommerce", since=LATER) == ({}, [])
+        assert _paths(woo) == ["orders"]  # both read: not asked for again
+
+        fresh = _second_engine(make_engine, engine, _tables(woo.url))  # the same as when read at once
+        reconcile(fresh, "woocommerce")
+        assert sorted(_balances(fresh).values()) == sorted(_balances(engine).values())
+
+
+def test_a_run_comes_back_to_a_bounded_number_of_orders_the_most_recently_changed_first(make_engine, monkeypatch):
+    bodies, refunds = [], {}
+    for number, email in enumerate(("a@example.com", "b@example.com", "c@example.com")):
+        order = _727(6001 + number, T0 + timedelta(hours=number), email)
+        refund, shown = _refunded(order, T0 + timedelta(hours=number + 1), T0 + timedelta(hours=number + 1),
+                                  801 + 10 * number, lines={316: 1})
+        bodies.append(shown)
+        refunds[order["id"]] = [refund]
+    with _woo(monkeypatch, bodies, refunds) as woo:
+        engine = make_engine(_tables(woo.url))
+        _send(engine, *bodies)  # webhooks only: 6003 changed last
+        asked = []
+        for _ in range(3):
+            woo.requests.clear()
+            counts, failed = reconcile(engine, "woocommerce", since=LATER, revisit=2)
+            assert failed == [] and counts["applied"] == counts["revisited"]
+            asked.append([path for path in _paths(woo) if path.count("/") == 1])
+        assert asked == [["orders/6003", "orders/6002"], ["orders/6001"], []]
+        assert [_points(engine, email) for email in ("a@example.com", "b@example.com", "c@example.com")] == [6, 6, 6]
+
+
+def test_the_reconcile_job_comes_back_to_older_orders_whose_refunds_it_could_not_read(make_engine, monkeypatch):
+    from engine.jobs import run
+
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        woo.refunds_failing.add(6001)
+        assert run(engine, "reconcile", datetime(2024, 6, 4, 9, 0, tzinfo=UTC)) == (
+            "woocommerce: 1 orders (1 applied, 1 without refund details)")
+        woo.refunds_failing.clear()
+        assert run(engine, "reconcile", LATER) == "woocommerce: 1 orders (1 applied, 1 revisited for refund details)"
+        assert run(engine, "reconcile", LATER) == "woocommerce: 0 orders"
+        assert _points(engine) == 6
+
+
+def _line_changed(refund: dict, **changes) -> dict:
+    refund = copy.deepcopy(refund)
+    refund["line_items"][0].update(changes)
+    return refund
+
+
+SPOILED = [  # (what the shop answers in place of refund 801's resource, what the report says)
+    (lambda r: {k: v for k, v in r.items() if k != "id"}, "Refund 1 of 1 has no usable id (got None)"),
+    (lambda r: "801", "Refund 1 of 1 is a string, not an object"),
+    (lambda r: {**r, "amount": "-12.90"}, "refund 801 amount is negative"),
+    (lambda r: _line_changed(r, total="12.00"), "refund 801's line 802 total is positive"),
+    (lambda r: _line_changed(r, total="-1200.00"), "gives back 1200.00 of line 316, which came to 12.00"),
+    (lambda r: _line_changed(r, total="twelve"), "refund 801's line 802 total"),
+]
+
+
+@pytest.mark.parametrize(("spoil", "complaint"), SPOILED)
+def test_refund_details_that_cant_be_used_leave_the_order_as_its_webhook_would_and_say_why(
+        make_engine, monkeypatch, spoil, complaint):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [spoil(refund)]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        counts, failed = reconcile(engine, "woocommerce")
+        assert counts == {"applied": 1, "undetailed": 1}
+        (problem,) = failed
+        assert isinstance(problem, Undetailed) and problem.order_id == "6001" and complaint in problem.error
+        assert _points(engine) == 5  # its total, as the webhook has it
+        with engine.db.connect() as conn:
+            rows = conn.execute(text("SELECT key, status FROM inbox")).all()
+        assert rows == [("order:6001:2024-06-03T10:00:00", "applied")]  # the webhook's snapshot; nothing failed
+        assert _send(engine, shown) == ["duplicate"]
+
+        woo.refunds[6001] = [refund]  # the shop mended: a later run reads it
+        assert reconcile(engine, "woocommerce", since=LATER) == ({"applied": 1, "revisited": 1}, [])
+        assert _points(engine) == 6
+
+
+def test_a_refund_the_order_lists_but_the_shop_does_not_return_is_reported_and_read_by_a_later_run(
+        make_engine, monkeypatch):
+    from tests.fakes.woocommerce import make_refund, with_refunds
+
+    paid = _727(6001, T0)
+    first = make_refund(paid, 801, T0 + timedelta(hours=1), lines={316: 1})
+    second = make_refund(paid, 811, T0 + timedelta(hours=2), lines={315: 1})
+    shown = with_refunds(paid, [first, second], T0 + timedelta(hours=2))
+    with _woo(monkeypatch, [shown], {6001: [second]}) as woo:  # 801 not returned (deleted meanwhile?)
+        engine = make_engine(_tables(woo.url))
+        counts, failed = reconcile(engine, "woocommerce")
+        assert counts == {"applied": 1, "undetailed": 1}
+        assert failed == [Undetailed("6001", 1, "refund 801 is not among those GET orders/6001/refunds returned "
+                                                "(deleted meanwhile, or moved while its pages were read)")]
+        assert _points(engine) == 2  # 18.00 - 12.90 (801 whole) - 3.00 (811's line 315, without its tax)
+
+        woo.refunds[6001] = [second, first]
+        assert reconcile(engine, "woocommerce", since=LATER) == ({"applied": 1, "revisited": 1}, [])
+        assert _points(engine) == 3  # 18.00 - 12.00 - 3.00
+
+
+def test_a_refund_deleted_in_the_shop_is_reported_on_each_run_and_the_rest_of_the_order_is_read(
+        make_engine, monkeypatch):
+    from tests.fakes.woocommerce import make_refund, with_refunds
+
+    paid = _727(6001, T0)
+    first = make_refund(paid, 801, T0 + timedelta(hours=1), lines={316: 1})
+    second = make_refund(paid, 811, T0 + timedelta(hours=2), lines={315: 1})
+    shown = with_refunds(paid, [first, second], T0 + timedelta(hours=2))
+    now = with_refunds(paid, [second], T0 + timedelta(hours=3))  # 801 deleted in the shop since
+    with _woo(monkeypatch, [now], {6001: [second]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        _send(engine, shown)
+        gone = Undetailed("6001", 2, "refund 801 is no longer listed by the order (deleted in the shop?)")
+        assert reconcile(engine, "woocommerce", since=LATER) == ({"applied": 1, "revisited": 1, "undetailed": 1},
+                                                                 [gone])
+        assert _points(engine) == 2  # 811 read; 801, still kept, whole
+        assert reconcile(engine, "woocommerce", since=LATER) == (
+            {"duplicate": 1, "revisited": 1, "undetailed": 1}, [gone])
+
+
+def test_the_cli_says_how_many_older_orders_it_read_again(tmp_path, monkeypatch):
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        config = _cli_shop(tmp_path, monkeypatch, woo.url)
+        woo.refunds_failing.add(6001)
+        result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
+        assert result.exit_code == 1 and "1 without their refunds' details" in result.output
+        woo.refunds_failing.clear()
+        result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce", "--since", "2024-06-10"])
+    assert result.exit_code == 0, result.output
+    assert "1 orders from woocommerce: 1 applied; 1 read again for their refunds' details" in result.output
+
+
+def test_refunds_read_before_but_not_applied_are_reported_not_asked_for_in_silence(make_engine, monkeypatch):
+    from connectors.woocommerce.rest import WooStore
+
+    paid = _727(6001, T0)
+    refund, shown = _refunded(paid, T0 + timedelta(hours=1), T0 + timedelta(hours=1), lines={316: 1})
+    with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
+        engine = make_engine(_tables(woo.url))
+        _send(engine, shown)
+        body = json.dumps(WooStore(woo.url, woo.key, woo.secret).with_refund_details(shown)).encode()
+        assert engine.receive("woocommerce", "order.updated", body).status == "received"  # kept, not applied yet
+        counts, failed = reconcile(engine, "woocommerce", since=LATER)
+        assert counts == {"duplicate": 1, "revisited": 1, "undetailed": 1}
+        assert failed == [Undetailed("6001", 2, "its refunds were read and sent before, as delivery 2, which is not "
+                                                "applied (failed: `regulars events list --failed`; or still waiting)")]
+        engine.apply_received()
+        assert _points(engine) == 6
+        assert reconcile(engine, "woocommerce", since=LATER) == ({}, [])

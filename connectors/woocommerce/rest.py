@@ -9,12 +9,16 @@ query parameters over plain http and uses HTTP basic auth over https.
 
 Every failure is a ``WooError`` whose ``retryable`` says whether trying again
 later can help (429, 5xx, timeouts, refused connections) or not (other 4xx,
-redirects, answers that are not JSON).
+redirects, answers that are not JSON). The reconciliation's reads of one order
+and of its refunds try such a failure again a couple of times, a moment apart
+(``READ_RETRY_PAUSES``), so that one 502 does not leave an order undetailed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -25,6 +29,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from woocommerce import API
 
+from connectors.base import BadDelivery
 from connectors.woocommerce.translate import with_refund_details
 
 #: prefix of every customer meta key regulars writes
@@ -36,9 +41,16 @@ DISCOUNT_TYPES = {"fixed_amount": "fixed_cart", "percentage": "percent", "free_p
 SCOPES = ("read", "write", "read_write")
 MAX_PAGE_SIZE = 100  # WooCommerce refuses per_page above 100
 USER_AGENT = "regulars (WooCommerce-Python-REST-API/3.0.0)"
+#: seconds to wait before each new try of a read that failed on what may mend
+#: (5xx, 429, a timeout, a reset connection): ``order`` and ``order_refunds``
+READ_RETRY_PAUSES = (0.5, 2.0)
+#: a Retry-After longer than this is not waited for within a run: the read fails
+MAX_RETRY_WAIT = 10.0
 
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _CALLBACK_FIELDS = ("key_id", "user_id", "consumer_key", "consumer_secret", "key_permissions")
+
+log = logging.getLogger(__name__)
 
 
 class WooError(Exception):
@@ -69,11 +81,15 @@ class WooError(Exception):
 class WooStore:
     """One WooCommerce shop, reached through its REST API (``wc/v3``)."""
 
-    def __init__(self, url: str, consumer_key: str, consumer_secret: str, *, timeout: float = 10.0):
+    def __init__(self, url: str, consumer_key: str, consumer_secret: str, *, timeout: float = 10.0,
+                 retry_pauses: tuple[float, ...] | None = None):
+        """``retry_pauses``: the pauses before each new try of a retried read
+        (default ``READ_RETRY_PAUSES``; ``()`` tries once)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"The store URL must be http(s)://host[/path], got {url!r}.")
         self.url = url.rstrip("/")
+        self._retry_pauses = retry_pauses
         self._api = API(
             url=self.url,
             consumer_key=consumer_key,
@@ -244,39 +260,62 @@ class WooStore:
                 seen.add(snapshot)
                 yield order
 
-    def order_refunds(self, order_id: Any) -> list[dict[str, Any]]:
+    def order(self, order_id: Any) -> dict[str, Any]:
+        """One order as it is now (``GET orders/<id>``), as ``orders`` yields
+        them; a failure that may mend is tried again (``READ_RETRY_PAUSES``)."""
+        oid = _numeric_id(order_id, "order id")
+        response = self._get_retrying("order", f"orders/{oid}", {})
+        order = self._json("order", response)
+        if not isinstance(order, dict):
+            raise WooError(f"WooCommerce order: GET orders/{oid} did not answer with an object.",
+                           retryable=False, status=response.status_code)
+        return order
+
+    def order_refunds(self, order_id: Any) -> list[Any]:
         """The refunds of one order (``GET orders/<id>/refunds``, every page),
         as the raw dicts the REST API returns: ``amount``, ``date_created_gmt``,
         ``line_items`` (negative totals, without tax) and, where the shop
-        refunded shipping, ``shipping_lines``."""
+        refunded shipping, ``shipping_lines``. Each page's read that fails on
+        what may mend is tried again (``READ_RETRY_PAUSES``). Items are given
+        as answered, objects or not (``with_refund_details`` judges them)."""
         oid = _numeric_id(order_id, "order id")
-        return list(self._pages("order_refunds", f"orders/{oid}/refunds", {}, MAX_PAGE_SIZE))
+        return list(self._pages("order_refunds", f"orders/{oid}/refunds", {}, MAX_PAGE_SIZE,
+                                retrying=True, objects_only=False))
 
     def with_refund_details(self, order: Mapping[str, Any]) -> dict[str, Any]:
         """The order (as ``orders`` yields it) with each refund it lists
         carrying its details from ``order_refunds``, which a webhook's order
         lacks (``connectors.woocommerce.translate.with_refund_details``); the
-        order as it is when it lists none. A WooError when they can't be read."""
+        order as it is when it lists none. A WooError when they can't be read,
+        or when what the shop answered is not refunds (``retryable`` False)."""
         if not order.get("refunds"):
             return dict(order)
         try:
             refunds = self.order_refunds(order.get("id"))
         except ValueError as exc:  # an id no refunds endpoint has
             raise WooError(f"WooCommerce order_refunds: {exc}", retryable=False) from None
-        return with_refund_details(order, refunds)
+        try:
+            return with_refund_details(order, refunds)
+        except BadDelivery as exc:
+            raise WooError(f"WooCommerce order_refunds (GET orders/{order.get('id')}/refunds) answered "
+                           f"what regulars can't use: {exc}", retryable=False) from None
 
     def _pages(
-        self, operation: str, endpoint: str, params: dict[str, str], page_size: int
-    ) -> Iterator[dict[str, Any]]:
+        self, operation: str, endpoint: str, params: dict[str, str], page_size: int, *,
+        retrying: bool = False, objects_only: bool = True,
+    ) -> Iterator[Any]:
         page, pages = 1, 1
         while page <= pages:
             query = {**params, "per_page": str(page_size), "page": str(page)}
-            response = self._call(operation, "GET", endpoint, params=query)
+            if retrying:
+                response = self._get_retrying(operation, endpoint, query)
+            else:
+                response = self._call(operation, "GET", endpoint, params=query)
             items = self._json(operation, response)
             if not isinstance(items, list):
                 raise WooError(f"WooCommerce {operation}: GET {endpoint} did not answer with a list.",
                                retryable=False, status=response.status_code)
-            yield from (item for item in items if isinstance(item, dict))
+            yield from (item for item in items if isinstance(item, dict) or not objects_only)
             if not items:
                 return
             # without the header, a full page means there may be another
@@ -389,6 +428,23 @@ class WooStore:
             code=code,
             retry_after=_retry_after(response),
         )
+
+    def _get_retrying(self, operation: str, endpoint: str, params: dict[str, str]) -> requests.Response:
+        """``_call`` of a GET, tried again after each pause of ``retry_pauses``
+        while it fails on what may mend (``WooError.retryable``: 5xx, 429, a
+        timeout, a reset connection), waiting as long as a Retry-After asks up
+        to ``MAX_RETRY_WAIT``. GETs change nothing, so a retry is harmless."""
+        pauses = READ_RETRY_PAUSES if self._retry_pauses is None else self._retry_pauses
+        for pause in (*pauses, None):
+            try:
+                return self._call(operation, "GET", endpoint, params=params)
+            except WooError as exc:
+                wait = None if pause is None else max(pause, exc.retry_after or 0.0)
+                if not exc.retryable or wait is None or wait > MAX_RETRY_WAIT:
+                    raise
+                log.info("%s; trying again in %.1f s", exc, wait)
+                time.sleep(wait)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _json(operation: str, response: requests.Response) -> Any:

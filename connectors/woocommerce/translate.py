@@ -116,7 +116,7 @@ def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
         )
     kind, status = order_state(payload.get("status"))
     lines = [_line(item, order_id) for item in _list(payload, "line_items", order_id)]
-    gift_cards = {line["id"] for line in lines if line["gift_card"]}
+    by_id = {line["id"]: line for line in lines}
     order = {
         "id": order_id,
         "version": _gmt(payload, "date_modified_gmt"),
@@ -126,7 +126,7 @@ def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
         "shipping": _money(payload.get("shipping_total"), f"Order {order_id}'s shipping_total"),
         "tax": _money(payload.get("total_tax"), f"Order {order_id}'s total_tax"),
         "total": _optional_money(payload.get("total"), f"Order {order_id}'s total"),
-        "refunds": [_refund(entry, order_id, gift_cards) for entry in _list(payload, "refunds", order_id)],
+        "refunds": [_refund(entry, order_id, by_id) for entry in _list(payload, "refunds", order_id)],
         "discount_codes": _discount_codes(payload, order_id),
         "attributes": _attributes(payload, order_key_meta, order_id),
     }
@@ -224,19 +224,19 @@ def _line(item: Any, order_id: str) -> dict[str, Any]:
     }
 
 
-def _refund(entry: Any, order_id: str, gift_cards: set[str]) -> dict[str, Any]:
+def _refund(entry: Any, order_id: str, lines: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     # An order lists its refunds as {"id", "reason" (or "refund"), "total"} with
     # a negative total; which lines were refunded is not in the order.
     if not isinstance(entry, Mapping) or entry.get("id") in (None, ""):
         raise BadDelivery(f"Order {order_id} has a refund without an id.")
     if _is_detailed(entry):
-        return _detailed_refund(entry, order_id, gift_cards)
+        return _detailed_refund(entry, order_id, lines)
     where = f"Order {order_id}'s refund {entry['id']} total"
     amount = abs(_number(entry.get("total"), where))
     return {"id": str(entry["id"]), "amount": _format(_bounded(amount, where))}
 
 
-def _detailed_refund(entry: Mapping[str, Any], order_id: str, gift_cards: set[str]) -> dict[str, Any]:
+def _detailed_refund(entry: Mapping[str, Any], order_id: str, lines: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """A refund entry carrying its refund resource (``GET orders/<id>/refunds``).
 
     With lines that moved money, it is itemized: its merchandise is the sum of
@@ -244,69 +244,118 @@ def _detailed_refund(entry: Mapping[str, Any], order_id: str, gift_cards: set[st
     lines left out; its shipping, fee and tax lines take nothing off eligible
     spend. Without them (an amount refunded, no line said) it is its amount,
     as a webhook's refund is. Either way it counts from ``date_created_gmt``.
+
+    ``BadDelivery`` for a resource that can't be one WooCommerce wrote: no
+    ``date_created_gmt``, a negative ``amount``, a line that takes money in
+    (a positive total), or one that gives back more of an order line than the
+    order has of it (more of its quantity, or more than its subtotal).
     """
     where = f"Order {order_id}'s refund {entry['id']}"
     occurred_at = _gmt(entry, "date_created_gmt")
+    if occurred_at is None:
+        raise BadDelivery(f"{where} has no date_created_gmt.")
+    raw = entry.get("amount")
+    stated = None if raw in (None, "") else _number(raw, f"{where} amount")
+    if stated is not None and stated < 0:
+        raise BadDelivery(f"{where} amount is negative: {raw!r} (WooCommerce writes a refund's amount positive).")
     merchandise = tax = Decimal(0)
     moved = False
-    lines = []
+    refunded_lines = []
     for item in _list(entry, "line_items", where):
         if not isinstance(item, Mapping):
             raise BadDelivery(f"{where} has a line item that is not an object.")
         item_where = f"{where}'s line {item.get('id')}"
-        total = abs(_number(_or_zero(item.get("total")), f"{item_where} total"))
-        item_tax = abs(_number(_or_zero(item.get("total_tax")), f"{item_where} total_tax"))
+        total = _given_back(item.get("total"), f"{item_where} total")
+        item_tax = _given_back(item.get("total_tax"), f"{item_where} total_tax")
+        quantity = _quantity(_unsigned(item.get("quantity")), f"{item_where} quantity")
         moved = moved or bool(total or item_tax)
         refunded_id = _refunded_item_id(item)
-        if refunded_id in gift_cards:
-            continue
+        line = lines.get(refunded_id) if refunded_id else None
+        if line is not None:
+            _within_line(line, total, quantity, item_where)
+            if line["gift_card"]:
+                continue
         merchandise += total
         tax += item_tax
-        lines.append({
+        refunded_lines.append({
             "line_id": refunded_id or str(item.get("id")),
             "sku": _text(item.get("sku")),
-            "quantity": _quantity(_unsigned(item.get("quantity")), f"{item_where} quantity"),
+            "quantity": quantity,
             "amount": _format(total),
         })
     for key in ("shipping_lines", "fee_lines"):
         for item in _list(entry, key, where):
-            if isinstance(item, Mapping):
-                moved = moved or any(_number(_or_zero(item.get(k)), f"{where}'s {key}") for k in ("total", "total_tax"))
+            if not isinstance(item, Mapping):
+                raise BadDelivery(f"{where} has an entry of {key} that is not an object.")
+            for k in ("total", "total_tax"):
+                moved = bool(_given_back(item.get(k), f"{where}'s {key} {k}")) or moved
     if not moved:
         # (a quantity-only line, e.g. restocked, says nothing of the money)
-        raw = entry.get("amount")
-        amount = _number(raw, f"{where} amount") if raw not in (None, "") else _number(entry.get("total"), where)
-        amount = _bounded(abs(amount), f"{where} amount")
+        amount = stated if stated is not None else abs(_number(entry.get("total"), where))
+        amount = _bounded(amount, f"{where} amount")
         return {"id": str(entry["id"]), "amount": _format(amount), "occurred_at": occurred_at}
     return {
         "id": str(entry["id"]),
         "amount": _format(_bounded(merchandise, f"{where} merchandise")),
         "tax": _format(_bounded(tax, f"{where} tax")),
         "occurred_at": occurred_at,
-        "lines": lines,
+        "lines": refunded_lines,
         "itemized": True,
     }
 
 
-def with_refund_details(order: Mapping[str, Any], refunds: list[Any]) -> dict[str, Any]:
+def _given_back(value: Any, where: str) -> Decimal:
+    """What a refund line gives back, from its total (negative in WooCommerce;
+    missing means zero)."""
+    amount = _number(_or_zero(value), where)
+    if amount > 0:
+        raise BadDelivery(f"{where} is positive: {value!r} (a refund's lines are negative in WooCommerce).")
+    return _bounded(-amount, where)
+
+
+def _within_line(line: Mapping[str, Any], total: Decimal, quantity: int, where: str) -> None:
+    """A refund line gives back no more of an order line than the order has."""
+    if quantity > line["quantity"]:
+        raise BadDelivery(f"{where} gives back {quantity} of line {line['id']}, which has {line['quantity']}.")
+    if total > Decimal(line["subtotal"]) + _CENT:  # (a cent for the shares' rounding)
+        raise BadDelivery(f"{where} gives back {total} of line {line['id']}, which came to {line['subtotal']}.")
+
+
+def with_refund_details(order: Mapping[str, Any], refunds: Any) -> dict[str, Any]:
     """The order with each refund it lists carrying that refund's resource
     from ``GET orders/<id>/refunds`` (its ``line_items``, ``shipping_lines``,
     ``amount``, ``date_created_gmt``; not its ``_links``), matched by id. A
-    refund the order lists but ``refunds`` lacks stays as the order has it;
-    one the order does not list yet is left for a newer snapshot."""
-    details = {
-        str(refund["id"]): {k: v for k, v in refund.items() if k != "_links"}
-        for refund in refunds
-        if isinstance(refund, Mapping) and refund.get("id") not in (None, "")
-    }
+    refund the order lists but ``refunds`` lacks stays as the order has it
+    (its total, no time of its own); one the order does not list yet is left
+    for a newer snapshot.
+
+    ``BadDelivery`` when ``refunds`` is not what that endpoint answers: not a
+    list, a refund that is not an object or has no id, or a refund the order
+    lists without its ``line_items`` list. (The values in them are checked when
+    the order is translated: ``_detailed_refund``.)"""
+    if not isinstance(refunds, list):
+        raise BadDelivery(f"The refunds are {_json_kind(refunds)}, not a list.")
+    details = {}
+    for number, refund in enumerate(refunds, 1):
+        if not isinstance(refund, Mapping):
+            raise BadDelivery(f"Refund {number} of {len(refunds)} is {_json_kind(refund)}, not an object.")
+        rid = refund.get("id")
+        if isinstance(rid, bool) or not (isinstance(rid, int) and rid > 0 or isinstance(rid, str) and rid.strip()):
+            raise BadDelivery(f"Refund {number} of {len(refunds)} has no usable id (got {rid!r}).")
+        details[str(rid)] = {k: v for k, v in refund.items() if k != "_links"}
     listed = order.get("refunds")
     if not isinstance(listed, list):
         return dict(order)
-    entries = [
-        {**entry, **details[str(entry["id"])]}
-        if isinstance(entry, Mapping) and str(entry.get("id")) in details else entry
-        for entry in listed
-    ]
+    entries = []
+    for entry in listed:
+        found = details.get(str(entry.get("id"))) if isinstance(entry, Mapping) else None
+        if found is None:
+            entries.append(entry)
+            continue
+        if not isinstance(found.get("line_items"), list):
+            raise BadDelivery(f"Refund {entry['id']}'s line_items is {_json_kind(found.get('line_items'))}, "
+                              "not a list.")
+        entries.append({**entry, **found})
     return {**order, "refunds": entries}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -478,6 +479,45 @@ def test_an_order_with_its_refunds_read_has_a_key_of_its_own_stable_for_the_same
     other = with_refund_details(listed, changed)
     assert connector.delivery_key("order.updated", other, {}, _body(other)) not in (key, plain)
     assert _one(connector, "order.updated", detailed)["idempotency_key"] == key
+
+
+def _shipping_refunded(refund: dict[str, Any]) -> None:
+    refund["shipping_lines"] = [{"id": 332, "method_title": "Flat Rate", "method_id": "flat_rate", "total": "10.00",
+                                 "total_tax": "0.00", "taxes": [], "meta_data": []}]
+
+
+@pytest.mark.parametrize(("spoil", "complaint"), [
+    (lambda r: r.pop("date_created_gmt"), "refund 730 has no date_created_gmt"),
+    (lambda r: r.update(amount="-12.90"), "refund 730 amount is negative: '-12.90'"),
+    (lambda r: r["line_items"][0].update(total="12.00"), "refund 730's line 320 total is positive: '12.00'"),
+    (lambda r: r["line_items"][0].update(total_tax="0.90"), "refund 730's line 320 total_tax is positive"),
+    (_shipping_refunded, "refund 730's shipping_lines total is positive: '10.00'"),
+    (lambda r: r["line_items"][0].update(total="-1200.00"),
+     "refund 730's line 320 gives back 1200.00 of line 316, which came to 12.00"),
+    (lambda r: r["line_items"][0].update(quantity=-5), "refund 730's line 320 gives back 5 of line 316, which has 1"),
+])
+def test_refund_details_no_shop_would_write_are_refused_saying_what(connector, spoil, complaint):
+    """A refund read from the shop that can't be what WooCommerce wrote: the
+    reconciliation then sends the order without it (engine.reconcile)."""
+    refund = _refund_of_line_316()
+    spoil(refund)
+    with pytest.raises(BadDelivery, match=re.escape(complaint)):
+        connector.translate("order.updated", with_refund_details(_727_refunded(refund), [refund]), {})
+
+
+@pytest.mark.parametrize(("refunds", "complaint"), [
+    ({"code": "rest_forbidden", "message": "Sorry"}, "The refunds are an object, not a list."),
+    ([{"id": 730, "line_items": []}, "730"], "Refund 2 of 2 is a string, not an object."),
+    ([{"amount": "12.90", "line_items": []}], "Refund 1 of 1 has no usable id (got None)."),
+    ([{"id": 730, "amount": "12.90"}], "Refund 730's line_items is null, not a list."),
+])
+def test_refunds_that_are_not_what_the_refunds_endpoint_answers_are_refused(refunds, complaint):
+    order = _727_refunded(_refund_of_line_316())
+    with pytest.raises(BadDelivery) as caught:
+        with_refund_details(order, refunds)
+    assert str(caught.value) == complaint
+    # a refund the order does not list yet is left for a newer snapshot, whatever it holds
+    assert with_refund_details(order, [{"id": 731, "amount": "1.00"}]) == order
 
 
 # -- Delivery keys --------------------------------------------------------------

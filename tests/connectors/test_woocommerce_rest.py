@@ -18,7 +18,7 @@ from connectors.woocommerce.rest import WooError, WooStore
 from connectors.woocommerce.translate import DEFAULT_ORDER_KEY_META, order_events
 from engine.events import load_event
 from tests.conftest import load_contract
-from tests.fakes.woocommerce import FakeWoo
+from tests.fakes.woocommerce import FakeWoo, contract_refunds
 
 pytestmark = pytest.mark.same_in_both_passes  # no database (see tests/conftest.py)
 
@@ -31,9 +31,13 @@ def woo():
         yield fake
 
 
+#: the pauses between tries of a retried read, short for the tests
+QUICK = (0.01, 0.01)
+
+
 @pytest.fixture
 def store(woo):
-    return WooStore(woo.url, woo.key, woo.secret, timeout=5)
+    return WooStore(woo.url, woo.key, woo.secret, timeout=5, retry_pauses=QUICK)
 
 
 def _last(woo, method: str) -> dict:
@@ -258,6 +262,83 @@ def test_refunds_that_fail_are_a_woo_error(woo, store):
     assert caught.value.retryable and caught.value.status == 500
     with pytest.raises(WooError, match="not found|Invalid order ID"):
         store.order_refunds(999999)
+
+
+def _refund_reads(woo, order_id) -> list[dict]:
+    return [r for r in woo.requests if r["path"] == f"/wp-json/wc/v3/orders/{order_id}/refunds"]
+
+
+def test_a_refunds_read_that_fails_on_what_may_mend_is_tried_again_a_moment_later(woo, store):
+    order = next(o for o in woo.orders if o["refunds"])
+    woo.fail_refunds(order["id"], 503, "reset")  # a 503, then the connection closed unanswered
+    assert [r["id"] for r in store.order_refunds(order["id"])] == [726, 724]
+    assert len(_refund_reads(woo, order["id"])) == 3
+
+    woo.fail_refunds(order["id"], 404)  # not what a retry mends
+    with pytest.raises(WooError) as caught:
+        store.order_refunds(order["id"])
+    assert caught.value.status == 404 and len(_refund_reads(woo, order["id"])) == 4
+
+
+def test_a_refunds_read_gives_up_after_a_couple_of_tries_and_a_long_retry_after_is_not_waited_for(woo, store):
+    order = next(o for o in woo.orders if o["refunds"])
+    woo.fail_refunds(order["id"], 500, 502, 503, 504)
+    with pytest.raises(WooError) as caught:
+        store.with_refund_details(order)
+    assert caught.value.retryable and caught.value.status == 503  # the third try's
+    assert len(_refund_reads(woo, order["id"])) == 3
+
+    woo.refund_failures.clear()
+    woo.fail_next(429, retry_after=3600)  # an hour: not within a run
+    with pytest.raises(WooError) as caught:
+        store.order_refunds(order["id"])
+    assert caught.value.status == 429 and len(_refund_reads(woo, order["id"])) == 4
+    once = WooStore(woo.url, woo.key, woo.secret, retry_pauses=())
+    woo.fail_refunds(order["id"], 503)
+    with pytest.raises(WooError):
+        once.order_refunds(order["id"])
+
+
+def test_order_refunds_reads_every_page_each_tried_again_if_it_fails(woo, store):
+    """WooCommerce answers at most 100 refunds a page (X-WP-TotalPages says how
+    many pages); 130 refunds of one order, the second page failing once."""
+    order = next(o for o in woo.orders if o["refunds"])
+    order["refunds"] = [{"id": 2000 + n, "reason": "", "total": "-0.10"} for n in range(130)]
+    woo.refunds[order["id"]] = contract_refunds(order)
+    woo.fail_refunds(order["id"], 502, page=2)
+    refunds = store.order_refunds(order["id"])
+    assert sorted(r["id"] for r in refunds) == [2000 + n for n in range(130)]
+    assert [r["query"]["page"] for r in _refund_reads(woo, order["id"])] == ["1", "2", "2"]
+    assert {r["query"]["per_page"] for r in _refund_reads(woo, order["id"])} == {"100"}
+    detailed = store.with_refund_details(order)
+    assert all(isinstance(entry.get("line_items"), list) for entry in detailed["refunds"])
+
+
+def test_order_reads_one_order_as_the_orders_list_has_it(woo, store):
+    wanted = woo.orders[2]
+    woo.fail_next(502)
+    assert store.order(wanted["id"]) == wanted  # tried again after the 502
+    assert [r["path"] for r in woo.requests] == [f"/wp-json/wc/v3/orders/{wanted['id']}"] * 2
+    with pytest.raises(WooError) as caught:
+        store.order(999999)
+    assert not caught.value.retryable and caught.value.status == 404
+    assert "woocommerce_rest_shop_order_invalid_id" in str(caught.value)
+
+
+@pytest.mark.parametrize(("answer", "complaint"), [
+    ([{"id": 726, "amount": "10.00", "line_items": []}, {"amount": "9.00", "line_items": []}],
+     "Refund 2 of 2 has no usable id"),
+    ([726, 724], "Refund 1 of 2 is a number, not an object"),
+    ([{"id": 726, "amount": "10.00", "line_items": {"0": {}}}], "Refund 726's line_items is an object, not a list"),
+    ([{"id": True, "line_items": []}], "Refund 1 of 1 has no usable id (got True)"),
+])
+def test_refunds_the_shop_answers_that_are_not_refunds_are_a_woo_error_saying_what(woo, store, answer, complaint):
+    order = next(o for o in woo.orders if o["refunds"])
+    woo.refund_answers[order["id"]] = answer
+    with pytest.raises(WooError) as caught:
+        store.with_refund_details(order)
+    assert not caught.value.retryable
+    assert f"orders/{order['id']}/refunds" in str(caught.value) and complaint in str(caught.value)
 
 
 # -- webhooks ----------------------------------------------------------------------

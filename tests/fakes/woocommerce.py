@@ -183,7 +183,11 @@ class FakeWoo:
     ``webhooks`` (id -> webhook incl. its secret), ``products``, ``orders`` and
     ``refunds`` (order id -> its refund resources: those given, else
     ``contract_refunds`` of each order that lists some) are its state. An
-    order id in ``refunds_failing`` has its refunds answered with HTTP 500."""
+    order id in ``refunds_failing`` has its refunds answered with HTTP 500;
+    ``fail_refunds`` makes the next reads of one order's refunds fail (a
+    status, or the connection closed unanswered); ``refund_answers`` (order id
+    -> any JSON) answers that instead of the order's refunds, as a broken shop
+    (a plugin's) might."""
 
     def __init__(self, orders: list[dict[str, Any]] | None = None, order_count: int = 7,
                  refunds: dict[int, list[dict[str, Any]]] | None = None):
@@ -200,6 +204,8 @@ class FakeWoo:
         self.refunds = {order["id"]: contract_refunds(order) for order in self.orders if order.get("refunds")}
         self.refunds.update(refunds or {})
         self.refunds_failing: set[int] = set()
+        self.refund_failures: dict[int, list[tuple[int | str, int | None]]] = {}
+        self.refund_answers: dict[int, Any] = {}
         self._failures: list[tuple[int, int | None]] = []
         self._nonces: set[str] = set()
         self._ids = itertools.count(800)
@@ -226,6 +232,12 @@ class FakeWoo:
     def fail_next(self, status: int, count: int = 1, retry_after: int | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` (and Retry-After)."""
         self._failures.extend([(status, retry_after)] * count)
+
+    def fail_refunds(self, order_id: int, *failures: int | str, page: int | None = None) -> None:
+        """Fail the next reads of the order's refunds (of any page, or of
+        ``page``), one failure each: an HTTP status, or ``"reset"`` (the
+        connection closed, no answer)."""
+        self.refund_failures.setdefault(order_id, []).extend((failure, page) for failure in failures)
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -396,7 +408,11 @@ class FakeWoo:
 
     # -- orders ------------------------------------------------------------------------
 
-    def _get_orders(self, *, query: dict[str, str], **_: Any) -> Reply:
+    def _get_orders(self, oid: int | None = None, *, query: dict[str, str], **_: Any) -> Reply:
+        if oid is not None:
+            found = [order for order in self.orders if order["id"] == oid]
+            return (200, found[0], {}) if found else _error(
+                404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
         if query.get("dates_are_gmt") not in ("true", "1"):
             return _error(400, "fake_needs_gmt", "This fake only filters GMT dates (dates_are_gmt=true).")
         orders = self.orders
@@ -413,7 +429,18 @@ class FakeWoo:
             return _error(404, "woocommerce_rest_invalid_order_id", "Invalid order ID.")
         if oid in self.refunds_failing:
             return _error(500, "fake_failure", "Injected HTTP 500 for this order's refunds.")
-        refunds = sorted(self.refunds.get(oid, []), key=lambda r: r["date_created_gmt"], reverse=True)
+        due = [f for f in self.refund_failures.get(oid, []) if f[1] in (None, int(query.get("page") or 1))]
+        if due:
+            self.refund_failures[oid].remove(due[0])
+            failure = due[0][0]
+            if failure == "reset":
+                raise _Unanswered
+            return _error(int(failure), "fake_failure", f"Injected HTTP {failure} for this order's refunds.")
+        if oid in self.refund_answers:
+            return 200, self.refund_answers[oid], {}
+        # newest first, as WooCommerce lists them (a malformed refund where it falls)
+        refunds = sorted(self.refunds.get(oid, []), reverse=True,
+                         key=lambda r: str(r.get("date_created_gmt")) if isinstance(r, dict) else "")
         if rid is not None:
             found = [r for r in refunds if r["id"] == rid]
             return (200, found[0], {}) if found else _error(
@@ -421,8 +448,20 @@ class FakeWoo:
         return self._page(refunds, query)
 
 
+class _Unanswered(Exception):
+    """The request is left unanswered: its connection is closed."""
+
+
 class _Handler(JSONHandler):
     woo: FakeWoo
+
+    def _handle(self) -> None:
+        try:
+            super()._handle()
+        except _Unanswered:
+            self.close_connection = True  # the client sees the connection closed, no answer
+
+    do_GET = do_POST = do_PUT = do_DELETE = _handle
 
     def handle_json(self, method, path, query, headers, body):
         public = {k: v for k, v in query.items() if not k.startswith("oauth_")}

@@ -38,7 +38,7 @@ def redeem(ctx, key: str, reward: str, channel: str | None, units: int,
         err.print(f"refused: {exc}", highlight=False)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(issued.as_json(), indent=2))
+        click.echo(json.dumps(ctx.engine.rewards.as_json(issued), indent=2))
         return
     console.print(f"issued {issued.reward} ({issued.kind}) for {issued.cost} points: code {issued.code}", highlight=False)
 

@@ -60,7 +60,8 @@ def customer_summary(engine, key: str | int) -> dict | None:
                         if u != UNIT_POINTS and not u.startswith(STAMPS_PREFIX)},
         "tier": row.tier,
         "tier_history": tier_history,
-        "rewards": [r.as_json() for r in unused],
+        #: issued and unused; ``channel``: where it was issued, ``spendable_in``: where it can be spent
+        "rewards": [engine.rewards.as_json(r) for r in unused],
         #: plan, status (active, paused, cancelled), since, period_end, status_since, channel, id
         "memberships": memberships,
         "channels": channels,

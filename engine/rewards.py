@@ -331,6 +331,18 @@ class Rewards:
             answer.append({"code": as_sent, "used": reason is None, "reason": reason})
         return answer
 
+    def spendable_in(self, reward: str) -> list[str]:
+        """The channels where a reward of the catalogue entry ``reward`` can be
+        spent: its ``channels``, or every configured one (also for an entry
+        no longer in the catalogue, as ``mark_used`` takes it)."""
+        entry = self.catalogue.entries.get(reward) or {}
+        return list(entry.get("channels") or sorted(self.channels))
+
+    def as_json(self, issued: Issued) -> dict[str, Any]:
+        """An issued reward as the customer's JSON and the API give it: with
+        where it can be spent (``spendable_in``)."""
+        return {**issued.as_json(), "spendable_in": self.spendable_in(issued.reward)}
+
     def not_spendable_in(self, channel: str) -> list[str]:
         """The catalogue rewards whose ``channels`` leave ``channel`` out."""
         return sorted(name for name, entry in self.catalogue.entries.items()

@@ -152,6 +152,7 @@ def test_redeeming_at_the_counter_debits_the_points_or_says_why_not(api):
     body = {"customer": {"card_code": card}, "reward": "five-off"}
     status, answer = call(f"{base}/api/v1/redemptions", "POST", body, key, "r1")
     assert status == 201 and answer["customer"]["points"] == 10 and answer["reward"]["code"]
+    assert answer["reward"]["spendable_in"] == ["pos"] == answer["customer"]["rewards"][0]["spendable_in"]
     assert call(f"{base}/api/v1/redemptions", "POST", body, key, "r1")[1] == answer  # a retry
     status, answer = call(f"{base}/api/v1/redemptions", "POST", body, key, "r2")
     assert status == 409 and "costs 50 points" in answer["error"]["message"]

@@ -234,6 +234,8 @@ def test_customer_search_and_the_customers_page(shop):
     # part of an email ("@" is in no card code, so no random code matches too)
     by_part = session.get(f"{base}/admin/customers", params={"q": "fay@"})
     assert "fay@example.com" in by_part.text and "five-off" in by_part.text  # straight to her page: her reward
+    assert "<th>Spendable in</th>" in by_part.text
+    assert "<td>pos, shopify, woocommerce</td>" in by_part.text  # five-off names no channels: every one
     nobody = session.get(f"{base}/admin/customers", params={"q": "zed@nowhere.example"})
     assert "Nobody matches" in nobody.text
     # a NUL character, which PostgreSQL takes in no text, is searched without

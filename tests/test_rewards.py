@@ -334,6 +334,20 @@ def test_a_reward_kept_for_some_channels_is_used_up_only_there(make_engine):
     assert _status(engine, issued.code) == ("used", f"order:shopify:{body['id']}")
 
 
+def test_the_customer_and_the_redemption_say_where_each_reward_can_be_spent(make_engine):
+    """``spendable_in``: a catalogue entry's ``channels``, else every
+    configured channel; ``channel`` stays where it was redeemed."""
+    engine = make_engine(tables={**TABLES, "connectors": {**DEFAULT_TABLES["connectors"], "pos": {}}})
+    earn(engine, "1400.00")
+    anywhere = engine.redeem(EMAIL, "five-off", channel="pos")
+    web = engine.redeem(EMAIL, "ten-percent")
+    assert engine.rewards.as_json(web)["spendable_in"] == ["shopify"]
+    held = {r["code"]: r for r in customer_summary(engine, EMAIL)["rewards"]}
+    assert (held[anywhere.code]["channel"], held[anywhere.code]["spendable_in"]) == (
+        "pos", ["pos", "shopify", "woocommerce"])
+    assert held[web.code]["spendable_in"] == ["shopify"]
+
+
 def test_a_reward_without_channels_is_used_up_anywhere_and_coupon_used_names_its_channel(make_engine):
     from tests.plugins.counter import TillPlugin
 

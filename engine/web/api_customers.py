@@ -63,7 +63,7 @@ class CustomerEndpoints(ApiBase):
             except RedemptionRefused as exc:
                 raise refused(exc) from None
             summary = await run_in_threadpool(self._summary, customer["card_code"])
-            return 201, {"reward": RewardSchema().dump(issued.as_json()), "customer": _customer_json(summary)}
+            return 201, {"reward": RewardSchema().dump(self.engine.rewards.as_json(issued)), "customer": _customer_json(summary)}
 
         return await self._idempotent(request, terminal, work)
 
@@ -111,5 +111,5 @@ class CustomerEndpoints(ApiBase):
         except RedemptionRefused as exc:
             raise refused(exc) from None
         summary = await run_in_threadpool(self._summary, f"id:{customer_id}")
-        return JSONResponse({"reward": RewardSchema().dump(issued.as_json()), "customer": _customer_json(summary)},
+        return JSONResponse({"reward": RewardSchema().dump(self.engine.rewards.as_json(issued)), "customer": _customer_json(summary)},
                             status_code=201)

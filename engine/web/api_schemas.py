@@ -132,7 +132,9 @@ class RewardSchema(Schema):
     status = fields.String()
     cost = fields.Integer()
     value = fields.String(allow_none=True)
-    channel = fields.String(allow_none=True)
+    channel = fields.String(allow_none=True, metadata={"description": "the channel it was redeemed in"})
+    spendable_in = fields.List(fields.String(), metadata={
+        "description": "the channels where it can be spent: its catalogue entry's `channels`, else every one"})
     expires_at = fields.String(allow_none=True)
 
 

@@ -619,6 +619,7 @@ class Admin:
         cards = self.engine.cards.cards
         return {"row": row, "summary": summary, "ledger": ledger, "total": total, "page": page,
                 "pages": max(1, -(-total // LEDGER_PAGE)), "rewards": issued, "orders": bought,
+                "spendable": {r.reward: self.engine.rewards.spendable_in(r.reward) for r in issued},
                 "n_orders": n_orders, "merged": people[1:],
                 "cards": [(name, count, getattr(cards.get(name), "required", None))
                           for name, count in summary["stamps"].items()]}

@@ -275,7 +275,7 @@ def plugins(ctx: Context, as_json: bool) -> None:
         return
     table = _table("plugin", "from", "table", "hooks")
     for p in data:
-        table.add_row(p["name"], p["source"], escape(f"[{p['table']}]") if p["table"] else "-", "\n".join(p["hooks"]))
+        table.add_row(p["name"], p["source"], f"[{p['table']}]" if p["table"] else "-", "\n".join(p["hooks"]))
     console.print(table)
 
 
@@ -402,7 +402,8 @@ for command in (simulate_command, *programme_commands, *shop_commands, *pos_comm
 
 def run() -> None:
     """The console script: the CLI, with a database that can't be reached (or
-    refuses a statement) reported in one sentence instead of a traceback."""
+    refuses a statement, or has no driver installed) reported in one sentence
+    instead of a traceback."""
     from sqlalchemy.exc import DBAPIError
 
     try:
@@ -410,6 +411,12 @@ def run() -> None:
     except DBAPIError as exc:
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
         err.print(f"Error: database: {first}", highlight=False)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        if exc.name != "psycopg":
+            raise
+        err.print("Error: database: PostgreSQL needs psycopg: install regulars with its postgres extra "
+                  "(pip install 'regulars[postgres]', or pip install -e '.[postgres]' in a checkout)", highlight=False)
         sys.exit(1)
 
 

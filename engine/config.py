@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
@@ -51,6 +52,14 @@ class StrictSchema(Schema):
         unknown = RAISE
 
 
+def _known_zone(name: str) -> None:
+    """An IANA time zone name, or a ValidationError saying what is expected."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(f"unknown time zone {name!r}: use an IANA name such as 'Europe/Prague' or 'UTC'") from None
+
+
 class EngineSettingsSchema(StrictSchema):
     currency = fields.String(
         load_default="EUR", validate=validate.Regexp(r"^[A-Z]{3}$", error="a 3-letter ISO code")
@@ -59,7 +68,7 @@ class EngineSettingsSchema(StrictSchema):
     default_country = fields.String(
         load_default=None, allow_none=True, validate=validate.Regexp(r"^[A-Z]{2}$")
     )
-    timezone = fields.String(load_default="UTC")
+    timezone = fields.String(load_default="UTC", validate=_known_zone)
     #: what one point is worth in money, for the dashboard's points liability
     #: (default: the best fixed_amount reward of the catalogue, value ÷ cost)
     point_value = DecimalString(load_default=None, allow_none=True, places=None,

@@ -50,8 +50,9 @@ OUTBOUND_CHANNELS = ("shopify", "woocommerce")
 CREDENTIAL_HINTS = {channel: tuple(names.values()) for channel, names in ENV_CREDENTIALS.items()}
 PENDING, DONE, FAILED = "pending", "done", "failed"
 SYNC, COUPON, RETIRE = "customer.sync", "reward.coupon", "reward.retire"
-#: tries before a retryable failure is given up as failed (about a day)
-MAX_ATTEMPTS = 20
+#: tries before a retryable failure is given up as failed: about a day (30 s
+#: doubling to an hour, then hourly)
+MAX_ATTEMPTS = 31
 #: seconds before a first retry; doubled each time up to MAX_DELAY
 BASE_DELAY, MAX_DELAY = 30.0, 3600.0
 #: how long a claimed row is left to its deliverer before another may take it

@@ -309,6 +309,8 @@ def test_plugins_lists_the_built_in_rule_and_both_connectors_with_their_hooks(sh
         "regulars_order_multipliers",
     ):
         assert name in table
+    # the table column shows the table as plugins.toml writes it (no markup escape: the console takes none)
+    assert "[rules.points]" in table and "\\[" not in table, table
 
 
 def test_events_replay_applies_a_stored_delivery_again_without_changing_anything(shop):
@@ -385,6 +387,20 @@ def test_an_unreachable_database_is_one_clear_sentence_not_a_traceback(shop):
     assert result.returncode == 1
     assert result.stderr.startswith("Error: database: ")
     assert "Traceback" not in result.stderr
+
+
+def test_postgresql_without_its_driver_says_which_extra_to_install(shop):
+    """A plain ``pip install regulars`` has no psycopg: a PostgreSQL URL then
+    says to install the ``postgres`` extra, in one sentence, exit 1."""
+    env = {**shop.env, "REGULARS_DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}
+    script = ("import sys; sys.modules['psycopg'] = None; from engine.cli import run; "
+              f"sys.argv = ['regulars', '--config', {str(shop.config)!r}, 'audit']; run()")
+    result = subprocess.run([sys.executable, "-c", script], cwd=shop.root, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("Error: database: PostgreSQL needs psycopg"), result.stderr
+    assert "regulars[postgres]" in result.stderr
 
 
 def test_a_message_s_brackets_are_printed_as_they_are(shop, tmp_path):

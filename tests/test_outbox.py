@@ -214,6 +214,14 @@ def test_backoff_grows_and_honours_retry_after():
     assert ob.backoff(1, retry_after=500) >= 500
 
 
+def test_a_shop_that_stays_down_is_retried_for_about_a_day(monkeypatch):
+    """The README promises retries "for about a day": the waits between the
+    MAX_ATTEMPTS tries (jitter aside) add up to a day, not half of one."""
+    monkeypatch.setattr(ob.random, "uniform", lambda low, high: 1.0)
+    waited = sum(ob.backoff(attempts) for attempts in range(1, ob.MAX_ATTEMPTS))
+    assert timedelta(hours=22) <= timedelta(seconds=waited) <= timedelta(hours=26), timedelta(seconds=waited)
+
+
 # -- Shopify -------------------------------------------------------------------------
 
 SHOPIFY_ORDER = "shopify/webhooks/orders_paid.docs-2026-04.json"

@@ -175,6 +175,19 @@ def test_a_wrong_key_or_value_names_the_file_the_table_the_key_and_what_was_expe
         assert part in message
 
 
+def test_an_unknown_engine_timezone_stops_the_start_naming_it(tmp_path):
+    """``[engine] timezone`` decides the dashboard's periods: a misspelt zone
+    stops the start like any wrong value (it was read as UTC, silently)."""
+    path = tmp_path / "plugins.toml"
+    path.write_text('[engine]\ncurrency = "EUR"\ntimezone = "Europe/Prag"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env={"REGULARS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
+    assert str(raised.value).startswith(f"{path} [engine] timezone: unknown time zone 'Europe/Prag'"), raised.value
+    path.write_text('[engine]\ncurrency = "EUR"\ntimezone = "Europe/Prague"\n', encoding="utf-8")
+    config = load_config(path, env={"REGULARS_DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"})
+    assert config.engine["timezone"] == "Europe/Prague"
+
+
 def test_a_table_no_plugin_owns_is_refused_by_name(tmp_path):
     with pytest.raises(
         ConfigError, match=r"plugins\.toml \[rules\.pointz\]: no plugin owns this table"

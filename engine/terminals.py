@@ -221,7 +221,7 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
     endpoint takes it (``occurred_at`` required: a line keeps its original
     time). Every line is read first; the good ones are applied in
     ``occurred_at`` order (the order things happened, not the order they were
-    written), each through the same path as a live request: a sale or visit
+    written), the voids last, each through the same path as a live request: a sale or visit
     for a customer nobody knows is refused, as live. A resent batch is all
     ``duplicate``; a batch cut off and sent again whole applies only what is
     missing; a line refused before is refused again with its reason. Results
@@ -278,7 +278,9 @@ def apply_batch(engine, terminal: Terminal, body: bytes) -> list[dict]:
             result["reason"] = _messages(exc.messages)
             continue
         good.append((data["occurred_at"], number, topic, data, str(sale_id) if sale_id else None, result))
-    for _, _, topic, data, sale_id, result in sorted(good, key=lambda g: (g[0], g[1])):
+    # In time order; the voids after everything else, so that one names a sale
+    # among the lines whatever its time (as it does a sale of an earlier batch).
+    for _, _, topic, data, sale_id, result in sorted(good, key=lambda g: (g[2] == "void", g[0], g[1])):
         if topic == "void":
             if sale_customer(engine, terminal, sale_id) is None:
                 result["reason"] = f"this terminal recorded no sale {sale_id!r}"

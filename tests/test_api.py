@@ -290,6 +290,15 @@ def test_a_void_timed_before_its_sale_still_voids_it(api):
     assert call(f"{base}/api/v1/batches", "POST", raw=void.encode(), key=key, idem="second")[1]["results"][0][
         "status"] == "applied"
     assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == before
+    # The same two in one batch: the void is applied after the sale it names, whatever their times.
+    both = "\n".join([
+        json.dumps({"topic": "void", "key": "void-early", "sale_id": "early",
+                    "occurred_at": (T0 + timedelta(hours=6)).isoformat()}),
+        json.dumps({"topic": "sale", "key": "early", **sale("early", card, "10.00", T0 + timedelta(hours=7))}),
+    ]).encode()
+    results = call(f"{base}/api/v1/batches", "POST", raw=both, key=key, idem="third")[1]["results"]
+    assert [r["status"] for r in results] == ["applied", "applied"], results
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["points"] == before
     with engine.db.connect() as conn:
         assert engine.ledger.audit(conn) == []
 

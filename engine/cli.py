@@ -60,11 +60,16 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 
 
 @main.command()
-@click.argument("path", default="plugins.toml", type=click.Path(dir_okay=False))
+@click.argument("path", default="plugins.toml", type=click.Path())
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: str, force: bool) -> None:
-    """Write a commented starter plugins.toml at PATH."""
+    """Write a commented starter plugins.toml at PATH (a directory, existing
+    or written with a trailing slash, gets one inside; missing directories
+    are made)."""
     target = Path(path)
+    if target.is_dir() or path.endswith(("/", "\\")):
+        target = target / "plugins.toml"
+    target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists; use --force to overwrite it")
     starter = (Path(__file__).parent / "starter.toml").read_text(encoding="utf-8")

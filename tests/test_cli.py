@@ -152,6 +152,17 @@ def test_init_refuses_to_overwrite_without_force(tmp_path):
     assert forced.exit_code == 0 and "[rules.points]" in target.read_text()
 
 
+def test_init_into_a_directory_writes_plugins_toml_inside_it(tmp_path):
+    """A PATH that names a directory, existing or not yet (a trailing slash),
+    gets plugins.toml inside it, not a file named like the directory."""
+    made = CliRunner().invoke(main, ["init", f"{tmp_path / 'shop'}/"])
+    assert made.exit_code == 0, made.output
+    assert "[rules.points]" in (tmp_path / "shop" / "plugins.toml").read_text()
+    (tmp_path / "there").mkdir()
+    assert CliRunner().invoke(main, ["init", str(tmp_path / "there")]).exit_code == 0
+    assert (tmp_path / "there" / "plugins.toml").is_file()
+
+
 def test_db_upgrade_migrates_a_fresh_sqlite_to_the_latest_schema(shop):
     assert shop.upgrade.returncode == 0, shop.upgrade.stderr
     assert "is at head" in shop.upgrade.stdout

@@ -812,12 +812,9 @@ def recorder(engine) -> Recorder:
 def point_value(engine) -> Decimal | None:
     """The money one point is worth: ``[engine] point_value``, else the best
     ``fixed_amount`` reward of the catalogue (value ÷ cost); None without either."""
-    configured = engine.config.engine.get("point_value")
-    if configured not in (None, ""):
-        return Decimal(str(configured))
-    from engine.simulate import point_value as best_offer
+    from engine.simulate import valued_point
 
-    found = best_offer(engine.catalogue)
+    found = valued_point(engine)
     return found[1] if found else None
 
 

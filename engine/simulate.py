@@ -55,6 +55,16 @@ def point_value(catalogue: Catalogue) -> tuple[str, Decimal] | None:
     return min(offers, key=lambda offer: (-offer[1], offer[0]), default=None)
 
 
+def valued_point(engine: Engine) -> tuple[str | None, Decimal] | None:
+    """What a point is worth, and the reward that says so: ``[engine]
+    point_value`` (no reward), else ``point_value`` of the catalogue; None
+    without either. The dashboard's value of a point too (``engine.metrics``)."""
+    configured = engine.config.engine.get("point_value")
+    if configured not in (None, ""):
+        return None, Decimal(str(configured))
+    return point_value(engine.catalogue)
+
+
 def figures(engine: Engine) -> dict[str, Any]:
     """What a database holds, by SQL aggregates:
 
@@ -63,7 +73,8 @@ def figures(engine: Engine) -> dict[str, Any]:
       cancellations);
     - ``points_redeemed``: points spent on rewards (``redeem`` entries);
     - ``points_outstanding``: the sum of every points balance;
-    - ``liability``: outstanding × ``point_value`` (None: no fixed_amount reward);
+    - ``liability``: outstanding × the value of a point: ``[engine]
+      point_value``, else the best fixed_amount reward's (None: neither);
     - ``deliveries_failed``: inbox deliveries that failed (the other
       configuration's plugins may fail on some);
     - ``customers``, ``tiers`` (tier → customers; merged ones not counted),
@@ -101,7 +112,7 @@ def figures(engine: Engine) -> dict[str, Any]:
         issued_rewards = grouped(rewards.c.reward, func.count(), kept)
         cards = grouped(rewards.c.source, func.count(), kept, rewards.c.source.like("card:%"))
         open_stamps = grouped(accounts.c.unit, func.sum(accounts.c.balance), accounts.c.unit.like("stamps:%"))
-    value = point_value(engine.catalogue)
+    value = valued_point(engine)
     return {
         "currency": engine.config.currency,
         "customers": int(people),
@@ -256,8 +267,8 @@ def simulate(today: Engine, other: Config, since: datetime | None = None, batch:
                      "start from zero then, today's figures cover everything")
     for side, figs in (("today", now), ("simulated", simulated)):
         if figs["liability"] is None:
-            notes.append(f"no liability in money {side}: the catalogue has no fixed_amount reward with a cost, "
-                         "so a point has no money value")
+            notes.append(f"no liability in money {side}: no [engine] point_value and no fixed_amount reward "
+                         "with a cost in the catalogue, so a point has no money value")
     if any(status.startswith("skipped") for status in replayed):
         notes.append("deliveries of channels the other configuration has no connector for were skipped")
     return {

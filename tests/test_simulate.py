@@ -126,6 +126,15 @@ def test_double_points_doubles_points_issued_and_reports_the_difference(engine, 
     assert any("no fixed_amount reward" in note for note in result["notes"])
 
 
+def test_liability_takes_the_configured_value_of_a_point_as_the_dashboard_does(make_engine, tmp_path):
+    """``[engine] point_value`` wins over the catalogue's best rate, on both sides."""
+    today = make_engine(tables={**TABLES, "engine": {**TABLES["engine"], "point_value": "0.02"}})
+    ingest_all(today, stream(planned()))
+    now = figures(today)
+    assert (now["point_value"], now["point_value_reward"]) == (Decimal("0.02"), None)
+    assert now["liability"] == (now["points_outstanding"] * Decimal("0.02")).quantize(Decimal("0.01")) > 0
+
+
 def test_liability_is_outstanding_points_at_the_best_fixed_amount_rate(make_engine, tmp_path):
     today = make_engine(tables=TABLES)
     ingest_all(today, stream(planned()))

@@ -495,14 +495,20 @@ def test_refund_details_that_cant_be_used_leave_the_order_as_its_webhook_would_a
         assert _points(engine) == 6
 
 
-def test_a_refund_the_order_lists_but_the_shop_does_not_return_is_reported_and_read_by_a_later_run(
-        make_engine, monkeypatch):
+def _two_refunds() -> tuple[dict, dict, dict, dict]:
+    """Order 6001 paid, its refunds 801 (line 316) and 811 (line 315), and the
+    order listing both."""
     from tests.fakes.woocommerce import make_refund, with_refunds
 
     paid = _727(6001, T0)
     first = make_refund(paid, 801, T0 + timedelta(hours=1), lines={316: 1})
     second = make_refund(paid, 811, T0 + timedelta(hours=2), lines={315: 1})
-    shown = with_refunds(paid, [first, second], T0 + timedelta(hours=2))
+    return paid, first, second, with_refunds(paid, [first, second], T0 + timedelta(hours=2))
+
+
+def test_a_refund_the_order_lists_but_the_shop_does_not_return_is_reported_and_read_by_a_later_run(
+        make_engine, monkeypatch):
+    _, first, second, shown = _two_refunds()
     with _woo(monkeypatch, [shown], {6001: [second]}) as woo:  # 801 not returned (deleted meanwhile?)
         engine = make_engine(_tables(woo.url))
         counts, failed = reconcile(engine, "woocommerce")
@@ -518,12 +524,9 @@ def test_a_refund_the_order_lists_but_the_shop_does_not_return_is_reported_and_r
 
 def test_a_refund_deleted_in_the_shop_is_reported_on_each_run_and_the_rest_of_the_order_is_read(
         make_engine, monkeypatch):
-    from tests.fakes.woocommerce import make_refund, with_refunds
+    from tests.fakes.woocommerce import with_refunds
 
-    paid = _727(6001, T0)
-    first = make_refund(paid, 801, T0 + timedelta(hours=1), lines={316: 1})
-    second = make_refund(paid, 811, T0 + timedelta(hours=2), lines={315: 1})
-    shown = with_refunds(paid, [first, second], T0 + timedelta(hours=2))
+    paid, _, second, shown = _two_refunds()
     now = with_refunds(paid, [second], T0 + timedelta(hours=3))  # 801 deleted in the shop since
     with _woo(monkeypatch, [now], {6001: [second]}) as woo:
         engine = make_engine(_tables(woo.url))

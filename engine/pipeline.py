@@ -248,9 +248,11 @@ class Pipeline:
             customer = self._with_plans(conn, customer, order.paid_at or at)
             # Multipliers are asked once, when the order is first awardable, and
             # kept; again only if an earlier payment turns up late (paid_at moved),
-            # since a multiplier may depend on when the order was paid.
+            # since a multiplier may depend on when the order was paid: then even
+            # if it is no longer awardable (cancelled since), as the tiers count
+            # it as it stood when paid with them (_tier_metric).
             paid_at_moved = row.paid_at is not None and order.paid_at != as_utc(row.paid_at)
-            if order.awardable and (multipliers is None or paid_at_moved):
+            if (order.awardable and multipliers is None) or (multipliers is not None and paid_at_moved):
                 if self.tiers.program:
                     customer = replace(customer, tier_changes=self.tiers.changes(conn, customer_id))
                 multipliers = self._multipliers(order, customer)
@@ -410,7 +412,8 @@ class Pipeline:
         active at their ``paid_at``; an order whose multipliers changed is
         asked again for its points (its other multipliers as they were) and
         the difference posted. Then the tier upgrades are decided again from
-        the first order that changed, as its points count for them."""
+        the first order that changed, as its points count for them (or from
+        the first one never awarded, which they count as it would have been)."""
         self.identity.lock(conn, [customer_id])
         rows = conn.execute(_PAID_FROM, {"customer_id": customer_id, "since": since}).all()
         if not rows:
@@ -423,7 +426,13 @@ class Pipeline:
         posted, first = 0, None
         for r in rows:
             order = views[r.id]
-            if r.multipliers is None or order.paid_at is None:
+            if order.paid_at is None:
+                continue
+            if r.multipliers is None:
+                # never awarded (cancelled before its payment arrived): nothing to
+                # post, but the tiers count it as it stood when paid, under the
+                # memberships active then (``_tier_metric``), which may have changed
+                first = first if first is not None else order.paid_at
                 continue
             then = replace(customer, plans=self.subscriptions.plans_among(histories, order.paid_at))
             new = self._multipliers(order, then, self.membership_plugins)

@@ -15,11 +15,12 @@ deliveries came in (PRODUCT.md, invariant 2): after every order of the referee
 (``decide``), the claim is decided again from the paid orders as they stand.
 The first order is the one paid first; "already bought" means a paid order
 paid before the claim (before the order that carried the code, or before the
-moment of a claim made at the counter or with the CLI). So a paid order
-delivered late, paid before the one that was rewarded, moves the referral onto
-it, or refuses it (bought before the code, or below the minimum) and takes
-both rewards back; and a first order delivered after a later one is judged as
-the first.
+moment of a claim made at the counter or with the CLI; the earliest of these
+when the code was used more than once, whichever was delivered first). So a
+paid order delivered late, paid before the one that was rewarded, moves the
+referral onto it, or refuses it (bought before the code, or below the
+minimum) and takes both rewards back; and a first order delivered after a
+later one is judged as the first.
 
 The weekly limit is decided the same way, across the referrer's referees
 (``walk``): a referral whose referee side is met (its first order stands and
@@ -159,12 +160,13 @@ class Referrals:
         code = code.strip().upper()
         known = conn.execute(_OPEN_CLAIM, {"customer_id": referee_id}).one_or_none()
         if known is not None and known.code == code:  # the same code again (an order delivered twice): as decided
-            return known.id, known.reason if known.status == "refused" else None
+            return known.id, self._used_again(conn, known, referee_id, via, at, known.reason)
         active = conn.execute(
-            select(referrals.c.id, referrals.c.code).where(referrals.c.referee_id == referee_id, _HOLDING)
+            select(referrals.c.id, referrals.c.code, referrals.c.via, referrals.c.claimed_at)
+            .where(referrals.c.referee_id == referee_id, _HOLDING)
         ).first()
-        if active is not None and active.code == code:
-            return active.id, None  # claimed again with the same code: nothing new
+        if active is not None and active.code == code:  # claimed again with the same code: nothing new
+            return active.id, self._used_again(conn, active, referee_id, via, at, None)
         referrer = conn.execute(_REFERRER.where(customers.c.referral_code == code)).one_or_none()
         seen = set()
         while referrer is not None and referrer.merged_into is not None and referrer.id not in seen:
@@ -196,6 +198,41 @@ class Referrals:
             row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == row_id)).one()
             reason = row.reason if row.status == "refused" else None
         return row_id, reason
+
+    def _used_again(self, conn: Connection, claim, referee_id: int, via: str, at: datetime,
+                    reason: str | None) -> str | None:
+        """The claim's code used again (with another order, or at the
+        counter): the claim goes by the earliest use, whichever was delivered
+        first, as ``_claimed_when`` reads it (an order's paid time, a counter
+        claim's moment), and is decided again when that moved. Returns why it
+        is refused, if it is."""
+        if not self._used_earlier(conn, claim, via, at):
+            return reason
+        self.decide(conn, referee_id, at)
+        row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == claim.id)).one()
+        return row.reason if row.status == "refused" else None
+
+    @staticmethod
+    def _used_earlier(conn: Connection, claim, via: str, at: datetime) -> bool:
+        """Whether ``via`` at ``at`` is an earlier use of the claim's code than
+        the one it goes by (then it goes by this one)."""
+        def moment(ref: str | None, claimed_at: datetime) -> datetime:
+            if ref and ref.startswith("order:"):
+                _, channel, external_id = ref.split(":", 2)
+                paid_at = conn.execute(select(orders.c.paid_at).where(
+                    orders.c.channel == channel, orders.c.external_id == external_id)).scalar()
+                if paid_at is not None:
+                    return as_utc(paid_at)
+            return as_utc(claimed_at)
+
+        new, old = (moment(via, at), via), (moment(claim.via, claim.claimed_at), claim.via or "")
+        if new < old:
+            values = {"via": via}
+            if not via.startswith("order:"):
+                values["claimed_at"] = at  # (a claim at the counter is when it was made)
+            conn.execute(update(referrals).where(referrals.c.id == claim.id).values(**values))
+            return True
+        return False
 
     def codes_in(self, order) -> list[str]:
         """Referral codes an order may carry."""

@@ -112,7 +112,7 @@ _POST_PG = Fast(
         "), lot AS ("
         " INSERT INTO lots (account_id, entry_id, amount, remaining, earned_at, expires_at, available_at)"
         " SELECT account.id, entry.id, LEAST(:amount, account.balance), LEAST(:amount, account.balance),"
-        " :occurred_at, :expires_at, :available_at FROM account, entry"
+        " :earned_at, :expires_at, :available_at FROM account, entry"
         " WHERE :open_lot AND LEAST(:amount, account.balance) > 0"
         " RETURNING id"
         ") SELECT account.id, account.balance, entry.id FROM account, entry"
@@ -121,6 +121,7 @@ _POST_PG = Fast(
         bindparam("occurred_at", type_=ledger_entries.c.occurred_at.type),
         bindparam("created_at", type_=ledger_entries.c.created_at.type),
         bindparam("detail", type_=ledger_entries.c.detail.type),
+        bindparam("earned_at", type_=lots.c.earned_at.type),
         bindparam("expires_at", type_=lots.c.expires_at.type),
         bindparam("available_at", type_=lots.c.available_at.type),
         bindparam("open_lot", type_=Boolean()),
@@ -166,6 +167,7 @@ class Ledger:
         detail: dict | None = None,
         lots: bool = True,
         pending: bool = False,
+        earned_at: datetime | None = None,
     ) -> None:
         """Append one entry to the customer's account in ``unit`` (created if
         new) and move its cached balance by ``amount``, in the caller's
@@ -174,17 +176,21 @@ class Ledger:
         Points keep lots: positive points open one (``pending`` ones only become
         spendable after the return window), negative points close lots: the same
         source's first (a refund takes back its own order's points), then the
-        spendable ones soonest-expiring first."""
+        spendable ones soonest-expiring first. A lot is dated ``earned_at``
+        (its expiry and its return window count from it; default
+        ``occurred_at``): an order's points from its payment, whenever the
+        delivery that posts them comes."""
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise TypeError(f"ledger amounts are integers, got {amount!r}")
         keeps_lots = lots and unit == UNIT_POINTS
+        dated = earned_at or occurred_at
         if conn.dialect.name == "postgresql":
             # A debt (a negative balance) takes new points first: the lot holds
             # what the new balance covers (LEAST(amount, balance) > 0).
             params = {
                 "customer_id": customer_id, "unit": unit, "amount": amount, "reason": reason, "source": source,
                 "rule": rule, "key": key, "occurred_at": occurred_at, "created_at": utcnow(), "detail": detail,
-                "open_lot": keeps_lots and amount > 0, **self._lot_dates(occurred_at, pending),
+                "open_lot": keeps_lots and amount > 0, "earned_at": dated, **self._lot_dates(dated, pending),
             }
             if keeps_lots and amount < 0:
                 account_id, balance, entry_id = _POST_PG.first(conn, params)  # the lots to close are the account's
@@ -224,7 +230,7 @@ class Ledger:
                 # A debt (a negative balance) takes new points first.
                 covered = max(0, min(amount, balance))
                 if covered:
-                    self._open_lot(conn, account_id, entry_id, covered, occurred_at, pending)
+                    self._open_lot(conn, account_id, entry_id, covered, dated, pending)
             elif amount < 0:
                 self.consume_lots(conn, account_id, -amount, occurred_at, source)
 

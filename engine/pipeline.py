@@ -262,7 +262,7 @@ class Pipeline:
             targets = self._awards("regulars_order_awards", order=order, customer=customer, history=history)
             reason = "order" if order.awardable else ("cancel" if order.cancelled else "unpaid")
             posted += self._post_differences(
-                conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible)
+                conn, row, customer_id, targets, awarded, reason, at, multipliers, str(order.eligible), order.paid_at
             )
             awarded = {k: v for k, v in targets.items() if v}
             if order.awardable and order.discount_codes and self.rewards.catalogue.entries:
@@ -317,7 +317,7 @@ class Pipeline:
                 continue
             reason = "order" if sibling_view.awardable else ("cancel" if sibling_view.cancelled else "unpaid")
             posted += self._post_differences(conn, sibling, customer.id, targets, mine, reason, at,
-                                             sibling.multipliers, str(sibling_view.eligible))
+                                             sibling.multipliers, str(sibling_view.eligible), sibling_view.paid_at)
             kept = {k: v for k, v in awarded.items() if k not in mine}
             kept.update({k: v for k, v in targets.items() if v})
             _UPDATE_AWARDED.execute(conn, {"b_id": sibling.id, "awarded": kept, "revision": sibling.revision + 1,
@@ -399,7 +399,7 @@ class Pipeline:
         history = [v for _, v in self._siblings(conn, customer_id, row.id)] if self.history_plugins else []
         targets = self._awards("regulars_order_awards", order=order, customer=customer, history=history)
         posted = self._post_differences(conn, row, customer_id, targets, awarded[row.id], "order", at, multipliers,
-                                        str(order.eligible))
+                                        str(order.eligible), order.paid_at)
         awarded[row.id] = {k: v for k, v in targets.items() if v}
         _UPDATE_TIERED.execute(conn, {"b_id": row.id, "multipliers": multipliers, "awarded": awarded[row.id],
                                       "revision": row.revision + 1, "updated_at": utcnow()})
@@ -504,8 +504,11 @@ class Pipeline:
         return dict(totals)
 
     def _post_differences(
-        self, conn, row, customer_id, targets, awarded, reason, at: datetime, multipliers, eligible
+        self, conn, row, customer_id, targets, awarded, reason, at: datetime, multipliers, eligible,
+        paid_at: datetime | None = None,
     ) -> int:
+        """Post what the order earns now (``targets``) less what it earned
+        (``awarded``); points gained are dated from its payment (``paid_at``)."""
         posted = 0
         source = f"order:{row.channel}:{row.external_id}"
         for key in sorted(set(targets) | set(awarded)):
@@ -527,6 +530,7 @@ class Pipeline:
                 at,
                 detail={"eligible": eligible, "multipliers": multipliers},
                 pending=entry_reason == "order",
+                earned_at=paid_at,
             )
             posted += 1
         return posted

@@ -454,22 +454,20 @@ def test_an_order_whose_payment_arrives_after_its_cancellation_counts_for_the_ti
     assert results[1] == results[0] == (50, None, [])
 
 
-@pytest.mark.xfail(strict=True, reason="lots are dated by the delivery that posted their points, not by when the "
-                   "order that earned them was paid (reported, not fixed: see the test's docstring)")
 def test_points_an_upgrade_found_late_adds_to_an_order_expire_as_months_after_that_order_was_paid(
     make_engine, tmp_path, _sqlite_template
 ):
     """Found by the property (comparing the lots, which it leaves out): order
     2, paid on 20 January at silver, is delivered before order 1 (paid on 10
     January, which reached silver); order 1's delivery asks order 2 again and
-    posts its tier's extra 10 points at order 1's time, so they expire on 10
+    posted its tier's extra 10 points at order 1's time, so they expired on 10
     January 2027, ten days before order 2's other points, and a run of the
-    expiry job in between ends in another balance than in time order. (The
+    expiry job in between ended in another balance than in time order. (The
     same for an order whose first delivery is a later snapshot, a refund's:
-    its lot is dated by that snapshot, not by its payment.) Proposed fix: a
-    lot's ``earned_at`` (so its expiry and its pending window) from the paid
-    time of the order whose points it holds (``Ledger.post(earned_at=...)``
-    from ``Pipeline._post_differences``; a referral's from the first order's)."""
+    its lot was dated by that snapshot, not by its payment.) Now a lot's
+    ``earned_at`` (so its expiry and its pending window) is the paid time of
+    the order whose points it holds (``Ledger.post(earned_at=...)`` from
+    ``Pipeline._post_differences``)."""
     tables = {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}, "expiry": {"months": 12},
                                           "tiers": {"levels": [{"name": "silver", "threshold": 100,
                                                                 "multiplier": 1.25}]}}}

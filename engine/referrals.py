@@ -95,6 +95,15 @@ def _holds(status, reason) -> bool:
 _HOLDING = referrals.c.status.in_(ACTIVE) | ((referrals.c.status == "refused") & referrals.c.reason.like(f"{AT_LIMIT}%"))
 
 
+def _order_of(via: str | None) -> tuple[str, str] | None:
+    """(channel, external id) of a claim made with an order (``via``
+    ``order:<channel>:<id>``); None for one made at the counter or the CLI."""
+    if via and via.startswith("order:"):
+        _, channel, external_id = via.split(":", 2)
+        return channel, external_id
+    return None
+
+
 def merge_referrals(conn: Connection, keep: int, gone: int, at: datetime) -> None:
     """Customer ``gone`` was joined into ``keep`` (``Identity.merge``): their
     referrals follow, so that a referrer reward, a reversal and the weekly limit
@@ -194,10 +203,15 @@ class Referrals:
              "decided_at": at if reason else None},
         ).scalar_one()
         if reason is None:  # decided at once against the orders already paid
-            self.decide(conn, referee_id, at)
-            row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == row_id)).one()
-            reason = row.reason if row.status == "refused" else None
+            reason = self._decided(conn, referee_id, row_id, at)
         return row_id, reason
+
+    def _decided(self, conn: Connection, referee_id: int, referral_id: int, at: datetime) -> str | None:
+        """Decide the referee's claim against their paid orders (``decide``);
+        why this referral is refused, if it is."""
+        self.decide(conn, referee_id, at)
+        row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == referral_id)).one()
+        return row.reason if row.status == "refused" else None
 
     def _used_again(self, conn: Connection, claim, referee_id: int, via: str, at: datetime,
                     reason: str | None) -> str | None:
@@ -206,21 +220,19 @@ class Referrals:
         first, as ``_claimed_when`` reads it (an order's paid time, a counter
         claim's moment), and is decided again when that moved. Returns why it
         is refused, if it is."""
-        if not self._used_earlier(conn, claim, via, at):
+        if not self._go_by_earlier_use(conn, claim, via, at):
             return reason
-        self.decide(conn, referee_id, at)
-        row = conn.execute(select(referrals.c.status, referrals.c.reason).where(referrals.c.id == claim.id)).one()
-        return row.reason if row.status == "refused" else None
+        return self._decided(conn, referee_id, claim.id, at)
 
     @staticmethod
-    def _used_earlier(conn: Connection, claim, via: str, at: datetime) -> bool:
-        """Whether ``via`` at ``at`` is an earlier use of the claim's code than
-        the one it goes by (then it goes by this one)."""
+    def _go_by_earlier_use(conn: Connection, claim, via: str, at: datetime) -> bool:
+        """When ``via`` at ``at`` is an earlier use of the claim's code than
+        the one it goes by, make the claim go by it; whether it did."""
         def moment(ref: str | None, claimed_at: datetime) -> datetime:
-            if ref and ref.startswith("order:"):
-                _, channel, external_id = ref.split(":", 2)
+            order = _order_of(ref)
+            if order is not None:
                 paid_at = conn.execute(select(orders.c.paid_at).where(
-                    orders.c.channel == channel, orders.c.external_id == external_id)).scalar()
+                    orders.c.channel == order[0], orders.c.external_id == order[1])).scalar()
                 if paid_at is not None:
                     return as_utc(paid_at)
             return as_utc(claimed_at)
@@ -325,10 +337,10 @@ class Referrals:
     def _claimed_when(claim, paid) -> datetime:
         """The moment the code was used: the paid time of the order that
         carried it, else when the claim was made."""
-        if claim.via and claim.via.startswith("order:"):
-            _, channel, external_id = claim.via.split(":", 2)
+        order = _order_of(claim.via)
+        if order is not None:
             for row in paid:
-                if (row.channel, row.external_id) == (channel, external_id):
+                if (row.channel, row.external_id) == order:
                     return as_utc(row.paid_at)
         return as_utc(claim.claimed_at)
 

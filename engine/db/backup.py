@@ -94,7 +94,9 @@ def _checked(path: Path, audit) -> tuple[dict[str, int], list]:
     copy = create_engine(f"sqlite:///{path}")
     try:
         with copy.connect() as conn:
-            count = lambda table, *where: conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()  # noqa: E731
+            def count(table, *where) -> int:
+                return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
             counts = {"customers": count(customers, customers.c.merged_into.is_(None)), "accounts": count(accounts),
                       "ledger_entries": count(ledger_entries), "deliveries": count(inbox)}
             return counts, audit(conn)

@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from marshmallow import ValidationError
 from sqlalchemy import bindparam, select, text
 
 from engine.db.models import orders
+from engine.orders import undetailed_refunds
 from engine.outbox import shop_client
 
 TOPICS = {"shopify": "orders/updated", "woocommerce": "order.updated"}
@@ -131,8 +131,6 @@ def undetailed_orders(conn, channel: str, limit: int, skip: Iterable[str] = ()) 
                 break
     if not chosen:
         return {}
-    from engine.orders import undetailed_refunds
-
     states = dict(conn.execute(_STATES, {"channel": channel, "ids": chosen}).all())
     return {external_id: undetailed_refunds(states[external_id]) for external_id in chosen}
 
@@ -206,19 +204,13 @@ class _Feed:
 
     def _refunds(self, order: dict) -> tuple[list[dict], str | None]:
         """The order's refunds as the engine would take them in (translated
-        and loaded as ``ingest`` does), or why it would fail as a delivery."""
-        from engine.app import parse_body
-        from engine.config import format_errors
-        from engine.events import load_event
-
-        try:
-            payload = parse_body(json.dumps(order, ensure_ascii=False).encode())
-            events = [load_event(raw) for raw in self.engine.connector(self.channel).translate(self.topic, payload, {})]
-        except ValidationError as exc:
-            return [], format_errors("delivery", "event", exc.messages).replace("delivery [event] ", "")
-        except Exception as exc:  # BadDelivery, or whatever else would fail the delivery
-            return [], str(exc) or type(exc).__name__
-        return [refund for event in events for refund in (event.get("order") or {}).get("refunds") or ()], None
+        and loaded by ingest's own ``Engine._decide``), or why it would fail
+        as a delivery."""
+        body = json.dumps(order, ensure_ascii=False).encode()
+        events, status, error, _plugin = self.engine._decide(self.channel, self.topic, body, {})
+        if status == "failed":
+            return [], error
+        return [refund for event in events or () for refund in (event.get("order") or {}).get("refunds") or ()], None
 
     def _undetailed(self, order_id: str, inbox_id: int | None, reason: str) -> None:
         log.warning("reconcile %s: order %s went in without its refunds' details: %s", self.channel, order_id, reason)

@@ -14,6 +14,7 @@ reordered deliveries converge on the same state (see ``engine.orders``).
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -101,6 +102,16 @@ class Hint(_Sized):
 
     def sized(self, text: str) -> str | None:
         return text if len(text) <= self.length else None
+
+
+def normalize_address(raw: str | None) -> str | None:
+    """A shipping address reduced for comparison: NFKC, lower-case, letters
+    and digits only, single spaces."""
+    if not raw:
+        return None
+    text = unicodedata.normalize("NFKC", raw).lower()
+    words = "".join(c if c.isalnum() else " " for c in text).split()
+    return " ".join(words) or None
 
 
 class _Strict(Schema):

@@ -30,6 +30,7 @@ from engine.db.models import (
     rewards,
     subscriptions,
 )
+from engine.events import normalize_address
 from engine.fastsql import Fast, is_deferring
 from engine.jsonio import unstorable
 from engine.ledger import Ledger, insert_ignore_statement, typed_insert
@@ -101,16 +102,6 @@ def normalize_email(raw: str | None) -> str | None:
     if not at or not local or "." not in domain or any(c.isspace() for c in email) or len(email) > 320:
         return None  # (320: the most an address can hold, and the column's size; NFKC may lengthen one)
     return email
-
-
-def normalize_address(raw: str | None) -> str | None:
-    """A shipping address reduced for comparison: NFKC, lower-case, letters
-    and digits only, single spaces."""
-    if not raw:
-        return None
-    text = unicodedata.normalize("NFKC", raw).lower()
-    words = "".join(c if c.isalnum() else " " for c in text).split()
-    return " ".join(words) or None
 
 
 def normalize_phone(raw: str | None, country: str | None = None) -> str | None:

@@ -12,6 +12,8 @@ worth *now* and posts the difference against what it already earned:
   and in its own webhook, counts once; of two reports of one refund, the one
   read from its lines wins (``itemized``: WooCommerce's webhooks know only a
   refund's total, the reconciliation its lines), then the larger amount;
+- the shipping address comes from the newest delivery that gave one (a
+  refund's delivery gives none), for the referral guard (``engine.referrals``);
 - ``paid`` is remembered once seen, so a refund or an update that arrives
   before the payment is kept and counted when the payment comes;
 - a cancellation without a version (WooCommerce's ``order.deleted``) is final;
@@ -87,6 +89,10 @@ def merge(state: dict | None, event: dict) -> dict:
             "test": bool(order.get("test")),
         }
         state["snapshot_stamp"] = stamp
+
+    address = (event.get("customer") or {}).get("address")
+    if address and (state.get("address_stamp") is None or stamp > state["address_stamp"]):
+        state["address"], state["address_stamp"] = address, stamp
 
     status = order.get("status")
     if status is not None:
@@ -205,6 +211,8 @@ class OrderView:
     paid_at: datetime | None = None
     #: [(name, factor)] frozen when the order was first awarded
     multipliers: tuple = ()
+    #: the shipping address as one line, from the newest delivery that gave one
+    address: str | None = None
 
     @property
     def multiplier(self) -> Decimal:
@@ -258,4 +266,5 @@ def view(order_id: int, channel: str, external_id: str, state: dict, multipliers
         test=snapshot.get("test", False),
         paid_at=datetime.fromisoformat(state["paid_at"]) if state.get("paid_at") else None,
         multipliers=tuple(tuple(m) for m in (multipliers or ())),
+        address=state.get("address"),
     )

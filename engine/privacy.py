@@ -272,11 +272,12 @@ def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: li
     for row in conn.execute(select(orders.c.id, orders.c.state).where(orders.c.customer_id.in_(ids))).all():
         state = dict(row.state or {})
         snapshot = dict(state.get("snapshot") or {})
-        if snapshot.get("attributes"):
-            snapshot["attributes"] = {}
-            state["snapshot"] = snapshot
+        notes += bool(snapshot.get("attributes"))
+        if snapshot.get("attributes") or state.get("address"):
+            if snapshot.get("attributes"):
+                state["snapshot"] = {**snapshot, "attributes": {}}
+            state.pop("address", None)  # (the shipping address, which the referral guard reads)
             conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
-            notes += 1
     return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes}
 
 

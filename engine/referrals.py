@@ -10,6 +10,15 @@ phone or shipping address), a referee who already bought before, a first order
 below the minimum, a referrer over the weekly limit. A rewarded referral is
 reversed if that first order is fully refunded or cancelled.
 
+A shipping address is a self-referral when the referee's first order ships
+to an address any of the referrer's orders shipped to (or the referrer's
+profile's): decided again with the rest after each of the referee's orders,
+and after each order that gives the referrer an address they had not shipped
+to (``referrer_moved``). The first order's address is the one its newest
+delivery with an address gave (a refund's delivery has none; a till sale
+has none, so it is not compared). Not the referee's latest address: that
+would make the answer depend on which of their deliveries came last.
+
 The decision is a function of the referee's orders, not of the order their
 deliveries came in (PRODUCT.md, invariant 2): after every order of the referee
 (``decide``), the claim is decided again from the paid orders as they stand.
@@ -39,11 +48,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
 from engine.db.models import customers, ledger_entries, orders, referrals
+from engine.events import normalize_address
 from engine.orders import view
 from engine.rules_api import UNIT_POINTS, ReferralProgram
 
@@ -52,15 +62,19 @@ ACTIVE = ("claimed", "rewarded")
 AT_LIMIT = "the referrer reached the limit of"
 BOUGHT_BEFORE = "the customer had already bought (in some channel) before using the code"
 REVERSED = "the first order was refunded in full or cancelled"
+#: the referee's first order ships where the referrer's did (decided again with the orders)
+SHIPS_TO_REFERRER = "self-referral: the first order ships to the referrer's address"
 # Built once: looked up after every order of a referee. A claim whose outcome
 # depends on the referee's orders: decided again after each.
+_DECIDED_AGAIN = (
+    referrals.c.status.in_((*ACTIVE, "reversed"))
+    | ((referrals.c.status == "refused")
+       & (referrals.c.reason.in_((BOUGHT_BEFORE, SHIPS_TO_REFERRER)) | referrals.c.reason.like("the first order (%")
+          | referrals.c.reason.like(f"{AT_LIMIT}%")))
+)
 _OPEN_CLAIM = (
     select(referrals)
-    .where(referrals.c.referee_id == bindparam("customer_id"),
-           referrals.c.status.in_((*ACTIVE, "reversed"))
-           | ((referrals.c.status == "refused")
-              & (referrals.c.reason.in_((BOUGHT_BEFORE,)) | referrals.c.reason.like("the first order (%")
-                 | referrals.c.reason.like(f"{AT_LIMIT}%"))))
+    .where(referrals.c.referee_id == bindparam("customer_id"), _DECIDED_AGAIN)
     .order_by(referrals.c.status.in_(ACTIVE).desc(), referrals.c.claimed_at, referrals.c.id)
     .limit(1)
 )
@@ -147,6 +161,19 @@ def merge_referrals(conn: Connection, keep: int, gone: int, at: datetime) -> Non
     )
 
 
+def _ships_to(conn: Connection, referrer_id: int, address: str | None) -> bool:
+    """Whether ``address`` is one the referrer's orders shipped to, or their
+    profile's (normalized as ``customers.address`` is)."""
+    address = normalize_address(address)
+    if address is None or referrer_id is None:
+        return False
+    theirs = union_all(
+        select(customers.c.address).where(customers.c.id == referrer_id),
+        select(orders.c.state["address"].as_string()).where(orders.c.customer_id == referrer_id),
+    ).subquery()
+    return any(normalize_address(known) == address for known in conn.execute(select(theirs)).scalars())
+
+
 def _stands(order) -> bool:
     """Paid, not cancelled, and not refunded in full (its status says so, or
     its refunds took all its eligible spend)."""
@@ -183,9 +210,7 @@ class Referrals:
             # referrer is the one they joined (whose keys are the ones to compare).
             seen.add(referrer.id)
             referrer = conn.execute(_REFERRER.where(customers.c.id == referrer.merged_into)).one()
-        referee = conn.execute(
-            select(customers.c.email, customers.c.phone, customers.c.address).where(customers.c.id == referee_id)
-        ).one()
+        referee = conn.execute(select(customers.c.email, customers.c.phone).where(customers.c.id == referee_id)).one()
         reason = None
         if active is not None:
             reason = already_referred(active.code)
@@ -193,9 +218,8 @@ class Referrals:
             reason = f"no customer has the referral code {code}"
         elif referrer.id == referee_id:
             reason = SELF_REFERRAL
-        elif any(a and a == b for a, b in ((referrer.email, referee.email), (referrer.phone, referee.phone),
-                                           (referrer.address, referee.address))):
-            reason = "self-referral: the referrer has the same email, phone or shipping address"
+        elif any(a and a == b for a, b in ((referrer.email, referee.email), (referrer.phone, referee.phone))):
+            reason = "self-referral: the referrer has the same email or phone"  # (addresses: ``decide``)
         row_id = conn.execute(
             referrals.insert().returning(referrals.c.id),
             {"referrer_id": referrer.id if referrer else None, "referee_id": referee_id, "code": code,
@@ -264,6 +288,17 @@ class Referrals:
                     break
         return self.decide(conn, customer_id, at)
 
+    def referrer_moved(self, conn: Connection, customer_id: int, at: datetime) -> int:
+        """An order of ``customer_id`` gave an address none of their orders
+        had: the claims of their referees still open are decided again
+        (one of them may have shipped there). Returns entries posted."""
+        referees = conn.execute(
+            select(referrals.c.referee_id).distinct()
+            .where(referrals.c.referrer_id == customer_id, referrals.c.referee_id != customer_id,
+                   _DECIDED_AGAIN)
+        ).scalars().all()
+        return sum(self.decide(conn, referee_id, at) for referee_id in referees)
+
     def decide(self, conn: Connection, customer_id: int, at: datetime) -> int:
         """The referee's claim decided from their paid orders as they stand
         (the module's docstring says how); both rewards posted or taken back
@@ -277,7 +312,9 @@ class Referrals:
             first = paid[0]
             ref, paid_at = f"order:{first.channel}:{first.external_id}", as_utc(first.paid_at)
             first_view = view(first.id, first.channel, first.external_id, first.state, first.multipliers)
-            if paid_at < self._claimed_when(claim, paid):
+            if _ships_to(conn, claim.referrer_id, first_view.address):
+                status, reason = "refused", SHIPS_TO_REFERRER
+            elif paid_at < self._claimed_when(claim, paid):
                 status, reason = "refused", BOUGHT_BEFORE
             elif not _stands(first_view):
                 status, reason = "reversed", REVERSED

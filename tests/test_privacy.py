@@ -10,9 +10,11 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from engine import inbox
 from engine.customers import customer_summary
+from engine.db.models import orders
 from engine.privacy import UnknownCustomer, erase, export
 from tests.conftest import CONTRACTS
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
@@ -70,6 +72,9 @@ def test_erasure_removes_what_identifies_the_person_and_keeps_the_balances_exact
     assert not any(EMAIL.encode() in b or b"+420601123456" in b or b"ring twice" in b for b in bodies)
     assert any(b"petr@example.cz" in b for b in bodies)  # other customers' deliveries are kept
     assert customer_summary(engine, "petr@example.cz")["points"] == 5
+    with engine.db.connect() as conn:  # the shipping address kept for the referral guard goes too
+        kept = [r.state.get("address") for r in conn.execute(select(orders).order_by(orders.c.id))]
+    assert kept == [None, None, "123 Shipping Street, 40003, US"]  # (Jana's two orders, then Petr's)
 
 
 def test_an_unknown_customer_is_refused(engine):

@@ -18,7 +18,7 @@ from engine.config import ConfigError
 from engine.customers import customer_summary
 from engine.db.models import customers, referrals
 from engine.hookspecs import hookimpl
-from engine.referrals import ReferralRefused
+from engine.referrals import SHIPS_TO_REFERRER, ReferralRefused
 from engine.rules_api import ReferralProgram
 from tests.conftest import DEFAULT_TABLES, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order, shuffled_with_resends
@@ -160,9 +160,47 @@ def test_self_referrals_are_refused(shop, same):
         expected = "a customer can't refer themselves"
     else:
         buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="1 Elm Street")  # the referrer's address
-        expected = "self-referral: the referrer has the same email, phone or shipping address"
+        expected = SHIPS_TO_REFERRER
     assert statuses(shop)[-1] == ("refused", expected)
     assert points(shop, REFERRER) in (10, 40)
+
+
+def test_the_address_compared_is_the_first_order_s_not_the_referee_s_latest(shop):
+    """The first order ships to the referrer's street; a later one to the
+    referee's own: still a self-referral, in either arrival order."""
+    buy(shop, 3, REFEREE, "30.00", channel="woocommerce", address="7 Oak Street")
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="1 Elm Street")
+    assert statuses(shop) == [("refused", SHIPS_TO_REFERRER)]
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (60, 10)
+
+
+def test_a_first_order_whose_address_is_corrected_is_decided_again(shop):
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="1 Elm Street")
+    assert statuses(shop) == [("refused", SHIPS_TO_REFERRER)]
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="2 Elm Street", hours=1)  # a newer snapshot
+    assert statuses(shop) == [("rewarded", None)]
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (130, 210)
+
+
+def test_the_referrer_s_order_to_that_address_delivered_late_takes_the_rewards_back(shop):
+    """The referrer shipped to 9 Birch Lane before the referee's first order
+    went there; that order of theirs arrives last: any address the
+    referrer's orders shipped to counts, whenever it was delivered."""
+    buy(shop, 2, REFEREE, "30.00", code=code_of(shop), address="9 Birch Lane")
+    assert statuses(shop) == [("rewarded", None)]
+    buy(shop, 5, REFERRER, "10.00", address="9  birch lane", hours=-4)  # at hour 1; as normalized
+    assert statuses(shop) == [("refused", SHIPS_TO_REFERRER)]
+    assert (points(shop, REFEREE), points(shop, REFERRER)) == (30, 20)
+    with shop.db.connect() as conn:
+        assert shop.ledger.audit(conn) == []
+
+
+def test_a_claim_at_the_counter_is_judged_on_the_first_order_s_address(shop):
+    buy(shop, 9, REFEREE, "5.00", channel="woocommerce", cancelled=True)  # known, never bought
+    shop.claim_referral(REFEREE, code_of(shop), at=T0 + timedelta(hours=1, minutes=30))
+    assert statuses(shop) == [("claimed", None)]
+    buy(shop, 2, REFEREE, "30.00", address="1 Elm Street")
+    assert statuses(shop) == [("refused", SHIPS_TO_REFERRER)]
 
 
 def test_a_referrer_has_a_weekly_limit(shop):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, bindparam, func, select, text, update
+from sqlalchemy import Boolean, bindparam, case, func, literal, null, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc, utcnow
@@ -240,6 +240,21 @@ class Ledger:
             "expires_at": add_months(earned_at, self.expiry_months) if self.expiry_months else None,
             "available_at": earned_at + timedelta(days=self.pending_days) if pending and self.pending_days else None,
         }
+
+    def redate_lots(self, conn: Connection, customer_id: int, source: str, earned_at: datetime) -> None:
+        """Date again the points lots ``source``'s entries opened for the
+        customer (an order whose earlier payment arrived late, a referral
+        that now counts from an earlier first order): their expiry and return
+        window count from ``earned_at``, as if it had been known when they
+        were posted."""
+        entries = select(ledger_entries.c.id).join(accounts, accounts.c.id == ledger_entries.c.account_id).where(
+            accounts.c.customer_id == customer_id, accounts.c.unit == UNIT_POINTS, ledger_entries.c.source == source)
+        dates = self._lot_dates(earned_at, pending=True)
+        values = {"earned_at": earned_at, "expires_at": dates["expires_at"]}
+        if dates["available_at"] is not None:  # (a lot that was never pending stays so)
+            values["available_at"] = case((lots.c.available_at.is_(None), null()),
+                                          else_=literal(dates["available_at"], lots.c.available_at.type))
+        conn.execute(update(lots).where(lots.c.entry_id.in_(entries), lots.c.earned_at != earned_at).values(values))
 
     def _open_lot(self, conn, account_id, entry_id, amount, earned_at, pending) -> None:
         _INSERT_LOT.execute(

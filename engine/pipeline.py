@@ -252,6 +252,8 @@ class Pipeline:
             # if it is no longer awardable (cancelled since), as the tiers count
             # it as it stood when paid with them (_tier_metric).
             paid_at_moved = row.paid_at is not None and order.paid_at != as_utc(row.paid_at)
+            if paid_at_moved and awarded:  # the points it earned count from its payment
+                self.ledger.redate_lots(conn, customer_id, f"order:{channel}:{external_id}", order.paid_at)
             if (order.awardable and multipliers is None) or (multipliers is not None and paid_at_moved):
                 if self.tiers.program:
                     customer = replace(customer, tier_changes=self.tiers.changes(conn, customer_id))

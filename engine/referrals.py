@@ -333,6 +333,8 @@ class Referrals:
                 return 0
             if claim.status == "rewarded":
                 self._decide(conn, claim.id, "rewarded", None, paid_at, ref)
+                for customer in (claim.referee_id, claim.referrer_id):  # its points count from that order
+                    self.ledger.redate_lots(conn, customer, f"referral:{claim.id}", paid_at)
             else:
                 self._decide(conn, claim.id, "refused", self._limit_reason(), paid_at, ref)
             return self.walk(conn, claim.referrer_id, at)
@@ -363,7 +365,7 @@ class Referrals:
             if allowed:
                 rewarded.append(moment)
                 if row.status != "rewarded":
-                    posted += self._post_both(conn, row, 1, at, row.order_ref)
+                    posted += self._post_both(conn, row, 1, at, row.order_ref, earned_at=moment)
                     self._decide(conn, row.id, "rewarded", None, moment, row.order_ref)
             elif row.status == "rewarded":
                 posted += self._post_both(conn, row, -1, at, row.order_ref)
@@ -385,7 +387,10 @@ class Referrals:
         values = {"status": status, "reason": reason, "decided_at": at, "order_ref": order_ref}
         conn.execute(update(referrals).where(referrals.c.id == referral_id).values(**values))
 
-    def _post_both(self, conn, claim, sign: int, at: datetime, order_ref: str | None) -> int:
+    def _post_both(self, conn, claim, sign: int, at: datetime, order_ref: str | None,
+                   earned_at: datetime | None = None) -> int:
+        """Both rewards posted (``sign`` 1) or taken back (-1); points gained
+        are dated ``earned_at``: the first order's payment."""
         kind = "reward" if sign > 0 else "reverse"
         # A referral may be rewarded, taken back and rewarded again for the same
         # order (the weekly limit walked again): each posting its own key.
@@ -399,7 +404,8 @@ class Referrals:
                 # Keyed by the order rewarded: a referral taken back may be
                 # rewarded again for an earlier first order delivered later.
                 self.ledger.post(conn, customer_id, UNIT_POINTS, sign * points, "referral", f"referral:{claim.id}",
-                                 None, f"referral:{claim.id}:{who}:{kind}:{order_ref}{again}", at)
+                                 None, f"referral:{claim.id}:{who}:{kind}:{order_ref}{again}", at,
+                                 earned_at=earned_at)
                 posted += 1
         return posted
 

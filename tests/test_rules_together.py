@@ -24,10 +24,10 @@ from decimal import Decimal
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from engine.customers import customer_summary
-from engine.db.models import customers, orders, referrals, rewards
+from engine.db.models import accounts, customers, lots, orders, referrals, rewards
 from engine.jobs import run as run_job
 from engine.referrals import SHIPS_TO_REFERRER, ReferralRefused
 from tests.conftest import DEFAULT_TABLES, examples
@@ -279,12 +279,11 @@ def _state(engine) -> dict:
     """What PRODUCT.md says the deliveries decide, whatever their order, by
     customer email and order (ids and codes differ between engines).
 
-    Left out: ``points_pending``, measured against the wall clock; voided
-    rewards (a card filled, then emptied by a refund, voids the reward it
-    issued; the refund arriving first never issues it): the unused ones are
-    compared; and the lots, which are not order-independent today: they are
-    dated by the delivery that posted their points (reported, see
-    ``test_points_an_upgrade_found_late_adds_to_an_order_expire_...`` below)."""
+    The open points lots are compared by their dates (what the expiry job
+    reads), summed per date. Left out: ``points_pending``, measured against
+    the wall clock; voided rewards (a card filled, then emptied by a refund,
+    voids the reward it issued; the refund arriving first never issues it):
+    the unused ones are compared."""
     state = {}
     for email in PEOPLE:
         found = customer_summary(engine, email)
@@ -294,6 +293,7 @@ def _state(engine) -> dict:
             "tier": found["tier"],
             "upgrades": [(h["from"], h["to"], h["reason"], h["at"], h["metric"]) for h in found["tier_history"]],
             "memberships": sorted(tuple(sorted(m.items())) for m in found["memberships"]),
+            "lots": _lots(engine, email),
             # (a refusal seen twice, its order delivered twice, is recorded twice)
             "referrals": sorted({(r["role"], r["status"], r["reason"] or "", r["order"] or "")
                                  for r in found["referrals"]}),
@@ -485,6 +485,52 @@ def test_points_an_upgrade_found_late_adds_to_an_order_expire_as_months_after_th
         run_job(engine, "expire", paid[1] + timedelta(days=365 + 5))  # order 1's points have expired, not order 2's
         results.append(customer_summary(engine, JANA)["points"])
     assert results[1] == results[0] == 50
+
+
+def _lots(engine, email: str) -> list[tuple[str, str, int]]:
+    """A customer's open points lots: (earned, expires, remaining), summed by date."""
+    with engine.db.connect() as conn:
+        rows = conn.execute(
+            select(lots.c.earned_at, lots.c.expires_at, func.sum(lots.c.remaining))
+            .join(accounts, accounts.c.id == lots.c.account_id).join(customers, customers.c.id == accounts.c.customer_id)
+            .where(customers.c.email == email, lots.c.remaining > 0).group_by(lots.c.earned_at, lots.c.expires_at)
+        ).all()
+    return sorted((str(earned), str(expires), int(remaining)) for earned, expires, remaining in rows)
+
+
+def test_an_order_known_first_from_its_refund_s_snapshot_dates_its_points_again_when_its_payment_arrives(
+    make_engine, tmp_path, _sqlite_template
+):
+    """Found by the property once it compared the lots: a referee's order
+    paid on day 1 (carrying the code), partly refunded on day 10. When the
+    refund's snapshot came first, the order was awarded as paid on day 10:
+    its points' lot, and both referral rewards', were dated day 10, and
+    stayed so when the day 1 payment arrived. Now the lots are dated again
+    (``Ledger.redate_lots``) when the payment moves, and a referral's rewards
+    are dated by the first order's payment, not by the delivery that
+    decided them: the expiry job a year and five days on expires the same."""
+    tables = referral_tables()
+    tables = {**tables, "rules": {**tables["rules"], "expiry": {"months": 12}}}
+    order = PlannedOrder("shopify", 2, JANA, (Line(Decimal("30.00"), 1),))
+    day = {n: T0 + timedelta(days=n) for n in (1, 10)}
+    results = []
+    for arrival in (("paid", "refunded"), ("refunded", "paid")):
+        engine = _fresh(make_engine, tmp_path, _sqlite_template, tables)
+        buy(engine, 1, REFERRER, "10.00")
+        code = code_of(engine)
+        for step in arrival:
+            if step == "paid":
+                body = _shopify_order(order, "paid", day[1], [], False)
+            else:
+                body = _shopify_order(order, "partially_refunded", day[10],
+                                      [_shopify_refund(order, 0, Decimal("5.00"), day[10])], False)
+            body["discount_codes"] = [{"code": code, "amount": "0.00", "type": "fixed_amount"}]
+            assert engine.ingest("shopify", "orders/updated", json.dumps(body).encode()).status == "applied"
+        lots_before = (_lots(engine, JANA), _lots(engine, REFERRER))
+        run_job(engine, "expire", day[1] + timedelta(days=365 + 5))
+        results.append((lots_before, points(engine, JANA), points(engine, REFERRER)))
+    assert results[1] == results[0]
+    assert results[0][1:] == (0, 0)  # all expired, a year after the payment on day 1
 
 
 def test_a_referee_who_once_shipped_to_the_referrer_s_address_is_decided_the_same_whatever_the_order(

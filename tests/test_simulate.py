@@ -253,6 +253,8 @@ def test_a_till_s_card_code_and_a_referral_code_find_their_customers_in_the_repl
     body = _shopify_order(PlannedOrder("shopify", 999, "newcomer@example.com", (Line(Decimal("30.00"), 1),)),
                           "paid", T0, [], False)
     body["discount_codes"] = [{"code": first.referral_code, "amount": "0.00", "type": "fixed_amount"}]
+    # (a street of their own: every contract body ships to one, which the referrer's orders shipped to)
+    body["shipping_address"] = {**body["shipping_address"], "address1": "9 Newcomer Lane"}
     assert today.ingest("shopify", "orders/paid", json.dumps(body).encode()).status == "applied"
     real = state(today)
     assert real["newcomer@example.com"][0]["points"] == 130  # 30 and the referee's 100

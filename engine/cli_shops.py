@@ -136,6 +136,8 @@ def reconcile(ctx, channel: str, since) -> None:
         summary += f"; {counts['revisited']} read again for their refunds' details"
     if counts["undetailed"]:
         summary += f"; {counts['undetailed']} without their refunds' details"
+    if counts["refunds_deleted"]:
+        summary += f"; {counts['refunds_deleted']} refunds deleted in the shop no longer count"
     console.print(f"{total} orders from {channel}" + (f": {summary}" if summary else ""), highlight=False)
     if counts["failed"] or counts["undetailed"]:
         sys.exit(1)

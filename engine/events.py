@@ -191,6 +191,12 @@ class OrderSchema(_Strict):
     tip = Money(load_default=Decimal(0))
     total = Money(load_default=None, allow_none=True)
     refunds = fields.List(fields.Nested(RefundSchema), load_default=list)
+    #: the snapshot lists every refund the order has (WooCommerce's): one made
+    #: before it and not listed was deleted in the shop (engine.orders)
+    refunds_complete = fields.Boolean(load_default=False)
+    #: when a complete list held for certain (the shop's API read, not the
+    #: order changed): a refund made before it and not listed was deleted
+    refunds_listed_at = UtcDateTime(load_default=None, allow_none=True)
     #: any length: a code longer than a reward's matches none
     discount_codes = fields.List(fields.String(), load_default=list)
     #: free-form attributes the channel sent (note attributes, meta data)

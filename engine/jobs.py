@@ -117,7 +117,9 @@ def reconcile_shops(engine, now: datetime) -> str:
             continue
         found = ", ".join([f"{counts[s]} {s}" for s in STATUSES if counts[s]]
                           + ([f"{counts['revisited']} revisited for refund details"] if counts["revisited"] else [])
-                          + ([f"{counts['undetailed']} without refund details"] if counts["undetailed"] else []))
+                          + ([f"{counts['undetailed']} without refund details"] if counts["undetailed"] else [])
+                          + ([f"{counts['refunds_deleted']} refunds deleted in the shop"]
+                             if counts["refunds_deleted"] else []))
         parts.append(f"{channel}: {sum(counts[s] for s in STATUSES)} orders" + (f" ({found})" if found else ""))
     if not parts:
         return "nothing to reconcile: no [connectors.shopify] or [connectors.woocommerce] table"

@@ -12,6 +12,12 @@ worth *now* and posts the difference against what it already earned:
   and in its own webhook, counts once; of two reports of one refund, the one
   read from its lines wins (``itemized``: WooCommerce's webhooks know only a
   refund's total, the reconciliation its lines), then the larger amount;
+- a refund deleted in the shop (WooCommerce allows it) stops counting: the
+  newest snapshot that lists every refund of the order (``refunds_complete``)
+  leaves it out though it was made before that snapshot (its version, or
+  ``refunds_listed_at``: when the reconciliation read it). It is kept apart
+  (``refunds_deleted``), so an older snapshot that still lists it, delivered
+  late, does not bring it back;
 - the shipping address comes from the newest delivery that gave one (a
   refund's delivery gives none), for the referral guard (``engine.referrals``);
 - ``paid`` is remembered once seen, so a refund or an update that arrives
@@ -109,12 +115,13 @@ def merge(state: dict | None, event: dict) -> dict:
             if state["paid_at"] is None or paid_at < state["paid_at"]:
                 state["paid_at"] = paid_at
 
+    every = {**(state.get("refunds_deleted") or {}), **state["refunds"]}  # (an id is in one of them)
     for refund in order.get("refunds") or ():
         rid = refund["id"]
         parts = (bool(refund.get("itemized")), refund["amount"], refund.get("tax") or Decimal(0))
-        known = state["refunds"].get(rid)
+        known = every.get(rid)
         if known is None or parts > _refund_parts(known):
-            state["refunds"][rid] = _stored_refund(*parts)
+            every[rid] = _stored_refund(*parts)
         moment = _utc_iso(refund.get("occurred_at") or event["occurred_at"])
         if rid not in refund_at or moment < refund_at[rid]:
             refund_at[rid] = moment
@@ -122,7 +129,31 @@ def merge(state: dict | None, event: dict) -> dict:
             made_at[rid] = moment
     if made_at:
         state["refund_made_at"] = made_at
+    if order.get("refunds_complete") and order.get("lines") is not None:
+        # A list holds from the order's version, or from when the shop's API
+        # was read for it (a refund deleted there leaves the order's version as it was).
+        listed_at = order.get("refunds_listed_at")
+        held = [max(stamp[0], _utc_iso(listed_at)) if listed_at is not None else stamp[0], *stamp[1:]]
+        listing = state.get("refund_list")
+        if listing is None or held > listing["stamp"]:
+            state["refund_list"] = {"stamp": held, "ids": sorted(refund["id"] for refund in order["refunds"])}
+    gone = _deleted(every, refund_at, state.get("refund_list"))
+    state["refunds"] = {rid: parts for rid, parts in every.items() if rid not in gone}
+    if gone:
+        state["refunds_deleted"] = {rid: every[rid] for rid in sorted(gone)}
+    else:
+        state.pop("refunds_deleted", None)
     return state
+
+
+def _deleted(refunds: dict, refund_at: dict, listing: dict | None) -> set[str]:
+    """The refunds deleted in the shop: the newest snapshot that lists all of
+    an order's refunds (``refunds_complete``: WooCommerce's) does not list
+    them, though they were made (or first seen) before it."""
+    if listing is None:
+        return set()
+    listed, version = set(listing["ids"]), listing["stamp"][0]
+    return {rid for rid in refunds if rid not in listed and refund_at.get(rid, version) < version}
 
 
 def undetailed_refunds(state: dict) -> list[str]:

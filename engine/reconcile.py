@@ -25,8 +25,12 @@ of the runs, so each WooCommerce run then also comes back to up to
 its total (``engine.orders.undetailed_refunds``; ``undetailed_orders`` finds
 them), the most recently changed first: it reads each again (``GET
 orders/<id>``) with its refunds. Once read, a refund is known with its own
-time and the order is not asked for again; one the shop can no longer give
-(deleted there) is asked for on later runs, behind the others.
+time and the order is not asked for again. One the order read again no
+longer lists was deleted in the shop (WooCommerce allows it, and leaves the
+order's ``date_modified`` as it was): it stops counting, its points come
+back (``engine.orders``), and it is counted ``refunds_deleted``. One the
+order still lists but its refunds endpoint does not return is asked for on
+later runs, behind the others.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, select, text
 
+from connectors.woocommerce.translate import LISTED_AT
+from engine.db import utcnow
 from engine.db.models import orders
 from engine.orders import undetailed_refunds
 from engine.outbox import shop_client
@@ -51,6 +57,9 @@ SOURCE_HEADER = "X-Regulars-Source"
 STATUSES = ("applied", "duplicate", "ignored", "failed")
 #: the orders with refunds known only by their totals one run comes back to, at most
 REVISIT_LIMIT = 50
+#: an order read again lists its refunds as they were this long before the
+#: start of the day it was read (the shop's clock and this machine's may differ)
+LISTED_MARGIN = timedelta(minutes=10)
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,12 @@ def undetailed_orders(conn, channel: str, limit: int, skip: Iterable[str] = ()) 
     return {external_id: undetailed_refunds(states[external_id]) for external_id in chosen}
 
 
+def listed_at(now: datetime) -> str:
+    """What an order read again at ``now`` says of when its list of refunds
+    held (``LISTED_AT``): the start of that day, less ``LISTED_MARGIN``."""
+    return (now.replace(hour=0, minute=0, second=0, microsecond=0) - LISTED_MARGIN).isoformat()
+
+
 class _Feed:
     """One run's ingestion of a channel's orders, with what it counted."""
 
@@ -144,10 +159,16 @@ class _Feed:
         self.detail = getattr(client, "with_refund_details", None)
         self.counts: Counter = Counter()
         self.failed: list = []
+        #: order id -> the refunds the engine holds that the order read again no longer lists
+        self.gone: dict[str, list[str]] = {}
 
     def revisit(self, external_id: str, known: list[str]) -> None:
         """An order the engine holds with refunds ``known`` only by their
-        totals, read again with them."""
+        totals, read again with them. Its list of refunds holds from the
+        start of the day it was read (``LISTED_AT``, less ``LISTED_MARGIN``
+        for the two clocks; a day's runs send one same delivery): one it no
+        longer lists, made before, was deleted in the shop, which leaves the
+        order's version as it was (``engine.orders``)."""
         try:
             order = self.client.order(external_id)
         except Exception as exc:  # the shop's API (its errors say ``retryable``): the others go on
@@ -155,7 +176,7 @@ class _Feed:
                 raise
             self._undetailed(external_id, None, f"the order could not be read again: {exc}")
             return
-        self.order(order, known)
+        self.order({**order, LISTED_AT: listed_at(utcnow())}, known)
 
     def order(self, order: dict, known: list[str] = ()) -> None:
         """Ingest one order, with its refunds' details when they can be read
@@ -173,6 +194,19 @@ class _Feed:
             # Read and sent before, yet the engine still holds them by their totals.
             problem = (f"its refunds were read and sent before, as delivery {outcome.inbox_id}, which is not applied "
                        "(failed: `regulars events list --failed`; or still waiting)")
+        gone = self.gone.pop(str(order.get("id")), [])
+        if gone:
+            with self.engine.db.connect() as conn:
+                state = conn.execute(select(orders.c.state).where(
+                    orders.c.channel == self.channel, orders.c.external_id == str(order.get("id")))).scalar() or {}
+            kept = [rid for rid in gone if rid in (state.get("refunds") or {})]
+            self.counts["refunds_deleted"] += len(gone) - len(kept)
+            if kept:
+                problem = "; ".join(filter(None, [problem, f"{_refunds_named(kept)} no longer listed by the order "
+                                                           "(deleted in the shop?), yet still counted"]))
+            if len(kept) < len(gone):
+                log.info("reconcile %s: order %s: refunds %s were deleted in the shop: they no longer count",
+                         self.channel, order.get("id"), ", ".join(rid for rid in gone if rid not in kept))
         if problem is not None:
             self._undetailed(str(order.get("id")), outcome.inbox_id, problem)
 
@@ -198,8 +232,8 @@ class _Feed:
         if unread:
             reasons.append(f"{_refunds_named(unread)} not among those GET orders/{oid}/refunds returned "
                            "(deleted meanwhile, or moved while its pages were read)")
-        if gone:
-            reasons.append(f"{_refunds_named(gone)} no longer listed by the order (deleted in the shop?)")
+        if gone:  # deleted in the shop: they stop counting (engine.orders), which ``order`` checks
+            self.gone[str(oid)] = gone
         return detailed, "; ".join(reasons) or None
 
     def _refunds(self, order: dict) -> tuple[list[dict], str | None]:

@@ -142,3 +142,39 @@ def test_the_address_is_the_newest_delivery_s_that_gave_one_in_any_order():
         assert state["address"] == "2 Elm Street"
         assert view(1, "woocommerce", "6001", state, None).address == "2 Elm Street"
     assert "address" not in _state(PAID_EVENT)
+
+
+def _listing(key: str, at: datetime, refunds: list[dict], listed_at: datetime | None = None) -> dict:
+    event = _event(key, at, refunds)
+    event["order"]["refunds_complete"] = True  # (as WooCommerce's translation says)
+    event["order"]["refunds_listed_at"] = listed_at
+    return event
+
+
+def test_a_refund_deleted_in_the_shop_stops_counting_whatever_the_order_and_an_old_snapshot_does_not_bring_it_back():
+    listed = _listing("a", SHOWN, [{"id": "801", "amount": "12.90"}])
+    after = _listing("b", SHOWN + timedelta(days=1), [])  # the order changed since, 801 gone
+    for events in itertools.permutations([PAID_EVENT, listed, after]):
+        state = _state(*events, listed)  # (the old webhook resent last)
+        assert state["refunds"] == {} and list(state["refunds_deleted"]) == ["801"]
+        assert _eligible(state) == Decimal("18.00")
+        assert undetailed_refunds(state) == []
+
+
+def test_an_order_read_again_with_its_version_unchanged_says_from_when_its_list_held():
+    """WooCommerce leaves date_modified as it was when a refund is deleted:
+    the same version read again a day later lists it no more."""
+    listed = _listing("a", SHOWN, [{"id": "801", "amount": "12.90"}])
+    same_version = _listing("b", SHOWN, [])
+    assert _eligible(_state(PAID_EVENT, listed, same_version)) == Decimal("5.10")  # (no saying which is newer)
+    read_later = _listing("c", SHOWN, [], listed_at=SHOWN + timedelta(days=1))
+    for events in itertools.permutations([PAID_EVENT, listed, read_later]):
+        assert _eligible(_state(*events)) == Decimal("18.00")
+    made_after = _listing("d", SHOWN + timedelta(days=2), [{"id": "802", "amount": "1.00"}])
+    assert _eligible(_state(PAID_EVENT, read_later, made_after)) == Decimal("17.00")  # a refund made after: counts
+
+
+def test_a_shopify_snapshot_never_deletes_a_refund():
+    listed = _event("a", SHOWN, [{"id": "801", "amount": "12.90"}])
+    after = _event("b", SHOWN + timedelta(days=1), [])  # (no refunds_complete)
+    assert _eligible(_state(PAID_EVENT, listed, after)) == Decimal("5.10")

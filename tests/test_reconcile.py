@@ -11,8 +11,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
+from connectors.woocommerce.translate import LISTED_AT
 from engine.cli import main
-from engine.reconcile import Undetailed, reconcile
+from engine.db import utcnow
+from engine.reconcile import Undetailed, listed_at, reconcile
 from tests.fakes.woocommerce import FakeWoo
 from tests.serving import free_port
 
@@ -400,7 +402,8 @@ def test_an_order_left_undetailed_is_read_again_by_a_later_run_and_once_read_not
 
         woo.requests.clear()
         counts, failed = reconcile(engine, "woocommerce", since=LATER)
-        assert counts == {"applied": 1, "duplicate": 1, "revisited": 2, "undetailed": 1}
+        # (6001 read again goes in as a delivery of its own, its list of refunds as it held that day)
+        assert counts == {"applied": 2, "revisited": 2, "undetailed": 1}
         assert [(problem.order_id, problem.error) for problem in failed] == [(
             "6001", "WooCommerce order_refunds (GET orders/6001/refunds) failed: HTTP 500 fake_failure: "
                     "Injected HTTP 500 for this order's refunds.")]
@@ -522,21 +525,28 @@ def test_a_refund_the_order_lists_but_the_shop_does_not_return_is_reported_and_r
         assert _points(engine) == 3  # 18.00 - 12.00 - 3.00
 
 
-def test_a_refund_deleted_in_the_shop_is_reported_on_each_run_and_the_rest_of_the_order_is_read(
+def test_a_refund_deleted_in_the_shop_stops_counting_once_the_order_is_read_again_and_is_not_asked_for_again(
         make_engine, monkeypatch):
+    """801 was deleted in the shop after its webhook: WooCommerce leaves the
+    order's date_modified as it was, so only the order read again (its list
+    of refunds as it held that day) says so. Its points come back; 811 is
+    read from its lines; the next run has nothing left to ask."""
     from tests.fakes.woocommerce import with_refunds
 
     paid, _, second, shown = _two_refunds()
-    now = with_refunds(paid, [second], T0 + timedelta(hours=3))  # 801 deleted in the shop since
+    now = {**with_refunds(paid, [second], T0 + timedelta(hours=3)), "date_modified_gmt": shown["date_modified_gmt"]}
     with _woo(monkeypatch, [now], {6001: [second]}) as woo:
         engine = make_engine(_tables(woo.url))
         _send(engine, shown)
-        gone = Undetailed("6001", 2, "refund 801 is no longer listed by the order (deleted in the shop?)")
-        assert reconcile(engine, "woocommerce", since=LATER) == ({"applied": 1, "revisited": 1, "undetailed": 1},
-                                                                 [gone])
-        assert _points(engine) == 2  # 811 read; 801, still kept, whole
+        assert _points(engine) == 1  # both refunds, whole
         assert reconcile(engine, "woocommerce", since=LATER) == (
-            {"duplicate": 1, "revisited": 1, "undetailed": 1}, [gone])
+            {"applied": 1, "revisited": 1, "refunds_deleted": 1}, [])
+        assert _points(engine) == 15  # 811 read from its lines; 801 no longer counts
+        assert reconcile(engine, "woocommerce", since=LATER) == ({}, [])
+        _send(engine, shown)  # the old webhook again: 801 stays deleted
+        assert _points(engine) == 15
+        with engine.db.connect() as conn:
+            assert engine.ledger.audit(conn) == []
 
 
 def test_the_cli_says_how_many_older_orders_it_read_again(tmp_path, monkeypatch):
@@ -561,7 +571,8 @@ def test_refunds_read_before_but_not_applied_are_reported_not_asked_for_in_silen
     with _woo(monkeypatch, [shown], {6001: [refund]}) as woo:
         engine = make_engine(_tables(woo.url))
         _send(engine, shown)
-        body = json.dumps(WooStore(woo.url, woo.key, woo.secret).with_refund_details(shown)).encode()
+        read = WooStore(woo.url, woo.key, woo.secret).with_refund_details(shown)
+        body = json.dumps({**read, LISTED_AT: listed_at(utcnow())}).encode()  # as a run today reads it
         assert engine.receive("woocommerce", "order.updated", body).status == "received"  # kept, not applied yet
         counts, failed = reconcile(engine, "woocommerce", since=LATER)
         assert counts == {"duplicate": 1, "revisited": 1, "undetailed": 1}

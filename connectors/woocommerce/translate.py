@@ -35,6 +35,9 @@ CUSTOMER_TOPICS = ("customer.created", "customer.updated")
 TOPICS = (*ORDER_TOPICS, ORDER_DELETED, *CUSTOMER_TOPICS)
 
 DEFAULT_ORDER_KEY_META = "_regulars_ref"
+#: set by regulars on an order it read from the shop's API (``engine.reconcile``),
+#: never by WooCommerce: the moment its list of refunds held for certain
+LISTED_AT = "_regulars_listed_at"
 
 PAID_STATUSES = frozenset({"processing", "completed"})
 CANCELLED_STATUSES = frozenset({"cancelled", "failed", "trash"})
@@ -87,10 +90,28 @@ def resource_key(topic: str, payload: Mapping[str, Any], digest: Callable[[], st
 
 def refund_details_digest(payload: Mapping[str, Any]) -> str | None:
     """SHA-256 of the refund details an order body carries (see
-    ``with_refund_details``), or None when it carries none (a webhook)."""
+    ``with_refund_details``), or None when it carries none (a webhook). Of
+    an order read by the reconciliation (``LISTED_AT``), of every refund it
+    lists and that moment: a refund deleted in the shop changes the list, not
+    the order's ``date_modified_gmt``, and the order read again must be a
+    delivery of its own (read again the same day, the same delivery)."""
     refunds = payload.get("refunds")
-    detailed = [entry for entry in refunds if _is_detailed(entry)] if isinstance(refunds, list) else []
+    listed = refunds if isinstance(refunds, list) else []
+    if payload.get(LISTED_AT) is not None:
+        return payload_digest({"listed_at": payload[LISTED_AT], "refunds": listed})
+    detailed = [entry for entry in listed if _is_detailed(entry)]
     return payload_digest(detailed) if detailed else None
+
+
+def _listed_at(payload: Mapping[str, Any]) -> str | None:
+    """``LISTED_AT`` as ISO 8601 (a reconciliation's body), or None."""
+    value = payload.get(LISTED_AT)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _is_datetime(value):
+        raise BadDelivery(f"{LISTED_AT} is not an ISO 8601 date: {value!r}.")
+    moment = datetime.fromisoformat(value)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def payload_digest(payload: Any) -> str:
@@ -127,6 +148,8 @@ def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
         "tax": _money(payload.get("total_tax"), f"Order {order_id}'s total_tax"),
         "total": _optional_money(payload.get("total"), f"Order {order_id}'s total"),
         "refunds": [_refund(entry, order_id, by_id) for entry in _list(payload, "refunds", order_id)],
+        "refunds_complete": True,  # (a refund deleted in the shop leaves the list)
+        "refunds_listed_at": _listed_at(payload),
         "discount_codes": _discount_codes(payload, order_id),
         "attributes": _attributes(payload, order_key_meta, order_id),
     }

@@ -138,7 +138,8 @@ def reconcile(ctx, channel: str, since) -> None:
         summary += f"; {counts['undetailed']} without their refunds' details"
     if counts["refunds_deleted"]:
         summary += f"; {counts['refunds_deleted']} refunds deleted in the shop no longer count"
-    console.print(f"{total} orders from {channel}" + (f": {summary}" if summary else ""), highlight=False)
+    console.print(f"{total} order{'' if total == 1 else 's'} from {channel}" + (f": {summary}" if summary else ""),
+                  highlight=False)
     if counts["failed"] or counts["undetailed"]:
         sys.exit(1)
 

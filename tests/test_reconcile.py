@@ -349,7 +349,7 @@ def test_the_cli_says_whose_refunds_were_not_read_and_exits_1(tmp_path, monkeypa
         config = _cli_shop(tmp_path, monkeypatch, woo.url)
         result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce"])
     assert result.exit_code == 1, result.output
-    assert "1 orders from woocommerce: 1 applied; 1 without their refunds' details" in result.output
+    assert "1 order from woocommerce: 1 applied; 1 without their refunds' details" in result.output
     assert "order 6001: refunds counted by their totals until a reconcile reads them: WooCommerce order_refunds " \
            "(GET orders/6001/refunds) failed: HTTP 500" in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -560,7 +560,7 @@ def test_the_cli_says_how_many_older_orders_it_read_again(tmp_path, monkeypatch)
         woo.refunds_failing.clear()
         result = CliRunner().invoke(main, ["--config", str(config), "reconcile", "woocommerce", "--since", "2024-06-10"])
     assert result.exit_code == 0, result.output
-    assert "1 orders from woocommerce: 1 applied; 1 read again for their refunds' details" in result.output
+    assert "1 order from woocommerce: 1 applied; 1 read again for their refunds' details" in result.output
 
 
 def test_refunds_read_before_but_not_applied_are_reported_not_asked_for_in_silence(make_engine, monkeypatch):

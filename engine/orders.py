@@ -5,8 +5,8 @@ change, the engine merges it into the order's state with a merge that is
 commutative, associative and idempotent, then asks the rules what the order is
 worth *now* and posts the difference against what it already earned:
 
-- the snapshot (lines, currency) and the status come from the newest delivery
-  (by the channel's ``version``, then the event time, then the key, so that
+- the snapshot (lines, currency, shipping address) and the status come from
+  the newest delivery (by the channel's ``version``, then the event time, then the key, so that
   equal times still give one answer); an older snapshot changes nothing;
 - refunds are a set keyed by refund id: a refund seen twice, or in a snapshot
   and in its own webhook, counts once; of two reports of one refund, the one
@@ -18,8 +18,6 @@ worth *now* and posts the difference against what it already earned:
   ``refunds_listed_at``: when the reconciliation read it). It is kept apart
   (``refunds_deleted``), so an older snapshot that still lists it, delivered
   late, does not bring it back;
-- the shipping address comes from the newest delivery that gave one (a
-  refund's delivery gives none), for the referral guard (``engine.referrals``);
 - ``paid`` is remembered once seen, so a refund or an update that arrives
   before the payment is kept and counted when the payment comes;
 - a cancellation without a version (WooCommerce's ``order.deleted``) is final;
@@ -94,11 +92,10 @@ def merge(state: dict | None, event: dict) -> dict:
             "attributes": dict(order.get("attributes") or {}),
             "test": bool(order.get("test")),
         }
+        address = (event.get("customer") or {}).get("address")
+        if address:  # (the referral guard reads it: engine.referrals)
+            state["snapshot"]["address"] = address
         state["snapshot_stamp"] = stamp
-
-    address = (event.get("customer") or {}).get("address")
-    if address and (state.get("address_stamp") is None or stamp > state["address_stamp"]):
-        state["address"], state["address_stamp"] = address, stamp
 
     status = order.get("status")
     if status is not None:
@@ -242,7 +239,7 @@ class OrderView:
     paid_at: datetime | None = None
     #: [(name, factor)] frozen when the order was first awarded
     multipliers: tuple = ()
-    #: the shipping address as one line, from the newest delivery that gave one
+    #: the shipping address as one line, as the newest snapshot gave it (None: none)
     address: str | None = None
 
     @property
@@ -297,5 +294,5 @@ def view(order_id: int, channel: str, external_id: str, state: dict, multipliers
         test=snapshot.get("test", False),
         paid_at=datetime.fromisoformat(state["paid_at"]) if state.get("paid_at") else None,
         multipliers=tuple(tuple(m) for m in (multipliers or ())),
-        address=state.get("address"),
+        address=snapshot.get("address"),
     )

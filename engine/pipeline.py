@@ -292,7 +292,8 @@ class Pipeline:
             posted += self._ask_again_about(conn, siblings, order, customer, at)
         if self.referrals.program and customer_id is not None:
             posted += self.referrals.on_order(conn, order, customer_id, at)
-            if order.address and (customer_id != row.customer_id or order.address != (row.state or {}).get("address")):
+            if order.address and (customer_id != row.customer_id
+                                  or order.address != ((row.state or {}).get("snapshot") or {}).get("address")):
                 # an address this customer may not have shipped to: as a referrer
                 posted += self.referrals.referrer_moved(conn, customer_id, at)
         if self.tiers.program:  # upgrades decided again from the order's paid time on (engine.tiers)

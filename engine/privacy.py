@@ -273,10 +273,10 @@ def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: li
         state = dict(row.state or {})
         snapshot = dict(state.get("snapshot") or {})
         notes += bool(snapshot.get("attributes"))
-        if snapshot.get("attributes") or state.get("address"):
-            if snapshot.get("attributes"):
-                state["snapshot"] = {**snapshot, "attributes": {}}
-            state.pop("address", None)  # (the shipping address, which the referral guard reads)
+        if snapshot.get("attributes") or snapshot.get("address"):
+            snapshot["attributes"] = {}
+            snapshot.pop("address", None)  # (the shipping address, which the referral guard reads)
+            state["snapshot"] = snapshot
             conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
     return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes}
 

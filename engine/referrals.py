@@ -15,8 +15,8 @@ to an address any of the referrer's orders shipped to (or the referrer's
 profile's): decided again with the rest after each of the referee's orders,
 and after each order that gives the referrer an address they had not shipped
 to (``referrer_moved``). The first order's address is the one its newest
-delivery with an address gave (a refund's delivery has none; a till sale
-has none, so it is not compared). Not the referee's latest address: that
+snapshot gives (a refund's delivery changes none; a till sale has none, so
+it is not compared). Not the referee's latest address: that
 would make the answer depend on which of their deliveries came last.
 
 The decision is a function of the referee's orders, not of the order their
@@ -169,7 +169,7 @@ def _ships_to(conn: Connection, referrer_id: int, address: str | None) -> bool:
         return False
     theirs = union_all(
         select(customers.c.address).where(customers.c.id == referrer_id),
-        select(orders.c.state["address"].as_string()).where(orders.c.customer_id == referrer_id),
+        select(orders.c.state[("snapshot", "address")].as_string()).where(orders.c.customer_id == referrer_id),
     ).subquery()
     return any(normalize_address(known) == address for known in conn.execute(select(theirs)).scalars())
 

@@ -73,7 +73,7 @@ def test_erasure_removes_what_identifies_the_person_and_keeps_the_balances_exact
     assert any(b"petr@example.cz" in b for b in bodies)  # other customers' deliveries are kept
     assert customer_summary(engine, "petr@example.cz")["points"] == 5
     with engine.db.connect() as conn:  # the shipping address kept for the referral guard goes too
-        kept = [r.state.get("address") for r in conn.execute(select(orders).order_by(orders.c.id))]
+        kept = [r.state["snapshot"].get("address") for r in conn.execute(select(orders).order_by(orders.c.id))]
     assert kept == [None, None, "123 Shipping Street, 40003, US"]  # (Jana's two orders, then Petr's)
 
 

@@ -580,6 +580,7 @@ class Identity:
         merge_referrals(conn, keep, gone, at)
         if self.referrals is not None and self.referrals.program:
             self.referrals.decide(conn, keep, at)
+            self.referrals.referrer_moved(conn, keep, at)  # their orders' addresses, together
             self.referrals.walk(conn, keep, at)  # their referees' weekly limit, counted together
         if self.ledger.metrics is not None:
             self.ledger.metrics.merged(conn, keep, gone)

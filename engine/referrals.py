@@ -14,7 +14,7 @@ A shipping address is a self-referral when the referee's first order ships
 to an address any of the referrer's orders shipped to (or the referrer's
 profile's): decided again with the rest after each of the referee's orders,
 and after each order that gives the referrer an address they had not shipped
-to (``referrer_moved``). The first order's address is the one its newest
+to, or a merge that gives them another's orders (``referrer_moved``). The first order's address is the one its newest
 snapshot gives (a refund's delivery changes none; a till sale has none, so
 it is not compared). Not the referee's latest address: that
 would make the answer depend on which of their deliveries came last.

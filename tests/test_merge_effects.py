@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from engine.customers import customer_summary
 from engine.db.models import customers, referrals, rewards
-from engine.referrals import BOUGHT_BEFORE, ReferralRefused
+from engine.referrals import BOUGHT_BEFORE, SHIPS_TO_REFERRER, ReferralRefused
 from tests.conftest import DEFAULT_TABLES
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
@@ -39,12 +39,12 @@ def by_phone(engine, number: int, phone: str, euros: str = "10.00", at: datetime
 
 
 def by_email(engine, number: int, email: str, euros: str = "10.00", at: datetime | None = None,
-             ref: str | None = None, cancelled: bool = False):
+             ref: str | None = None, cancelled: bool = False, shipping: dict | None = None):
     """A Shopify order that gives only an email."""
     order = PlannedOrder("shopify", number, email, (Line(Decimal(euros), 1),))
     body = _shopify_order(order, "refunded" if cancelled else "paid", at or T0 + timedelta(hours=number), [],
                           cancelled)
-    body["shipping_address"] = {**body["shipping_address"], "address1": f"{number} Elm Street"}
+    body["shipping_address"] = {**body["shipping_address"], "address1": f"{number} Elm Street", **(shipping or {})}
     if ref:
         body["note_attributes"] = [{"name": "ref", "value": ref}]
     topic = "orders/cancelled" if cancelled else "orders/paid"
@@ -140,6 +140,23 @@ def test_a_code_of_the_merged_away_customer_rewards_the_survivor(make_engine):
     assert customer_summary(engine, PETR)["points"] == 20 + 200
     assert customer_summary(engine, JANA)["points"] == 30 + 100
     assert customer_summary(engine, PETR)["referrals"][0]["role"] == "referrer"
+    audit_is_clean(engine)
+
+
+def test_a_referee_who_ships_where_the_merged_away_half_of_the_referrer_shipped_is_refused_at_the_merge(make_engine):
+    """Jana's first order ships to 2 Oak Street, where Petr's phone-only
+    order shipped; nobody knew that was Petr until the link: the merge
+    decides her claim again, as if the link had come first."""
+    engine = make_engine(tables=REFERRALS)
+    by_email(engine, 1, PETR)
+    code = customer_summary(engine, PETR)["referral_code"]
+    by_phone(engine, 2, PETR_PHONE)  # ships to 2 Oak Street
+    by_email(engine, 3, JANA, "30.00", ref=code,  # (the postcode and country of the WooCommerce body)
+             shipping={"address1": "2 Oak Street", "zip": "12345-000", "country_code": "BR"})
+    assert [c[2] for c in claims(engine)] == ["rewarded"]
+    link(engine, 43, PETR, PETR_PHONE)
+    assert [(c[2], c[3]) for c in claims(engine)] == [("refused", SHIPS_TO_REFERRER)]
+    assert (customer_summary(engine, PETR)["points"], customer_summary(engine, JANA)["points"]) == (20, 30)
     audit_is_clean(engine)
 
 

@@ -676,3 +676,21 @@ def test_connector_declares_its_channel_table_and_topics():
         "customer.created",
         "customer.updated",
     }
+
+
+def test_an_order_read_again_by_the_reconciliation_says_from_when_its_refunds_held_and_is_a_delivery_of_its_own(
+        connector):
+    """``_regulars_listed_at`` (set by engine.reconcile, never by the shop):
+    the list of refunds holds from then, and the same snapshot read on
+    another day is another delivery; a value no reconciliation writes is refused."""
+    from connectors.woocommerce.translate import LISTED_AT
+
+    order = _order_727()
+    plain = _one(connector, "order.updated", order)
+    read = _one(connector, "order.updated", {**order, LISTED_AT: "2026-11-29T23:50:00+00:00"})
+    next_day = _one(connector, "order.updated", {**order, LISTED_AT: "2026-11-30T23:50:00+00:00"})
+    assert plain["order"]["refunds_complete"] and plain["order"]["refunds_listed_at"] is None
+    assert read["order"]["refunds_listed_at"] == "2026-11-29T23:50:00+00:00"
+    assert len({plain["idempotency_key"], read["idempotency_key"], next_day["idempotency_key"]}) == 3
+    with pytest.raises(BadDelivery, match=f"{LISTED_AT} is not an ISO 8601 date: 'yesterday'"):
+        connector.translate("order.updated", {**order, LISTED_AT: "yesterday"}, {})

@@ -19,7 +19,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, case, func, null, select, text
 from sqlalchemy.engine import Connection
 
 from engine.cards import Cards
@@ -81,9 +81,13 @@ _PAID_FROM = (
 _WINDOW = (orders.c.customer_id == bindparam("customer_id"), orders.c.paid_at > bindparam("after"),
            orders.c.paid_at < bindparam("before"))
 _EARLIER = select(orders).where(*_WINDOW).order_by(orders.c.paid_at, orders.c.id)
+# Most orders were never refunded nor cancelled: nothing in them happened after
+# their payment, and their parts are not even decoded (they read as NULL).
+_PLAIN = (orders.c.state["reversed_at"].as_string().is_(None)
+          & (func.coalesce(orders.c.state["refunds"].as_string(), "{}") == "{}"))
 _EARLIER_LIGHT = (
-    select(orders.c.id, orders.c.paid_at, orders.c.awarded,
-           *(orders.c.state[part].label(part) for part in AS_OF_READS))
+    select(orders.c.id, orders.c.paid_at, orders.c.awarded, _PLAIN.label("plain"),
+           *(case((_PLAIN, null()), else_=orders.c.state[part]).label(part) for part in AS_OF_READS))
     .where(*_WINDOW)
     .order_by(orders.c.paid_at, orders.c.id)
 )
@@ -473,7 +477,7 @@ class Pipeline:
         for order_id, paid_at, eligible, timing in orders_in.entries:
             if not moment - window < paid_at <= moment:
                 continue
-            if as_of(timing, moment) is timing:  # nothing in it happened after the moment
+            if not timing or as_of(timing, moment) is timing:  # nothing in it happened after the moment
                 total += eligible if spend else points_of(awarded[order_id])
                 continue
             r = orders_in.whole(order_id)
@@ -595,6 +599,10 @@ class Pipeline:
         return replace(customer, plans=self.subscriptions.plans_at(conn, customer.id, at))
 
 
+#: the state parts of an order read light that was never refunded nor cancelled (never changed)
+_NOTHING_LATER: dict = {}
+
+
 class _Window:
     """The orders of a tiers' walk (``Pipeline._retier``), oldest payment
     first: ``entries`` ``(id, paid_at, eligible spend or None when read
@@ -618,7 +626,10 @@ class _Window:
     def add_light(self, rows) -> None:
         for r in rows:
             self.awarded[r.id] = dict(r.awarded or {})
-            timing = {part: getattr(r, part) for part in AS_OF_READS if getattr(r, part) is not None}
+            if r.plain:  # nothing in it happened after its payment
+                timing = _NOTHING_LATER
+            else:
+                timing = {part: getattr(r, part) for part in AS_OF_READS if getattr(r, part) is not None}
             self.entries.append((r.id, as_utc(r.paid_at), None, timing))
 
     def whole(self, order_id: int):

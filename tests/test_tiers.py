@@ -238,6 +238,27 @@ def test_an_order_event_reads_the_earlier_orders_of_the_window_without_their_sta
     assert seen[3] == seen[29] <= 3, seen  # the new order's views, however many came before
 
 
+def test_the_light_read_decodes_no_state_of_an_order_never_refunded_nor_cancelled(make_engine):
+    """``_EARLIER_LIGHT`` marks an order with no refund and no reversal
+    ``plain`` and reads its state's parts as nothing; a refunded one's parts
+    are read (the walk's metric needs them as it stood earlier)."""
+    from sqlalchemy import select
+
+    from engine.db.models import customers
+    from engine.pipeline import _EARLIER_LIGHT
+
+    engine = make_engine(tables=tables())
+    buy(engine, 1, "40.00", JAN)
+    buy(engine, 2, "50.00", JAN + timedelta(days=1))
+    refund(engine, 2, "10.00", JAN + timedelta(days=2))
+    with engine.db.connect() as conn:
+        customer_id = conn.execute(select(customers.c.id)).scalar_one()
+        rows = conn.execute(_EARLIER_LIGHT, {"customer_id": customer_id, "after": JAN - timedelta(days=1),
+                                             "before": JAN + timedelta(days=9)}).all()
+    assert [(bool(r.plain), r.refunds is None, r.refund_at is None) for r in rows] == [
+        (True, True, True), (False, False, False)]
+
+
 def test_the_review_s_downgrade_stands_when_an_earlier_order_arrives_late(make_engine):
     engine = make_engine(tables=tables())
     buy(engine, 1, "600.00", JAN)

@@ -447,6 +447,9 @@ def plan(customers: int, seed: int, start: datetime = T0) -> tuple[Plan, Counter
                     (t, woo(modified_gmt=t, status="pending" if paid_at > t else "processing")))
                 if paid_at > t:  # a bank transfer: on hold until the money arrives
                     updates.append((paid_at, woo(modified_gmt=paid_at, status="processing")))
+                    # a refund or a cancellation after the money came: each later
+                    # snapshot lists every refund made before it, as WooCommerce's do
+                    later = max(later, paid_at + timedelta(hours=1))
                 if refund:
                     refunds = [(oid + 500_000, lines[index].refund_amount(1))]
                     updates.append((later, woo(modified_gmt=later, status="completed", refunds=refunds)))

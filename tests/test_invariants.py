@@ -52,13 +52,18 @@ def orders(draw, number):
         amount = draw(st.integers(1, int(left * 100))) / Decimal(100)
         refunds.append(amount)
         left -= amount
+    channel = draw(st.sampled_from(["shopify", "woocommerce"]))
+    deleted = None  # a WooCommerce refund deleted in the shop afterwards
+    if channel == "woocommerce" and paid and refunds and draw(st.integers(0, 3)) == 0:
+        deleted = draw(st.integers(0, len(refunds) - 1))
     return PlannedOrder(
-        channel=draw(st.sampled_from(["shopify", "woocommerce"])),
+        channel=channel,
         number=number,
         email=draw(st.sampled_from(EMAILS)),
         lines=order_lines,
         paid=paid,
         refunds=tuple(refunds),
+        deleted=deleted,
         cancelled=draw(st.integers(0, 6)) == 0,
     )
 

@@ -30,7 +30,18 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 class Context:
     def __init__(self, config_path: str | None):
         self.config_path = config_path
+        self._config = None
         self._engine = None
+
+    @property
+    def config(self):
+        """plugins.toml and the environment, read once."""
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._config
 
     @property
     def engine(self):
@@ -39,7 +50,7 @@ class Context:
             from engine.db import SchemaOutdated
 
             try:
-                self._engine = Engine(load_config(self.config_path))
+                self._engine = Engine(self.config)
                 self._engine.ensure_schema()
             except (ConfigError, PluginLoadError, SchemaOutdated) as exc:
                 raise click.ClickException(str(exc)) from None
@@ -375,10 +386,7 @@ def db_backup(ctx: Context, target: str, force: bool) -> None:
 
     from engine.db.backup import BackupFailed, backup_sqlite, sqlite_file
 
-    try:
-        url = load_config(ctx.config_path).database_url
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+    url = ctx.config.database_url
     if sqlite_file(url) is None:
         shown = make_url(url).set(drivername=make_url(url).get_backend_name()).render_as_string(hide_password=True)
         raise click.ClickException(f"{shown} is backed up with its own tools, not here: "

@@ -111,8 +111,13 @@ def test_the_command_says_what_it_copied_refuses_to_overwrite_and_points_postgre
     engine.ensure_schema()
     assert engine.ingest("pos", "sale", sale(3)).status == "applied"
     target = tmp_path / "nightly.sqlite3"
+    import engine.cli as cli
+
+    reads = []
+    monkeypatch.setattr(cli, "load_config", lambda path, real=cli.load_config: reads.append(path) or real(path))
     made = CliRunner().invoke(main, ["--config", str(config), "db", "backup", str(target)])
     assert made.exit_code == 0, made.output
+    assert len(reads) == 1  # plugins.toml read once, for the database's URL and the engine
     assert "1 customers, 1 ledger entries, 1 deliveries" in " ".join(made.output.split())
     assert "integrity ok; audit clean" in made.output
     again = CliRunner().invoke(main, ["--config", str(config), "db", "backup", str(target)])

@@ -159,8 +159,6 @@ class _Feed:
         self.detail = getattr(client, "with_refund_details", None)
         self.counts: Counter = Counter()
         self.failed: list = []
-        #: order id -> the refunds the engine holds that the order read again no longer lists
-        self.gone: dict[str, list[str]] = {}
 
     def revisit(self, external_id: str, known: list[str]) -> None:
         """An order the engine holds with refunds ``known`` only by their
@@ -182,9 +180,9 @@ class _Feed:
         """Ingest one order, with its refunds' details when they can be read
         (else as its webhook would); ``known``: the refunds the engine holds
         by their totals only."""
-        problem = None
+        problem, gone = None, []
         if self.detail is not None and (order.get("refunds") or known):
-            order, problem = self._detailed(order, known)
+            order, problem, gone = self._detailed(order, known)
         outcome = self.engine.ingest(self.channel, self.topic, json.dumps(order, ensure_ascii=False).encode(),
                                      {SOURCE_HEADER: "reconcile"})
         self.counts[outcome.status] += 1
@@ -194,8 +192,7 @@ class _Feed:
             # Read and sent before, yet the engine still holds them by their totals.
             problem = (f"its refunds were read and sent before, as delivery {outcome.inbox_id}, which is not applied "
                        "(failed: `regulars events list --failed`; or still waiting)")
-        gone = self.gone.pop(str(order.get("id")), [])
-        if gone:
+        if gone:  # deleted in the shop: they stop counting (engine.orders), unless this delivery was not applied
             with self.engine.db.connect() as conn:
                 state = conn.execute(select(orders.c.state).where(
                     orders.c.channel == self.channel, orders.c.external_id == str(order.get("id")))).scalar() or {}
@@ -210,20 +207,21 @@ class _Feed:
         if problem is not None:
             self._undetailed(str(order.get("id")), outcome.inbox_id, problem)
 
-    def _detailed(self, order: dict, known: list[str]) -> tuple[dict, str | None]:
+    def _detailed(self, order: dict, known: list[str]) -> tuple[dict, str | None, list[str]]:
         """The order to ingest, with its refunds' details when they can be
-        read and used, and why some refunds are still without them (or None)."""
+        read and used; why some refunds are still without them (or None); and
+        which of the ``known`` ones it no longer lists (deleted in the shop)."""
         try:
             detailed = self.detail(order)
         except Exception as exc:  # the shop's API (its errors say ``retryable``): the order goes on
             if getattr(exc, "retryable", None) is None:
                 raise
-            return order, str(exc)
+            return order, str(exc), []
         refunds, unusable = self._refunds(detailed)
         if unusable is not None:
             if self._refunds(order)[1] is not None:
-                return order, None  # the order itself can't go in: a failed delivery, as its webhook's
-            return order, f"its refunds as read from the shop can't be used: {unusable}"
+                return order, None, []  # the order itself can't go in: a failed delivery, as its webhook's
+            return order, f"its refunds as read from the shop can't be used: {unusable}", []
         # (a refund goes in with its own time once read: engine.orders.undetailed_refunds)
         unread = [refund["id"] for refund in refunds if refund.get("occurred_at") is None]
         gone = [rid for rid in known if rid not in {refund["id"] for refund in refunds}]
@@ -232,9 +230,7 @@ class _Feed:
         if unread:
             reasons.append(f"{_refunds_named(unread)} not among those GET orders/{oid}/refunds returned "
                            "(deleted meanwhile, or moved while its pages were read)")
-        if gone:  # deleted in the shop: they stop counting (engine.orders), which ``order`` checks
-            self.gone[str(oid)] = gone
-        return detailed, "; ".join(reasons) or None
+        return detailed, "; ".join(reasons) or None, gone
 
     def _refunds(self, order: dict) -> tuple[list[dict], str | None]:
         """The order's refunds as the engine would take them in (translated

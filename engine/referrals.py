@@ -14,10 +14,11 @@ A shipping address is a self-referral when the referee's first order ships
 to an address any of the referrer's orders shipped to (or the referrer's
 profile's): decided again with the rest after each of the referee's orders,
 and after each order that gives the referrer an address they had not shipped
-to, or a merge that gives them another's orders (``referrer_moved``). The first order's address is the one its newest
-snapshot gives (a refund's delivery changes none; a till sale has none, so
-it is not compared). Not the referee's latest address: that
-would make the answer depend on which of their deliveries came last.
+to, or a merge that gives them another's orders (``referrer_moved``). The
+first order's address is the one its newest snapshot gives (a refund's
+delivery changes none; a till sale has none, so it is not compared). Not the
+referee's latest address: that would make the answer depend on which of
+their deliveries came last.
 
 The decision is a function of the referee's orders, not of the order their
 deliveries came in (PRODUCT.md, invariant 2): after every order of the referee
@@ -289,9 +290,10 @@ class Referrals:
         return self.decide(conn, customer_id, at)
 
     def referrer_moved(self, conn: Connection, customer_id: int, at: datetime) -> int:
-        """An order of ``customer_id`` gave an address none of their orders
-        had: the claims of their referees still open are decided again
-        (one of them may have shipped there). Returns entries posted."""
+        """An order of ``customer_id`` gave a shipping address it did not
+        have, or a merge gave them another's orders: the claims of their
+        referees still open are decided again (one of them may have shipped
+        there). Returns entries posted."""
         referees = conn.execute(
             select(referrals.c.referee_id).distinct()
             .where(referrals.c.referrer_id == customer_id, referrals.c.referee_id != customer_id,

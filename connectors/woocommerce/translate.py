@@ -103,17 +103,6 @@ def refund_details_digest(payload: Mapping[str, Any]) -> str | None:
     return payload_digest(detailed) if detailed else None
 
 
-def _listed_at(payload: Mapping[str, Any]) -> str | None:
-    """``LISTED_AT`` as ISO 8601 (a reconciliation's body), or None."""
-    value = payload.get(LISTED_AT)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not _is_datetime(value):
-        raise BadDelivery(f"{LISTED_AT} is not an ISO 8601 date: {value!r}.")
-    moment = datetime.fromisoformat(value)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
-
-
 def payload_digest(payload: Any) -> str:
     """SHA-256 of the payload's canonical JSON (sorted keys), for when the
     delivery's bytes are not at hand."""
@@ -149,7 +138,7 @@ def order_events(topic: str, payload: Any, order_key_meta: str) -> list[Event]:
         "total": _optional_money(payload.get("total"), f"Order {order_id}'s total"),
         "refunds": [_refund(entry, order_id, by_id) for entry in _list(payload, "refunds", order_id)],
         "refunds_complete": True,  # (a refund deleted in the shop leaves the list)
-        "refunds_listed_at": _listed_at(payload),
+        "refunds_listed_at": _gmt(payload, LISTED_AT),  # (a reconciliation's body)
         "discount_codes": _discount_codes(payload, order_id),
         "attributes": _attributes(payload, order_key_meta, order_id),
     }

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from connectors.base import BadDelivery, body_key
 from engine import inbox
+from engine.adjustments import Adjustment, AdjustmentRefused, adjust, unit_of
 from engine.cards import Cards
 from engine.config import Config, format_errors
 from engine.credentials import Credentials
@@ -256,6 +257,31 @@ class Engine:
                     issued = self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
                 self._announce_rewards()
                 return issued
+            except (IntegrityError, OperationalError):
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def adjust(self, key: str, amount: int, note: str, by: str, card: str | None = None,
+               idempotency_key: str | None = None, at: datetime | None = None) -> Adjustment:
+        """Give (``amount`` > 0) or take points, or stamps on ``card``, from
+        the customer a key finds, with a note saying why and who (``by``), in
+        one transaction (``engine.adjustments``). Raises ``AdjustmentRefused``
+        saying why (unknown customer included)."""
+        self.ensure_schema()
+        at = at or utcnow()
+        unit = unit_of(card, self.cards.cards)
+        for attempt in range(RETRIES):
+            self.rewards.take_issued()
+            try:
+                with self.db.begin() as conn:
+                    customer_id = self.identity.find(conn, key)
+                    if customer_id is None:
+                        raise AdjustmentRefused(f"no customer matches {key!r}", "unknown_customer")
+                    made = adjust(conn, self.ledger, self.cards, customer_id, unit, amount, note, by, at,
+                                  idempotency_key)
+                self._announce_rewards()  # a stamp card filled
+                return made
             except (IntegrityError, OperationalError):
                 if attempt == RETRIES - 1:
                     raise

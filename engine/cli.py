@@ -170,7 +170,7 @@ def ingest(ctx: Context, channel: str, topic: str, files: tuple[str, ...], batch
 
 @main.group()
 def customer() -> None:
-    """Look customers up."""
+    """Look customers up, adjust their balance, export or erase their data."""
 
 
 @customer.command("show")
@@ -209,6 +209,47 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
     console.print(table)
 
 
+@customer.command("adjust", context_settings={"ignore_unknown_options": True})
+@click.argument("key")
+@click.argument("amount", type=int)
+@click.option("--note", required=True, help="Why (kept with the entry, shown on the dashboard).")
+@click.option("--card", help="Adjust the stamps on this card instead of points.")
+@click.option("--key", "idempotency_key", help="A request key: retrying with it changes nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the adjustment as JSON.")
+@pass_ctx
+def customer_adjust(ctx: Context, key: str, amount: int, note: str, card: str | None,
+                    idempotency_key: str | None, as_json: bool) -> None:
+    """Give (AMOUNT > 0) or take (AMOUNT < 0) points, or stamps with --card,
+    from the customer KEY finds: goodwill, a correction. The entry keeps the
+    note and who made it (cli:<your login>). Taken points close the
+    soonest-expiring lots; given ones expire as earned points do. Exit 1,
+    saying why, when refused (it would leave the balance below zero, an
+    unknown customer or card)."""
+    import getpass
+
+    from engine.adjustments import AdjustmentRefused
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's anonymous uid)
+        user = None
+    by = f"cli:{user}" if user else "cli"
+    try:
+        made = ctx.engine.adjust(key, amount, note, by, card, idempotency_key)
+    except AdjustmentRefused as exc:
+        err.print(f"refused: {exc}", highlight=False)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(made.as_json(), indent=2, ensure_ascii=False))
+        return
+    what = "points" if card is None else f"stamps on {card}"
+    if made.duplicate:
+        console.print(f"already done with key {idempotency_key}: {made.amount:+d} {what} ({made.note}); "
+                      f"balance now {made.balance}", highlight=False)
+        return
+    console.print(f"{key}: {made.amount:+d} {what} ({made.note}); balance now {made.balance}", highlight=False)
+
+
 @customer.command("export")
 @click.argument("key")
 @pass_ctx
@@ -230,8 +271,8 @@ def customer_export(ctx: Context, key: str) -> None:
 @pass_ctx
 def customer_erase(ctx: Context, key: str, yes: bool) -> None:
     """Erase a customer's personal data (email, phone, names, address, birthday,
-    order notes and the raw deliveries that mention them), keeping the ledger's
-    sums exact. Needs --yes."""
+    order notes, adjustment notes and the raw deliveries that mention them),
+    keeping the ledger's sums exact. Needs --yes."""
     from engine.db import utcnow
     from engine.privacy import UnknownCustomer, erase
 
@@ -242,7 +283,8 @@ def customer_erase(ctx: Context, key: str, yes: bool) -> None:
     except UnknownCustomer as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"erased: {done['customers']} customer record(s), {done['deliveries']} raw deliveries, "
-                  f"notes of {done['orders_with_notes']} orders; balances unchanged", highlight=False)
+                  f"notes of {done['orders_with_notes']} orders and {done['adjustment_notes']} adjustments; "
+                  "balances unchanged", highlight=False)
 
 
 # -- audit, plugins, events, db ------------------------------------------------

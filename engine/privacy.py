@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
 
+from engine.adjustments import REASON as ADJUSTED
 from engine.db.models import (
     accounts,
     card_links,
@@ -39,6 +40,8 @@ from engine.identity import normalize_email
 
 PERSONAL = ("email", "phone", "first_name", "last_name", "address", "birthday", "accepts_marketing")
 ERASED_BODY = b'{"erased": "personal data removed on request"}'
+#: what an adjustment's note becomes
+ERASED_NOTE = "(erased on request)"
 
 
 class UnknownCustomer(LookupError):
@@ -278,7 +281,16 @@ def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: li
             snapshot.pop("address", None)  # (the shipping address, which the referral guard reads)
             state["snapshot"] = snapshot
             conn.execute(update(orders).where(orders.c.id == row.id).values(state=state))
-    return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes}
+    # A note written by hand about the customer (an adjustment's) may name them.
+    adjusted = conn.execute(
+        select(ledger_entries.c.id, ledger_entries.c.detail).join(accounts, accounts.c.id == ledger_entries.c.account_id)
+        .where(accounts.c.customer_id.in_(ids), ledger_entries.c.reason == ADJUSTED)).all()
+    erased = [row for row in adjusted if (row.detail or {}).get("note") != ERASED_NOTE]
+    for row in erased:
+        conn.execute(update(ledger_entries).where(ledger_entries.c.id == row.id)
+                     .values(detail={**(row.detail or {}), "note": ERASED_NOTE}))
+    return {"customers": len(ids), "deliveries": len(deliveries), "orders_with_notes": notes,
+            "adjustment_notes": len(erased)}
 
 
 def dumps(data: dict) -> str:

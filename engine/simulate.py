@@ -9,7 +9,7 @@ measures both databases the same way (SQL aggregates).
 
 Customers are carried over first, under their ids, card and referral codes
 (``carry_customers``: no delivery holds regulars' own codes). Only deliveries
-are replayed: redemptions (``regulars redeem``), the scheduled
+are replayed: redemptions (``regulars redeem``), adjustments by hand, the scheduled
 jobs (points and reward expiry, the tier review) and anything else that is not
 a delivery are not, so compare *points issued*. With ``--since`` only
 deliveries received since then are replayed: scratch balances start from zero.
@@ -42,8 +42,8 @@ CENT = Decimal("0.01")
 #: the ``tiers`` key of customers without a tier
 NO_TIER = "none"
 REPLAY_NOTE = (
-    "simulate replays inbox deliveries only: redemptions, expiry and tier reviews are not replayed, "
-    "so compare points issued; outstanding points differ by whatever was redeemed or expired"
+    "simulate replays inbox deliveries only: redemptions, adjustments, expiry and tier reviews are not "
+    "replayed, so compare points issued; outstanding points differ by whatever was redeemed, adjusted or expired"
 )
 
 

@@ -413,6 +413,17 @@ def test_in_a_browser_sign_in_read_the_figures_and_open_a_customer(shop, browser
     page.wait_for_selector("h2:has-text('Ledger')")
     assert "eva@example.com" in page.content()
     assert page.locator("table.ledger tbody tr").count() >= 5
+    # goodwill points with a note (the form: engine/adjustments.py)
+    before = int(page.locator(".customer-facts .big").inner_text().replace(",", ""))
+    page.fill("#adjust-amount", "25")
+    page.click("#adjust button[type=submit]")  # no note: the browser asks for one, nothing is sent
+    assert page.locator("#outcome").count() == 0
+    page.fill("#adjust-note", "a parcel lost by the courier")
+    page.click("#adjust button[type=submit]")
+    page.wait_for_selector("#outcome")
+    assert page.locator("#outcome").inner_text() == f"Adjusted points by +25. The balance is now {before + 25:,}."
+    assert page.locator(".customer-facts .big").inner_text() == f"{before + 25:,}"
+    assert "adjusted by hand: a parcel lost by the courier (admin:owner)" in page.locator("table.ledger").inner_text()
     screenshot(page, "admin-customer")
 
     page.click("nav.admin-nav >> text=Sign out")

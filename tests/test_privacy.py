@@ -62,7 +62,7 @@ def test_erasure_removes_what_identifies_the_person_and_keeps_the_balances_exact
     shop_with_jana(engine)
     card = customer_summary(engine, EMAIL)["card_code"]
     done = erase(engine, EMAIL, T0 + timedelta(days=1))
-    assert done == {"customers": 1, "deliveries": 2, "orders_with_notes": 1}
+    assert done == {"customers": 1, "deliveries": 2, "orders_with_notes": 1, "adjustment_notes": 0}
     after = customer_summary(engine, card)
     assert (after["email"], after["phone"], after["first_name"], after["last_name"]) == (None, None, None, None)
     assert after["points"] == 50

@@ -53,6 +53,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 
 from engine import inbox, metrics
+from engine.adjustments import LIMIT as ADJUST_LIMIT
+from engine.adjustments import NOTE_LIMIT
 from engine.db import as_utc, utcnow
 from engine.db.models import (
     accounts,
@@ -369,7 +371,7 @@ WORDS = {
         "reassign": N_("order moved to another customer"), "visit": N_("visit"), "redeem": N_("reward redeemed"),
         "reward-expired": N_("reward expired unused"), "expiry": N_("points expired"), "merge": N_("customers merged"),
         "referral": N_("referral"), "subscription": N_("membership"), "card-complete": N_("stamp card full"),
-        "card-reopened": N_("stamp card reopened"),
+        "card-reopened": N_("stamp card reopened"), "adjust": N_("adjusted by hand"),
     },
     "reward": {"issued": N_("ready to use"), "used": N_("used"), "expired": N_("expired")},
     "order": {"pending": N_("pending"), "paid": N_("paid"), "refunded": N_("refunded"),
@@ -618,6 +620,7 @@ class Admin:
         summary = customer_summary(self.engine, int(customer_id))
         cards = self.engine.cards.cards
         return {"row": row, "summary": summary, "ledger": ledger, "total": total, "page": page,
+                "units": ["points", *(f"stamps:{name}" for name in sorted(cards))],
                 "pages": max(1, -(-total // LEDGER_PAGE)), "rewards": issued, "orders": bought,
                 "spendable": {r.reward: self.engine.rewards.spendable_in(r.reward) for r in issued},
                 "n_orders": n_orders, "merged": people[1:],
@@ -635,7 +638,37 @@ class Admin:
                                 message=N_("There is no such customer."))
         if "moved" in found:
             return RedirectResponse(f"/admin/customers/{found['moved']}", status_code=303)
-        return self._render(request, "admin_customer.html", user=request.state.user, nav="customers", **found)
+        return self._render(request, "admin_customer.html", user=request.state.user, nav="customers",
+                            adjust_key=secrets.token_urlsafe(16), adjust_limit=ADJUST_LIMIT, note_limit=NOTE_LIMIT,
+                            **found)
+
+    async def adjust(self, request: Request) -> Response:
+        """The customer page's adjustment form: points or stamps given or
+        taken, with a note; the page's own key makes a form sent twice (a
+        double click, a reload) one adjustment."""
+        from engine.adjustments import AdjustmentRefused
+
+        customer_id, form = request.path_params["customer_id"], request.state.form
+        unit = form.get("unit", "points")
+        card = unit.removeprefix("stamps:") if unit.startswith("stamps:") else None
+        flash = {"kind": "adjust", "ok": False, "unit": unit}
+        try:
+            amount = int(form.get("amount", "").strip())
+        except ValueError:
+            flash["reason"] = "amount"
+        else:
+            try:
+                made = await run_in_threadpool(
+                    self.engine.adjust, f"id:{customer_id}", amount, form.get("note", ""),
+                    f"admin:{request.state.user.username}", card, f"admin:{form.get('key') or secrets.token_hex(8)}")
+            except AdjustmentRefused as exc:
+                flash.update(reason=exc.reason, **{k: v for k, v in exc.values.items() if k in ("balance", "limit")})
+            else:
+                flash.update(ok=True, amount=made.amount, balance=made.balance, duplicate=made.duplicate)
+                log.info("customer %s adjusted by %s: %+d %s (%s)", customer_id, request.state.user.username,
+                         made.amount, made.unit, made.note)
+        request.session["flash"] = flash
+        return RedirectResponse(f"/admin/customers/{customer_id}#adjust", status_code=303)
 
     # -- failed deliveries -----------------------------------------------------------
 
@@ -706,6 +739,8 @@ class Admin:
                 Route("/sign-out", signed_in(self.sign_out), methods=["POST"], name="sign_out"),
                 Route("/customers", signed_in(self.customer_list), name="customers"),
                 Route("/customers/{customer_id:int}", signed_in(self.customer_page), name="customer"),
+                Route("/customers/{customer_id:int}/adjust", signed_in(self.adjust), methods=["POST"],
+                      name="adjust"),
                 Route("/deliveries", signed_in(self.deliveries), name="deliveries"),
                 Route("/deliveries/{delivery_id:int}/replay", signed_in(self.replay), methods=["POST"],
                       name="replay"),

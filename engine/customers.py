@@ -3,6 +3,9 @@ and, later, of the customer API."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
 from sqlalchemy import func, select
 
 from engine.db import utcnow
@@ -10,6 +13,25 @@ from engine.db.models import customer_links, customers, orders
 from engine.rules_api import UNIT_POINTS
 
 STAMPS_PREFIX = "stamps:"
+#: how far ahead ``points_expiring`` looks when ``[rules.expiry] remind_days`` is not set
+EXPIRING_DAYS = 30
+
+
+def expiring_soon(engine, conn, customer_id: int, now: datetime) -> list[dict]:
+    """The customer's points that expire within ``remind_days`` (or
+    ``EXPIRING_DAYS``), summed per day in the shop's time zone: ``[{"on":
+    "2027-01-15", "points": 50}, ...]``, soonest first; points past their date
+    that the expiry job has not taken yet count on their day. Empty when points
+    don't expire."""
+    if not engine.ledger.expiry_months:
+        return []
+    zone = ZoneInfo(engine.config.engine.get("timezone") or "UTC")
+    days = engine.policy.remind_days or EXPIRING_DAYS
+    per_day: dict[str, int] = {}
+    for expires_at, points in engine.ledger.expiring_by(conn, customer_id, now + timedelta(days=days)):
+        day = expires_at.astimezone(zone).date().isoformat()
+        per_day[day] = per_day.get(day, 0) + points
+    return [{"on": day, "points": points} for day, points in per_day.items()]
 
 
 def customer_summary(engine, key: str | int) -> dict | None:
@@ -31,7 +53,9 @@ def customer_summary(engine, key: str | int) -> dict | None:
         tier_history = engine.tiers.history(conn, customer_id) if engine.tiers.program else []
         referrals = engine.referrals.listing(conn, customer_id) if engine.referrals.program else []
         memberships = engine.subscriptions.listing(conn, customer_id)
-        pending = engine.ledger.pending(conn, customer_id, utcnow()) if engine.ledger.pending_days else 0
+        now = utcnow()
+        pending = engine.ledger.pending(conn, customer_id, now) if engine.ledger.pending_days else 0
+        expiring = expiring_soon(engine, conn, customer_id, now)
         n_orders = conn.execute(
             select(func.count()).select_from(orders).where(orders.c.customer_id == customer_id)
         ).scalar_one()
@@ -50,6 +74,9 @@ def customer_summary(engine, key: str | int) -> dict | None:
         "points": balances.get(UNIT_POINTS, 0),
         #: of which not yet spendable (inside an order's return window)
         "points_pending": pending,
+        #: of which expire within [rules.expiry] remind_days (default 30): per
+        #: day in the shop's time zone, soonest first
+        "points_expiring": expiring,
         # every configured card, an empty one as 0, and any other stamps held
         "stamps": dict(sorted({
             **dict.fromkeys(engine.cards.cards, 0),

@@ -335,6 +335,19 @@ class Ledger:
             conn.execute(update(lots).where(lots.c.id == row.id).values(reminded_at=now))
         return found
 
+    def expiring_by(self, conn: Connection, customer_id: int, until: datetime) -> list[tuple[datetime, int]]:
+        """The customer's points still in lots that expire by ``until`` (one
+        past its date that the expiry job has not taken yet included): (expiry,
+        points) per lot, soonest first."""
+        rows = conn.execute(
+            select(lots.c.expires_at, lots.c.remaining)
+            .join(accounts, accounts.c.id == lots.c.account_id)
+            .where(accounts.c.customer_id == customer_id, accounts.c.unit == UNIT_POINTS, lots.c.remaining > 0,
+                   lots.c.expires_at.is_not(None), lots.c.expires_at <= until)
+            .order_by(lots.c.expires_at, lots.c.id)
+        ).all()
+        return [(as_utc(row.expires_at), row.remaining) for row in rows]
+
     def balances(self, conn: Connection, customer_id: int) -> dict[str, int]:
         rows = conn.execute(
             select(accounts.c.unit, accounts.c.balance).where(accounts.c.customer_id == customer_id)

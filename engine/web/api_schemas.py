@@ -148,6 +148,11 @@ class MembershipStateSchema(Schema):
     id = fields.String()
 
 
+class ExpiringSchema(Schema):
+    on = fields.String(metadata={"description": "the day they expire, in the shop's time zone (YYYY-MM-DD)"})
+    points = fields.Integer()
+
+
 class CustomerSchema(Schema):
     """What the till shows: the customer's balance, stamps and tier at a glance."""
 
@@ -159,6 +164,9 @@ class CustomerSchema(Schema):
     phone = fields.String(allow_none=True)
     points = fields.Integer()
     points_pending = fields.Integer()
+    points_expiring = fields.List(fields.Nested(ExpiringSchema), metadata={
+        "description": "of the points, those that expire within `[rules.expiry] remind_days` (default 30), per "
+                       "day, soonest first; empty when points don't expire"})
     stamps = fields.Dict(keys=fields.String(), values=fields.Integer())
     tier = fields.String(allow_none=True)
     rewards = fields.List(fields.Nested(RewardSchema))

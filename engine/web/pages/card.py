@@ -43,7 +43,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -353,6 +353,8 @@ class CardPages:
         return {
             "customer": summary,
             "points": points, "pending": pending, "spendable": spendable,
+            # (the shop's days: Formats.date shows a date as it is)
+            "expiring": [{"on": date.fromisoformat(e["on"]), "points": e["points"]} for e in summary["points_expiring"]],
             "tier": self.tier(customer_id, summary["tier"], now),
             "stamp_cards": cards,
             "my_rewards": mine,

@@ -60,6 +60,11 @@
       return new Intl.DateTimeFormat(C.locale, {dateStyle: 'short', timeStyle: 'short'}).format(new Date(iso));
     } catch (e) { return iso; }
   }
+  function shopDay(ymd) {
+    try {
+      return new Intl.DateTimeFormat(C.locale, {dateStyle: 'medium', timeZone: 'UTC'}).format(new Date(ymd + 'T00:00:00Z'));
+    } catch (e) { return ymd; }
+  }
   function day(iso) {
     try { return new Intl.DateTimeFormat(C.locale, {dateStyle: 'medium'}).format(new Date(iso)); } catch (e) { return iso; }
   }
@@ -427,6 +432,11 @@
     const pending = $('customer-pending');
     pending.hidden = !data.points_pending;
     pending.textContent = data.points_pending ? t('pending', {n: number(data.points_pending)}) : '';
+    // the soonest day some of the points expire (the shop's day: shown as it is)
+    const expiring = $('customer-expiring');
+    const soonest = (data.points_expiring || [])[0];
+    expiring.hidden = !soonest;
+    expiring.textContent = soonest ? tn('expiring', soonest.points, {n: number(soonest.points), date: shopDay(soonest.on)}) : '';
     renderCards(data);
     renderHeld(data);
     renderRedeem(data, state);

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection
 from engine.cards import Cards
 from engine.db import as_utc, utcnow
 from engine.db.models import ledger_entries, orders, subscriptions
+from engine.events import normalize_address
 from engine.fastsql import Fast, is_deferring
 from engine.identity import Identity
 from engine.ledger import Ledger, typed_update
@@ -187,7 +188,10 @@ class Pipeline:
             apply_request(conn, self.identity, event)
             return 0
         else:
-            self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
+            customer_id = self.identity.resolve(conn, event["channel"], event["customer"], event["occurred_at"])
+            if customer_id is not None and self.referrals.program and normalize_address(event["customer"].get("address")):
+                # an address they may not have shipped to: as a referrer
+                return self.referrals.referrer_moved(conn, customer_id, event["occurred_at"])
             return 0
         for customer_id, unit in sorted(self.cards_to_settle):
             self.cards.settle(conn, customer_id, unit, event["occurred_at"])

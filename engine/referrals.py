@@ -291,9 +291,10 @@ class Referrals:
 
     def referrer_moved(self, conn: Connection, customer_id: int, at: datetime) -> int:
         """An order of ``customer_id`` gave a shipping address it did not
-        have, or a merge gave them another's orders: the claims of their
-        referees still open are decided again (one of them may have shipped
-        there). Returns entries posted."""
+        have, their profile (``customer.upserted``) came with an address, or a
+        merge gave them another's orders: the claims of their referees still
+        open are decided again (one of them may have shipped there). Returns
+        entries posted."""
         referees = conn.execute(
             select(referrals.c.referee_id).distinct()
             .where(referrals.c.referrer_id == customer_id, referrals.c.referee_id != customer_id,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from decimal import Decimal
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from connectors.base import Connector
 from engine.config import ConfigError
 from engine.customers import customer_summary
 from engine.db.models import customers, referrals
@@ -193,6 +195,50 @@ def test_the_referrer_s_order_to_that_address_delivered_late_takes_the_rewards_b
     assert (points(shop, REFEREE), points(shop, REFERRER)) == (30, 20)
     with shop.db.connect() as conn:
         assert shop.ledger.audit(conn) == []
+
+
+class _Crm(Connector):
+    """A third-party connector whose customer profiles carry an address."""
+
+    channel: ClassVar[str] = "crm"
+    topics: ClassVar[tuple[str, ...]] = ("customer",)
+
+    def delivery_key(self, topic, payload, headers, body) -> str:
+        return payload["idempotency_key"]
+
+    def translate(self, topic, payload, headers) -> list[dict]:
+        return [{**payload, "channel": "crm"}]
+
+
+class _CrmPlugin:
+    @hookimpl
+    def regulars_register_connectors(self):
+        return [_Crm()]
+
+
+@pytest.mark.parametrize("first", ["profile", "order"])
+def test_a_referrer_s_profile_address_counts_whenever_it_arrives(make_engine, first):
+    """The referrer's own address comes with a customer.upserted (a
+    connector's profile), before or after the referee's first order ships
+    there: the claim ends refused either way."""
+    engine = make_engine(tables=tables(), extra_plugins=(("crm", _CrmPlugin()),))
+    buy(engine, 1, REFERRER, "10.00")
+    profile = {"type": "customer.upserted", "idempotency_key": "crm:petr:1", "occurred_at": T0.isoformat(),
+               "customer": {"email": REFERRER, "address": "9 Birch Lane, 40003, US"}}
+
+    def send_profile():
+        assert engine.ingest("crm", "customer", json.dumps(profile).encode()).status == "applied"
+
+    if first == "profile":
+        send_profile()
+    buy(engine, 2, REFEREE, "30.00", code=code_of(engine), address="9 birch  lane")
+    if first == "order":
+        assert statuses(engine) == [("rewarded", None)]
+        send_profile()
+    assert statuses(engine) == [("refused", SHIPS_TO_REFERRER)]
+    assert (points(engine, REFEREE), points(engine, REFERRER)) == (30, 10)
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
 
 
 def test_a_claim_at_the_counter_is_judged_on_the_first_order_s_address(shop):

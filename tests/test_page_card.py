@@ -24,7 +24,7 @@ import pytest
 from babel.numbers import format_currency
 from sqlalchemy import select
 
-from engine.db.models import outbox, rewards
+from engine.db.models import accounts, ledger_entries, outbox, rewards
 from engine.links import make_link, revoke
 from engine.testing import paid_order
 from engine.web import create_app
@@ -33,6 +33,7 @@ from engine.web.pages.card import (
     verify_shopify_proxy,
     woocommerce_embed_signature,
 )
+from engine.web.pages.render import Formats
 from tests.conftest import screenshot
 from tests.serving import serve_app
 
@@ -275,6 +276,54 @@ def test_redeem_issues_the_reward_in_the_chosen_shop_and_shows_its_code(shop):
     # the notice can't be forged or altered
     page = fetch(f"{base}/card/{token}?notice=AAAA{headers['location'][-20:]}")[2]
     assert "Your reward is ready." not in page
+
+
+def history(page: str) -> list[str]:
+    """The lines of the card's points history, as read."""
+    found = re.search(r'data-testid="history">(.*?)</details>', page, re.S)
+    assert found, "no points history on the card"
+    return [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", item)).split())
+            for item in re.findall(r"<li>(.*?)</li>", found.group(1), re.S)]
+
+
+def test_the_card_lists_what_changed_the_points_newest_first(shop):
+    engine, base = shop
+    token = make_link(engine, customer_id(engine))
+    offer = forms(fetch(f"{base}/card/{token}")[2])["five-off"]
+    fetch(base + offer["action"], {"form": offer["form"], "reward": "five-off", "channel": "shopify"})
+    engine.adjust("jana@example.cz", 7, "a parcel lost by the courier", "admin:owner")
+    engine.adjust("jana@example.cz", -7, "given to the wrong customer", "admin:owner")
+    engine.adjust("jana@example.cz", 3, "goodwill", "admin:owner")
+    fmt = Formats("en", "EUR")
+    today = fmt.date(datetime.now(UTC))
+    yesterday, before = (fmt.date(datetime.now(UTC) - timedelta(days=n)) for n in (1, 2))
+    lines = history(fetch(f"{base}/card/{token}")[2])
+    assert lines == [
+        f"Adjustment {today} +3",  # the note is the staff's, not shown
+        f"Adjustment {today} −7",
+        f"Adjustment {today} +7",
+        f"Reward: Five off · In the online shop {SHOP} {today} −50",
+        f"Purchase · In the online shop {SHOP} {yesterday} +180",
+        f"Purchase · In the online shop shop.example {before} +20",
+    ]
+    czech = history(fetch(f"{base}/card/{token}", headers={"Accept-Language": "cs"})[2])
+    assert czech[3].startswith("Odměna: Five off · V e-shopu") and czech[3].endswith("−50")
+    assert czech[4].startswith("Nákup")
+
+
+def test_the_history_makes_one_line_of_an_order_s_points_and_its_bonus(make_engine, monkeypatch):
+    tables = {**TABLES, "plugins": {"first-order-bonus": {"points": 100}}}
+    for engine, base in serve_shop(make_engine, monkeypatch, tables):
+        # serve_shop's first order (WooCommerce, 20.00) earned 20 points and the bonus: two entries, one line
+        with engine.db.connect() as conn:
+            amounts = conn.execute(
+                select(ledger_entries.c.amount).join(accounts, accounts.c.id == ledger_entries.c.account_id)
+                .where(ledger_entries.c.source == "order:woocommerce:2001", accounts.c.unit == "points")
+            ).scalars().all()
+        assert sorted(amounts) == [20, 100]
+        lines = history(fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")[2])
+        assert [line.split(" · ")[0] for line in lines] == ["Purchase", "Purchase"]
+        assert lines[0].endswith("+225") and lines[1].endswith("+120")  # (silver by then: 180 × 1.25)
 
 
 def where(page: str, name: str) -> str:
@@ -582,6 +631,11 @@ def test_in_a_browser_the_card_shows_points_stamps_and_tier(shop, browser_page):
     assert page.locator("[data-card=coffee] .hole.full").count() == 4
     assert page.locator(".rg-qr svg").is_visible()
     assert page.locator("[data-reward=five-off] .rg-code").is_visible()
+    # the points history opens at a tap
+    lines = page.locator(".rg-history-list li")
+    assert lines.count() == 3 and not lines.first.is_visible()
+    page.locator(".rg-history summary").click()
+    assert lines.first.is_visible() and lines.first.inner_text().startswith("Reward: Five off")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 412, "the card fits a phone's width"
     screenshot(page, "card")

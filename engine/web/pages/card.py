@@ -363,6 +363,7 @@ class CardPages:
             "either": _either,
             "referral": referral,
             "memberships": [m for m in summary.get("memberships") or [] if m.get("status") != "cancelled"],
+            "history": points_history(engine, customer_id),
             "notice": notice,
             "qr_svg": Markup(qr_svg),
         }
@@ -630,6 +631,48 @@ class CardPages:
             Route("/embed/woocommerce/redeem", self.woocommerce_redeem, methods=["POST"]),
             Route("/invite/{code}", self.invite, methods=["GET"]),
         ]
+
+
+#: the points entries the card's history shows, newest first
+HISTORY = 10
+#: the sources whose second part is a channel (engine.metrics)
+_CHANNEL_SOURCES = ("order", "visit", "subscription")
+
+
+def points_history(engine, customer_id: int, limit: int = HISTORY) -> list[dict]:
+    """The customer's latest points entries, newest first by when they
+    happened: ``at``, ``amount``, ``reason`` (the ledger's), ``channel``
+    (where: an order's, a visit's, a membership's, a redemption's) and
+    ``reward`` (a redemption's catalogue name). Consecutive entries of one
+    cause (an order's points and a campaign's bonus on it) are one line; a
+    cause that came to nothing (points given and taken back) is left out."""
+    from engine.db.models import accounts, ledger_entries, rewards
+    from engine.rules_api import UNIT_POINTS
+
+    entries = ledger_entries.c
+    with engine.db.connect() as conn:
+        rows = conn.execute(
+            select(entries.amount, entries.reason, entries.source, entries.occurred_at, entries.detail)
+            .join(accounts, accounts.c.id == entries.account_id)
+            .where(accounts.c.customer_id == customer_id, accounts.c.unit == UNIT_POINTS)
+            .order_by(entries.occurred_at.desc(), entries.id.desc()).limit(limit * 4)
+        ).all()
+        codes = {row.source.partition(":")[2] for row in rows if row.reason == "redeem"}
+        names = dict(conn.execute(select(rewards.c.code, rewards.c.reward).where(rewards.c.code.in_(codes))).all()) \
+            if codes else {}
+    lines: list[dict] = []
+    for row in rows:
+        if lines and (lines[-1]["reason"], lines[-1]["source"]) == (row.reason, row.source):
+            lines[-1]["amount"] += row.amount
+            continue
+        kind, _, rest = (row.source or "").partition(":")
+        channel = rest.split(":", 1)[0] if kind in _CHANNEL_SOURCES else None
+        if row.reason == "redeem":
+            channel = (row.detail or {}).get("channel")
+        lines.append({"at": row.occurred_at, "amount": row.amount, "reason": row.reason, "source": row.source,
+                      "channel": channel or None,
+                      "reward": _title(names[rest]) if row.reason == "redeem" and rest in names else None})
+    return [line for line in lines if line["amount"]][:limit]
 
 
 def _title(name: str) -> str:

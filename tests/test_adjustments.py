@@ -274,6 +274,10 @@ def test_the_customer_page_adjusts_once_per_form_and_says_why_it_refuses(shop, m
             bad = session.post(f"{base}/admin/customers/{customer_id}/adjust",
                                data={**form, "key": _key(again.text), "amount": amount})
             assert "Give a whole number other than 0, at most 1,000,000 either way." in bad.text
+        for unit in ("beans", "stamps:tea"):  # not on the form: refused, not taken for points
+            forged = session.post(f"{base}/admin/customers/{customer_id}/adjust",
+                                  data={**form, "key": _key(again.text), "unit": unit})
+            assert "There is no such stamp card." in forged.text
         blank = session.post(f"{base}/admin/customers/{customer_id}/adjust",
                              data={**form, "key": _key(again.text), "note": " "})
         assert "Say why in the note (at most 500 characters)." in blank.text

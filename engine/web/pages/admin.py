@@ -646,29 +646,31 @@ class Admin:
         """The customer page's adjustment form: points or stamps given or
         taken, with a note; the page's own key makes a form sent twice (a
         double click, a reload) one adjustment."""
+        customer_id = request.path_params["customer_id"]
+        request.session["flash"] = await self._adjusted(customer_id, request.state.form, request.state.user.username)
+        return RedirectResponse(f"/admin/customers/{customer_id}#adjust", status_code=303)
+
+    async def _adjusted(self, customer_id: int, form: dict[str, str], username: str) -> dict:
+        """The adjustment a form asks for, made; what the page says of it."""
         from engine.adjustments import AdjustmentRefused
 
-        customer_id, form = request.path_params["customer_id"], request.state.form
         unit = form.get("unit", "points")
         card = unit.removeprefix("stamps:") if unit.startswith("stamps:") else None
-        flash = {"kind": "adjust", "ok": False, "unit": unit}
+        flash = {"kind": "adjust", "ok": False, "unit": unit[:80]}
+        if unit != "points" and card is None:  # (no such choice on the form)
+            return {**flash, "reason": "unknown_card"}
         try:
             amount = int(form.get("amount", "").strip())
         except ValueError:
-            flash["reason"] = "amount"
-        else:
-            try:
-                made = await run_in_threadpool(
-                    self.engine.adjust, f"id:{customer_id}", amount, form.get("note", ""),
-                    f"admin:{request.state.user.username}", card, f"admin:{form.get('key') or secrets.token_hex(8)}")
-            except AdjustmentRefused as exc:
-                flash.update(reason=exc.reason, **{k: v for k, v in exc.values.items() if k in ("balance", "limit")})
-            else:
-                flash.update(ok=True, amount=made.amount, balance=made.balance, duplicate=made.duplicate)
-                log.info("customer %s adjusted by %s: %+d %s (%s)", customer_id, request.state.user.username,
-                         made.amount, made.unit, made.note)
-        request.session["flash"] = flash
-        return RedirectResponse(f"/admin/customers/{customer_id}#adjust", status_code=303)
+            return {**flash, "reason": "amount"}
+        try:
+            made = await run_in_threadpool(self.engine.adjust, f"id:{customer_id}", amount, form.get("note", ""),
+                                           f"admin:{username}", card,
+                                           f"admin:{form.get('key') or secrets.token_hex(8)}")
+        except AdjustmentRefused as exc:
+            return {**flash, "reason": exc.reason, **{k: v for k, v in exc.values.items() if k == "balance"}}
+        log.info("customer %s adjusted by %s: %+d %s (%s)", customer_id, username, made.amount, made.unit, made.note)
+        return {**flash, "ok": True, "amount": made.amount, "balance": made.balance, "duplicate": made.duplicate}
 
     # -- failed deliveries -----------------------------------------------------------
 

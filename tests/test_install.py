@@ -176,13 +176,16 @@ def test_a_woocommerce_callback_with_a_forged_state_or_a_broken_body_is_refused(
 
 def test_install_without_a_public_url_says_what_to_set(make_engine):
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from starlette.requests import Request
 
     install = Install(make_engine(), env={})
     request = Request({"type": "http", "method": "GET", "path": "/install/shopify",
                        "query_string": b"shop=a.myshopify.com", "headers": []})
-    answer = asyncio.run(install.shopify_start(request))
+    # in a thread of its own: a browser test run before this one leaves Playwright's loop running in this one
+    with ThreadPoolExecutor(1) as thread:
+        answer = thread.submit(asyncio.run, install.shopify_start(request)).result()
     assert answer.status_code == 503
     message = json.loads(answer.body)["error"]["message"]
     assert "REGULARS_PUBLIC_URL" in message and "REGULARS_SHOPIFY_API_KEY" in message

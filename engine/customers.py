@@ -23,13 +23,28 @@ def expiring_soon(engine, conn, customer_id: int, now: datetime) -> list[dict]:
     "2027-01-15", "points": 50}, ...]``, soonest first; points past their date
     that the expiry job has not taken yet count on their day. Empty when points
     don't expire."""
+    return _expiring_by(engine, conn, customer_id,
+                        now + timedelta(days=engine.policy.remind_days or EXPIRING_DAYS))
+
+
+def next_expiry(engine, conn, customer_id: int) -> dict | None:
+    """The first day some of the customer's points expire, however far off:
+    ``{"on": "2027-01-15", "points": 50}``, or None. It changes only with the
+    customer's lots (a posting, the expiry job, a lot dated again), which is
+    when the shops are told."""
+    found = _expiring_by(engine, conn, customer_id, None)
+    return found[0] if found else None
+
+
+def _expiring_by(engine, conn, customer_id: int, until: datetime | None) -> list[dict]:
     if not engine.ledger.expiry_months:
         return []
     zone = ZoneInfo(engine.config.engine.get("timezone") or "UTC")
-    days = engine.policy.remind_days or EXPIRING_DAYS
     per_day: dict[str, int] = {}
-    for expires_at, points in engine.ledger.expiring_by(conn, customer_id, now + timedelta(days=days)):
+    for expires_at, points in engine.ledger.expiring_by(conn, customer_id, until):
         day = expires_at.astimezone(zone).date().isoformat()
+        if until is None and per_day and day not in per_day:
+            break  # the first day is all that was asked
         per_day[day] = per_day.get(day, 0) + points
     return [{"on": day, "points": points} for day, points in per_day.items()]
 

@@ -254,7 +254,10 @@ class Ledger:
         if dates["available_at"] is not None:  # (a lot that was never pending stays so)
             values["available_at"] = case((lots.c.available_at.is_(None), null()),
                                           else_=literal(dates["available_at"], lots.c.available_at.type))
-        conn.execute(update(lots).where(lots.c.entry_id.in_(entries), lots.c.earned_at != earned_at).values(values))
+        moved = conn.execute(update(lots).where(lots.c.entry_id.in_(entries), lots.c.earned_at != earned_at)
+                             .values(values)).rowcount
+        if moved and self.outbox is not None:
+            self.outbox.customer_changed(conn, customer_id)  # (the shops show when points expire next)
 
     def _open_lot(self, conn, account_id, entry_id, amount, earned_at, pending) -> None:
         _INSERT_LOT.execute(
@@ -335,17 +338,18 @@ class Ledger:
             conn.execute(update(lots).where(lots.c.id == row.id).values(reminded_at=now))
         return found
 
-    def expiring_by(self, conn: Connection, customer_id: int, until: datetime) -> list[tuple[datetime, int]]:
-        """The customer's points still in lots that expire by ``until`` (one
-        past its date that the expiry job has not taken yet included): (expiry,
-        points) per lot, soonest first."""
-        rows = conn.execute(
+    def expiring_by(self, conn: Connection, customer_id: int, until: datetime | None) -> list[tuple[datetime, int]]:
+        """The customer's points still in lots that expire by ``until`` (None:
+        ever; one past its date that the expiry job has not taken yet
+        included): (expiry, points) per lot, soonest first."""
+        query = (
             select(lots.c.expires_at, lots.c.remaining)
             .join(accounts, accounts.c.id == lots.c.account_id)
             .where(accounts.c.customer_id == customer_id, accounts.c.unit == UNIT_POINTS, lots.c.remaining > 0,
-                   lots.c.expires_at.is_not(None), lots.c.expires_at <= until)
+                   lots.c.expires_at.is_not(None))
             .order_by(lots.c.expires_at, lots.c.id)
-        ).all()
+        )
+        rows = conn.execute(query if until is None else query.where(lots.c.expires_at <= until)).all()
         return [(as_utc(row.expires_at), row.remaining) for row in rows]
 
     def balances(self, conn: Connection, customer_id: int) -> dict[str, int]:

@@ -268,7 +268,7 @@ class Deliverer:
         raise Unreachable(f"unknown outbox kind {row.kind!r}", retryable=False)
 
     def _sync(self, client, row) -> str:
-        from engine.customers import customer_summary
+        from engine.customers import customer_summary, next_expiry
 
         summary = customer_summary(self.engine, f"{row.channel}:{row.subject}")
         if summary is None:
@@ -280,6 +280,10 @@ class Deliverer:
             "stamps": summary["stamps"],
             "card_code": summary["card_code"],
         }
+        if self.engine.ledger.expiry_months:
+            with self.engine.db.connect() as conn:
+                # {"on": "2027-01-15", "points": 50}: the first day some points expire (None clears it)
+                values["points_expire_next"] = next_expiry(self.engine, conn, summary["id"])
         if row.channel == "shopify":
             client.set_customer_metafields(row.subject, values)
         else:

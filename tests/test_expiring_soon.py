@@ -13,7 +13,7 @@ import pytest
 
 from engine import customers as summaries
 from engine import terminals
-from engine.customers import customer_summary
+from engine.customers import customer_summary, next_expiry
 from engine.jobs import run
 from engine.ledger import add_months
 from engine.links import make_link
@@ -58,6 +58,8 @@ def test_points_expiring_are_summed_per_shop_day_within_remind_days(make_engine,
     assert expiring(engine, now, monkeypatch) == [{"on": "2027-01-10", "points": 140},
                                                   {"on": "2027-01-21", "points": 30}]
     assert expiring(engine, datetime(2026, 12, 1, tzinfo=UTC), monkeypatch) == []  # none within 20 days
+    with engine.db.connect() as conn:  # what the shops are told: the first day, however far off
+        assert next_expiry(engine, conn, customer_summary(engine, EMAIL)["id"]) == {"on": "2027-01-10", "points": 140}
     # spending takes the soonest lots first: what is left of them expires
     engine.redeem(EMAIL, "hundred", units=1, at=datetime(2026, 12, 20, tzinfo=UTC))
     assert expiring(engine, now, monkeypatch) == [{"on": "2027-01-10", "points": 40},
@@ -77,6 +79,8 @@ def test_without_remind_days_the_window_is_30_days_and_without_expiry_nothing_ex
     forever = make_engine({**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}}})
     buy(forever, 2, "100.00", datetime(2026, 1, 10, 10, tzinfo=UTC))  # (the same database)
     assert expiring(forever, datetime(2027, 1, 9, tzinfo=UTC), monkeypatch) == []
+    with forever.db.connect() as conn:
+        assert next_expiry(forever, conn, customer_summary(forever, EMAIL)["id"]) is None
 
 
 def test_the_card_says_which_points_expire_soon(make_engine, monkeypatch):

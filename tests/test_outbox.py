@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from engine import outbox as ob
+from engine.customers import customer_summary
 from engine.db import utcnow
 from engine.db.models import outbox, rewards
 from tests.conftest import load_contract
@@ -272,6 +273,30 @@ def test_shopify_metafields_get_the_balance_through_metafieldsset(make_engine, s
     assert "tier" not in fields  # no tier: no blank metafield
     sent = [r for r in shopify.requests if r.json and "metafieldsSet" in r.json.get("query", "")]
     assert sent and all(r.headers.get("x-shopify-access-token") == shopify.token for r in sent)
+
+
+def test_the_shops_are_told_when_points_expire_next_and_told_again_when_that_changes(make_engine, shopify, woo):
+    tables = _shopify_tables(shopify, woo.url)
+    tables["rules"] = {**tables["rules"], "expiry": {"months": 12}}
+    engine = make_engine(tables)
+    engine.ingest("shopify", "orders/paid", _shopify_order())
+    engine.ingest("woocommerce", "order.updated", _woo_order())
+    assert ob.Deliverer(engine).deliver_due().failed == 0
+    from engine.customers import next_expiry
+
+    with engine.db.connect() as conn:
+        first = {key: next_expiry(engine, conn, engine.identity.find(conn, key))
+                 for key in (f"shopify:{SHOPIFY_CUSTOMER}", "woocommerce:26")}
+    assert all(expiry is not None and expiry["points"] > 0 for expiry in first.values())
+    kind, text = shopify.metafields[SHOPIFY_CUSTOMER]["points_expire_next"]
+    assert (kind, json.loads(text)) == ("json", first[f"shopify:{SHOPIFY_CUSTOMER}"])
+    assert json.loads(_meta(woo)["regulars_points_expire_next"]) == first["woocommerce:26"]
+    # every point spent: nothing left to expire, and the values go
+    for key in first:
+        engine.adjust(key, -customer_summary(engine, key)["points"], "closing the account", "cli:test")
+    assert ob.Deliverer(engine).deliver_due(now=utcnow() + timedelta(seconds=5)).failed == 0
+    assert "points_expire_next" not in shopify.metafields[SHOPIFY_CUSTOMER]
+    assert _meta(woo)["regulars_points_expire_next"] == ""
 
 
 def test_a_full_card_s_reward_becomes_a_discount_for_that_customer_only(make_engine, shopify):

@@ -209,6 +209,17 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
     console.print(table)
 
 
+def _who(via: str) -> str:
+    """``cli:<login>``: who made an adjustment from this command line."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container's anonymous uid)
+        return via
+    return f"{via}:{user}"
+
+
 @customer.command("adjust", context_settings={"ignore_unknown_options": True})
 @click.argument("key")
 @click.argument("amount", type=int)
@@ -225,17 +236,10 @@ def customer_adjust(ctx: Context, key: str, amount: int, note: str, card: str | 
     soonest-expiring lots; given ones expire as earned points do. Exit 1,
     saying why, when refused (it would leave the balance below zero, an
     unknown customer or card)."""
-    import getpass
-
     from engine.adjustments import AdjustmentRefused
 
     try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no login name (a container's anonymous uid)
-        user = None
-    by = f"cli:{user}" if user else "cli"
-    try:
-        made = ctx.engine.adjust(key, amount, note, by, card, idempotency_key)
+        made = ctx.engine.adjust(key, amount, note, _who("cli"), card, idempotency_key)
     except AdjustmentRefused as exc:
         err.print(f"refused: {exc}", highlight=False)
         sys.exit(1)
@@ -245,9 +249,49 @@ def customer_adjust(ctx: Context, key: str, amount: int, note: str, card: str | 
     what = "points" if card is None else f"stamps on {card}"
     if made.duplicate:
         console.print(f"already done with key {idempotency_key}: {made.amount:+d} {what} ({made.note}); "
-                      f"balance now {made.balance}", highlight=False)
+                      f"balance now {made.balance}", highlight=False, soft_wrap=True)
         return
-    console.print(f"{key}: {made.amount:+d} {what} ({made.note}); balance now {made.balance}", highlight=False)
+    console.print(f"{key}: {made.amount:+d} {what} ({made.note}); balance now {made.balance}", highlight=False,
+                  soft_wrap=True)
+
+
+@customer.command("import-points")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--set", "replace", is_flag=True,
+              help="Make each balance the file's value (default: add the file's points to it).")
+@click.option("--note", help="Why, kept with each adjustment (default: imported from FILE).")
+@click.option("--dry-run", is_flag=True, help="Say what would change, and change nothing.")
+@pass_ctx
+def customer_import_points(ctx: Context, file: str, replace: bool, note: str | None, dry_run: bool) -> None:
+    """Import points balances from a CSV file (Smile.io's and LoyaltyLion's
+    format): a header row with an email (or phone, or card_code) column and a
+    points column. A customer not known yet is created from the email or
+    phone. Each row is applied once, however often the file is imported.
+    Exit 1 when a row was refused (each is named with its line)."""
+    from rich.progress import Progress
+
+    from engine.imports import ImportFileError, import_points, read_rows
+
+    data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    name = "stdin" if file == "-" else Path(file).name
+    try:
+        total = len(read_rows(data))
+    except ImportFileError as exc:
+        raise click.ClickException(f"{name}: {exc}") from None
+    with Progress(console=err, transient=True, disable=total < 200) as bar:
+        task = bar.add_task("importing", total=total)
+        report = import_points(ctx.engine, data, note or f"imported from {name}", _who("cli"), replace, dry_run,
+                               progress=lambda n: bar.advance(task, n))
+    for line, reason in report.refused:
+        err.print(f"line {line}: refused: {reason}", highlight=False)
+    counts = ", ".join(f"{report.rows[s]} {s}" for s in ("adjusted", "unchanged", "already imported", "refused")
+                       if report.rows[s])
+    prefix = "dry run, nothing changed: " if dry_run else ""
+    console.print(f"{prefix}{sum(report.rows.values())} rows: {counts or 'none'}; +{report.given} and "
+                  f"-{report.taken} points; {report.created} customer{'' if report.created == 1 else 's'} created",
+                  highlight=False, soft_wrap=True)
+    if report.refused:
+        sys.exit(1)
 
 
 @customer.command("export")

@@ -1,0 +1,178 @@
+"""Points balances brought from another loyalty programme (Smile.io,
+LoyaltyLion, a spreadsheet): ``regulars customer import-points FILE.csv``.
+
+The file is the one those apps export and import: a header row naming an
+``email`` column (or ``phone``, or ``card_code``) and a ``points`` column;
+``first_name`` and ``last_name`` are read when present. Commas or semicolons
+separate the columns (a spreadsheet in a Czech or German locale writes
+semicolons), and a UTF-8 byte-order mark (Excel's) is skipped.
+
+- **Add** (the default): each row's points are given (or, negative, taken) as
+  an adjustment (``engine.adjustments``) with the note.
+- **Set** (``--set``): each customer's balance becomes the row's value; the
+  difference is the adjustment, and a balance already there is left alone.
+- A customer nobody knows yet is created from the row's email or phone (a
+  shop's orders find them later by it); a card code must be one regulars
+  issued.
+- Each row is applied once: its adjustment's key is the file's SHA-256 and the
+  row's line, so the same file imported again changes nothing (its rows are
+  counted ``already imported``), whatever happened to the balances since.
+- A row that can't be applied (no such card, a points value that isn't a
+  whole number, a balance that would go below zero) is reported with its
+  line and reason; the others are applied.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from engine.adjustments import REASON, AdjustmentRefused, adjust
+from engine.db import utcnow
+from engine.db.models import ledger_entries
+from engine.identity import normalize_email
+from engine.jsonio import unstorable
+from engine.rules_api import UNIT_POINTS
+
+#: the columns a row may name its customer by, tried in this order
+KEYS = ("email", "phone", "card_code")
+#: the statuses a row ends in
+STATUSES = ("adjusted", "unchanged", "already imported", "refused")
+
+
+class ImportFileError(ValueError):
+    """A file that can't be read as a points import at all (no header, no
+    points column, not UTF-8): nothing was imported."""
+
+
+@dataclass
+class ImportReport:
+    #: rows per status (``STATUSES``)
+    rows: Counter = field(default_factory=Counter)
+    #: points given and taken
+    given: int = 0
+    taken: int = 0
+    #: customers created from a row
+    created: int = 0
+    #: (line, reason) of each refused row
+    refused: list[tuple[int, str]] = field(default_factory=list)
+
+
+def read_rows(data: bytes) -> list[tuple[int, dict[str, str]]]:
+    """The file's rows as (line number, {column: value}), columns lower-cased."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ImportFileError(f"the file is not UTF-8 text (byte {exc.start}); save it as CSV UTF-8") from None
+    header = text.split("\n", 1)[0]
+    delimiter = ";" if header.count(";") > header.count(",") else ","
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    names = [name.strip().lower() for name in reader.fieldnames or []]
+    if "points" not in names or not any(key in names for key in KEYS):
+        raise ImportFileError(f"the first row must name a points column and an email, phone or card_code column "
+                              f"(it names: {', '.join(names) or 'nothing'})")
+    reader.fieldnames = names
+    rows = []
+    for row in reader:
+        values = {name: (value or "").strip() for name, value in row.items() if name is not None}
+        if any(values.values()):
+            rows.append((reader.line_num, values))
+    return rows
+
+
+def import_points(engine, data: bytes, note: str, by: str, replace: bool = False, dry_run: bool = False,
+                  at: datetime | None = None, progress=None) -> ImportReport:
+    """Import a points CSV (see the module docstring). ``replace``: set the
+    balances instead of adding; ``dry_run``: report what would happen and
+    change nothing. ``progress(n)`` is told of each row done."""
+    engine.ensure_schema()
+    rows = read_rows(data)
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    at = at or utcnow()
+    report = ImportReport()
+    with engine.db.connect() as conn:
+        for line, values in rows:
+            outcome = _row(engine, conn, values, f"import:{digest}:{line}", note, by, replace, dry_run, at, report)
+            report.rows[outcome[0]] += 1
+            if outcome[0] == "refused":
+                report.refused.append((line, outcome[1]))
+            if progress:
+                progress(1)
+    return report
+
+
+def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> tuple[str, str | None]:
+    raw = values.get("points", "")
+    try:
+        points = int(raw)
+    except ValueError:
+        return "refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)"
+    for attempt in range(5):
+        tx = conn.begin()
+        try:
+            found = _customer(engine, conn, values, at)
+            if isinstance(found, str):
+                tx.rollback()
+                return "refused", found
+            customer_id, created = found
+            if conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == f"{REASON}:{key}")).first():
+                tx.rollback()
+                return "already imported", None
+            balance = engine.ledger.balances(conn, customer_id).get(UNIT_POINTS, 0)
+            amount = points - balance if replace else points
+            if amount == 0:
+                (tx.rollback if dry_run else tx.commit)()
+                report.created += created
+                return "unchanged", None
+            try:
+                adjust(conn, engine.ledger, engine.cards, customer_id, UNIT_POINTS, amount, note, by, at, key)
+            except AdjustmentRefused as exc:
+                tx.rollback()
+                return "refused", str(exc)
+            (tx.rollback if dry_run else tx.commit)()
+        except (IntegrityError, OperationalError):
+            tx.rollback()
+            if attempt == 4:
+                raise
+            continue
+        report.created += created
+        report.given += max(amount, 0)
+        report.taken += max(-amount, 0)
+        return "adjusted", None
+    raise AssertionError("unreachable")
+
+
+def _customer(engine, conn, values, at) -> tuple[int, bool] | str:
+    """(customer id, created) for a row, or why there is none."""
+    for name in KEYS:
+        key = values.get(name)
+        if not key:
+            continue
+        if name == "email" and normalize_email(key) is None:
+            return f"{key!r} is not an email address"
+        found = engine.identity.find(conn, key)
+        if found is not None:
+            return found, False
+        if name == "card_code":
+            return f"no customer has the card code {key!r}"
+        hints = {"email": values.get("email") or None, "phone": values.get("phone") or None,
+                 "first_name": _name(values.get("first_name")), "last_name": _name(values.get("last_name"))}
+        created = engine.identity.resolve(conn, "import", hints, at)
+        if created is None:
+            return f"{key!r} is neither an email address nor a phone number"
+        return created, True
+    return "the row names no customer (email, phone or card_code)"
+
+
+def _name(value: str | None) -> str | None:
+    """A name as a customer row keeps it (200 characters); None if unusable."""
+    if not value or unstorable(value):
+        return None
+    return value[:200]

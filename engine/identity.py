@@ -240,6 +240,13 @@ def _view_of(row) -> CustomerView:
     )
 
 
+def _older(at: datetime, stamp: str | None, created: datetime | None) -> bool:
+    """Whether a snapshot taken ``at`` is older than the one that set a field
+    (``stamp``, else the customer's creation)."""
+    then = datetime.fromisoformat(stamp) if stamp else created
+    return then is not None and at < then
+
+
 def _birthday(day: date) -> datetime:
     # Stored as midnight UTC, so that it reads back as the same day anywhere.
     return datetime.combine(day, datetime.min.time(), UTC)
@@ -394,18 +401,27 @@ class Identity:
         return _view_of(row)
 
     def _update_row(self, conn, customer_id, current, hints, keys, at) -> dict:
-        """Write what the hints add to a customer we already read; returns the changes."""
+        """Write what the hints add to a customer we already read; returns the
+        changes. A descriptive field (``_STAMPED``) the customer has is changed
+        only by a snapshot at least as new as the one that set it, so a
+        delivery that comes late (an older ``customers/update``, an old
+        order's) leaves the newer name, consent or address alone."""
         changes = {k: v for k, v in keys.items() if current.get(k) != v}
-        for name in ("first_name", "last_name", "accepts_marketing"):
-            value = hints.get(name)
-            if value is not None and value != "" and current.get(name) != value:
-                changes[name] = value
-        address = normalize_address(hints.get("address"))
-        if address and current.get("address") != address:
-            changes["address"] = address
+        given = {name: hints.get(name) for name in ("first_name", "last_name", "accepts_marketing")}
+        given["address"] = normalize_address(hints.get("address"))
+        given = {name: value for name, value in given.items() if value is not None and value != ""}
+        stamps = current.get("fields_at") or {}
+        created = as_utc(current["created_at"]) if current.get("created_at") else None
+        fresh = {name for name in given
+                 if current.get(name) is None or not _older(at, stamps.get(name), created)}
+        for name in fresh:
+            if current.get(name) != given[name]:
+                changes[name] = given[name]
         if hints.get("birthday") and current.get("birthday") is None:
             changes["birthday"] = _birthday(hints["birthday"])
         if changes:
+            if fresh:  # (only with a write: a value merely confirmed costs no UPDATE)
+                changes["fields_at"] = {**stamps, **dict.fromkeys(fresh, at.isoformat())}
             conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **changes, "updated_at": at})
         return changes
 

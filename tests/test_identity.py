@@ -138,3 +138,43 @@ def test_a_key_no_database_stores_finds_nobody_instead_of_failing(engine):
         for key in ("jana@example.com\x00", "+420601123456\x00", card + "\x00", "shopify:1\x00", "jana\ud800@example.com"):
             assert engine.identity.find(conn, key) is None, key
     assert customer_summary(engine, "jana\x00@example.com") is None
+
+
+def _profile(first: str, consent: str | None, updated_at: str) -> bytes:
+    """Shopify's customers/update delivery (the recorded one), renamed and dated."""
+    from tests.conftest import load_contract
+
+    body = dict(load_contract("shopify/webhooks/customers_update.delivery-2024-10.json")["body"])
+    body.update(first_name=first, updated_at=updated_at,
+                email_marketing_consent=None if consent is None else {"state": consent, "opt_in_level": "single_opt_in",
+                                                                        "consent_updated_at": updated_at})
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_an_older_profile_delivered_late_does_not_undo_a_newer_name_or_consent(engine, late):
+    """The customer unsubscribed and changed their name on 2 January; the
+    1 January snapshot is delivered last (a retried webhook): the 2 January
+    values stand, in either arrival order."""
+    older = _profile("Robert", "subscribed", "2022-01-01T10:00:00-05:00")
+    newer = _profile("Bob", "unsubscribed", "2022-01-02T10:00:00-05:00")
+    for body in ((newer, older) if late else (older, newer)):
+        assert engine.ingest("shopify", "customers/update", body).status == "applied"
+    bob = customer_summary(engine, "bob@biller.com")
+    with engine.db.connect() as conn:
+        consent = conn.execute(select(customers.c.accepts_marketing).where(customers.c.id == bob["id"])).scalar_one()
+    assert (bob["first_name"], consent) == ("Bob", False)
+
+
+def test_a_field_nobody_gave_is_taken_from_an_older_snapshot_and_a_newer_one_still_wins(engine):
+    first = _profile("Bob", None, "2022-01-03T10:00:00-05:00")  # no consent given
+    late = _profile("Robert", "subscribed", "2022-01-01T10:00:00-05:00")
+    assert engine.ingest("shopify", "customers/update", first).status == "applied"
+    assert engine.ingest("shopify", "customers/update", late).status == "applied"
+    with engine.db.connect() as conn:
+        row = conn.execute(select(customers.c.first_name, customers.c.accepts_marketing)).one()
+    assert tuple(row) == ("Bob", True)  # the name was newer; the consent is all we know
+    assert engine.ingest("shopify", "customers/update",
+                         _profile("Bob", "unsubscribed", "2022-01-04T10:00:00-05:00")).status == "applied"
+    with engine.db.connect() as conn:
+        assert conn.execute(select(customers.c.accepts_marketing)).scalar_one() is False

@@ -223,7 +223,8 @@ def test_a_referrer_s_profile_address_counts_whenever_it_arrives(make_engine, fi
     there: the claim ends refused either way."""
     engine = make_engine(tables=tables(), extra_plugins=(("crm", _CrmPlugin()),))
     buy(engine, 1, REFERRER, "10.00")
-    profile = {"type": "customer.upserted", "idempotency_key": "crm:petr:1", "occurred_at": T0.isoformat(),
+    profile = {"type": "customer.upserted", "idempotency_key": "crm:petr:1",
+               "occurred_at": (T0 + timedelta(hours=3)).isoformat(),
                "customer": {"email": REFERRER, "address": "9 Birch Lane, 40003, US"}}
 
     def send_profile():

@@ -61,6 +61,10 @@ class Customer(Base):
     tier_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     tier_below_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     birthday: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: when the snapshot that set each of first_name, last_name,
+    #: accepts_marketing and address was taken ({field: ISO time}; a field not
+    #: named counts as of created_at): an older one delivered late changes nothing
+    fields_at: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -7,11 +7,14 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from engine.customers import customer_summary
 from engine.db.models import customers, ledger_entries
 from engine.identity import normalize_email, normalize_phone
+from tests.conftest import empty_database, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
 AT = datetime(2026, 5, 1, tzinfo=UTC)
@@ -178,3 +181,23 @@ def test_a_field_nobody_gave_is_taken_from_an_older_snapshot_and_a_newer_one_sti
                          _profile("Bob", "unsubscribed", "2022-01-04T10:00:00-05:00")).status == "applied"
     with engine.db.connect() as conn:
         assert conn.execute(select(customers.c.accepts_marketing)).scalar_one() is False
+
+
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(snapshots=st.lists(st.tuples(st.sampled_from(["Bob", "Robert", "Bobby"]),
+                                    st.sampled_from([None, "subscribed", "unsubscribed"])),
+                          min_size=1, max_size=6),
+       order=st.randoms(use_true_random=False))
+def test_any_arrival_order_of_profiles_ends_with_the_newest_values(engine, snapshots, order):
+    """Profiles one day apart, delivered in any order: the name is the newest
+    profile's, and the consent the newest that gave one."""
+    empty_database(engine)
+    bodies = [_profile(name, consent, f"2022-01-{day + 1:02d}T10:00:00-05:00")
+              for day, (name, consent) in enumerate(snapshots)]
+    order.shuffle(bodies)
+    for body in bodies:
+        assert engine.ingest("shopify", "customers/update", body).status == "applied"
+    with engine.db.connect() as conn:
+        row = conn.execute(select(customers.c.first_name, customers.c.accepts_marketing)).one()
+    given = [consent for _, consent in snapshots if consent is not None]
+    assert tuple(row) == (snapshots[-1][0], given[-1] == "subscribed" if given else None)

@@ -402,22 +402,29 @@ class Identity:
 
     def _update_row(self, conn, customer_id, current, hints, keys, at) -> dict:
         """Write what the hints add to a customer we already read; returns the
-        changes. A descriptive field (``_STAMPED``) the customer has is changed
-        only by a snapshot at least as new as the one that set it, so a
-        delivery that comes late (an older ``customers/update``, an old
-        order's) leaves the newer name, consent or address alone."""
-        changes = {k: v for k, v in keys.items() if current.get(k) != v}
-        given = {name: hints.get(name) for name in ("first_name", "last_name", "accepts_marketing")}
-        given["address"] = normalize_address(hints.get("address"))
-        given = {name: value for name, value in given.items() if value is not None and value != ""}
+        changes. A name, the marketing consent or the address the customer has
+        is changed only by a snapshot at least as new as the one that set it
+        (``customers.fields_at``, else ``created_at``), so a delivery that
+        comes late (an older ``customers/update``, an old order's) leaves the
+        newer values alone; one nothing has given yet is taken from any. An
+        erasure stamps every personal field: a snapshot from before it brings
+        none of them back (``engine.privacy``)."""
         stamps = current.get("fields_at") or {}
         created = as_utc(current["created_at"]) if current.get("created_at") else None
-        fresh = {name for name in given
-                 if current.get(name) is None or not _older(at, stamps.get(name), created)}
+
+        def stale(name: str, fallback: datetime | None) -> bool:
+            if stamps.get(name) is None and current.get(name) is None:
+                return False  # nothing known: any snapshot says more
+            return _older(at, stamps.get(name), fallback)
+
+        changes = {k: v for k, v in keys.items() if current.get(k) != v and not stale(k, None)}
+        given = {name: hints.get(name) for name in ("first_name", "last_name", "accepts_marketing")}
+        given["address"] = normalize_address(hints.get("address"))
+        fresh = {name for name, value in given.items() if value is not None and value != "" and not stale(name, created)}
         for name in fresh:
             if current.get(name) != given[name]:
                 changes[name] = given[name]
-        if hints.get("birthday") and current.get("birthday") is None:
+        if hints.get("birthday") and current.get("birthday") is None and not stale("birthday", None):
             changes["birthday"] = _birthday(hints["birthday"])
         if changes:
             if fresh:  # (only with a write: a value merely confirmed costs no UPDATE)

@@ -269,8 +269,10 @@ def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: li
     for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
         conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
                      .values(body=ERASED_BODY, headers=None))
+    # Stamped as of the erasure: a snapshot taken before it (a late webhook, a
+    # reconcile run's re-read) brings none of it back (engine.identity).
     conn.execute(update(customers).where(customers.c.id.in_(ids))
-                 .values(**dict.fromkeys(PERSONAL), updated_at=at))
+                 .values(**dict.fromkeys(PERSONAL), fields_at=dict.fromkeys(PERSONAL, at.isoformat()), updated_at=at))
     notes = 0
     for row in conn.execute(select(orders.c.id, orders.c.state).where(orders.c.customer_id.in_(ids))).all():
         state = dict(row.state or {})

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from engine import inbox
 from engine.customers import customer_summary
-from engine.db.models import orders
+from engine.db.models import customers, orders
 from engine.privacy import UnknownCustomer, erase, export
 from tests.conftest import CONTRACTS
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
@@ -326,3 +326,23 @@ def test_a_shop_redact_erases_what_other_channels_hold_of_its_customers_and_only
         woo_orders = [bytes(inbox.get(conn, r.id).body) for r in inbox.listing(conn)
                       if r.channel == "woocommerce" and r.topic == "order.updated"]
     assert sum(EMAIL.encode() in b for b in woo_orders) == 2  # her order and the raw one: she is kept
+
+
+def test_a_snapshot_from_before_an_erasure_brings_nothing_back_and_a_newer_one_does(engine):
+    from datetime import UTC, datetime
+
+    from tests.test_identity import _profile
+
+    assert engine.ingest("shopify", "customers/update",
+                         _profile("Bob", "subscribed", "2022-01-02T10:00:00-05:00")).status == "applied"
+    erase(engine, "bob@biller.com", datetime(2022, 1, 5, tzinfo=UTC))
+    late = _profile("Robert", "subscribed", "2022-01-03T10:00:00-05:00")  # taken before the erasure
+    assert engine.ingest("shopify", "customers/update", late).status == "applied"
+    with engine.db.connect() as conn:
+        row = conn.execute(select(customers.c.email, customers.c.first_name, customers.c.accepts_marketing)).one()
+    assert tuple(row) == (None, None, None)
+    back = _profile("Bob", "unsubscribed", "2022-01-06T10:00:00-05:00")  # the customer came back
+    assert engine.ingest("shopify", "customers/update", back).status == "applied"
+    with engine.db.connect() as conn:
+        row = conn.execute(select(customers.c.email, customers.c.first_name, customers.c.accepts_marketing)).one()
+    assert tuple(row) == ("bob@biller.com", "Bob", False)

@@ -247,20 +247,10 @@ class Engine:
         Raises ``RedemptionRefused`` saying why (unknown customer included)."""
         self.ensure_schema()
         at = at or utcnow()
-        for attempt in range(RETRIES):
-            self.rewards.take_issued()
-            try:
-                with self.db.begin() as conn:
-                    customer_id = self.identity.find(conn, key)
-                    if customer_id is None:
-                        raise RedemptionRefused(f"no customer matches {key!r}", "unknown_customer")
-                    issued = self.rewards.redeem(conn, customer_id, reward, at, channel, units, idempotency_key)
-                self._announce_rewards()
-                return issued
-            except (IntegrityError, OperationalError):
-                if attempt == RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return self._for_customer(
+            key, RedemptionRefused(f"no customer matches {key!r}", "unknown_customer"),
+            lambda conn, customer_id: self.rewards.redeem(conn, customer_id, reward, at, channel, units,
+                                                          idempotency_key))
 
     def adjust(self, key: str, amount: int, note: str, by: str, card: str | None = None,
                idempotency_key: str | None = None, at: datetime | None = None) -> Adjustment:
@@ -271,17 +261,26 @@ class Engine:
         self.ensure_schema()
         at = at or utcnow()
         unit = unit_of(card, self.cards.cards)
+        return self._for_customer(
+            key, AdjustmentRefused(f"no customer matches {key!r}", "unknown_customer"),
+            lambda conn, customer_id: adjust(conn, self.ledger, self.cards, customer_id, unit, amount, note, by,
+                                             at, idempotency_key))
+
+    def _for_customer(self, key: str, unknown: Exception, work):
+        """``work(conn, customer_id)`` in one transaction, for the customer a
+        key finds (``unknown`` is raised when nobody matches), tried again when
+        it loses a race; the rewards it issued (a redemption, a stamp card
+        filled) are announced after the commit. Returns what ``work`` did."""
         for attempt in range(RETRIES):
             self.rewards.take_issued()
             try:
                 with self.db.begin() as conn:
                     customer_id = self.identity.find(conn, key)
                     if customer_id is None:
-                        raise AdjustmentRefused(f"no customer matches {key!r}", "unknown_customer")
-                    made = adjust(conn, self.ledger, self.cards, customer_id, unit, amount, note, by, at,
-                                  idempotency_key)
-                self._announce_rewards()  # a stamp card filled
-                return made
+                        raise unknown
+                    done = work(conn, customer_id)
+                self._announce_rewards()
+                return done
             except (IntegrityError, OperationalError):
                 if attempt == RETRIES - 1:
                     raise

@@ -33,7 +33,7 @@ from engine.db.models import (
 from engine.events import normalize_address
 from engine.fastsql import Fast, is_deferring
 from engine.jsonio import unstorable
-from engine.ledger import Ledger, insert_ignore_statement, typed_insert
+from engine.ledger import Ledger, insert_ignore_statement, typed_insert, typed_update
 from engine.referrals import merge_referrals
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -138,6 +138,9 @@ _LOOKUP = union_all(
 )
 _FAST_LOOKUP = Fast(_LOOKUP)
 _UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("b_id"))
+# A newer snapshot that confirms what the customer row holds: only its time is
+# written (``Identity._update_row``).
+_STAMP_FIELDS = Fast(typed_update(customers, ("fields_at",)))
 _CREATED_COLUMNS = ("email", "phone", "first_name", "last_name", "accepts_marketing", "address", "birthday",
                     "card_code", "referral_code", "created_at", "updated_at")
 _INSERT_CUSTOMER = Fast(typed_insert(customers, _CREATED_COLUMNS, returning=("id",)))
@@ -243,8 +246,15 @@ def _view_of(row) -> CustomerView:
 def _older(at: datetime, stamp: str | None, created: datetime | None) -> bool:
     """Whether a snapshot taken ``at`` is older than the one that set a field
     (``stamp``, else the customer's creation)."""
-    then = datetime.fromisoformat(stamp) if stamp else created
-    return then is not None and at < then
+    return at < _set_at(stamp, created)
+
+
+def _set_at(stamp: str | None, created: datetime | None) -> datetime:
+    """When a field was set: its stamp, else the customer's creation, else
+    the beginning of time."""
+    if stamp:
+        return datetime.fromisoformat(stamp)
+    return created or datetime.min.replace(tzinfo=UTC)
 
 
 def _birthday(day: date) -> datetime:
@@ -426,10 +436,16 @@ class Identity:
                 changes[name] = given[name]
         if hints.get("birthday") and current.get("birthday") is None and not stale("birthday", None):
             changes["birthday"] = _birthday(hints["birthday"])
+        # A value confirmed by a newer snapshot is stamped anew too: an older
+        # one that said otherwise must not win when it comes late.
+        newer = {name for name in fresh if _set_at(stamps.get(name), created) < at}
         if changes:
-            if fresh:  # (only with a write: a value merely confirmed costs no UPDATE)
+            if fresh:
                 changes["fields_at"] = {**stamps, **dict.fromkeys(fresh, at.isoformat())}
             conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, **changes, "updated_at": at})
+        elif newer:  # nobody reads it: on PostgreSQL it goes with the transaction's last writes
+            _STAMP_FIELDS.later(conn, {"b_id": customer_id,
+                                       "fields_at": {**stamps, **dict.fromkeys(newer, at.isoformat())}})
         return changes
 
     def _resolve_carefully(self, conn, channel, hints, at, email, phone, external, card) -> int:

@@ -195,6 +195,8 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
         ("phone", summary["phone"] or "-"),
         ("card", summary["card_code"]),
         ("points", str(summary["points"])),
+        *([("expiring", ", ".join(f"{e['points']} on {e['on']}" for e in summary["points_expiring"]))]
+          if summary["points_expiring"] else []),
         ("stamps", ", ".join(f"{c}: {n}" for c, n in summary["stamps"].items()) or "-"),
         *([("other units", ", ".join(f"{u}: {n}" for u, n in summary["other_units"].items()))]
           if summary["other_units"] else []),

@@ -134,3 +134,18 @@ def test_the_counter_tells_the_cashier_which_points_expire_soon(till, browser_pa
     expect(page.locator("#customer-points")).to_have_text("42")
     shown = Formats("en", "EUR").date(date.fromisoformat(soonest["on"]))
     expect(page.locator("#customer-expiring")).to_have_text(f"42 points expire on {shown}")
+
+
+def test_customer_show_says_which_points_expire_soon(make_engine, monkeypatch):
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    engine = make_engine(tables(months=12, remind_days=20))
+    buy(engine, 1, "100.00", datetime(2026, 1, 10, 10, tzinfo=UTC))
+    monkeypatch.setattr("engine.cli.Context.engine", engine)
+    monkeypatch.setattr(summaries, "utcnow", lambda: datetime(2027, 1, 1, tzinfo=UTC))
+    out = CliRunner().invoke(main, ["customer", "show", EMAIL])
+    assert out.exit_code == 0, out.output
+    assert [line.split() for line in out.output.splitlines() if line.strip().startswith("expiring")] == [
+        ["expiring", "100", "on", "2027-01-10"]]

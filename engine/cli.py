@@ -265,9 +265,8 @@ def customer_adjust(ctx: Context, key: str, amount: int, note: str, card: str | 
 @click.option("--dry-run", is_flag=True, help="Say what would change, and change nothing.")
 @pass_ctx
 def customer_import_points(ctx: Context, file: str, replace: bool, note: str | None, dry_run: bool) -> None:
-    """Import points balances from a CSV file (Smile.io's and LoyaltyLion's
-    format): a header row with an email (or phone, or card_code) column and a
-    points column. A customer not known yet is created from the email or
+    """Import points balances from a CSV file (Smile.io's format): a header
+    row with an email (or phone, or card_code) column and a points column. A customer not known yet is created from the email or
     phone. Each row is applied once, however often the file is imported.
     Exit 1 when a row was refused (each is named with its line)."""
     from rich.progress import Progress

@@ -1,8 +1,9 @@
 """Points balances brought from another loyalty programme (Smile.io,
 LoyaltyLion, a spreadsheet): ``regulars customer import-points FILE.csv``.
 
-The file is the one those apps export and import: a header row naming an
-``email`` column (or ``phone``, or ``card_code``) and a ``points`` column;
+The file is the one Smile.io moves balances with (another app's export, once
+its balance column is named ``points``): a header row naming an ``email``
+column (or ``phone``, or ``card_code``) and a ``points`` column;
 ``first_name`` and ``last_name`` are read when present. Commas or semicolons
 separate the columns (a spreadsheet in a Czech or German locale writes
 semicolons), and a UTF-8 byte-order mark (Excel's) is skipped.

@@ -45,7 +45,7 @@ from engine.pipeline import EventRefused, Pipeline
 from engine.plugins import PluginFailed, Plugins
 from engine.referrals import ReferralRefused, Referrals
 from engine.rewards import Catalogue, Issued, RedemptionRefused, Rewards
-from engine.rules_api import PointsPolicy
+from engine.rules_api import UNIT_POINTS, PointsPolicy
 from engine.subscriptions import ACTIONS, SubscriptionRefused, Subscriptions
 from engine.tiers import Tiers
 
@@ -170,6 +170,9 @@ class Engine:
         self.catalogue = Catalogue.build(config, self.plugins, set(self.connectors))
         self.rewards = Rewards(self.catalogue, self.ledger, set(self.connectors))
         self.cards = Cards(self.plugins, self.catalogue, self.rewards, self.ledger)
+        #: whether the observer hooks are called after commit (False: a
+        #: rehearsal's engine, ``regulars simulate``)
+        self.observers = True
         self.identity.cards = self.cards
         self.tiers = Tiers(self.plugins.pm.hook.regulars_register_tier_program())
         self.referrals = Referrals(self.plugins.pm.hook.regulars_register_referral_program(), self.ledger)
@@ -272,14 +275,14 @@ class Engine:
         it loses a race; the rewards it issued (a redemption, a stamp card
         filled) are announced after the commit. Returns what ``work`` did."""
         for attempt in range(RETRIES):
-            self.rewards.take_issued()
+            self._forget()  # what a rolled-back try issued or posted never was
             try:
                 with self.db.begin() as conn:
                     customer_id = self.identity.find(conn, key)
                     if customer_id is None:
                         raise unknown
                     done = work(conn, customer_id)
-                self._announce_rewards()
+                self._announce()
                 return done
             except (IntegrityError, OperationalError):
                 if attempt == RETRIES - 1:
@@ -294,7 +297,7 @@ class Engine:
         if not self.referrals.program:
             raise ReferralRefused("referrals are off: add a [rules.referrals] table")
         at = at or utcnow()
-        with self.db.begin() as conn:
+        with self.announcing(), self.db.begin() as conn:  # (a first order already paid: both rewarded now)
             customer_id = self.identity.find(conn, key)
             if customer_id is None:
                 raise ReferralRefused(f"no customer matches {key!r}")
@@ -316,27 +319,21 @@ class Engine:
         self.ensure_schema()
         kind = ACTIONS[action]
         at = at or utcnow()
-        for attempt in range(RETRIES):
+
+        def work(conn, customer_id: int) -> dict:
+            sub_id = external_id or f"{customer_id}:{plan}"
+            raw = {"type": kind, "channel": channel, "occurred_at": at.isoformat(),
+                   "idempotency_key": idempotency_key or f"{channel}:{sub_id}:{kind}:{at.isoformat()}",
+                   "subscription": {"id": sub_id, "plan": plan,
+                                    "period_end": period_end.isoformat() if period_end else None}}
             try:
-                with self.db.begin() as conn:
-                    customer_id = self.identity.find(conn, key)
-                    if customer_id is None:
-                        raise SubscriptionRefused(f"no customer matches {key!r}")
-                    sub_id = external_id or f"{customer_id}:{plan}"
-                    raw = {"type": kind, "channel": channel, "occurred_at": at.isoformat(),
-                           "idempotency_key": idempotency_key or f"{channel}:{sub_id}:{kind}:{at.isoformat()}",
-                           "subscription": {"id": sub_id, "plan": plan,
-                                            "period_end": period_end.isoformat() if period_end else None}}
-                    try:
-                        event = load_event(raw)
-                    except ValidationError as exc:
-                        raise SubscriptionRefused(format_errors("event", kind, exc.messages).replace("event [", "[")) from None
-                    self.subscriptions.apply(conn, event, customer_id)
-                    return self.subscriptions.state(conn, channel, sub_id)
-            except (IntegrityError, OperationalError):
-                if attempt == RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+                event = load_event(raw)
+            except ValidationError as exc:
+                raise SubscriptionRefused(format_errors("event", kind, exc.messages).replace("event [", "[")) from None
+            self.subscriptions.apply(conn, event, customer_id)
+            return self.subscriptions.state(conn, channel, sub_id)
+
+        return self._for_customer(key, SubscriptionRefused(f"no customer matches {key!r}"), work)
 
     def replay(self, inbox_id: int) -> Outcome:
         """Apply a stored delivery again from its raw body (after a fix, or to
@@ -447,7 +444,7 @@ class Engine:
         alone = len(rows) == 1
         ahead = alone and decided[0][0] is not None
         for _ in range(RETRIES):
-            self.rewards.take_issued()  # what a rolled-back try issued never was
+            self._forget()  # what a rolled-back try issued or posted never was
             try:
                 with self._transaction(conn) as tx:
                     if alone:
@@ -464,7 +461,7 @@ class Engine:
                         with self._counting(tx):  # the batch's counters, written once at its end
                             outcomes = [outcome for start in range(0, len(pairs), RUN)
                                         for outcome in self._settle_run(tx, pairs[start : start + RUN])]
-                self._announce_rewards()
+                self._announce()
                 return outcomes
             except (IntegrityError, OperationalError):
                 continue  # lost a race with a concurrent event: the retry sees its result
@@ -527,7 +524,7 @@ class Engine:
         the dashboard's counters in a layer of their own; when it raises, the
         savepoint is rolled back, with what it issued, and the error raised."""
         save, rollback_to, release = statements
-        issued = len(self.rewards.issued_in_transaction())
+        issued, posted = len(self.rewards.issued_in_transaction()), len(self.ledger.posted_in_transaction())
         save.execute(tx, {})
         try:
             with deferring(tx), self._counting(tx, savepoint=True):
@@ -538,6 +535,7 @@ class Engine:
             rollback_to.execute(tx, {})
             release.execute(tx, {})
             del self.rewards.issued_in_transaction()[issued:]  # what the rolled-back work issued never was
+            del self.ledger.posted_in_transaction()[posted:]  # nor posted
             raise
         release.execute(tx, {})
         return result
@@ -639,7 +637,7 @@ class Engine:
         """Apply a translated delivery and mark it applied, retrying a lost race.
         ``claim``: only if the delivery is still ``received`` (else None)."""
         for attempt in range(RETRIES):
-            self.rewards.take_issued()  # what a rolled-back try issued never was
+            self._forget()  # what a rolled-back try issued or posted never was
             try:
                 with self._transaction(conn) as tx:
                     if claim and not inbox.claim(tx, prepared.inbox_id):
@@ -648,7 +646,7 @@ class Engine:
                     with deferring(tx):
                         entries = sum(self.pipeline.apply(tx, e) for e in prepared.events)
                         inbox.mark(tx, prepared.inbox_id, inbox.APPLIED)
-                self._announce_rewards()
+                self._announce()
                 return Outcome(prepared.inbox_id, "applied", entries=entries)
             except (PluginFailed, EventRefused) as exc:
                 outcome = self._failure_outcome(prepared.inbox_id, exc)
@@ -678,21 +676,57 @@ class Engine:
             self._record(outcome, conn)
         return outcome
 
-    def _announce_rewards(self) -> None:
-        """Tell observers about the rewards the committed transaction issued;
-        a failing observer is logged, named, and stops nothing."""
-        issued = self.rewards.take_issued()
-        if not issued:
+    def _forget(self) -> None:
+        """A transaction starts: what an earlier one issued or posted and did
+        not announce (it rolled back) is dropped."""
+        self.rewards.take_issued()
+        self.ledger.take_posted()
+
+    @contextmanager
+    def announcing(self):
+        """Around work that commits transactions of its own (a job, a claim, an
+        import): what they issue and post is announced to observers when it
+        ends well, and dropped when it raises."""
+        self._forget()
+        try:
+            yield
+        except BaseException:
+            self._forget()
+            raise
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell observers about the rewards the committed transaction issued
+        and the points it posted (``regulars_reward_issued``,
+        ``regulars_points_changed``); a failing observer is logged, named, and
+        stops nothing."""
+        issued, posted = self.rewards.take_issued(), self.ledger.take_posted()
+        hook = self.plugins.pm.hook
+        rewarded, changed = hook.regulars_reward_issued.get_hookimpls(), hook.regulars_points_changed.get_hookimpls()
+        # (nothing is read when nobody listens: an order costs no round trip more)
+        issued, posted = (issued if rewarded else []), (posted if changed else [])
+        if not self.observers or not issued and not posted:
             return
+        changes: dict[int, list] = {}
+        for customer_id, change in posted:
+            changes.setdefault(customer_id, []).append(change)
         with self.db.connect() as conn:
-            customers = {cid: self.identity.view(conn, cid) for cid in {cid for cid, _ in issued}}
-        caller = self.plugins.pm.hook.regulars_reward_issued
+            customers = {cid: self.identity.view(conn, cid) for cid in {cid for cid, _ in issued} | set(changes)}
+            balances = {cid: self.ledger.balances(conn, cid).get(UNIT_POINTS, 0) for cid in changes}
         for customer_id, reward in issued:
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in reversed(rewarded):
                 try:
                     impl.function(reward=reward, customer=customers[customer_id])
                 except Exception:
                     log.exception("plugin %s failed in regulars_reward_issued (reward %s)", impl.plugin_name, reward.code)
+        for customer_id, their in changes.items():
+            for impl in reversed(changed):
+                try:
+                    impl.function(customer=customers[customer_id], changes=list(their),
+                                  balance=balances[customer_id])
+                except Exception:
+                    log.exception("plugin %s failed in regulars_points_changed (customer %s)", impl.plugin_name,
+                                  customer_id)
 
     @staticmethod
     def _failure_outcome(inbox_id: int, exc: Exception) -> Outcome:

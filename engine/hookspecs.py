@@ -231,6 +231,30 @@ def regulars_points_expiring(customer, points, expires_at):
 
 
 @hookspec
+def regulars_points_changed(customer, changes, balance):
+    """Hear that a customer's points changed, to tell them ("you earned 35
+    points"), or to mirror the balance elsewhere.
+
+    Called after commit, once per customer and committed transaction whose
+    postings changed their points: a delivery applied (an order paid,
+    refunded or cancelled, a visit, a membership event), a redemption, an
+    adjustment by hand or an import, a referral claim, a membership changed by
+    hand, a scheduled job (points expired, an unused reward's points given
+    back). A merge's postings (points moved between two records of the same
+    person) are not changes. Nothing is called for a transaction that rolled
+    back. An exception is logged with the plugin's name and stops neither the
+    other plugins nor the engine; the points stay as they are.
+
+    :param customer: the ``engine.identity.CustomerView`` (as after the commit).
+    :param changes: the postings, in order: ``engine.rules_api.PointsChange``
+        (amount, reason, source, occurred_at); they may add up to 0 (points
+        given and taken back in one transaction).
+    :param balance: the customer's points balance after the commit.
+    :return: None; every implementation is called (nothing is collected).
+    """
+
+
+@hookspec
 def regulars_reward_issued(reward, customer):
     """Hear that a reward was issued (redeemed, or earned by a full stamp card),
     to make it real in a channel: a Shopify discount code, a WooCommerce coupon,

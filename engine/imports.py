@@ -98,7 +98,7 @@ def import_points(engine, data: bytes, note: str, by: str, replace: bool = False
     digest = hashlib.sha256(data).hexdigest()[:32]
     at = at or utcnow()
     report = ImportReport()
-    with engine.db.connect() as conn:
+    with engine.announcing(), engine.db.connect() as conn:
         for line, values in rows:
             outcome = _row(engine, conn, values, f"import:{digest}:{line}", note, by, replace, dry_run, at, report)
             report.rows[outcome[0]] += 1
@@ -116,6 +116,7 @@ def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> t
     except ValueError:
         return "refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)"
     for attempt in range(5):
+        posted = len(engine.ledger.posted_in_transaction())
         tx = conn.begin()
         try:
             found = _customer(engine, conn, values, at)
@@ -137,9 +138,14 @@ def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> t
             except AdjustmentRefused as exc:
                 tx.rollback()
                 return "refused", str(exc)
-            (tx.rollback if dry_run else tx.commit)()
+            if dry_run:
+                tx.rollback()
+                del engine.ledger.posted_in_transaction()[posted:]  # nothing was: nobody hears of it
+            else:
+                tx.commit()
         except (IntegrityError, OperationalError):
             tx.rollback()
+            del engine.ledger.posted_in_transaction()[posted:]  # what the rolled-back row posted never was
             if attempt == 4:
                 raise
             continue

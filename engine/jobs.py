@@ -140,5 +140,8 @@ JOBS: dict[str, Callable[..., str]] = {
 
 
 def run(engine, name: str, now: datetime | None = None) -> str:
+    """Run one job; the points it changed (expired, given back) are announced
+    to observers once it is done (``regulars_points_changed``)."""
     engine.ensure_schema()
-    return JOBS[name](engine, now or utcnow())
+    with engine.announcing():
+        return JOBS[name](engine, now or utcnow())

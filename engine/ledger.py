@@ -8,6 +8,7 @@ a new entry; ``key`` is unique, so a posting can never land twice.
 from __future__ import annotations
 
 import calendar
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +19,11 @@ from sqlalchemy.engine import Connection
 from engine.db import as_utc, utcnow
 from engine.db.models import accounts, ledger_entries, lots
 from engine.fastsql import Fast
-from engine.rules_api import UNIT_POINTS
+from engine.rules_api import UNIT_POINTS, PointsChange
+
+#: the reasons of postings that move points between two records of one person
+#: (a merge): not changes to their points
+MOVED = ("merge",)
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,19 @@ class Ledger:
         #: engine.metrics.Recorder: keeps the dashboard's counters (also used by
         #: the pipeline and identity through this attribute)
         self.metrics = None
+        # Points posted by the current thread's open transaction, announced to
+        # observers once it commits (engine.app, regulars_points_changed).
+        self._local = threading.local()
+
+    def posted_in_transaction(self) -> list[tuple[int, PointsChange]]:
+        if not hasattr(self._local, "posted"):
+            self._local.posted = []
+        return self._local.posted
+
+    def take_posted(self) -> list[tuple[int, PointsChange]]:
+        """The points the committed transaction posted: (customer id, change)."""
+        posted, self._local.posted = self.posted_in_transaction(), []
+        return posted
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
@@ -225,6 +243,8 @@ class Ledger:
             self.outbox.customer_changed(conn, customer_id)
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
+        if unit == UNIT_POINTS and reason not in MOVED:
+            self.posted_in_transaction().append((customer_id, PointsChange(amount, reason, source, occurred_at)))
         if keeps_lots:
             if amount > 0 and not lot_done:
                 # A debt (a negative balance) takes new points first.

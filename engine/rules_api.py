@@ -1,8 +1,10 @@
-"""The typed values decision hooks return (see ``engine.hookspecs``)."""
+"""The typed values decision hooks return, and observers hear (see
+``engine.hookspecs``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 UNIT_POINTS = "points"
@@ -207,3 +209,22 @@ class SubscriptionPlan:
     @property
     def points_at_start(self) -> int:
         return self.renewal_points if self.start_points is None else self.start_points
+
+
+@dataclass(frozen=True)
+class PointsChange:
+    """One posting to a customer's points, as ``regulars_points_changed`` hears it.
+
+    :param amount: points given (positive) or taken (negative).
+    :param reason: the ledger's reason: ``order``, ``refund``, ``cancel``,
+        ``visit``, ``redeem``, ``reward-expired``, ``expiry``, ``referral``,
+        ``subscription``, ``adjust``, or a plugin's own.
+    :param source: what caused it (``order:shopify:820982911946154508``,
+        ``reward:<code>``, ``lot:<id>``, ...).
+    :param occurred_at: when it happened (an order's time, not the delivery's).
+    """
+
+    amount: int
+    reason: str
+    source: str
+    occurred_at: datetime

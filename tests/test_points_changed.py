@@ -1,0 +1,110 @@
+"""Observers hear of points changes after commit (``regulars_points_changed``):
+once per customer and committed transaction, from every path that posts
+points; never of a rolled-back one, of a merge, or of a rehearsal
+(``regulars simulate``); a failing observer undoes nothing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from engine.customers import customer_summary
+from engine.hookspecs import hookimpl
+from engine.imports import import_points
+from engine.jobs import run
+from tests.conftest import DEFAULT_TABLES
+from tests.plugins.notifier import BrokenNotifier, PointsNotifier
+from tests.streams import T0, Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+
+EMAIL = "jana@example.com"
+TABLES = {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}, "expiry": {"months": 12},
+                                      "subscriptions": {"vip": {"renewal_points": 50}}},
+          "rewards": {"five-off": {"kind": "fixed_amount", "cost": 20, "value": "5.00"}}}
+
+
+@pytest.fixture
+def heard(make_engine):
+    notifier = PointsNotifier()
+    engine = make_engine(tables=TABLES, extra_plugins=(("broken", BrokenNotifier()), ("notifier", notifier)))
+    return engine, notifier
+
+
+def order(number: int, euros: str, email: str = EMAIL, phone: str | None = None) -> PlannedOrder:
+    return PlannedOrder("shopify", number, email, (Line(Decimal(euros), 1),), phone=phone)
+
+
+def paid(engine, planned: PlannedOrder, at=T0) -> str:
+    body = json.dumps(_shopify_order(planned, "paid", at, [], False)).encode()
+    return engine.ingest("shopify", "orders/paid", body).status
+
+
+def test_an_order_and_its_refund_are_heard_once_each_and_a_resent_one_not_at_all(heard, caplog):
+    engine, notifier = heard
+    caplog.set_level(logging.ERROR)
+    assert paid(engine, order(1, "35.00")) == "applied"
+    assert notifier.heard == [(EMAIL, [(35, "order")], 35)]
+    assert "plugin broken failed in regulars_points_changed" in caplog.text  # logged, and nothing undone
+    assert paid(engine, order(1, "35.00")) == "duplicate"
+    refund = _shopify_refund(order(1, "35.00"), 0, Decimal("10.00"), T0 + timedelta(days=1))
+    assert engine.ingest("shopify", "refunds/create", json.dumps(refund).encode()).status == "applied"
+    assert notifier.heard[1:] == [(EMAIL, [(-10, "refund")], 25)]
+    assert customer_summary(engine, EMAIL)["points"] == 25
+
+
+def test_a_batch_is_heard_per_customer_without_the_delivery_that_failed(make_engine):
+    class FailsOnOrder3:
+        @hookimpl
+        def regulars_order_awards(self, order, customer):
+            if order.external_id.endswith("3"):
+                raise RuntimeError("the bonus service is down")
+
+    notifier = PointsNotifier()
+    engine = make_engine(tables=TABLES, extra_plugins=(("notifier", notifier), ("flaky", FailsOnOrder3())))
+    bodies = [json.dumps(_shopify_order(order(n, f"{n}0.00", f"c{n % 2}@example.com"), "paid", T0, [], False)).encode()
+              for n in (1, 2, 3, 4)]
+    outcomes = engine.ingest_batch("shopify", [("orders/paid", body, None) for body in bodies])
+    assert [o.status for o in outcomes] == ["applied", "applied", "failed", "applied"]
+    assert sorted(notifier.heard) == [("c0@example.com", [(20, "order"), (40, "order")], 60),
+                                      ("c1@example.com", [(10, "order")], 10)]
+
+
+def test_redemptions_adjustments_imports_claims_memberships_and_jobs_are_heard(heard):
+    engine, notifier = heard
+    paid(engine, order(1, "35.00"), at=datetime(2026, 1, 10, tzinfo=UTC))
+    engine.redeem(EMAIL, "five-off")
+    engine.adjust(EMAIL, 7, "goodwill", "cli:ana")
+    import_points(engine, b"email,points\njana@example.com,3\nnew@example.com,9\n", "moved", "cli:ana")
+    import_points(engine, b"email,points\njana@example.com,4\n", "moved", "cli:ana", dry_run=True)
+    engine.subscription("start", EMAIL, "vip")
+    run(engine, "expire", datetime(2027, 1, 11, tzinfo=UTC))
+    assert notifier.heard[1:] == [
+        (EMAIL, [(-20, "redeem")], 15),
+        (EMAIL, [(7, "adjust")], 22),
+        (EMAIL, [(3, "adjust")], 25), ("new@example.com", [(9, "adjust")], 9),  # one import, after its rows
+        (EMAIL, [(50, "subscription")], 75),
+        (EMAIL, [(-15, "expiry")], 60),  # what was left of January's lot; the other lots are younger
+    ]
+
+
+def test_a_merge_is_no_change_and_a_rehearsal_is_heard_by_nobody(heard):
+    engine, notifier = heard
+    phone_only = _woo_order(order(7, "30.00", "placeholder@example.com", "+420601123456"), "completed", T0, [])
+    phone_only["billing"]["email"] = ""
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(phone_only).encode()).status == "applied"
+    assert paid(engine, order(1, "12.00")) == "applied"
+    notifier.heard.clear()
+    merging = {"id": 42, "email": EMAIL, "phone": "+420601123456", "updated_at": "2026-05-01T10:00:00+02:00"}
+    assert engine.ingest("shopify", "customers/update", json.dumps(merging).encode()).status == "applied"
+    assert customer_summary(engine, EMAIL)["points"] == 42
+    assert notifier.heard == []  # the points moved, none changed
+
+    from engine.simulate import scratch_engine
+
+    rehearsal = PointsNotifier()
+    with scratch_engine(engine.config, extra_plugins=(("rehearsal", rehearsal),)) as scratch:
+        assert paid(scratch, order(9, "50.00")) == "applied"
+    assert rehearsal.heard == []

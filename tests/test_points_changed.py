@@ -108,3 +108,18 @@ def test_a_merge_is_no_change_and_a_rehearsal_is_heard_by_nobody(heard):
     with scratch_engine(engine.config, extra_plugins=(("rehearsal", rehearsal),)) as scratch:
         assert paid(scratch, order(9, "50.00")) == "applied"
     assert rehearsal.heard == []
+
+
+def test_a_claim_that_rewards_at_once_is_heard_for_both(make_engine):
+    notifier = PointsNotifier()
+    tables = {**TABLES, "rules": {**TABLES["rules"], "referrals": {"referrer_points": 200, "referee_points": 100}}}
+    engine = make_engine(tables=tables, extra_plugins=(("notifier", notifier),))
+    assert paid(engine, order(1, "10.00", "petr@example.cz")) == "applied"
+    code = customer_summary(engine, "petr@example.cz")["referral_code"]
+    body = _shopify_order(order(2, "30.00"), "paid", T0 + timedelta(hours=2), [], False)
+    body["shipping_address"] = {**body["shipping_address"], "address1": "7 Oak Street"}  # not the referrer's
+    assert engine.ingest("shopify", "orders/paid", json.dumps(body).encode()).status == "applied"
+    notifier.heard.clear()
+    engine.claim_referral(EMAIL, code, at=T0 + timedelta(hours=1))  # claimed before that order was paid
+    assert sorted(notifier.heard) == [(EMAIL, [(100, "referral")], 130),
+                                      ("petr@example.cz", [(200, "referral")], 210)]

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from engine import terminals
+from engine.customers import customer_summary
 from engine.db.models import customers
 from engine.links import make_link, revoke
 from engine.pipeline import EventRefused
@@ -93,6 +94,27 @@ def test_a_terminal_enrols_sells_and_sees_the_balance_at_once(api):
     assert status == 200 and answer["customer"]["points"] == 25
     status, found = call(f"{base}/api/v1/customers?key=JANA@example.cz", key=key)
     assert status == 200 and found["points"] == 25 and found["card_code"] == card
+
+
+def test_a_birthday_given_at_enrolment_doubles_the_points_of_a_sale_in_that_month(make_engine, monkeypatch):
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 2}}}
+    engine, key = with_till(make_engine, monkeypatch, tables)
+    with served(engine) as base:
+        body = {"email": "jana@example.cz", "birthday": "1990-11-03"}
+        status, answer = call(f"{base}/api/v1/customers", "POST", body, key, "enrol-b")
+        assert status == 201, answer
+        card = answer["customer"]["card_code"]
+        status, answer = call(f"{base}/api/v1/sales", "POST", sale("s1", card), key, "sale-b1")  # in November
+        assert status == 200 and answer["customer"]["points"] == 50
+        assert customer_summary(engine, card)["points"] == 50
+        # a later birthday changes nothing; an impossible one is refused
+        assert call(f"{base}/api/v1/customers", "POST", {**body, "birthday": "1991-05-01"}, key, "enrol-c")[0] in (200, 201)
+        with engine.db.connect() as conn:
+            born = conn.execute(select(customers.c.birthday)).scalar_one()
+        assert born.date().isoformat() == "1990-11-03"
+        for wrong in ("1990-13-01", "1850-01-01", "2999-01-01"):
+            status, answer = call(f"{base}/api/v1/customers", "POST", {**body, "birthday": wrong}, key, f"e-{wrong}")
+            assert status == 422 and "birthday" in answer["error"]["message"], answer
 
 
 def test_a_retried_write_gets_the_first_answer_and_a_reused_key_is_refused(api):

@@ -15,7 +15,7 @@ terminal.
 - ``visit``: ``{"id", "terminal", "location", "occurred_at", "customer"}`` →
   ``visit`` (a stamp on cards that count visits);
 - ``enrol``: ``{"id", "terminal", "occurred_at", "customer": {"email",
-  "phone", "first_name", "last_name"}}`` → ``customer.upserted``;
+  "phone", "first_name", "last_name", "birthday"}}`` → ``customer.upserted``;
 - ``membership``: ``{"id", "terminal", "occurred_at", "customer", "action":
   "start" | "renew" | "pause" | "resume" | "cancel", "plan",
   "subscription_id", "period_end"}`` → ``subscription.started`` (and so on)
@@ -121,7 +121,7 @@ def translate(topic: str, payload: Any, currency: str | None) -> list[dict[str, 
                  "visit": {"id": f"{terminal}:{ident}", "location": _text(body, "location", "visit", False)}}]
     if topic == "enrol":
         return [{"type": "customer.upserted", "channel": CHANNEL, "idempotency_key": key, "occurred_at": at,
-                 "customer": _customer(body, "enrolment", (*HINTS, "first_name", "last_name"))}]
+                 "customer": _customer(body, "enrolment", (*HINTS, "first_name", "last_name", "birthday"))}]
     if topic == "membership":
         action = _text(body, "action", "membership")
         if action not in ACTIONS:

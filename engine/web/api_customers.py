@@ -4,7 +4,7 @@ card (``/api/v1/me``, opened with a card link's token)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -41,7 +41,7 @@ class CustomerEndpoints(ApiBase):
         async def work():
             now = datetime.now(UTC).isoformat()
             payload = {"id": request.headers["idempotency-key"], "terminal": str(terminal.id), "occurred_at": now,
-                       "customer": {k: v for k, v in data.items() if v}}
+                       "customer": {k: v.isoformat() if isinstance(v, date) else v for k, v in data.items() if v}}
             key = data.get("email") or data.get("phone")
             status, answer = await run_in_threadpool(self._ingest, "enrol", payload, key)
             return 201 if answer["status"] == "applied" else 200, answer

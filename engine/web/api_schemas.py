@@ -6,6 +6,7 @@ refusal's messages in one line. The OpenAPI document
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -85,11 +86,16 @@ class EnrolSchema(_In):
     phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=3, max=64))
     first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
     last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+    birthday = fields.Date(load_default=None, allow_none=True, metadata={
+        "description": "YYYY-MM-DD: for [plugins.birthday-bonus]; kept once known (a later one changes nothing)"})
 
     @validates_schema
     def _one(self, data, **kwargs):
         if not (data.get("email") or data.get("phone")):
             raise ValidationError("give an email or a phone")
+        born = data.get("birthday")
+        if born is not None and not date(1900, 1, 1) <= born <= datetime.now(UTC).date():
+            raise ValidationError({"birthday": ["a birthday between 1900-01-01 and today"]})
 
 
 class MembershipSchema(_In):

@@ -295,6 +295,36 @@ def customer_import_points(ctx: Context, file: str, replace: bool, note: str | N
         sys.exit(1)
 
 
+@customer.command("birthday")
+@click.argument("key")
+@click.argument("day", metavar="YYYY-MM-DD|none")
+@pass_ctx
+def customer_birthday(ctx: Context, key: str, day: str) -> None:
+    """Correct the birthday of the customer KEY finds (a card, a till or a
+    connector only ever fills in a missing one); "none" forgets it, and the
+    card then asks again."""
+    from datetime import date
+
+    from engine.db import utcnow
+
+    if day.lower() == "none":
+        born = None
+    else:
+        try:
+            born = date.fromisoformat(day)
+        except ValueError:
+            raise click.BadParameter(f"{day!r} is not a date (YYYY-MM-DD) or none", param_hint="DAY") from None
+        if not date(1900, 1, 1) <= born <= utcnow().date():
+            raise click.BadParameter("a birthday is between 1900-01-01 and today", param_hint="DAY")
+    engine = ctx.engine
+    with engine.db.begin() as conn:
+        customer_id = engine.identity.find(conn, key)
+        if customer_id is None:
+            raise click.ClickException(f"no customer matches {key!r}")
+        engine.identity.correct_birthday(conn, customer_id, born, utcnow())
+    console.print(f"{key}: birthday {'forgotten' if born is None else born.isoformat()}", highlight=False)
+
+
 @customer.command("export")
 @click.argument("key")
 @pass_ctx

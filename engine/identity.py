@@ -410,6 +410,22 @@ class Identity:
             self._link(conn, channel, external, row.id)
         return _view_of(row)
 
+    def set_birthday(self, conn: Connection, customer_id: int, day: date, at: datetime) -> bool:
+        """The customer's birthday, given by them (their card): kept only when
+        none is known (nor erased since ``at``); whether it was."""
+        row = conn.execute(select(customers.c.birthday, customers.c.fields_at)
+                           .where(customers.c.id == customer_id)).one_or_none()
+        if row is None or row.birthday is not None or _older(at, (row.fields_at or {}).get("birthday"), None):
+            return False
+        conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, "birthday": _birthday(day), "updated_at": at})
+        return True
+
+    def correct_birthday(self, conn: Connection, customer_id: int, day: date | None, at: datetime) -> None:
+        """Staff correcting a birthday (``regulars customer birthday``); None
+        forgets it, and the card asks again."""
+        conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, "birthday": None if day is None else _birthday(day),
+                                        "updated_at": at})
+
     def _update_row(self, conn, customer_id, current, hints, keys, at) -> dict:
         """Write what the hints add to a customer we already read; returns the
         changes. A name, the marketing consent or the address the customer has

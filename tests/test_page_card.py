@@ -22,9 +22,9 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
 from babel.numbers import format_currency
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from engine.db.models import accounts, ledger_entries, outbox, rewards
+from engine.db.models import accounts, customers, ledger_entries, outbox, rewards
 from engine.links import make_link, revoke
 from engine.testing import paid_order
 from engine.web import create_app
@@ -324,6 +324,46 @@ def test_the_history_makes_one_line_of_an_order_s_points_and_its_bonus(make_engi
         lines = history(fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")[2])
         assert [line.split(" · ")[0] for line in lines] == ["Purchase", "Purchase"]
         assert lines[0].endswith("+225") and lines[1].endswith("+120")  # (silver by then: 180 × 1.25)
+
+
+def birthday_form(page: str) -> tuple[str, str] | None:
+    """(action, form token) of the card's birthday form, or None."""
+    found = re.search(r'<form class="rg-panel rg-birthday" method="post" action="([^"]*)".*?name="form" value="([^"]+)"',
+                      page, re.S)
+    return (html.unescape(found.group(1)), html.unescape(found.group(2))) if found else None
+
+
+def test_without_the_birthday_bonus_the_card_does_not_ask_for_a_birthday(shop):
+    engine, base = shop
+    assert birthday_form(fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")[2]) is None
+
+
+def test_the_card_asks_for_the_birthday_once_when_the_birthday_bonus_is_on(make_engine, monkeypatch):
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 2}}}
+    for engine, base in serve_shop(make_engine, monkeypatch, tables):
+        token = make_link(engine, customer_id(engine))
+        page = fetch(f"{base}/card/{token}")[2]
+        assert "your orders earn 2× points all that month" in page
+        action, form = birthday_form(page)
+        for wrong in ("", "1990-02-30", "1850-01-01", "2999-01-01", "<script>"):
+            status, headers, _ = fetch(base + action, {"form": form, "birthday": wrong})
+            assert status == 303
+            assert "not a date we can take" in fetch(base + headers["location"])[2]
+        status, headers, _ = fetch(base + action, {"form": form, "birthday": "1990-11-03"})
+        page = fetch(base + headers["location"])[2]
+        assert "we will remember your birthday" in page and birthday_form(page) is None
+        with engine.db.connect() as conn:
+            born = conn.execute(select(customers.c.birthday).where(customers.c.id == customer_id(engine))).scalar()
+        assert born.date().isoformat() == "1990-11-03"
+        # the same form sent again (another tab): kept as it was
+        status, headers, _ = fetch(base + action, {"form": form, "birthday": "1991-01-01"})
+        assert "We already know your birthday" in fetch(base + headers["location"])[2]
+        # a forged form changes nothing
+        status, headers, _ = fetch(base + action, {"form": form[:-4] + "AAAA", "birthday": "1991-01-01"})
+        assert status == 303 and "This page was open for a long time" in fetch(base + headers["location"])[2]
+        with engine.db.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(customers)
+                                .where(customers.c.birthday.is_not(None))).scalar_one() == 1
 
 
 def where(page: str, name: str) -> str:
@@ -746,3 +786,23 @@ def test_in_a_browser_the_embed_works_in_the_shop_s_page_and_nowhere_else(make_e
                 assert elsewhere.evaluate("document.getElementById('regulars-card').offsetHeight") < 300
             finally:
                 context.close()
+
+
+def test_staff_correct_a_birthday_and_forgetting_it_makes_the_card_ask_again(make_engine, monkeypatch):
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 2}}}
+    for engine, base in serve_shop(make_engine, monkeypatch, tables):
+        monkeypatch.setattr("engine.cli.Context.engine", engine)
+        runner = CliRunner()
+        out = runner.invoke(main, ["customer", "birthday", "jana@example.cz", "1990-11-03"])
+        assert out.exit_code == 0 and out.output.strip() == "jana@example.cz: birthday 1990-11-03", out.output
+        token = make_link(engine, customer_id(engine))
+        assert birthday_form(fetch(f"{base}/card/{token}")[2]) is None
+        for wrong in ("1990-13-01", "2999-01-01"):
+            assert runner.invoke(main, ["customer", "birthday", "jana@example.cz", wrong]).exit_code == 2
+        assert runner.invoke(main, ["customer", "birthday", "nobody@example.cz", "none"]).exit_code == 1
+        assert runner.invoke(main, ["customer", "birthday", "jana@example.cz", "none"]).exit_code == 0
+        assert birthday_form(fetch(f"{base}/card/{token}")[2]) is not None

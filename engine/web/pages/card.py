@@ -86,6 +86,8 @@ SHOPIFY_PARAMS = ("shop", "logged_in_customer_id", "path_prefix", "timestamp", "
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _PATH_PREFIX = re.compile(r"^/[A-Za-z0-9_\-/]{1,200}$")
 _NONCE = re.compile(r"^[A-Za-z0-9_\-]{8,64}$")
+#: what a birthday form's sealed token names instead of a reward
+BIRTHDAY_FORM = "@birthday"
 
 
 # -- signatures --------------------------------------------------------------------
@@ -364,9 +366,24 @@ class CardPages:
             "referral": referral,
             "memberships": [m for m in summary.get("memberships") or [] if m.get("status") != "cancelled"],
             "history": points_history(engine, customer_id),
+            "birthday_form": self.birthday_form(viewer, customer_id),
             "notice": notice,
             "qr_svg": Markup(qr_svg),
         }
+
+    def birthday_form(self, viewer: Viewer, customer_id: int) -> dict | None:
+        """The form that asks for the customer's birthday: when the birthday
+        bonus is on and theirs is not known; else None."""
+        bonus = next((p.obj for p in self.engine.plugins.loaded if p.table == "plugins.birthday-bonus"), None)
+        if bonus is None:
+            return None
+        with self.engine.db.connect() as conn:
+            known = conn.execute(select(customers.c.birthday).where(customers.c.id == customer_id)).scalar()
+        if known is not None:
+            return None
+        return {"times": bonus.factor, "max": utcnow().date().isoformat(),
+                "token": self.seal({"via": viewer.via, "c": customer_id, "r": BIRTHDAY_FORM,
+                                    "n": secrets.token_urlsafe(16)})}
 
     def channels(self) -> list[dict]:
         """The shops a reward can be redeemed for: the configured connectors."""
@@ -444,6 +461,9 @@ class CardPages:
             return self.message(request, viewer, "bad_form", 413)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         sealed = self.unseal(form.get("form"), FORM_MAX_AGE)
+        if sealed is not None and sealed.get("r") == BIRTHDAY_FORM and "birthday" in form \
+                and hmac.compare_digest(str(sealed.get("via", "")), viewer.via):
+            return await self.save_birthday(viewer, sealed, form["birthday"])
         if sealed is None or not hmac.compare_digest(str(sealed.get("via", "")), viewer.via) \
                 or sealed.get("r") != form.get("reward") or not _NONCE.match(str(sealed.get("n", ""))):
             # Forged, altered or too old: nothing is redeemed; the card says to try again.
@@ -460,6 +480,25 @@ class CardPages:
         except RedemptionRefused as exc:
             return self.redirect(viewer, {"refused": exc.reason, "v": exc.values})
         return self.redirect(viewer, {"done": issued.code})
+
+    async def save_birthday(self, viewer: Viewer, sealed: dict, value: str) -> Response:
+        """The card's birthday form (sent to the redeem address, in every
+        mode): kept once, never changed from the card."""
+        if viewer.customer_id is None:
+            viewer.customer_id = sealed["c"]
+        try:
+            day = date.fromisoformat(value.strip())
+        except ValueError:
+            day = None
+        if day is None or not date(1900, 1, 1) <= day <= utcnow().date():
+            return self.redirect(viewer, {"birthday": "bad"})
+
+        def save() -> bool:
+            with self.engine.db.begin() as conn:
+                return self.engine.identity.set_birthday(conn, viewer.customer_id, day, utcnow())
+
+        saved = await run_in_threadpool(save)
+        return self.redirect(viewer, {"birthday": "saved" if saved else "known"})
 
     # -- the signed link -------------------------------------------------------
 

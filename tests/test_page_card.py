@@ -806,3 +806,16 @@ def test_staff_correct_a_birthday_and_forgetting_it_makes_the_card_ask_again(mak
         assert runner.invoke(main, ["customer", "birthday", "nobody@example.cz", "none"]).exit_code == 1
         assert runner.invoke(main, ["customer", "birthday", "jana@example.cz", "none"]).exit_code == 0
         assert birthday_form(fetch(f"{base}/card/{token}")[2]) is not None
+
+
+def test_the_birthday_form_works_through_the_shopify_proxy(make_engine, monkeypatch):
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 2}}}
+    for _engine, base in serve_shop(make_engine, monkeypatch, tables):
+        page = fetch(f"{base}/proxy/shopify?{signed({})}")[2]
+        action, form = birthday_form(page)
+        assert action == "/apps/regulars/redeem"  # Shopify forwards it to /proxy/shopify/redeem, signed again
+        status, headers, _ = fetch(f"{base}/proxy/shopify/redeem?{signed({})}", {"form": form, "birthday": "1990-11-03"})
+        assert status == 303 and headers["location"].startswith("/apps/regulars?notice=")
+        location = headers["location"].replace("/apps/regulars?", "")
+        page = fetch(f"{base}/proxy/shopify?{signed(dict(parse_qsl(location)))}")[2]
+        assert "we will remember your birthday" in page and birthday_form(page) is None

@@ -56,7 +56,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from engine.customers import customer_summary
-from engine.db import utcnow
+from engine.db import as_utc, utcnow
 from engine.db.models import customers
 from engine.web.pages.render import LOCALES
 from engine.web.qr import qr
@@ -708,7 +708,7 @@ def points_history(engine, customer_id: int, limit: int = HISTORY) -> list[dict]
         channel = rest.split(":", 1)[0] if kind in _CHANNEL_SOURCES else None
         if row.reason == "redeem":
             channel = (row.detail or {}).get("channel")
-        lines.append({"at": row.occurred_at, "amount": row.amount, "reason": row.reason, "source": row.source,
+        lines.append({"at": as_utc(row.occurred_at), "amount": row.amount, "reason": row.reason, "source": row.source,
                       "channel": channel or None,
                       "reward": _title(names[rest]) if row.reason == "redeem" and rest in names else None})
     return [line for line in lines if line["amount"]][:limit]

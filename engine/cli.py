@@ -266,9 +266,10 @@ def customer_adjust(ctx: Context, key: str, amount: int, note: str, card: str | 
 @pass_ctx
 def customer_import_points(ctx: Context, file: str, replace: bool, note: str | None, dry_run: bool) -> None:
     """Import points balances from a CSV file (Smile.io's format): a header
-    row with an email (or phone, or card_code) column and a points column. A customer not known yet is created from the email or
-    phone. Each row is applied once, however often the file is imported.
-    Exit 1 when a row was refused (each is named with its line)."""
+    row with an email (or phone, or card_code) column and a points column.
+    A customer not known yet is created from the email or phone. Each row is
+    applied once, however often the file is imported. Exit 1 when a row was
+    refused (each is named with its line)."""
     from rich.progress import Progress
 
     from engine.imports import ImportFileError, import_points, read_rows

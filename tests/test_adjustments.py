@@ -6,6 +6,7 @@ and staff taking the same points at once on PostgreSQL."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -287,6 +288,13 @@ def test_the_customer_page_adjusts_once_per_form_and_says_why_it_refuses(shop, m
         forged = requests.post(f"{base}/admin/customers/{customer_id}/adjust", cookies=session.cookies,
                                data={**form, "csrf": "forged", "key": "other"}, allow_redirects=False)
         assert forged.status_code == 403
+        # every adjustment, newest first, on a page of its own
+        listed = session.get(f"{base}/admin/adjustments").text
+        rows = re.findall(r"<tr><td>.*?</tr>", listed, re.S)
+        assert len(rows) == 2 and "stamps:coffee" in rows[0] and "+2" in rows[0]
+        assert "a late parcel" in rows[1] and "+15" in rows[1] and "admin:owner" in rows[1]
+        assert f'href="/admin/customers/{customer_id}"' in rows[1]
+        assert requests.get(f"{base}/admin/adjustments", allow_redirects=False).status_code == 303  # signed out
     assert summary(shop)["points"] == 45 and summary(shop)["stamps"] == {"coffee": 0}
     assert [e.detail["by"] for e in entries(shop)] == ["admin:owner", "admin:owner"]
 

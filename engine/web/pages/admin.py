@@ -55,6 +55,7 @@ from starlette.routing import Mount, Route
 from engine import inbox, metrics
 from engine.adjustments import LIMIT as ADJUST_LIMIT
 from engine.adjustments import NOTE_LIMIT
+from engine.adjustments import REASON as ADJUSTED
 from engine.db import as_utc, utcnow
 from engine.db.models import (
     accounts,
@@ -76,6 +77,8 @@ SESSION_COOKIE = "regulars_admin"
 SESSION_SECONDS = 8 * 3600
 MAX_FORM = 64 * 1024
 LEDGER_PAGE = 50
+#: the adjustments the dashboard lists, newest first
+ADJUSTMENTS_PAGE = 200
 USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
 MIN_PASSWORD = 8
 #: the sign-in throttle: an address with this many refused sign-ins for one
@@ -672,6 +675,26 @@ class Admin:
         log.info("customer %s adjusted by %s: %+d %s (%s)", customer_id, username, made.amount, made.unit, made.note)
         return {**flash, "ok": True, "amount": made.amount, "balance": made.balance, "duplicate": made.duplicate}
 
+    # -- adjustments -----------------------------------------------------------------
+
+    def _adjustments(self) -> tuple[list, int]:
+        entries = (select(ledger_entries.c.occurred_at, ledger_entries.c.amount, ledger_entries.c.detail,
+                          accounts.c.unit, accounts.c.customer_id, customers.c.email, customers.c.phone,
+                          customers.c.card_code)
+                   .join(accounts, accounts.c.id == ledger_entries.c.account_id)
+                   .join(customers, customers.c.id == accounts.c.customer_id)
+                   .where(ledger_entries.c.reason == ADJUSTED))
+        with self.engine.db.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(entries.subquery())).scalar_one()
+            rows = conn.execute(entries.order_by(ledger_entries.c.id.desc()).limit(ADJUSTMENTS_PAGE)).all()
+        return rows, total
+
+    async def adjustments(self, request: Request) -> Response:
+        """Every adjustment by hand, newest first: who gave or took what, and why."""
+        rows, total = await run_in_threadpool(self._adjustments)
+        return self._render(request, "admin_adjustments.html", user=request.state.user, nav="adjustments",
+                            rows=rows, total=total)
+
     # -- failed deliveries -----------------------------------------------------------
 
     def _failed(self) -> tuple[list, int]:
@@ -743,6 +766,7 @@ class Admin:
                 Route("/customers/{customer_id:int}", signed_in(self.customer_page), name="customer"),
                 Route("/customers/{customer_id:int}/adjust", signed_in(self.adjust), methods=["POST"],
                       name="adjust"),
+                Route("/adjustments", signed_in(self.adjustments), name="adjustments"),
                 Route("/deliveries", signed_in(self.deliveries), name="deliveries"),
                 Route("/deliveries/{delivery_id:int}/replay", signed_in(self.replay), methods=["POST"],
                       name="replay"),

@@ -300,8 +300,6 @@ def test_the_customer_page_adjusts_once_per_form_and_says_why_it_refuses(shop, m
 
 
 def _key(html: str) -> str:
-    import re
-
     found = re.search(r'name="key" value="([^"]+)"', html)
     assert found, "no adjustment form on the page"
     return found.group(1)

@@ -11,14 +11,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine.customers import customer_summary
 from engine.hookspecs import hookimpl
 from engine.imports import import_points
 from engine.jobs import run
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.plugins.notifier import BrokenNotifier, PointsNotifier
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.test_invariants import _fresh, _points_by_email, programmes
 
 EMAIL = "jana@example.com"
 TABLES = {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}, "expiry": {"months": 12},
@@ -123,3 +126,32 @@ def test_a_claim_that_rewards_at_once_is_heard_for_both(make_engine):
     engine.claim_referral(EMAIL, code, at=T0 + timedelta(hours=1))  # claimed before that order was paid
     assert sorted(notifier.heard) == [(EMAIL, [(100, "referral")], 130),
                                       ("petr@example.cz", [(200, "referral")], 210)]
+
+
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(programme=programmes(), batch=st.integers(1, 5))
+def test_what_observers_heard_adds_up_to_each_balance_in_any_order_and_batching(
+        programme, batch, make_engine, tmp_path, _sqlite_template):
+    """A shuffled multi-channel stream with resends, fed in batches: for every
+    customer the changes heard add up to their balance, and the last balance
+    heard is it (nothing heard twice, nothing rolled back heard, nothing lost)."""
+    _, _, shuffled = programme
+    notifier = PointsNotifier()
+    engine = _fresh(make_engine, tmp_path, _sqlite_template, extra_plugins=(("notifier", notifier),))
+    for start in range(0, len(shuffled), batch):
+        chunk = shuffled[start:start + batch]
+        by_channel: dict[str, list] = {}
+        for channel, topic, body in chunk:
+            by_channel.setdefault(channel, []).append((topic, body, None))
+        for channel, items in by_channel.items():
+            engine.ingest_batch(channel, items)
+    heard: dict[str, list] = {}
+    for email, changes, balance in notifier.heard:
+        heard.setdefault(email, []).append((sum(amount for amount, _ in changes), balance))
+    balances = _points_by_email(engine)
+    for email, points in balances.items():
+        said = heard.get(email, [])
+        assert sum(amount for amount, _ in said) == points, (email, said)
+        if said:
+            assert said[-1][1] == points

@@ -524,7 +524,7 @@ class Engine:
         the dashboard's counters in a layer of their own; when it raises, the
         savepoint is rolled back, with what it issued, and the error raised."""
         save, rollback_to, release = statements
-        issued, posted = len(self.rewards.issued_in_transaction()), len(self.ledger.posted_in_transaction())
+        issued, posted = len(self.rewards.issued.items()), len(self.ledger.posted.items())
         save.execute(tx, {})
         try:
             with deferring(tx), self._counting(tx, savepoint=True):
@@ -534,8 +534,8 @@ class Engine:
         except Exception:
             rollback_to.execute(tx, {})
             release.execute(tx, {})
-            del self.rewards.issued_in_transaction()[issued:]  # what the rolled-back work issued never was
-            del self.ledger.posted_in_transaction()[posted:]  # nor posted
+            del self.rewards.issued.items()[issued:]  # what the rolled-back work issued never was
+            del self.ledger.posted.items()[posted:]  # nor posted
             raise
         release.execute(tx, {})
         return result
@@ -679,8 +679,8 @@ class Engine:
     def _forget(self) -> None:
         """A transaction starts: what an earlier one issued or posted and did
         not announce (it rolled back) is dropped."""
-        self.rewards.take_issued()
-        self.ledger.take_posted()
+        self.rewards.issued.take()
+        self.ledger.posted.take()
 
     @contextmanager
     def announcing(self):
@@ -700,7 +700,7 @@ class Engine:
         and the points it posted (``regulars_reward_issued``,
         ``regulars_points_changed``); a failing observer is logged, named, and
         stops nothing."""
-        issued, posted = self.rewards.take_issued(), self.ledger.take_posted()
+        issued, posted = self.rewards.issued.take(), self.ledger.posted.take()
         hook = self.plugins.pm.hook
         rewarded, changed = hook.regulars_reward_issued.get_hookimpls(), hook.regulars_points_changed.get_hookimpls()
         # (nothing is read when nobody listens: an order costs no round trip more)

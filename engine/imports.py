@@ -116,7 +116,7 @@ def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> t
     except ValueError:
         return "refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)"
     for attempt in range(5):
-        posted = len(engine.ledger.posted_in_transaction())
+        posted = len(engine.ledger.posted.items())
         tx = conn.begin()
         try:
             found = _customer(engine, conn, values, at)
@@ -140,12 +140,12 @@ def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> t
                 return "refused", str(exc)
             if dry_run:
                 tx.rollback()
-                del engine.ledger.posted_in_transaction()[posted:]  # nothing was: nobody hears of it
+                del engine.ledger.posted.items()[posted:]  # nothing was: nobody hears of it
             else:
                 tx.commit()
         except (IntegrityError, OperationalError):
             tx.rollback()
-            del engine.ledger.posted_in_transaction()[posted:]  # what the rolled-back row posted never was
+            del engine.ledger.posted.items()[posted:]  # what the rolled-back row posted never was
             if attempt == 4:
                 raise
             continue

@@ -137,6 +137,26 @@ _SELECT_ACCOUNT = select(accounts.c.id).where(
 )
 
 
+class PerTransaction:
+    """What the current thread's open transaction did (points posted, rewards
+    issued), kept to be announced to observers once it commits: ``items()``
+    to add to it (or cut what a rolled-back savepoint did), ``take()`` when
+    it committed, or to forget what a rolled-back one did."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def items(self) -> list:
+        found = getattr(self._local, "items", None)
+        if found is None:
+            found = self._local.items = []
+        return found
+
+    def take(self) -> list:
+        found, self._local.items = self.items(), []
+        return found
+
+
 class Ledger:
     def __init__(self, expiry_months: int | None = None, pending_days: int = 0):
         #: months after which earned points expire (None: never); from the points policy
@@ -148,19 +168,9 @@ class Ledger:
         #: engine.metrics.Recorder: keeps the dashboard's counters (also used by
         #: the pipeline and identity through this attribute)
         self.metrics = None
-        # Points posted by the current thread's open transaction, announced to
-        # observers once it commits (engine.app, regulars_points_changed).
-        self._local = threading.local()
-
-    def posted_in_transaction(self) -> list[tuple[int, PointsChange]]:
-        if not hasattr(self._local, "posted"):
-            self._local.posted = []
-        return self._local.posted
-
-    def take_posted(self) -> list[tuple[int, PointsChange]]:
-        """The points the committed transaction posted: (customer id, change)."""
-        posted, self._local.posted = self.posted_in_transaction(), []
-        return posted
+        #: points posted by the current thread's open transaction, (customer id,
+        #: PointsChange), announced once it commits (engine.app, regulars_points_changed)
+        self.posted = PerTransaction()
 
     def account(self, conn: Connection, customer_id: int, unit: str) -> int:
         """The id of a customer's account in ``unit``, created at zero if new."""
@@ -244,7 +254,7 @@ class Ledger:
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
         if unit == UNIT_POINTS and reason not in MOVED:
-            self.posted_in_transaction().append((customer_id, PointsChange(amount, reason, source, occurred_at)))
+            self.posted.items().append((customer_id, PointsChange(amount, reason, source, occurred_at)))
         if keeps_lots:
             if amount > 0 and not lot_done:
                 # A debt (a negative balance) takes new points first.

@@ -9,7 +9,6 @@ points at the same moment get one reward and one clear refusal.
 from __future__ import annotations
 
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -22,6 +21,7 @@ from sqlalchemy.engine import Connection
 from engine.config import ConfigError, StrictSchema, format_errors
 from engine.db import as_utc
 from engine.db.models import accounts, rewards
+from engine.ledger import PerTransaction
 from engine.rules_api import UNIT_POINTS, RewardKind
 
 _CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -169,21 +169,11 @@ class Rewards:
         self.catalogue = catalogue
         self.ledger = ledger
         self.channels = channels
-        # Rewards issued by the current thread's open transaction, announced to
-        # observers once it commits (engine.app).
-        self._local = threading.local()
+        #: rewards issued by the current thread's open transaction, (customer id,
+        #: Issued), announced to observers once it commits (engine.app)
+        self.issued = PerTransaction()
         #: engine.outbox.Outbox: makes issued rewards coupons in the shops
         self.outbox = None
-
-    def issued_in_transaction(self) -> list[tuple[int, Issued]]:
-        if not hasattr(self._local, "issued"):
-            self._local.issued = []
-        return self._local.issued
-
-    def take_issued(self) -> list[tuple[int, Issued]]:
-        """The rewards the committed transaction issued, (customer id, reward)."""
-        issued, self._local.issued = self.issued_in_transaction(), []
-        return issued
 
     def redeem(
         self,
@@ -270,7 +260,7 @@ class Rewards:
             },
         ).scalar_one()
         issued = _issued(conn.execute(select(rewards).where(rewards.c.id == row_id)).one())
-        self.issued_in_transaction().append((customer_id, issued))
+        self.issued.items().append((customer_id, issued))
         if self.outbox is not None:
             self.outbox.reward_issued(conn, customer_id, code, entry["kind"], channel, entry["channels"])
         return issued

@@ -86,21 +86,25 @@ def test_without_remind_days_the_window_is_30_days_and_without_expiry_nothing_ex
 def test_the_card_says_which_points_expire_soon(make_engine, monkeypatch):
     card_tables = {**CARD_TABLES, "rules": {**CARD_TABLES["rules"], "expiry": {"months": 1, "remind_days": 40}}}
     for engine, base in serve_shop(make_engine, monkeypatch, card_tables):
-        # serve_shop's orders: 20 points paid two days ago, 180 yesterday
+        # serve_shop's orders: 20 points paid two days ago, 180 yesterday; a month later
+        # they expire on two days (one, when the month's end clamps both to its last day)
         status, _, page = fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")
         assert status == 200
-        summary = customer_summary(engine, "jana@example.cz")
-        first, second = summary["points_expiring"]
-        assert (first["points"], second["points"]) == (20, 180)
+        days = customer_summary(engine, "jana@example.cz")["points_expiring"]
+        assert [e["points"] for e in days] in ([20, 180], [200])
         fmt = Formats("en", "EUR")
-        wanted = (f'data-testid="expiring">20 points expire on {fmt.date(date.fromisoformat(first["on"]))}, '
-                  f'180 more by {fmt.date(date.fromisoformat(second["on"]))}</div>')
-        assert wanted in page
+        first, *later = days
+        wanted = f'data-testid="expiring">{first["points"]} points expire on {fmt.date(date.fromisoformat(first["on"]))}'
+        if later:
+            wanted += f', 180 more by {fmt.date(date.fromisoformat(later[-1]["on"]))}'
+        assert wanted + "</div>" in page
+        if not later:
+            continue
         # once the first lot is past its date and taken, the card speaks of the rest alone
         run(engine, "expire", add_months(datetime.now(UTC) - timedelta(days=2), 1) + timedelta(minutes=1))
         assert customer_summary(engine, "jana@example.cz")["points"] == 180
         _, _, page = fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")
-        assert f'data-testid="expiring">180 points expire on {fmt.date(date.fromisoformat(second["on"]))}</div>' in page
+        assert f'data-testid="expiring">180 points expire on {fmt.date(date.fromisoformat(later[0]["on"]))}</div>' in page
 
 
 @pytest.fixture

@@ -235,13 +235,23 @@ def test_enrol_a_new_customer_record_a_sale_and_void_it(till, browser_page):
     find(page, "petr@example.cz")
     expect(page.locator("#find-message")).to_contain_text("No customer matches")
     expect(page.locator("#enrol-button")).to_have_text("Enrol petr@example.cz as a new customer")
+    page.fill("#enrol-birthday", "1988-07-14")  # optional: for the birthday bonus
     page.click("#enrol-button")
     expect(page.locator("#customer-points")).to_have_text("0")
     card = summary(engine, "petr@example.cz")["card_code"]
+    from sqlalchemy import select
+
+    from engine.db.models import customers
+
+    with engine.db.connect() as conn:
+        born = conn.execute(select(customers.c.birthday).where(customers.c.email == "petr@example.cz")).scalar_one()
+    assert born.date().isoformat() == "1988-07-14"
     expect(page.locator("#result")).to_have_text(f"New customer enrolled: card {card}.")
     expect(page.locator("#enrol-button")).to_be_hidden()
     find(page, "not an email")  # nobody, and nothing to enrol by
     expect(page.locator("#enrol-button")).to_be_hidden()
+    find(page, "eva@example.cz")  # the next one offered starts with no birthday
+    expect(page.locator("#enrol-birthday")).to_have_value("")
     find(page, card)
 
     page.fill("#sale-amount", "12.00")

@@ -303,9 +303,10 @@
   /** Offer to enrol whom a look-up did not find (an email or a phone only). */
   function offerEnrol(query) {
     enrolKey = query && (looksLikeEmail(query) || looksLikePhone(query)) ? query : null;
-    const button = $('enrol-button');
-    button.hidden = !enrolKey;
-    button.textContent = enrolKey ? t('enrol', {key: enrolKey}) : '';
+    $('enrol').hidden = !enrolKey;
+    $('enrol-birthday').value = '';
+    $('enrol-birthday').max = new Date().toISOString().slice(0, 10);
+    $('enrol-button').textContent = enrolKey ? t('enrol', {key: enrolKey}) : '';
   }
 
   async function enrol() {
@@ -313,6 +314,8 @@
     if (!online()) return findMessage(t('enrol_offline'), 'error');
     const key = uuid();
     const json = looksLikeEmail(enrolKey) ? {email: enrolKey} : {phone: enrolKey};
+    const birthday = $('enrol-birthday').value;  // (the birthday bonus counts it; the engine keeps the first)
+    if (birthday) json.birthday = birthday;
     const button = $('enrol-button');
     button.disabled = true;
     try {

@@ -273,7 +273,8 @@ class Engine:
         """``work(conn, customer_id)`` in one transaction, for the customer a
         key finds (``unknown`` is raised when nobody matches), tried again when
         it loses a race; the rewards it issued (a redemption, a stamp card
-        filled) are announced after the commit. Returns what ``work`` did."""
+        filled) and the points it posted are announced after the commit
+        (``_announce``). Returns what ``work`` did."""
         for attempt in range(RETRIES):
             self._forget()  # what a rolled-back try issued or posted never was
             try:

@@ -149,7 +149,7 @@ from engine.db.models import (
     visit_days,
 )
 from engine.fastsql import Fast, is_deferring
-from engine.ledger import typed_insert
+from engine.ledger import MOVED, typed_insert
 from engine.rules_api import UNIT_POINTS
 
 log = logging.getLogger("regulars.metrics")
@@ -165,7 +165,7 @@ PERIODS = ("month", "week")
 
 SPENT_REASONS = ("redeem", "reward-expired")
 EXPIRED_REASONS = ("expiry",)
-MOVED_REASONS = ("merge",)
+MOVED_REASONS = MOVED  # (a merge moves points between two records of one person)
 #: ledger sources that name their channel second: "order:shopify:123"
 CHANNEL_SOURCES = ("order", "visit", "subscription")
 

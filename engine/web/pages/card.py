@@ -58,6 +58,7 @@ from starlette.routing import Route
 from engine.customers import customer_summary
 from engine.db import as_utc, utcnow
 from engine.db.models import customers
+from engine.metrics import points_channel
 from engine.web.pages.render import LOCALES
 from engine.web.qr import qr
 
@@ -674,8 +675,6 @@ class CardPages:
 
 #: the points entries the card's history shows, newest first
 HISTORY = 10
-#: the sources whose second part is a channel (engine.metrics)
-_CHANNEL_SOURCES = ("order", "visit", "subscription")
 
 
 def points_history(engine, customer_id: int, limit: int = HISTORY) -> list[dict]:
@@ -704,12 +703,11 @@ def points_history(engine, customer_id: int, limit: int = HISTORY) -> list[dict]
         if lines and (lines[-1]["reason"], lines[-1]["source"]) == (row.reason, row.source):
             lines[-1]["amount"] += row.amount
             continue
-        kind, _, rest = (row.source or "").partition(":")
-        channel = rest.split(":", 1)[0] if kind in _CHANNEL_SOURCES else None
-        if row.reason == "redeem":
-            channel = (row.detail or {}).get("channel")
+        rest = (row.source or "").partition(":")[2]
+        # where, as the dashboard's figures count it (a redemption names its channel in the entry)
+        redeemed_in = (row.detail or {}).get("channel") if row.reason == "redeem" else None
         lines.append({"at": as_utc(row.occurred_at), "amount": row.amount, "reason": row.reason, "source": row.source,
-                      "channel": channel or None,
+                      "channel": points_channel(row.reason, row.source, redeemed_in, None),
                       "reward": _title(names[rest]) if row.reason == "redeem" and rest in names else None})
     return [line for line in lines if line["amount"]][:limit]
 

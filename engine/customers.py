@@ -4,7 +4,6 @@ and, later, of the customer API."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 
@@ -39,10 +38,9 @@ def next_expiry(engine, conn, customer_id: int) -> dict | None:
 def _expiring_by(engine, conn, customer_id: int, until: datetime | None) -> list[dict]:
     if not engine.ledger.expiry_months:
         return []
-    zone = ZoneInfo(engine.config.engine.get("timezone") or "UTC")
     per_day: dict[str, int] = {}
     for expires_at, points in engine.ledger.expiring_by(conn, customer_id, until):
-        day = expires_at.astimezone(zone).date().isoformat()
+        day = engine.ledger.metrics.day(expires_at).isoformat()  # the shop's day, as the dashboard counts it
         if until is None and per_day and day not in per_day:
             break  # the first day is all that was asked
         per_day[day] = per_day.get(day, 0) + points

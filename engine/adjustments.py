@@ -108,6 +108,15 @@ def unit_of(card: str | None, cards: dict) -> str:
     return STAMPS + card
 
 
+def locked_balance(conn: Connection, customer_id: int, unit: str) -> int:
+    """The balance of a customer's account, locked for the rest of the
+    transaction (a row lock on PostgreSQL; SQLite's write lock is the
+    transaction's): nothing posts to it until the adjustment is made."""
+    query = _ACCOUNT.with_for_update() if conn.dialect.name == "postgresql" else _ACCOUNT
+    account = conn.execute(query, {"customer_id": customer_id, "unit": unit}).one_or_none()
+    return account.balance if account else 0
+
+
 def adjust(conn: Connection, ledger, cards, customer_id: int, unit: str, amount: int, note: str, by: str,
            at: datetime, key: str | None = None) -> Adjustment:
     """Give (``amount`` > 0) or take points or stamps from a customer, in the
@@ -127,9 +136,7 @@ def adjust(conn: Connection, ledger, cards, customer_id: int, unit: str, amount:
             raise AdjustmentRefused(f"the key {key!r} was already used for another adjustment", "key_reused")
         return Adjustment(customer_id, unit, amount, done.balance, detail.get("note", ""), detail.get("by", ""),
                           entry_key, as_utc(done.occurred_at), duplicate=True)
-    query = _ACCOUNT.with_for_update() if conn.dialect.name == "postgresql" else _ACCOUNT
-    account = conn.execute(query, {"customer_id": customer_id, "unit": unit}).one_or_none()
-    balance = account.balance if account else 0
+    balance = locked_balance(conn, customer_id, unit)
     if balance + amount < 0:
         what = "points" if unit == UNIT_POINTS else f"stamps on the {unit[len(STAMPS):]} card"
         raise AdjustmentRefused(f"the balance is {balance} {what}: taking {-amount} would leave it below zero",

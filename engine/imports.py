@@ -35,7 +35,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from engine.adjustments import REASON, AdjustmentRefused, adjust
+from engine.adjustments import REASON, AdjustmentRefused, adjust, locked_balance
 from engine.db import utcnow
 from engine.db.models import ledger_entries
 from engine.identity import normalize_email
@@ -127,8 +127,8 @@ def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> t
             if conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == f"{REASON}:{key}")).first():
                 tx.rollback()
                 return "already imported", None
-            balance = engine.ledger.balances(conn, customer_id).get(UNIT_POINTS, 0)
-            amount = points - balance if replace else points
+            # (locked: an order applied meanwhile can't slip between this read and the adjustment)
+            amount = points - locked_balance(conn, customer_id, UNIT_POINTS) if replace else points
             if amount == 0:
                 (tx.rollback if dry_run else tx.commit)()
                 report.created += created

@@ -491,11 +491,27 @@ class Engine:
         a key seen before is found out before the COMMIT (``_SeenBefore``:
         the transaction is rolled back and tried the plain way)."""
         stored = inbox.store_ahead(tx, *row, *verdict)
+        self.identity.late_for_erased.take()
         entries = sum(self.pipeline.apply(tx, e) for e in events)
         found = stored.rows()  # before the COMMIT, which goes with the last writes
         if not found:
             raise _SeenBefore
+        self._erase_if_late(tx, found[0][0])
         return Outcome(found[0][0], "applied", entries=entries)
+
+    def _apply_delivery(self, tx, inbox_id: int, events: list[dict]) -> int:
+        """Apply a stored delivery's events in ``tx``; how many entries they posted."""
+        self.identity.late_for_erased.take()
+        entries = sum(self.pipeline.apply(tx, e) for e in events)
+        self._erase_if_late(tx, inbox_id)
+        return entries
+
+    def _erase_if_late(self, tx, inbox_id: int) -> None:
+        """The delivery just applied found a customer by an email or phone
+        erased after its snapshot (engine.privacy): its raw body names the
+        person, so it is erased too."""
+        if self.identity.late_for_erased.take():
+            inbox.erase_body(tx, inbox_id)
 
     def _settle_run(self, tx, pairs: list[tuple[inbox.Receipt, tuple]]) -> list[Outcome]:
         """Apply a run of a batch's deliveries (``(receipt, decided)`` each)
@@ -509,8 +525,8 @@ class Engine:
             return [self._settle(tx, receipt, *verdict, savepoint=True) for receipt, verdict in pairs]
         try:
             entries = self._in_savepoint(tx, _RUN_SAVEPOINT, lambda: [
-                sum(self.pipeline.apply(tx, e) for e in verdict[0])
-                for (_, verdict), applies in zip(pairs, due, strict=True) if applies])
+                self._apply_delivery(tx, receipt.inbox_id, verdict[0])
+                for (receipt, verdict), applies in zip(pairs, due, strict=True) if applies])
         except (IntegrityError, OperationalError):
             raise  # a lost race: the whole transaction is tried again
         except Exception:  # one of them failed: each in its own savepoint, to find which
@@ -551,9 +567,9 @@ class Engine:
         if events is None:
             return Outcome(inbox_id, status, error, plugin)
         if not savepoint:  # (the caller's transaction is this delivery's alone)
-            return Outcome(inbox_id, "applied", entries=sum(self.pipeline.apply(tx, e) for e in events))
+            return Outcome(inbox_id, "applied", entries=self._apply_delivery(tx, inbox_id, events))
         try:
-            entries = self._in_savepoint(tx, _DELIVERY_SAVEPOINT, lambda: sum(self.pipeline.apply(tx, e) for e in events))
+            entries = self._in_savepoint(tx, _DELIVERY_SAVEPOINT, lambda: self._apply_delivery(tx, inbox_id, events))
         except (IntegrityError, OperationalError):
             raise  # a lost race: the whole transaction is tried again
         except Exception as exc:
@@ -645,7 +661,7 @@ class Engine:
                         return None
                     # On PostgreSQL the last writes (the counters, the mark) share a round trip.
                     with deferring(tx):
-                        entries = sum(self.pipeline.apply(tx, e) for e in prepared.events)
+                        entries = self._apply_delivery(tx, prepared.inbox_id, prepared.events)
                         inbox.mark(tx, prepared.inbox_id, inbox.APPLIED)
                 self._announce()
                 return Outcome(prepared.inbox_id, "applied", entries=entries)
@@ -682,6 +698,7 @@ class Engine:
         not announce (it rolled back) is dropped."""
         self.rewards.issued.take()
         self.ledger.posted.take()
+        self.identity.late_for_erased.take()
 
     @contextmanager
     def announcing(self):

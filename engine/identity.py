@@ -10,6 +10,7 @@ every key of the merged customer leads to the one it joined.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 
 import phonenumbers
-from sqlalchemy import JSON, bindparam, literal, select, text, union_all, update
+from sqlalchemy import JSON, DateTime, bindparam, literal, select, text, union_all, update
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
@@ -25,6 +26,7 @@ from engine.db.models import (
     accounts,
     customer_links,
     customers,
+    erasures,
     lots,
     orders,
     rewards,
@@ -33,7 +35,13 @@ from engine.db.models import (
 from engine.events import normalize_address
 from engine.fastsql import Fast, is_deferring
 from engine.jsonio import unstorable
-from engine.ledger import Ledger, insert_ignore_statement, typed_insert, typed_update
+from engine.ledger import (
+    Ledger,
+    PerTransaction,
+    insert_ignore_statement,
+    typed_insert,
+    typed_update,
+)
 from engine.referrals import merge_referrals
 
 # Crockford-ish alphabet: no 0/O or 1/I/L to misread on a printed card.
@@ -111,6 +119,12 @@ def normalize_phone(raw: str | None, country: str | None = None) -> str | None:
     return _e164(raw, country)
 
 
+def erased_digest(kind: str, value: str) -> str:
+    """What an erasure keeps of an email or a phone (``kind``), normalized:
+    its SHA-256, to know the key again, never to read it back."""
+    return hashlib.sha256(f"{kind}:{value}".encode()).hexdigest()
+
+
 @lru_cache(maxsize=8192)
 def _e164(raw: str, country: str | None) -> str | None:
     # phonenumbers takes about 20 µs a number; the same customers come back.
@@ -127,6 +141,19 @@ def _e164(raw: str, country: str | None) -> str | None:
 # change (not the tier's dates or updated_at, which it never looks at: fewer
 # timestamps to parse per row).
 _LOOKUP_COLUMNS = [c for c in customers.c if c.name not in ("tier_since", "tier_below_since", "updated_at")]
+
+
+def _erased_leg(via: str, digest: str):
+    """The customer an email's or phone's digest was erased from after the
+    snapshot (``:at``): the earliest such erasure (the person erased, back,
+    and erased again is two customers, each owning the snapshots before
+    their erasure)."""
+    first = (select(erasures.c.customer_id)
+             .where(erasures.c.digest == bindparam(digest), erasures.c.erased_at > bindparam("at", type_=DateTime(timezone=True)))
+             .order_by(erasures.c.erased_at, erasures.c.id).limit(1).scalar_subquery())
+    return select(literal(via).label("via"), *_LOOKUP_COLUMNS).where(customers.c.id == first)
+
+
 # One query for every key a delivery gives: which customer each one finds.
 _LOOKUP = union_all(
     select(literal("email").label("via"), *_LOOKUP_COLUMNS).where(customers.c.email == bindparam("email")),
@@ -135,6 +162,8 @@ _LOOKUP = union_all(
     .select_from(customers.join(customer_links, customer_links.c.customer_id == customers.c.id))
     .where(customer_links.c.channel == bindparam("channel"), customer_links.c.external_id == bindparam("external")),
     select(literal("card").label("via"), *_LOOKUP_COLUMNS).where(customers.c.card_code == bindparam("card")),
+    _erased_leg("erased_email", "email_digest"),
+    _erased_leg("erased_phone", "phone_digest"),
 )
 _FAST_LOOKUP = Fast(_LOOKUP)
 _UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("b_id"))
@@ -175,14 +204,15 @@ _PREPARE = Fast(
         "WITH keyed AS (SELECT id FROM customers WHERE email = :email"
         " UNION SELECT id FROM customers WHERE phone = :phone"
         " UNION SELECT id FROM customers WHERE card_code = :card"
-        " UNION SELECT customer_id FROM customer_links WHERE channel = :channel AND external_id = :external), "
+        " UNION SELECT customer_id FROM customer_links WHERE channel = :channel AND external_id = :external"
+        " UNION SELECT customer_id FROM erasures WHERE digest IN (:email_digest, :phone_digest) AND erased_at > :at), "
         "found AS (SELECT id FROM customers WHERE id IN (SELECT id FROM keyed) ORDER BY id FOR UPDATE), "
         "footprint AS (INSERT INTO metric_footprints (customer_id, footprint) SELECT id, :empty FROM found"
         " ON CONFLICT (customer_id) DO UPDATE SET footprint = metric_footprints.footprint"
         " RETURNING customer_id, footprint) "
         "SELECT customer_id, footprint FROM footprint UNION ALL "
         "SELECT nextval(pg_get_serial_sequence('customers', 'id')), NULL WHERE NOT EXISTS (SELECT 1 FROM found)"
-    ).bindparams(bindparam("empty", type_=JSON)).columns(customer_id=customers.c.id.type, footprint=JSON)
+    ).bindparams(bindparam("empty", type_=JSON), bindparam("at", type_=DateTime(timezone=True))).columns(customer_id=customers.c.id.type, footprint=JSON)
 )
 
 
@@ -272,6 +302,10 @@ class Identity:
         #: that the two customers filled together (set by the Engine, which
         #: builds the cards after the identity)
         self.cards = None
+        #: the erased customers the current thread's transaction found by a
+        #: key erased after its snapshot: the delivery that carried it is
+        #: erased in turn once applied (engine.app)
+        self.late_for_erased = PerTransaction()
         #: engine.referrals.Referrals: a merge decides the survivor's claim again
         #: with the orders merged in (set by the Engine)
         self.referrals = None
@@ -340,17 +374,20 @@ class Identity:
         found = self.resolve_view(conn, channel, hints, at)
         return found.id if found is not None else None
 
-    def _keys(self, channel: str, hints: dict) -> dict | None:
-        """The look-up's parameters: the hints' keys, normalized (None: none)."""
+    def _keys(self, channel: str, hints: dict, at: datetime) -> dict | None:
+        """The look-up's parameters: the hints' keys, normalized, with the
+        digests an erasure keeps of them (None: no key)."""
         email = normalize_email(hints.get("email"))
         phone = normalize_phone(hints.get("phone"), hints.get("country") or self.default_country)
         external = hints.get("external_id")
         card = (hints.get("card_code") or "").strip().upper() or None
         if not (email or phone or external or card):
             return None
-        return {"email": email, "phone": phone, "channel": channel, "external": external, "card": card}
+        return {"email": email, "phone": phone, "channel": channel, "external": external, "card": card,
+                "email_digest": erased_digest("email", email) if email else None,
+                "phone_digest": erased_digest("phone", phone) if phone else None, "at": at.astimezone(UTC)}
 
-    def prepare(self, conn: Connection, channel: str, hints: dict) -> Prepared | None:
+    def prepare(self, conn: Connection, channel: str, hints: dict, at: datetime) -> Prepared | None:
         """On PostgreSQL inside ``fastsql.deferring``, with the dashboard's
         counters kept: lock the customers these hints find and read their
         counters, or take a new customer's id, in the round trip of the
@@ -358,7 +395,7 @@ class Identity:
         elsewhere, or when the hints hold no key."""
         if self.ledger.metrics is None or not is_deferring(conn):
             return None
-        params = self._keys(channel, hints)
+        params = self._keys(channel, hints, at)
         if params is None:
             return None
         return Prepared(_PREPARE.ahead(conn, {**params, "empty": {}}))
@@ -369,19 +406,30 @@ class Identity:
         case (the hints lead to at most one customer, none merged) costs one
         query and at most one write; anything else takes the careful path.
         ``prepared``: what ``prepare`` sent ahead for the same hints."""
-        params = self._keys(channel, hints)
+        params = self._keys(channel, hints, at)
         if params is None:
             return None
-        email, phone, external, card = params["email"], params["phone"], params["external"], params["card"]
         rows = {row.via: row for row in _FAST_LOOKUP.rows(conn, params)}
+        erased = []
+        for key in ("email", "phone"):
+            if (row := rows.pop(f"erased_{key}", None)) is not None:
+                # Taken before that customer's erasure: the key meant them, not
+                # whoever holds it now, and stays erased (it is not written).
+                rows[key], params[key] = row, None
+                erased.append(row.id)
+        if erased:
+            self.late_for_erased.items().extend(erased)
+        email, phone, external, card = params["email"], params["phone"], params["external"], params["card"]
         if any(row.merged_into is not None for row in rows.values()):
-            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card))
+            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card,
+                                                           erased))
         by_phone = rows.get("phone")
         if by_phone is not None and email and by_phone.email not in (None, email):
             by_phone = None  # a household's shared phone: not this person
         candidates = [r for r in (rows.get("email"), by_phone, rows.get("link"), rows.get("card")) if r is not None]
         if len({r.id for r in candidates}) > 1:
-            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card))
+            return self.view(conn, self._resolve_carefully(conn, channel, hints, at, email, phone, external, card,
+                                                           erased))
         if not candidates:
             # Keys go into the INSERT itself: a concurrent creation of the same
             # person then fails on the unique key and the retry finds them.
@@ -464,9 +512,11 @@ class Identity:
                                        "fields_at": {**stamps, **dict.fromkeys(newer, at.isoformat())}})
         return changes
 
-    def _resolve_carefully(self, conn, channel, hints, at, email, phone, external, card) -> int:
-        """Several customers, or merged ones: find each, merge the compatible."""
-        found: list[int | None] = []
+    def _resolve_carefully(self, conn, channel, hints, at, email, phone, external, card, erased=()) -> int:
+        """Several customers, or merged ones: find each, merge the compatible.
+        ``erased``: the customers an email or phone of the hints was erased
+        from after the snapshot (those keys are then None)."""
+        found: list[int | None] = [self.follow(conn, cid) for cid in erased]
         if email:
             cid = conn.execute(select(customers.c.id).where(customers.c.email == email)).scalar_one_or_none()
             found.append(self.follow(conn, cid))

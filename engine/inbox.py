@@ -22,6 +22,9 @@ from engine.jsonio import holds_unstorable, storable
 from engine.ledger import insert_ignore, insert_ignore_statement
 
 RECEIVED, APPLIED, IGNORED, FAILED = "received", "applied", "ignored", "failed"
+#: what an erased delivery's body becomes (engine.privacy); its key and its
+#: body's SHA-256 are kept, so that the same delivery again is still a duplicate
+ERASED_BODY = b'{"erased": "personal data removed on request"}'
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,11 @@ def start(conn: Connection, inbox_id: int) -> Ahead:
     the delivery (id, channel, topic, body, headers and the tries now), or
     none when there is no such delivery or it is not ``received`` any more."""
     return _START.ahead(conn, {"b_id": inbox_id})
+
+
+def erase_body(conn: Connection, inbox_id: int) -> None:
+    """Erase a stored delivery's body and headers (it named an erased person)."""
+    conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(body=ERASED_BODY, headers=None))
 
 
 def get(conn: Connection, inbox_id: int):

@@ -225,7 +225,7 @@ class Pipeline:
         order_ahead = prepared = None
         if is_deferring(conn) and not self.history_plugins:
             order_ahead = self._lock_order(conn, channel, external_id, ahead=True)
-            prepared = self.identity.prepare(conn, channel, event["customer"])
+            prepared = self.identity.prepare(conn, channel, event["customer"], at)
         resolved = self.identity.resolve_view(conn, channel, event["customer"], at, prepared)
         if resolved is not None and self.ledger.metrics is not None:
             self.ledger.metrics.prefetch(conn, resolved.id, prepared.footprints if prepared is not None else None)

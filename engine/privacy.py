@@ -6,6 +6,14 @@ birthday, marketing consent, order notes, and the raw deliveries that carry any
 of them) and keeps everything the ledger's sums need: the customer row under its
 id, its accounts and entries, its orders' amounts. The audit stays clean and
 every balance stays exact.
+
+Of each email and phone erased, a SHA-256 digest is kept with the customer
+and the time (``erasures``): a snapshot taken before the erasure that arrives
+later (a webhook retried, an order re-read by a reconcile run) then finds the
+erased customer, changes none of their erased data, and its raw body is
+erased once applied; it does not make the person anew from the email, nor
+move their orders away. A snapshot taken after the erasure is the person back:
+it makes or fills a customer as any snapshot does.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.engine import Connection
@@ -24,6 +32,7 @@ from engine.db.models import (
     card_links,
     customer_links,
     customers,
+    erasures,
     inbox,
     ledger_entries,
     metric_footprints,
@@ -36,10 +45,10 @@ from engine.db.models import (
     tier_history,
     visit_days,
 )
-from engine.identity import normalize_email
+from engine.identity import erased_digest, normalize_email
+from engine.inbox import ERASED_BODY
 
 PERSONAL = ("email", "phone", "first_name", "last_name", "address", "birthday", "accepts_marketing")
-ERASED_BODY = b'{"erased": "personal data removed on request"}'
 #: what an adjustment's note becomes
 ERASED_NOTE = "(erased on request)"
 
@@ -269,8 +278,17 @@ def _erase_people(conn: Connection, ids: list[int], at: datetime, deliveries: li
     for start in range(0, len(deliveries), _IDS_PER_STATEMENT):  # (a driver takes 65,535 parameters at most)
         conn.execute(update(inbox).where(inbox.c.id.in_(deliveries[start:start + _IDS_PER_STATEMENT]))
                      .values(body=ERASED_BODY, headers=None))
-    # Stamped as of the erasure: a snapshot taken before it (a late webhook, a
-    # reconcile run's re-read) brings none of it back (engine.identity).
+    # What is left of their emails and phones: a digest, so that a snapshot
+    # taken before the erasure (a late webhook, a reconcile run's re-read)
+    # finds this customer by it instead of making them anew (engine.identity).
+    keys = conn.execute(select(customers.c.id, customers.c.email, customers.c.phone)
+                        .where(customers.c.id.in_(ids))).all()
+    digests = [{"customer_id": row.id, "digest": erased_digest(kind, value), "erased_at": at.astimezone(UTC)}
+               for row in keys for kind, value in (("email", row.email), ("phone", row.phone)) if value]
+    if digests:
+        conn.execute(erasures.insert(), digests)
+    # Stamped as of the erasure: a snapshot taken before it brings none of
+    # what they had back to the customer it finds (engine.identity).
     conn.execute(update(customers).where(customers.c.id.in_(ids))
                  .values(**dict.fromkeys(PERSONAL), fields_at=dict.fromkeys(PERSONAL, at.isoformat()), updated_at=at))
     notes = 0

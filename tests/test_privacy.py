@@ -10,14 +10,26 @@ from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from engine import inbox
 from engine.customers import customer_summary
 from engine.db.models import customers, orders
 from engine.privacy import UnknownCustomer, erase, export
-from tests.conftest import CONTRACTS
-from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
+from tests.conftest import CONTRACTS, empty_database, examples
+from tests.streams import (
+    T0,
+    Line,
+    PlannedOrder,
+    _shopify_order,
+    _woo_order,
+    deliveries,
+    expected_by_email,
+    ingest_all,
+    shuffled_with_resends,
+)
 
 EMAIL = "jana.novakova@example.com"
 
@@ -346,3 +358,166 @@ def test_a_snapshot_from_before_an_erasure_brings_nothing_back_and_a_newer_one_d
     with engine.db.connect() as conn:
         row = conn.execute(select(customers.c.email, customers.c.first_name, customers.c.accepts_marketing)).one()
     assert tuple(row) == ("bob@biller.com", "Bob", False)
+
+
+# -- snapshots taken before an erasure, delivered after it ---------------------------------
+
+GUEST = "guest.buyer@example.com"
+ERASED_AT = T0 + timedelta(days=30)  # after every snapshot the streams make (T0 to T0 + 9 days)
+
+
+def _bodies_holding(engine, text: str) -> list[int]:
+    with engine.db.connect() as conn:
+        return [row.id for row in inbox.listing(conn, limit=10_000)
+                if text.encode() in bytes(inbox.get(conn, row.id).body).lower()]
+
+
+def _customer_rows(engine) -> list[tuple]:
+    with engine.db.connect() as conn:
+        return [tuple(r) for r in conn.execute(select(customers.c.id, customers.c.email).order_by(customers.c.id))]
+
+
+def test_a_guest_s_order_snapshot_from_before_the_erasure_stays_theirs_and_is_erased_in_turn(engine):
+    """A WooCommerce guest (no shop account: known by email only) is erased;
+    their order's next snapshot, taken before the erasure, is delivered after
+    it (a retried webhook). It used to make the guest anew from the email and
+    move the order's points to that new customer."""
+    order = PlannedOrder("woocommerce", 5, GUEST, (Line(Decimal("40.00"), 1),), phone="+420777123456")
+    paid = _woo_order(order, "processing", T0 + timedelta(hours=1), [])
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(paid).encode()).status == "applied"
+    card = customer_summary(engine, GUEST)["card_code"]
+    erase(engine, GUEST, ERASED_AT)
+
+    late = _woo_order(order, "completed", T0 + timedelta(days=2), [Decimal("10.00")])  # and a refund
+    outcome = engine.ingest("woocommerce", "order.updated", json.dumps(late).encode())
+    assert (outcome.status, outcome.entries) == ("applied", 1)
+    assert _customer_rows(engine) == [(1, None)]  # nobody made from the email
+    after = customer_summary(engine, card)
+    assert (after["points"], after["email"], after["phone"], after["first_name"]) == (30, None, None, None)
+    assert _bodies_holding(engine, GUEST) == [] and _bodies_holding(engine, "777123456") == []
+    with engine.db.connect() as conn:
+        assert bytes(inbox.get(conn, outcome.inbox_id).body) == inbox.ERASED_BODY
+        assert engine.ledger.audit(conn) == []
+    # The same delivery again is still a duplicate (its key and its body's digest are kept).
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(late).encode()).status == "duplicate"
+
+
+def test_a_snapshot_from_before_the_erasure_goes_to_the_erased_customer_even_when_the_person_came_back(engine):
+    """After the erasure the guest buys again with the same email: that is a
+    new customer. An old order's snapshot from before the erasure stays with
+    the erased customer, and the new customer's order with them."""
+    old = PlannedOrder("woocommerce", 5, GUEST, (Line(Decimal("40.00"), 1),))
+    engine.ingest("woocommerce", "order.updated", json.dumps(_woo_order(old, "processing", T0, [])).encode())
+    erase(engine, GUEST, ERASED_AT)
+    new = PlannedOrder("woocommerce", 6, GUEST, (Line(Decimal("7.00"), 1),))
+    back = _woo_order(new, "processing", ERASED_AT + timedelta(days=1), [])
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(back).encode()).status == "applied"
+    late = _woo_order(old, "completed", T0 + timedelta(days=2), [Decimal("15.00")])
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(late).encode()).status == "applied"
+
+    assert _customer_rows(engine) == [(1, None), (2, GUEST)]
+    assert customer_summary(engine, "id:1")["points"] == 25
+    assert customer_summary(engine, GUEST)["points"] == 7
+    assert len(_bodies_holding(engine, GUEST)) == 1  # the new order's, theirs to keep
+    # Erased again: a snapshot taken between the two erasures is the second customer's.
+    erase(engine, GUEST, ERASED_AT + timedelta(days=10))
+    between = _woo_order(new, "completed", ERASED_AT + timedelta(days=2), [Decimal("2.00")])
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(between).encode()).status == "applied"
+    assert _customer_rows(engine) == [(1, None), (2, None)]
+    assert (customer_summary(engine, "id:1")["points"], customer_summary(engine, "id:2")["points"]) == (25, 5)
+    assert _bodies_holding(engine, GUEST) == []
+
+
+def test_a_phone_erased_finds_the_erased_customer_too(engine):
+    """Known by phone only (a guest who gave no email): the phone's digest finds them."""
+    order = PlannedOrder("woocommerce", 8, "", (Line(Decimal("12.00"), 1),), phone="+420 777 123 456")
+    engine.ingest("woocommerce", "order.updated", json.dumps(_woo_order(order, "processing", T0, [])).encode())
+    erase(engine, "+420777123456", ERASED_AT)
+    late = _woo_order(order, "completed", T0 + timedelta(days=1), [Decimal("2.00")])
+    assert engine.ingest("woocommerce", "order.updated", json.dumps(late).encode()).status == "applied"
+    with engine.db.connect() as conn:
+        assert conn.execute(select(customers.c.phone)).scalars().all() == [None]
+    assert customer_summary(engine, "id:1")["points"] == 10
+    assert _bodies_holding(engine, "777 123 456") == []
+
+
+def test_a_late_snapshot_in_a_batch_erases_only_its_own_body(engine):
+    """``ingest --batch``: the late snapshot's body is erased, the rest of the
+    batch kept; one that fails in the batch changes nothing of it."""
+    order = PlannedOrder("woocommerce", 5, GUEST, (Line(Decimal("40.00"), 1),))
+    engine.ingest("woocommerce", "order.updated", json.dumps(_woo_order(order, "processing", T0, [])).encode())
+    erase(engine, GUEST, ERASED_AT)
+    other = PlannedOrder("woocommerce", 9, "someone.else@example.com", (Line(Decimal("3.00"), 1),))
+    late = _woo_order(order, "completed", T0 + timedelta(days=2), [Decimal("10.00")])
+    batch = [("order.updated", json.dumps(_woo_order(other, "processing", T0, [])).encode(), None),
+             ("order.updated", json.dumps(late).encode(), None),
+             ("order.updated", b'{"id": 10, "status": "processing", "line_items": "not a list"}', None)]
+    outcomes = engine.ingest_batch("woocommerce", batch)
+    assert [o.status for o in outcomes] == ["applied", "applied", "failed"]
+    assert _bodies_holding(engine, GUEST) == []
+    assert len(_bodies_holding(engine, "someone.else@example.com")) == 1
+    assert customer_summary(engine, "id:1")["points"] == 30
+
+
+def test_a_linked_customer_s_late_snapshot_is_erased_in_turn_and_a_newer_one_kept(engine):
+    """A Shopify customer is found by their shop id after an erasure as
+    before; the late profile's raw body, which names them, is erased once
+    applied; the profile they give after the erasure is theirs to keep."""
+    from tests.test_identity import _profile
+
+    engine.ingest("shopify", "customers/update", _profile("Bob", "subscribed", "2022-01-02T10:00:00-05:00"))
+    erase(engine, "bob@biller.com", datetime(2022, 1, 5, tzinfo=UTC))
+    late = engine.ingest("shopify", "customers/update", _profile("Robert", None, "2022-01-03T10:00:00-05:00"))
+    back = engine.ingest("shopify", "customers/update", _profile("Bob", None, "2022-01-06T10:00:00-05:00"))
+    with engine.db.connect() as conn:
+        assert bytes(inbox.get(conn, late.inbox_id).body) == inbox.ERASED_BODY
+        assert b"bob@biller.com" in bytes(inbox.get(conn, back.inbox_id).body)
+    assert _customer_rows(engine) == [(1, "bob@biller.com")]
+
+
+@st.composite
+def _late_streams(draw):
+    """A guest's WooCommerce orders and a Shopify customer's orders (one
+    email), every snapshot taken before the erasure, delivered in any order
+    with resends; the erasure comes after ``cut`` of them; after it, the
+    person may come back with an order of their own."""
+    plans = [PlannedOrder(draw(st.sampled_from(["woocommerce", "shopify"])), number, GUEST,
+                          (Line(Decimal(draw(st.integers(5, 60))), 1),),
+                          refunds=tuple(Decimal(a) for a in draw(st.lists(st.integers(1, 4), max_size=2))),
+                          cancelled=draw(st.booleans()) and draw(st.booleans()))
+             for number in range(1, draw(st.integers(1, 3)) + 1)]
+    stream = shuffled_with_resends(draw, [d for plan in plans for d in deliveries(plan)], 2)
+    cut = draw(st.integers(1, len(stream)))
+    comes_back = draw(st.booleans())
+    return plans, stream, cut, comes_back
+
+
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_late_streams())
+def test_any_arrival_order_around_an_erasure_keeps_the_erased_customer_s_balance_and_no_trace(engine, case):
+    """Whatever arrives before or after the erasure, in any order and twice:
+    the erased customer ends with the ordered stream's balance, nobody holds
+    the email but a customer made after the erasure, and no stored body
+    names the person but that customer's own."""
+    plans, stream, cut, comes_back = case
+    empty_database(engine)
+    ingest_all(engine, stream[:cut])
+    while not _customer_rows(engine):  # (refunds first: no customer yet to erase)
+        ingest_all(engine, stream[cut:cut + 1])
+        cut += 1
+    erase(engine, GUEST, ERASED_AT)
+    new = PlannedOrder("woocommerce", 99, GUEST, (Line(Decimal("3.00"), 1),))
+    after = stream[cut:]
+    if comes_back:  # in the middle of what comes late
+        after.insert(len(after) // 2, ("woocommerce", "order.updated",
+                                       json.dumps(_woo_order(new, "processing", ERASED_AT + timedelta(days=1), [])).encode()))
+    ingest_all(engine, after)
+    rows = _customer_rows(engine)
+    erased = rows[0][0]
+    assert rows == [(erased, None), *([(rows[-1][0], GUEST)] if comes_back else [])]
+    assert customer_summary(engine, f"id:{erased}")["points"] == expected_by_email(plans)[GUEST]
+    if comes_back:
+        assert customer_summary(engine, GUEST)["points"] == 3
+    assert len(_bodies_holding(engine, GUEST)) == (1 if comes_back else 0)
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []

@@ -387,6 +387,24 @@ class PrivacyRequest(Base):
 privacy_requests = PrivacyRequest.__table__
 
 
+class Erasure(Base):
+    """What an erasure leaves of an email or phone: its digest, the customer
+    it was erased from and when, so that a snapshot taken before the erasure
+    (a webhook retried late, a reconcile run's re-read) finds the erased
+    customer again instead of recreating the person (engine.identity)."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    #: SHA-256 of ``email:<normalized>`` or ``phone:<E.164>`` (engine.identity.erased_digest)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    erased_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+erasures = Erasure.__table__
+
+
 class Terminal(Base):
     """A till allowed to use the API, with its key stored hashed (engine.terminals)."""
 

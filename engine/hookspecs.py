@@ -212,6 +212,32 @@ def regulars_visit_awards(visit, customer):
     """
 
 
+@hookspec
+def regulars_birthday_awards(customer, day):
+    """Say what a customer's birthday is worth: a gift of points, or stamps.
+
+    Called by the ``birthday-gifts`` job (hourly in ``regulars serve`` and
+    Celery beat), once per customer whose birthday it is in the shop's
+    calendar (``[engine] timezone``), and again on the next two days: a job
+    that could not run on the day catches up. A 29 February birthday falls on
+    28 February in other years. A birthday the engine learnt on the day
+    itself or later is celebrated from the next year on (a birthday given
+    just to get the gift gets none now).
+
+    What is returned is posted once per birthday, plugin and unit (its key
+    holds the year): asking again about the same birthday posts nothing
+    more, and an amount of zero or less posts nothing. A plugin that raises
+    is named in the job's summary and log; that customer gets nothing from
+    any plugin in that run, and is asked again in the next one.
+
+    :param customer: the ``engine.identity.CustomerView`` (``birthday`` set).
+    :param day: the ``datetime.date`` of the birthday being celebrated (this
+        year's, or a day or two ago).
+    :return: a list of ``engine.rules_api.Award``, or None. All results are
+        collected; awards for the same unit add up.
+    """
+
+
 # -- Observers (after commit) ----------------------------------------------------
 
 

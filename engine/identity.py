@@ -465,14 +465,16 @@ class Identity:
                            .where(customers.c.id == customer_id)).one_or_none()
         if row is None or row.birthday is not None or _older(at, (row.fields_at or {}).get("birthday"), None):
             return False
-        conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, "birthday": _birthday(day), "updated_at": at})
+        conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, "birthday": _birthday(day), "updated_at": at,
+                                        "fields_at": {**(row.fields_at or {}), "birthday": at.isoformat()}})
         return True
 
     def correct_birthday(self, conn: Connection, customer_id: int, day: date | None, at: datetime) -> None:
         """Staff correcting a birthday (``regulars customer birthday``); None
         forgets it, and the card asks again."""
+        stamps = conn.execute(select(customers.c.fields_at).where(customers.c.id == customer_id)).scalar() or {}
         conn.execute(_UPDATE_CUSTOMER, {"b_id": customer_id, "birthday": None if day is None else _birthday(day),
-                                        "updated_at": at})
+                                        "updated_at": at, "fields_at": {**stamps, "birthday": at.isoformat()}})
 
     def _update_row(self, conn, customer_id, current, hints, keys, at) -> dict:
         """Write what the hints add to a customer we already read; returns the
@@ -500,9 +502,10 @@ class Identity:
                 changes[name] = given[name]
         if hints.get("birthday") and current.get("birthday") is None and not stale("birthday", None):
             changes["birthday"] = _birthday(hints["birthday"])
+            fresh.add("birthday")  # stamped: when it was learnt (engine.birthdays)
         # A value confirmed by a newer snapshot is stamped anew too: an older
         # one that said otherwise must not win when it comes late.
-        newer = {name for name in fresh if _set_at(stamps.get(name), created) < at}
+        newer = {name for name in fresh if _set_at(stamps.get(name), created) < at and name != "birthday"}
         if changes:
             if fresh:
                 changes["fields_at"] = {**stamps, **dict.fromkeys(fresh, at.isoformat())}

@@ -129,6 +129,13 @@ def reconcile_shops(engine, now: datetime) -> str:
     return summary
 
 
+def birthday_gifts(engine, now: datetime) -> str:
+    """Give what the plugins say each birthday is worth (engine.birthdays)."""
+    from engine.birthdays import give_gifts
+
+    return give_gifts(engine, now)
+
+
 JOBS: dict[str, Callable[..., str]] = {
     "tier-review": review_tiers,
     "expire": expire_points,
@@ -136,6 +143,7 @@ JOBS: dict[str, Callable[..., str]] = {
     "reward-expiry": expire_rewards,
     "subscription-check": check_subscriptions,
     "reconcile": reconcile_shops,
+    "birthday-gifts": birthday_gifts,
 }
 
 

@@ -16,7 +16,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import bindparam, case, func, null, select, text
@@ -578,6 +578,27 @@ class Pipeline:
             plugin, unit = key.split("|", 1)
             self.cards_to_settle.add((customer_id, unit))
             self.ledger.post(conn, customer_id, unit, amount, "visit", source, plugin, entry_key, at)
+            posted += 1
+        return posted
+
+    # -- birthdays ------------------------------------------------------------
+
+    def apply_birthday(self, conn: Connection, customer_id: int, day: date, at: datetime) -> int:
+        """Post what the plugins say a customer's birthday ``day`` is worth
+        (``regulars_birthday_awards``), once per birthday, plugin and unit;
+        how many entries were posted. Called by the ``birthday-gifts`` job
+        (engine.birthdays), which picks the customers."""
+        customer = self._with_plans(conn, self.identity.view(conn, customer_id), at)
+        source = f"birthday:{day.isoformat()}"
+        posted = 0
+        for key, amount in sorted(self._awards("regulars_birthday_awards", customer=customer, day=day).items()):
+            entry_key = f"birthday:{customer_id}:{day.year}:{key}"
+            exists = conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == entry_key)).first()
+            if exists or amount <= 0:
+                continue
+            plugin, unit = key.split("|", 1)
+            self.ledger.post(conn, customer_id, unit, amount, "birthday", source, plugin, entry_key, at)
+            self.cards.settle(conn, customer_id, unit, at)  # a stamp card it fills issues its reward
             posted += 1
         return posted
 

@@ -35,6 +35,8 @@ SCHEDULE = {
     "subscription-check": crontab(minute=45),
     "expiry-reminders": crontab(minute=0, hour=9),
     "reconcile": crontab(minute=20, hour="*/6"),
+    # hourly: a gift comes within the first hour of the day in any time zone
+    "birthday-gifts": crontab(minute=10),
 }
 
 

@@ -366,6 +366,34 @@ def test_the_card_asks_for_the_birthday_once_when_the_birthday_bonus_is_on(make_
                                 .where(customers.c.birthday.is_not(None))).scalar_one() == 1
 
 
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"multiplier": 1, "gift": 100}, "Tell us your birthday, and you get 100 points on the day."),
+    ({"gift": 1}, "Tell us your birthday: you get 1 point on the day, and your orders earn 2× points all that month."),
+])
+def test_the_card_tells_of_the_birthday_gift_and_lists_it_once_given(make_engine, monkeypatch, settings, says):
+    from engine.birthdays import falls_on
+    from engine.jobs import run
+
+    tables = {**TABLES, "plugins": {"birthday-bonus": settings}}
+    for engine, base in serve_shop(make_engine, monkeypatch, tables):
+        token = make_link(engine, customer_id(engine))
+        page = fetch(f"{base}/card/{token}")[2]
+        assert says in page
+        action, form = birthday_form(page)
+        born = (datetime.now(UTC) - timedelta(days=1)).date().replace(year=1990)  # (yesterday, in 1990)
+        fetch(base + action, {"form": form, "birthday": born.isoformat()})
+        run(engine, "birthday-gifts", datetime.now(UTC))
+        # learnt today, after its day: the gift comes next year
+        assert "Birthday gift" not in " ".join(history(fetch(f"{base}/card/{token}")[2]))
+        next_year = falls_on(born, datetime.now(UTC).year + 1)
+        run(engine, "birthday-gifts", datetime(next_year.year, next_year.month, next_year.day, 12, tzinfo=UTC))
+        lines = history(fetch(f"{base}/card/{token}")[2])
+        gift = settings["gift"]
+        assert lines[0].startswith("Birthday gift ") and lines[0].endswith(f"+{gift}")
+        czech = history(fetch(f"{base}/card/{token}", headers={"Accept-Language": "cs"})[2])
+        assert czech[0].startswith("Dárek k narozeninám")
+
+
 def where(page: str, name: str) -> str:
     """Where the card says the reward ``name`` can be spent."""
     found = re.search(rf'data-reward="{name}">.*?data-testid="where">(.*?)(?: · |</p>)', page, re.S)

@@ -1,5 +1,6 @@
 """[plugins.birthday-bonus]: a multiplier on orders paid in the customer's
-birthday month, on the shop's calendar (plugins/birthday.py)."""
+birthday month, on the shop's calendar (plugins/birthday.py). Its ``gift`` on
+the birthday itself: tests/test_birthday_gifts.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from engine.config import ConfigError
-from engine.rules_api import Multiplier
+from engine.rules_api import Award, Multiplier
 from plugins.birthday import BirthdayBonus, BirthdaySettings
 from tests.plugins.till import CanonicalTill, till_customer
 from tests.plugins_builtin.shop import EMAIL, moment, planned, points, programme, send, start
@@ -30,6 +31,12 @@ def test_an_order_paid_in_the_birthday_month_gets_the_multiplier():
     assert hook(order=in_may, customer=MAY_BIRTHDAY) == [Multiplier("birthday month", Decimal(3))]
     assert hook(order=in_june, customer=MAY_BIRTHDAY) is None
     assert hook(order=in_may, customer=SimpleNamespace(birthday=None)) is None
+    assert campaign(multiplier=1).regulars_order_multipliers(order=in_may, customer=MAY_BIRTHDAY) is None
+
+
+def test_the_gift_is_its_points_or_nothing():
+    assert campaign(gift=150).regulars_birthday_awards() == [Award("points", 150, "birthday gift")]
+    assert campaign().regulars_birthday_awards() is None
 
 
 @pytest.mark.parametrize(("zone", "applies"), [("Europe/Prague", True), ("UTC", False)])
@@ -61,9 +68,11 @@ def test_a_birthday_month_order_earns_double_and_its_refund_is_reversed_at_that_
     [
         ("multiplier = 0", "multiplier: Must be greater than 0"),
         ('timezone = "Mars/Olympus"', "timezone: unknown time zone 'Mars/Olympus'"),
-        ("points = 50", "points: unknown key (expected one of: multiplier, timezone)"),
+        ("points = 50", "points: unknown key (expected one of: gift, multiplier, timezone)"),
+        ("gift = -5", "gift: Must be greater than or equal to 0 and less than or equal to 1000000."),
+        ('gift = "100"', "gift: Not a valid integer."),
     ],
-    ids=["zero", "bad-zone", "points-not-offered"],
+    ids=["zero", "bad-zone", "points-not-offered", "negative-gift", "gift-as-text"],
 )
 def test_a_wrong_setting_stops_the_start_naming_the_file_the_table_and_the_key(
     tmp_path, toml, expected

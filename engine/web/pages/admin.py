@@ -375,6 +375,7 @@ WORDS = {
         "reward-expired": N_("reward expired unused"), "expiry": N_("points expired"), "merge": N_("customers merged"),
         "referral": N_("referral"), "subscription": N_("membership"), "card-complete": N_("stamp card full"),
         "card-reopened": N_("stamp card reopened"), "adjust": N_("adjusted by hand"),
+        "birthday": N_("birthday gift"),
     },
     "reward": {"issued": N_("ready to use"), "used": N_("used"), "expired": N_("expired")},
     "order": {"pending": N_("pending"), "paid": N_("paid"), "refunded": N_("refunded"),

@@ -382,7 +382,7 @@ class CardPages:
             known = conn.execute(select(customers.c.birthday).where(customers.c.id == customer_id)).scalar()
         if known is not None:
             return None
-        return {"times": bonus.factor, "max": utcnow().date().isoformat(),
+        return {"times": bonus.factor, "gift": bonus.gift, "max": utcnow().date().isoformat(),
                 "token": self.seal({"via": viewer.via, "c": customer_id, "r": BIRTHDAY_FORM,
                                     "n": secrets.token_urlsafe(16)})}
 

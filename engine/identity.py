@@ -287,6 +287,15 @@ def _set_at(stamp: str | None, created: datetime | None) -> datetime:
     return created or datetime.min.replace(tzinfo=UTC)
 
 
+def _erased_after(email: str | None, stamps: dict | None, at: datetime) -> bool:
+    """Whether a customer (their email and ``fields_at``) was erased after a
+    snapshot taken ``at``: only an erasure stamps the email (engine.privacy),
+    and a customer who came back since has one again."""
+    if email is not None or not stamps or not stamps.get("email"):
+        return False
+    return at < datetime.fromisoformat(stamps["email"])
+
+
 def _birthday(day: date) -> datetime:
     # Stored as midnight UTC, so that it reads back as the same day anywhere.
     return datetime.combine(day, datetime.min.time(), UTC)
@@ -302,9 +311,10 @@ class Identity:
         #: that the two customers filled together (set by the Engine, which
         #: builds the cards after the identity)
         self.cards = None
-        #: the erased customers the current thread's transaction found by a
-        #: key erased after its snapshot: the delivery that carried it is
-        #: erased in turn once applied (engine.app)
+        #: the erased customers the current thread's transaction found with a
+        #: snapshot taken before their erasure (by a key erased since, or
+        #: their channel id): the delivery that carried it is erased in turn
+        #: once applied (engine.app)
         self.late_for_erased = PerTransaction()
         #: engine.referrals.Referrals: a merge decides the survivor's claim again
         #: with the orders merged in (set by the Engine)
@@ -440,6 +450,8 @@ class Identity:
                 external = None  # linked by the same statement
         else:
             row = candidates[0]
+            if _erased_after(row.email, row.fields_at, at):
+                self.late_for_erased.items().append(row.id)
             values = {"email": row.email, "phone": row.phone}
             taken = {
                 "email": "email" in rows and rows["email"].id != row.id,
@@ -557,6 +569,9 @@ class Identity:
             for other in matched[1:]:
                 if self._compatible(conn, primary, other):
                     self.merge(conn, keep=primary, gone=other, at=at)
+            held = conn.execute(select(customers.c.email, customers.c.fields_at).where(customers.c.id == primary)).one()
+            if _erased_after(held.email, held.fields_at, at):
+                self.late_for_erased.items().append(primary)
 
         self._update(conn, primary, hints, email, phone, at)
         if external:

@@ -475,6 +475,23 @@ def test_a_linked_customer_s_late_snapshot_is_erased_in_turn_and_a_newer_one_kep
     assert _customer_rows(engine) == [(1, "bob@biller.com")]
 
 
+def test_a_late_snapshot_that_names_them_only_by_their_shop_id_is_erased_in_turn(engine):
+    """No email in it (a profile with the name and the shop's id only): the
+    customer is found by the id, and the body, which holds their name, is
+    erased all the same."""
+    from tests.test_identity import _profile
+
+    engine.ingest("shopify", "customers/update", _profile("Bob", "subscribed", "2022-01-02T10:00:00-05:00"))
+    erase(engine, "bob@biller.com", datetime(2022, 1, 5, tzinfo=UTC))
+    body = json.loads(_profile("Robert", None, "2022-01-03T10:00:00-05:00"))
+    body.update(email=None, phone=None, default_address=None, addresses=[])
+    late = engine.ingest("shopify", "customers/update", json.dumps(body).encode())
+    assert late.status == "applied"
+    with engine.db.connect() as conn:
+        assert bytes(inbox.get(conn, late.inbox_id).body) == inbox.ERASED_BODY
+        assert conn.execute(select(customers.c.first_name)).scalars().all() == [None]
+
+
 @st.composite
 def _late_streams(draw):
     """A guest's WooCommerce orders and a Shopify customer's orders (one

@@ -41,6 +41,21 @@ CATCH_UP_DAYS = 3
 _IDS_PER_STATEMENT = 10_000
 
 
+def bonus(engine):
+    """The ``[plugins.birthday-bonus]`` plugin, or None when it is off."""
+    return next((p.obj for p in engine.plugins.loaded if p.table == "plugins.birthday-bonus"), None)
+
+
+def birthday_wanted(engine) -> bool:
+    """Whether knowing a customer's birthday brings them something: the
+    birthday bonus is on with a multiplier or a gift, or another plugin gives
+    birthday gifts (the card and the till then ask for it)."""
+    plugin = bonus(engine)
+    if plugin is not None and (plugin.factor != 1 or plugin.gift):
+        return True
+    return any(impl.plugin is not plugin for impl in engine.plugins.pm.hook.regulars_birthday_awards.get_hookimpls())
+
+
 def falls_on(birthday: date, year: int) -> date:
     """The day a birthday falls on in ``year`` (29 February: 28 February in
     a year without one)."""

@@ -194,6 +194,7 @@ def customer_show(ctx: Context, key: str, as_json: bool) -> None:
         ("email", summary["email"] or "-"),
         ("phone", summary["phone"] or "-"),
         ("card", summary["card_code"]),
+        *([("birthday", summary["birthday"] or "-")] if summary["birthday"] or summary["birthday_wanted"] else []),
         ("points", str(summary["points"])),
         *([("expiring", ", ".join(f"{e['points']} on {e['on']}" for e in summary["points_expiring"]))]
           if summary["points_expiring"] else []),

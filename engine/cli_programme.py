@@ -140,6 +140,8 @@ def jobs_run(ctx, job: str, at) -> None:
     subscription-check  lapse memberships past their period plus the plan's grace_days
     reconcile           fetch the last 2 days of orders from each shop with credentials,
                         and older WooCommerce orders whose refunds lack their details
+    birthday-gifts      give the birthday gifts due ([plugins.birthday-bonus] gift),
+                        once a year each
     """
     from datetime import UTC
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from engine.db import utcnow
+from engine.birthdays import birthday_wanted
+from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, orders
 from engine.rules_api import UNIT_POINTS
 
@@ -106,4 +107,7 @@ def customer_summary(engine, key: str | int) -> dict | None:
         "memberships": memberships,
         "channels": channels,
         "orders": n_orders,
+        "birthday": as_utc(row.birthday).date().isoformat() if row.birthday else None,
+        #: a birthday gift or bonus is on and theirs is not known (the till may ask)
+        "birthday_wanted": row.birthday is None and birthday_wanted(engine),
     }

@@ -117,6 +117,35 @@ def test_a_birthday_given_at_enrolment_doubles_the_points_of_a_sale_in_that_mont
             assert status == 422 and "birthday" in answer["error"]["message"], answer
 
 
+def test_a_known_customer_s_birthday_is_added_by_their_card_code_and_an_unknown_code_is_refused(make_engine,
+                                                                                               monkeypatch):
+    """The till asks a customer for their birthday when it brings a gift
+    (``birthday_wanted``) and sends it with their card code; a card code
+    nobody has makes nobody."""
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 1, "gift": 50}}}
+    engine, key = with_till(make_engine, monkeypatch, tables)
+    with served(engine) as base:
+        card = enrol(base, key)[1]["customer"]["card_code"]
+        assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["birthday_wanted"] is True
+        status, answer = call(f"{base}/api/v1/customers", "POST", {"card_code": card, "birthday": "1990-11-03"},
+                              key, "birthday-1")
+        assert status in (200, 201) and answer["customer"]["birthday_wanted"] is False, answer
+        assert customer_summary(engine, card)["birthday"] == "1990-11-03"
+        status, answer = call(f"{base}/api/v1/customers", "POST", {"card_code": "NOBODY2345", "birthday": "1990-11-03"},
+                              key, "birthday-2")
+        assert status == 404 and answer["error"]["code"] == "no_customer"
+        with engine.db.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == 1
+        status, answer = call(f"{base}/api/v1/customers", "POST", {"birthday": "1990-11-03"}, key, "birthday-3")
+        assert status == 422 and "card code" in answer["error"]["message"]
+
+
+def test_without_a_birthday_gift_or_bonus_no_birthday_is_wanted(api):
+    engine, base, key = api
+    card = enrol(base, key)[1]["customer"]["card_code"]
+    assert call(f"{base}/api/v1/customers?key={card}", key=key)[1]["birthday_wanted"] is False
+
+
 def test_a_retried_write_gets_the_first_answer_and_a_reused_key_is_refused(api):
     engine, base, key = api
     card = enrol(base, key)[1]["customer"]["card_code"]

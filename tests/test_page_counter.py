@@ -792,3 +792,39 @@ def test_scanning_the_qr_code_with_the_camera_finds_the_customer(till, browser_p
     expect(page.locator("#scanner")).to_be_hidden()
     assert page.evaluate("window.__formats") == ["qr_code"]
     assert page.evaluate("window.__cameraAsked.video.facingMode.ideal") == "environment"
+
+
+def test_the_counter_asks_a_known_customer_for_their_birthday_when_it_brings_a_gift(make_engine, monkeypatch,
+                                                                                     browser_page):
+    """With a birthday gift on, a customer found without a birthday gets a
+    field for it; saved, it is theirs (and the field goes). Without a gift
+    or bonus nothing is asked (every other test here)."""
+    from playwright.sync_api import expect
+    from sqlalchemy import select
+
+    from engine.db.models import customers
+
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "counter test key")
+    engine = make_engine({**TABLES, "plugins": {"birthday-bonus": {"multiplier": 1, "gift": 100}}})
+    engine.ensure_schema()
+    _, key = terminals.add_terminal(engine.db, "Main Street", "till 1")
+    with serve_app(create_app(engine, secrets={}, background=False)) as base:
+        status, answer = call(f"{base}/api/v1/customers", "POST", {"phone": "+420 601 123 456"}, key, "enrol-jana")
+        card = answer["customer"]["card_code"]
+        assert answer["customer"]["birthday_wanted"] is True
+        page = browser_page
+        sign_in(page, base, key)
+        find(page, card)
+        expect(page.locator("#customer-birthday")).to_be_visible()
+        page.click("#customer-birthday-button")  # nothing picked yet
+        expect(page.locator("#result")).to_have_text("Pick the date first.")
+        page.fill("#customer-birthday-date", "1991-03-08")
+        page.click("#customer-birthday-button")
+        expect(page.locator("#result")).to_have_text("Birthday saved.")
+        expect(page.locator("#customer-birthday")).to_be_hidden()
+        with engine.db.connect() as conn:
+            born = conn.execute(select(customers.c.birthday)).scalar_one()
+        assert born.date().isoformat() == "1991-03-08"
+        find(page, card)  # found again: known now, not asked
+        expect(page.locator("#customer-name")).to_have_text(f"Card {card}")
+        expect(page.locator("#customer-birthday")).to_be_hidden()

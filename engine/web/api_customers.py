@@ -42,7 +42,9 @@ class CustomerEndpoints(ApiBase):
             now = datetime.now(UTC).isoformat()
             payload = {"id": request.headers["idempotency-key"], "terminal": str(terminal.id), "occurred_at": now,
                        "customer": {k: v.isoformat() if isinstance(v, date) else v for k, v in data.items() if v}}
-            key = data.get("email") or data.get("phone")
+            if data.get("card_code"):  # a card we issued: never a new customer under a code nobody has
+                await run_in_threadpool(self._find, {"card_code": data["card_code"]})
+            key = data.get("email") or data.get("phone") or data["card_code"]
             status, answer = await run_in_threadpool(self._ingest, "enrol", payload, key)
             return 201 if answer["status"] == "applied" else 200, answer
 

@@ -84,6 +84,9 @@ class EnrolSchema(_In):
 
     email = fields.Email(load_default=None, allow_none=True)
     phone = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=3, max=64))
+    card_code = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=4, max=64), metadata={
+        "description": "a known customer's card code, to add what they tell you (their birthday, say); "
+                       "a card code nobody has is refused with 404"})
     first_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
     last_name = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
     birthday = fields.Date(load_default=None, allow_none=True, metadata={
@@ -91,8 +94,8 @@ class EnrolSchema(_In):
 
     @validates_schema
     def _one(self, data, **kwargs):
-        if not (data.get("email") or data.get("phone")):
-            raise ValidationError("give an email or a phone")
+        if not (data.get("email") or data.get("phone") or data.get("card_code")):
+            raise ValidationError("give an email or a phone (or a known customer's card code)")
         born = data.get("birthday")
         if born is not None and not date(1900, 1, 1) <= born <= datetime.now(UTC).date():
             raise ValidationError({"birthday": ["a birthday between 1900-01-01 and today"]})
@@ -178,6 +181,9 @@ class CustomerSchema(Schema):
     rewards = fields.List(fields.Nested(RewardSchema))
     referral_code = fields.String()
     memberships = fields.List(fields.Nested(MembershipStateSchema))
+    birthday_wanted = fields.Boolean(metadata={
+        "description": "true: a birthday gift or bonus is on and the customer's birthday is not known yet "
+                       "(ask them; send it with POST /api/v1/customers)"})
 
 
 class ResultSchema(Schema):

@@ -373,16 +373,20 @@ class CardPages:
         }
 
     def birthday_form(self, viewer: Viewer, customer_id: int) -> dict | None:
-        """The form that asks for the customer's birthday: when the birthday
-        bonus is on and theirs is not known; else None."""
-        bonus = next((p.obj for p in self.engine.plugins.loaded if p.table == "plugins.birthday-bonus"), None)
-        if bonus is None:
+        """The form that asks for the customer's birthday: when it brings
+        them something (``engine.birthdays.birthday_wanted``) and theirs is
+        not known; else None."""
+        from engine.birthdays import bonus, birthday_wanted
+
+        if not birthday_wanted(self.engine):
             return None
+        plugin = bonus(self.engine)
         with self.engine.db.connect() as conn:
             known = conn.execute(select(customers.c.birthday).where(customers.c.id == customer_id)).scalar()
         if known is not None:
             return None
-        return {"times": bonus.factor, "gift": bonus.gift, "max": utcnow().date().isoformat(),
+        return {"times": plugin.factor if plugin else 1, "gift": plugin.gift if plugin else None,
+                "max": utcnow().date().isoformat(),
                 "token": self.seal({"via": viewer.via, "c": customer_id, "r": BIRTHDAY_FORM,
                                     "n": secrets.token_urlsafe(16)})}
 

@@ -444,6 +444,44 @@
     renderHeld(data);
     renderRedeem(data, state);
     renderCustomerWaiting();
+    renderBirthday(data, state, before);
+  }
+
+  /** Ask for the birthday of a customer whose birthday would bring them something (checked online). */
+  function renderBirthday(data, state, before) {
+    const form = $('customer-birthday');
+    const asked = Boolean(data.birthday_wanted && state.checked);
+    if (!before) $('customer-birthday-date').value = '';  // (another customer: what was typed is not theirs)
+    form.hidden = !asked;
+    $('customer-birthday-date').max = new Date().toISOString().slice(0, 10);
+  }
+
+  async function saveBirthday(event) {
+    event.preventDefault();
+    if (!customer) return;
+    const birthday = $('customer-birthday-date').value;
+    if (!birthday) return showResult(t('birthday_needed'), 'error');
+    if (!online()) return showResult(t('birthday_offline'), 'error');
+    const button = $('customer-birthday-button');
+    button.disabled = true;
+    try {
+      const json = {card_code: customer.data.card_code, birthday};
+      const answer = await api('POST', '/customers', {json, idem: uuid()});
+      if ((answer.status === 200 || answer.status === 201) && answer.data && answer.data.customer) {
+        remember(answer.data.customer);
+        showCustomer(answer.data.customer, {checked: true});
+        showResult(t('birthday_saved'), 'ok');
+      } else if (answer.status === 401) {
+        revoked();
+      } else {
+        showResult(reason(answer), 'error');
+      }
+    } catch (e) {
+      if (!(e instanceof Offline)) throw e;
+      showResult(t('birthday_offline'), 'error');
+    } finally {
+      button.disabled = false;
+    }
   }
 
   function renderCustomerWaiting() {
@@ -969,6 +1007,7 @@
   $('add-line').addEventListener('click', addLine);
   $('visit-button').addEventListener('click', recordVisit);
   $('enrol-button').addEventListener('click', enrol);
+  $('customer-birthday').addEventListener('submit', saveBirthday);
   $('void-button').addEventListener('click', (e) => lastSale && voidSale(lastSale.key, e.currentTarget));
   $('send-now').addEventListener('click', () => flush(true));
   $('waiting-count').addEventListener('click', () => $('waiting').scrollIntoView({behavior: 'smooth'}));

@@ -338,6 +338,12 @@ def test_without_the_birthday_bonus_the_card_does_not_ask_for_a_birthday(shop):
     assert birthday_form(fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")[2]) is None
 
 
+def test_a_birthday_bonus_that_brings_nothing_asks_for_no_birthday(make_engine, monkeypatch):
+    tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 1, "gift": 0}}}
+    for engine, base in serve_shop(make_engine, monkeypatch, tables):
+        assert birthday_form(fetch(f"{base}/card/{make_link(engine, customer_id(engine))}")[2]) is None
+
+
 def test_the_card_asks_for_the_birthday_once_when_the_birthday_bonus_is_on(make_engine, monkeypatch):
     tables = {**TABLES, "plugins": {"birthday-bonus": {"multiplier": 2}}}
     for engine, base in serve_shop(make_engine, monkeypatch, tables):

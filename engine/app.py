@@ -183,8 +183,8 @@ class Engine:
             subscriptions=self.subscriptions,
         )
         self.credentials = Credentials(self.db, config.base_dir)
-        self.outbox = Outbox(self.credentials, self.connectors)
-        if self.outbox.channels:
+        self.outbox = Outbox(self.credentials, self.connectors, config.notify)
+        if self.outbox.channels or self.outbox.notify:
             self.ledger.outbox = self.rewards.outbox = self.tiers.outbox = self.outbox
         self._schema_checked = False
 

@@ -141,6 +141,8 @@ class Config:
     broker_url: str | None = None
     engine: dict[str, Any] = field(default_factory=dict)
     branding: dict[str, Any] = field(default_factory=dict)
+    #: ``[notify]`` (engine.notify) with its ``secret``, or None when absent
+    notify: dict[str, Any] | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -163,7 +165,7 @@ class Config:
         """Every table that some plugin must own, as dotted paths."""
         found = []
         for key, value in self.tables.items():
-            if key in ("engine", "branding"):
+            if key in ("engine", "branding", "notify"):
                 continue
             if key in PLUGIN_GROUPS and isinstance(value, dict):
                 found.extend(f"{key}.{sub}" for sub in value)
@@ -263,6 +265,16 @@ def config_from_tables(
     config = Config(path=path, tables=tables)
     config.engine = validate_table(config, "engine", EngineSettingsSchema)
     config.branding = validate_table(config, "branding", BrandingSchema)
+    if config.table("notify") is not None:
+        from engine.notify import SECRET_ENV, NotifySchema
+
+        config.notify = validate_table(config, "notify", NotifySchema)
+        secret = env.get(SECRET_ENV, "")
+        if len(secret) < 16:
+            raise config.error("notify", {"(table)": [
+                f"set {SECRET_ENV} to a random string of 16 characters or more: notifications are signed with it"
+                + (" (the one set is shorter)" if secret else "")]})
+        config.notify["secret"] = secret
     config.database_url = resolve_database_url(config.base_dir, env)
     config.broker_url = env.get("REGULARS_BROKER_URL") or None
     return config

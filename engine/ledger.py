@@ -251,6 +251,8 @@ class Ledger:
             lot_done = False
         if self.outbox is not None:
             self.outbox.customer_changed(conn, customer_id)
+            if unit == UNIT_POINTS and reason not in MOVED:
+                self.outbox.points_posted(conn, customer_id, key)
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
         if unit == UNIT_POINTS and reason not in MOVED:

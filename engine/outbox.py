@@ -42,14 +42,18 @@ from engine.background import BackgroundLoop
 from engine.credentials import ENV_CREDENTIALS
 from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, outbox, rewards
-from engine.ledger import insert_ignore
+from engine.ledger import insert_ignore, insert_ignore_statement
+from engine.notify import CHANNEL as NOTIFY_CHANNEL
+from engine.notify import POINTS as POINTS_CHANGED
+from engine.notify import REWARD as REWARD_ISSUED
+from engine.notify import Notifier, entry_subject
 
 log = logging.getLogger("regulars.outbox")
 
 OUTBOUND_CHANNELS = ("shopify", "woocommerce")
 CREDENTIAL_HINTS = {channel: tuple(names.values()) for channel, names in ENV_CREDENTIALS.items()}
 PENDING, DONE, FAILED = "pending", "done", "failed"
-SYNC, COUPON, RETIRE = "customer.sync", "reward.coupon", "reward.retire"
+SYNC, COUPON, RETIRE, NOTIFY = "customer.sync", "reward.coupon", "reward.retire", "notify"
 #: tries before a retryable failure is given up as failed: about a day (30 s
 #: doubling to an hour, then hourly)
 MAX_ATTEMPTS = 31
@@ -83,10 +87,12 @@ _SYNC_UPSERT = text(
 class Outbox:
     """Writes outbox rows inside the caller's transaction."""
 
-    def __init__(self, credentials, channels):
+    def __init__(self, credentials, channels, notify: dict | None = None):
         self.credentials = credentials
         #: the configured channels that can take effects
         self.channels = tuple(c for c in OUTBOUND_CHANNELS if c in set(channels))
+        #: ``[notify]`` (engine.notify), or None: nothing is notified
+        self.notify = notify
 
     def enabled(self, conn: Connection) -> list[str]:
         """The channels with credentials now (looked up at most every few seconds)."""
@@ -110,12 +116,29 @@ class Outbox:
         if channels:
             conn.execute(_SYNC_UPSERT, {"customer_id": customer_id, "channels": channels, "now": utcnow()})
 
+    def points_posted(self, conn: Connection, customer_id: int, key: str) -> None:
+        """Points were posted (the ledger entry ``key``): notify ``[notify] url``
+        when it asks for ``points.changed``."""
+        if self.notify is not None and POINTS_CHANGED in self.notify["events"]:
+            self._notification(conn, customer_id, entry_subject(key))
+
+    def _notification(self, conn: Connection, customer_id: int, subject: str) -> None:
+        now = utcnow()
+        values = {"key": f"notify:{subject}", "kind": NOTIFY, "channel": NOTIFY_CHANNEL, "customer_id": customer_id,
+                  "subject": subject, "version": 1, "status": PENDING, "attempts": 0, "due_at": now,
+                  "created_at": now, "updated_at": now}
+        # (nothing reads it: on PostgreSQL it goes with the transaction's next statement)
+        insert_ignore_statement(outbox, tuple(values), ["key"]).later(conn, values)
+
     def reward_issued(self, conn: Connection, customer_id: int, code: str, kind: str, channel: str | None,
                       spendable_in: list[str] | None = None) -> None:
         """A reward was issued: make its code a coupon in the channel it was
         issued for, or in every enabled channel that knows the customer; only
         in the channels of ``spendable_in`` (its catalogue entry's
-        ``channels``) when it names any."""
+        ``channels``) when it names any. Notify ``[notify] url`` when it asks
+        for ``reward.issued``."""
+        if self.notify is not None and REWARD_ISSUED in self.notify["events"]:
+            self._notification(conn, customer_id, f"reward:{code}")
         if kind not in COUPON_KINDS:
             return
         enabled = [c for c in self.enabled(conn) if not spendable_in or c in spendable_in]
@@ -212,6 +235,11 @@ class Deliverer:
     def client(self, channel: str):
         if channel in self._clients:
             return self._clients[channel]()
+        if channel == NOTIFY_CHANNEL:
+            settings = self.engine.config.notify
+            if settings is None:
+                raise Unreachable("[notify] is not in plugins.toml any more: nothing to send to", retryable=False)
+            return Notifier(settings["url"], settings["secret"])
         return shop_client(self.engine, channel)
 
     # -- delivering ---------------------------------------------------------------
@@ -261,6 +289,11 @@ class Deliverer:
             return self._sync(client, row)
         if row.kind == COUPON:
             return self._coupon(client, row)
+        if row.kind == NOTIFY:
+            from engine.notify import payload
+
+            body = payload(self.engine, row)
+            return client.send(body) if body is not None else "skipped: what it was about is gone"
         if row.kind == RETIRE:
             removed = (client.delete_discount_code(row.subject) if row.channel == "shopify"
                        else client.delete_coupon(row.subject))

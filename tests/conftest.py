@@ -293,7 +293,8 @@ def make_engine(database_url, tmp_path):
         config = config_from_tables(
             tables if tables is not None else DEFAULT_TABLES,
             tmp_path / "plugins.toml",
-            {"REGULARS_DATABASE_URL": url or database_url},
+            {"REGULARS_DATABASE_URL": url or database_url,
+             **{k: v for k, v in os.environ.items() if k == "REGULARS_NOTIFY_SECRET"}},  # (tests/test_notify.py)
         )
         engine = Engine(config, extra_plugins=extra_plugins)
         built.append(engine)

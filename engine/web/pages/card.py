@@ -376,7 +376,7 @@ class CardPages:
         """The form that asks for the customer's birthday: when it brings
         them something (``engine.birthdays.birthday_wanted``) and theirs is
         not known; else None."""
-        from engine.birthdays import bonus, birthday_wanted
+        from engine.birthdays import birthday_wanted, bonus
 
         if not birthday_wanted(self.engine):
             return None

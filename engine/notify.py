@@ -1,0 +1,176 @@
+"""Notifications: the engine tells a URL of yours what happened to a
+customer, so that your mailer, SMS gateway or automation tool (Klaviyo,
+Mailchimp, Zapier, n8n, your own code) can tell the customer.
+
+```toml
+[notify]
+url = "https://hooks.example.com/regulars"
+events = ["points.changed", "reward.issued"]   # the default: both
+```
+
+with ``REGULARS_NOTIFY_SECRET`` in the environment (the key of the
+signature).
+
+Each notification is an outbox row (``engine.outbox``, kind ``notify``)
+written in the transaction that posted the points or issued the reward, so
+none is lost and none is sent for work rolled back; the deliverer POSTs it
+with retries (429, 5xx and unreachable: backoff up to about a day; another
+4xx or a redirect: kept as failed, for ``regulars outbox retry``). A
+notification may arrive twice (a lost answer is retried) and out of order:
+``id`` is the same each time, to drop the second.
+
+The request: ``POST`` of a JSON body, with ``Content-Type:
+application/json``, ``X-Regulars-Event`` (the type), ``X-Regulars-Id`` and
+``X-Regulars-Hmac-Sha256``: the base64 HMAC-SHA256 of the raw body with the
+secret, as Shopify signs its webhooks. Any 2xx answer is success.
+
+The bodies (``customer``: ``id``, ``email``, ``phone``, ``first_name``,
+``last_name``, ``card_code``, ``accepts_marketing``, as they are when sent):
+
+- ``points.changed``: ``{"id", "type", "occurred_at", "customer",
+  "change": {"amount", "reason", "source"}, "balance"}``, one per ledger
+  entry of points (an order's, a refund's, a redemption's, an expiry's, a
+  birthday gift's, an adjustment's, ...; not the pair a merge of two records
+  of one person writes). ``balance`` is the customer's balance when sent.
+- ``reward.issued``: ``{"id", "type", "occurred_at", "customer", "reward":
+  {"code", "reward", "kind", "value", "sku", "cost", "channel",
+  "expires_at", "spendable_in"}, "balance"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate, validates
+from sqlalchemy import select
+
+from engine.config import StrictSchema
+from engine.db.models import accounts, customers, ledger_entries, rewards
+
+POINTS, REWARD = "points.changed", "reward.issued"
+EVENTS = (POINTS, REWARD)
+#: the outbox's channel for notifications (its rows' ``channel``)
+CHANNEL = "notify"
+SECRET_ENV = "REGULARS_NOTIFY_SECRET"
+#: seconds to wait for the receiver
+TIMEOUT = 10
+
+
+class NotifySchema(StrictSchema):
+    """``[notify]``: where notifications go, and which."""
+
+    url = fields.String(required=True, validate=validate.Length(max=2000))
+    events = fields.List(fields.String(validate=validate.OneOf(EVENTS)), load_default=lambda: list(EVENTS),
+                         validate=validate.Length(min=1))
+
+    @validates("url")
+    def _url(self, value: str, **kwargs) -> None:
+        if not value.startswith(("https://", "http://")) or len(value.split("://", 1)[1]) < 1:
+            raise ValidationError("an http:// or https:// URL")
+
+
+def entry_subject(key: str) -> str:
+    """The outbox row's subject for the ledger entry ``key``: ``entry:KEY``, or
+    its SHA-256 when that is longer than the column."""
+    subject = f"entry:{key}"
+    return subject if len(subject) <= 240 else f"entry-sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def _entry(conn, row):
+    columns = (ledger_entries.c.amount, ledger_entries.c.reason, ledger_entries.c.source, ledger_entries.c.occurred_at)
+    if row.subject.startswith("entry:"):
+        return conn.execute(select(*columns).where(ledger_entries.c.key == row.subject[len("entry:"):])).one_or_none()
+    digest = row.subject.split(":", 1)[1]  # (a long key: among the customer's entries)
+    for entry in conn.execute(select(ledger_entries.c.key, *columns).join(accounts)
+                              .where(accounts.c.customer_id == row.customer_id)):
+        if hashlib.sha256(entry.key.encode()).hexdigest() == digest:
+            return entry
+    return None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer to fix in [notify] url, not to follow with a body
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+class Notifier:
+    """Sends one notification to ``[notify] url``, signed with the secret."""
+
+    def __init__(self, url: str, secret: str):
+        self.url = url
+        self.secret = secret.encode()
+
+    def sign(self, body: bytes) -> str:
+        return base64.b64encode(hmac.new(self.secret, body, hashlib.sha256).digest()).decode()
+
+    def send(self, payload: dict[str, Any]) -> str:
+        """POST ``payload``; what the receiver answered, or ``Unreachable``."""
+        from engine.outbox import Unreachable
+
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        request = urllib.request.Request(self.url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "User-Agent": "regulars", "X-Regulars-Event": payload["type"],
+            "X-Regulars-Id": payload["id"], "X-Regulars-Hmac-Sha256": self.sign(body)})
+        try:
+            with _OPENER.open(request, timeout=TIMEOUT) as answer:
+                return f"{answer.status} from the receiver"
+        except urllib.error.HTTPError as exc:
+            said = exc.read(300).decode("utf-8", "replace").strip()
+            retry_after = exc.headers.get("Retry-After") if exc.headers else None
+            where = f" to {exc.headers.get('Location')}" if 300 <= exc.code < 400 and exc.headers else ""
+            raise Unreachable(f"the receiver answered {exc.code}{where}" + (f": {said}" if said else ""),
+                              retryable=exc.code in (408, 425, 429) or exc.code >= 500,
+                              retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None) from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise Unreachable(f"the receiver can't be reached: {reason}", retryable=True) from None
+
+
+def _customer(conn, customer_id: int) -> dict | None:
+    row = conn.execute(select(customers.c.id, customers.c.email, customers.c.phone, customers.c.first_name,
+                              customers.c.last_name, customers.c.card_code, customers.c.accepts_marketing)
+                       .where(customers.c.id == customer_id)).one_or_none()
+    return dict(row._mapping) if row is not None else None
+
+
+def payload(engine, row) -> dict[str, Any] | None:
+    """The body of the outbox row ``row``'s notification, read now (None:
+    what it was about is gone)."""
+    from engine.customers import customer_summary
+
+    with engine.db.connect() as conn:
+        if row.subject.startswith("entry"):
+            entry = _entry(conn, row)
+            if entry is None:
+                return None
+            found = {"type": POINTS, "occurred_at": _iso(entry.occurred_at),
+                     "change": {"amount": entry.amount, "reason": entry.reason, "source": entry.source}}
+        else:
+            issued = conn.execute(select(rewards).where(rewards.c.code == row.subject[len("reward:"):])).one_or_none()
+            if issued is None:
+                return None
+            from engine.rewards import _issued
+
+            reward = engine.rewards.as_json(_issued(issued))
+            found = {"type": REWARD, "occurred_at": reward["issued_at"],
+                     "reward": {k: reward.get(k) for k in ("code", "reward", "kind", "value", "sku", "cost", "channel",
+                                                           "expires_at", "spendable_in")}}
+        customer_id = engine.identity.follow(conn, row.customer_id)
+        person = _customer(conn, customer_id)
+    summary = customer_summary(engine, int(customer_id))
+    return {"id": row.key, **found, "customer": person, "balance": summary["points"] if summary else None}
+
+
+def _iso(moment) -> str:
+    from engine.db import as_utc
+
+    return as_utc(moment).isoformat()

@@ -1,0 +1,201 @@
+"""Notifications ([notify], engine/notify.py): what happens to a customer's
+points and rewards is POSTed, signed, to a receiver on loopback (a real HTTP
+server), through the outbox: written with the change, retried, never sent for
+work rolled back."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from sqlalchemy import select
+
+from engine import outbox as ob
+from engine.config import ConfigError, config_from_tables
+from engine.customers import customer_summary
+from engine.db import utcnow
+from engine.db.models import outbox
+from engine.hookspecs import hookimpl
+from tests.conftest import DEFAULT_TABLES
+from tests.streams import T0, Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+
+SECRET = "a notify secret of some length"
+EMAIL = "jana@example.com"
+
+
+class Receiver:
+    """A receiver on loopback: records each request, answers what ``answers`` says (then 200)."""
+
+    def __init__(self):
+        self.requests: list[tuple[dict, bytes]] = []
+        self.answers: list[tuple[int, dict]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                status, headers = receiver.answers.pop(0) if receiver.answers else (200, {})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(b"nope" if status >= 300 else b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/regulars"
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.requests]
+
+
+@pytest.fixture
+def receiver():
+    found = Receiver()
+    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread.start()
+    yield found
+    found.server.shutdown()
+
+
+def tables(url: str, **notify) -> dict:
+    found = copy.deepcopy(DEFAULT_TABLES)
+    found["notify"] = {"url": url, **notify}
+    found["rewards"] = {"five-off": {"kind": "fixed_amount", "cost": 20, "value": "5.00"}}
+    return found
+
+
+@pytest.fixture
+def shop(make_engine, receiver, monkeypatch):
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    return make_engine(tables(receiver.url))
+
+
+def order(engine, number: int = 1, price: str = "40.00", email: str = EMAIL):
+    planned = PlannedOrder("shopify", number, email, (Line(Decimal(price), 1),))
+    assert engine.ingest("shopify", "orders/paid",
+                         json.dumps(_shopify_order(planned, "paid", T0, [], False)).encode()).status == "applied"
+    return planned
+
+
+def deliver(engine, hours: float = 0) -> ob.Report:
+    return ob.Deliverer(engine).deliver_due(now=utcnow() + timedelta(hours=hours))
+
+
+def test_points_and_rewards_are_notified_signed_once_each(shop, receiver):
+    planned = order(shop)
+    refund = _shopify_refund(planned, 0, Decimal("10.00"), T0 + timedelta(days=1))
+    assert shop.ingest("shopify", "refunds/create", json.dumps(refund).encode()).status == "applied"
+    shop.redeem(EMAIL, "five-off")
+    assert deliver(shop).delivered == 4
+    bodies = receiver.bodies()
+    card = customer_summary(shop, EMAIL)["card_code"]
+    assert [(b["type"], (b.get("change") or {}).get("amount"), (b.get("reward") or {}).get("reward")) for b in bodies] \
+        == [("points.changed", 40, None), ("points.changed", -10, None), ("points.changed", -20, None),
+            ("reward.issued", None, "five-off")]
+    first = bodies[0]
+    assert first["customer"]["email"] == EMAIL and first["customer"]["card_code"] == card
+    order_id = _shopify_order(planned, "paid", T0, [], False)["id"]
+    assert first["change"] == {"amount": 40, "reason": "order", "source": f"order:shopify:{order_id}"}
+    assert first["balance"] == 10  # (when sent)
+    assert first["occurred_at"].startswith(T0.date().isoformat())
+    assert bodies[3]["reward"]["kind"] == "fixed_amount" and bodies[3]["reward"]["value"] == "5"
+    for headers, body in receiver.requests:
+        signature = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+        assert headers["X-Regulars-Hmac-Sha256"] == signature
+        assert headers["X-Regulars-Event"] == json.loads(body)["type"]
+        assert headers["X-Regulars-Id"] == json.loads(body)["id"]
+    assert len({b["id"] for b in bodies}) == 4
+    assert deliver(shop, hours=3).delivered == 0 and len(receiver.requests) == 4  # nothing twice
+    # the same delivery again: a duplicate, no new notification
+    assert shop.ingest("shopify", "orders/paid",
+                       json.dumps(_shopify_order(planned, "paid", T0, [], False)).encode()).status == "duplicate"
+    assert deliver(shop).delivered == 0
+
+
+def test_a_receiver_that_fails_gets_it_later_and_a_refusal_is_kept_as_failed(shop, receiver):
+    receiver.answers = [(503, {}), (429, {"Retry-After": "60"})]
+    order(shop)
+    assert deliver(shop).retrying == 1
+    assert deliver(shop, hours=2).retrying == 1
+    assert deliver(shop, hours=4).delivered == 1
+    assert [b["id"] for b in receiver.bodies()] == [receiver.bodies()[0]["id"]] * 3  # the same notification
+    receiver.answers = [(410, {})]
+    order(shop, number=2, price="5.00")
+    report = deliver(shop, hours=6)
+    assert report.failed == 1 and "410" in report.errors[0]
+    with shop.db.connect() as conn:
+        failed = conn.execute(select(outbox.c.last_error).where(outbox.c.status == ob.FAILED)).scalar_one()
+    assert "the receiver answered 410: nope" in failed
+
+
+def test_a_redirect_is_not_followed_and_says_where(shop, receiver):
+    receiver.answers = [(301, {"Location": "https://elsewhere.example/hook"})]
+    order(shop)
+    report = deliver(shop)
+    assert report.failed == 1 and "301 to https://elsewhere.example/hook" in report.errors[0]
+    assert len(receiver.requests) == 1
+
+
+def test_an_unreachable_receiver_is_retried(make_engine, monkeypatch):
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    engine = make_engine(tables("http://127.0.0.1:9/nobody-listens"))
+    order(engine)
+    report = deliver(engine)
+    assert report.retrying == 1 and "can't be reached" in report.errors[0]
+
+
+class Broken:
+    @hookimpl
+    def regulars_order_awards(self, order, customer):  # noqa: ARG002
+        if order.external_id == "bad":
+            raise RuntimeError("no")
+        return None
+
+
+def test_work_rolled_back_is_never_notified_and_a_merge_is_not_a_change(make_engine, receiver, monkeypatch):
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    engine = make_engine(tables(receiver.url, events=["points.changed"]), extra_plugins=(("broken", Broken()),))
+    good = PlannedOrder("shopify", 1, EMAIL, (Line(Decimal("40.00"), 1),))
+    bad = _shopify_order(PlannedOrder("shopify", 2, EMAIL, (Line(Decimal("9.00"), 1),)), "paid", T0, [], False)
+    bad["id"] = "bad"
+    outcomes = engine.ingest_batch("shopify", [
+        ("orders/paid", json.dumps(_shopify_order(good, "paid", T0, [], False)).encode(), None),
+        ("orders/paid", json.dumps(bad).encode(), None)])
+    assert [o.status for o in outcomes] == ["applied", "failed"]
+    # Two records of one person joined: their points move, nothing changed for them.
+    other = PlannedOrder("woocommerce", 3, "jana.other@example.com", (Line(Decimal("5.00"), 1),))
+    engine.ingest("woocommerce", "order.updated", json.dumps(_woo_order(other, "processing", T0, [])).encode())
+    keep, gone = customer_summary(engine, EMAIL)["id"], customer_summary(engine, "jana.other@example.com")["id"]
+    with engine.db.begin() as conn:
+        engine.identity.merge(conn, keep=keep, gone=gone, at=T0 + timedelta(days=1))
+    engine.redeem(EMAIL, "five-off")  # reward.issued is not asked for
+    deliver(engine)
+    assert [(b["type"], b["change"]["amount"]) for b in receiver.bodies()] == [
+        ("points.changed", 40), ("points.changed", 5), ("points.changed", -20)]
+
+
+@pytest.mark.parametrize(("notify", "env", "says"), [
+    ({"url": "https://hooks.example/x"}, {}, "set REGULARS_NOTIFY_SECRET to a random string"),
+    ({"url": "https://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": "short"}, "(the one set is shorter)"),
+    ({"url": "ftp://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: an http:// or https:// URL"),
+    ({"url": "https://h.example", "events": ["points.spent"]}, {"REGULARS_NOTIFY_SECRET": SECRET},
+     "events.0: Must be one of: points.changed, reward.issued."),
+    ({"url": "https://h.example", "emails": True}, {"REGULARS_NOTIFY_SECRET": SECRET}, "emails: unknown key"),
+    ({}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: Missing data for required field."),
+])
+def test_a_wrong_notify_table_stops_the_start_saying_what_is_wrong(tmp_path, notify, env, says):
+    with pytest.raises(ConfigError) as raised:
+        config_from_tables({**DEFAULT_TABLES, "notify": notify}, tmp_path / "plugins.toml", env=env)
+    assert "[notify]" in str(raised.value) and says in str(raised.value)

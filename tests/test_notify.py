@@ -10,6 +10,7 @@ import copy
 import hashlib
 import hmac
 import json
+import re
 import threading
 from datetime import timedelta
 from decimal import Decimal
@@ -199,3 +200,35 @@ def test_a_wrong_notify_table_stops_the_start_saying_what_is_wrong(tmp_path, not
     with pytest.raises(ConfigError) as raised:
         config_from_tables({**DEFAULT_TABLES, "notify": notify}, tmp_path / "plugins.toml", env=env)
     assert "[notify]" in str(raised.value) and says in str(raised.value)
+
+
+def test_the_dashboard_lists_what_was_refused_and_sends_it_again(shop, receiver, monkeypatch):
+    """/admin/outbox: a notification the receiver refused is listed with its
+    answer; "Send again" makes it due, and it goes once the receiver takes it.
+    One being retried (the receiver down) is listed with its next try."""
+    from engine.web import create_app
+    from engine.web.pages.admin import add_user
+    from tests.serving import serve_app
+    from tests.test_page_admin import PASSWORD, _csrf, signed_in
+
+    monkeypatch.setenv("REGULARS_SECRET_KEY", "admin test key")
+    add_user(shop, "owner", PASSWORD)
+    receiver.answers = [(410, {}), (503, {})]
+    order(shop)
+    assert deliver(shop).failed == 1
+    order(shop, number=2, price="3.00")
+    assert deliver(shop).retrying == 1
+    with serve_app(create_app(shop, secrets={}, background=False)) as base:
+        session = signed_in(base)
+        page = session.get(f"{base}/admin/outbox")
+        assert page.status_code == 200
+        refused = re.search(r'<section class="panel" aria-labelledby="failed-title">(.*?)</section>', page.text, re.S)[1]
+        assert "notification" in refused and "the receiver answered 410: nope" in refused
+        retrying = re.search(r'aria-labelledby="retrying-title">(.*?)</section>', page.text, re.S)[1]
+        assert "the receiver answered 503" in retrying
+        [row_id] = re.findall(r'action="/admin/outbox/(\d+)/retry"', page.text)
+        answer = session.post(f"{base}/admin/outbox/{row_id}/retry", data={"csrf": _csrf(page.text)})
+        assert "1 row will be sent again in a moment." in answer.text and "Nothing refused." in answer.text
+        assert session.post(f"{base}/admin/outbox/retry", data={"csrf": "forged"}).status_code == 403
+    assert deliver(shop).delivered == 1
+    assert [b["change"]["amount"] for b in receiver.bodies()] == [40, 3, 40]

@@ -80,7 +80,8 @@ def signed_in(base: str, username: str = "owner", password: str = PASSWORD) -> r
 
 def test_without_a_session_every_page_sends_you_to_sign_in(shop):
     _, base = shop
-    for path in ("/admin/", "/admin/customers", "/admin/customers/1", "/admin/deliveries", "/admin/programme"):
+    for path in ("/admin/", "/admin/customers", "/admin/customers/1", "/admin/deliveries", "/admin/outbox",
+                 "/admin/programme"):
         answer = requests.get(base + path, allow_redirects=False)
         assert answer.status_code == 303
         assert answer.headers["location"].startswith("/admin/sign-in?next=/admin/")

@@ -385,6 +385,8 @@ WORDS = {
     "tier": {"upgrade": N_("upgrade"), "downgrade": N_("downgrade")},
     "delivery": {"received": N_("received"), "applied": N_("applied"), "duplicate": N_("duplicate"),
                  "ignored": N_("ignored"), "failed": N_("failed")},
+    "outbox": {"customer.sync": N_("balance in the shop"), "reward.coupon": N_("reward's coupon"),
+               "reward.retire": N_("coupon removed"), "notify": N_("notification")},
 }
 
 
@@ -723,6 +725,40 @@ class Admin:
             log.info("delivery %s replayed by %s: %s", delivery_id, request.state.user.username, outcome.status)
         return RedirectResponse("/admin/deliveries", status_code=303)
 
+    # -- the outbox -------------------------------------------------------------------
+
+    def _outgoing(self) -> dict:
+        from engine import outbox as ob
+        from engine.db.models import outbox
+
+        with self.engine.db.connect() as conn:
+            return {
+                "failed": ob.listing(conn, ob.FAILED, limit=200),
+                # pending ones that were tried and will be again (a shop or a receiver down)
+                "retrying": conn.execute(select(outbox).where(outbox.c.status == ob.PENDING, outbox.c.attempts > 0)
+                                         .order_by(outbox.c.due_at, outbox.c.id).limit(200)).all(),
+                "depth": ob.depth(conn),
+            }
+
+    async def outgoing(self, request: Request) -> Response:
+        found = await run_in_threadpool(self._outgoing)
+        return self._render(request, "admin_outbox.html", user=request.state.user, nav="outbox", **found)
+
+    async def retry_outgoing(self, request: Request) -> Response:
+        """Make a failed row (or, without an id, every failed row) due again."""
+        from engine import outbox as ob
+
+        row_id = request.path_params.get("row_id")
+
+        def retry() -> int:
+            with self.engine.db.begin() as conn:
+                return ob.retry(conn, [row_id] if row_id is not None else None)
+
+        done = await run_in_threadpool(retry)
+        request.session["flash"] = {"kind": "outbox", "ok": bool(done), "n": done, "id": row_id}
+        log.info("outbox %s retried by %s: %d rows", row_id or "(every failed row)", request.state.user.username, done)
+        return RedirectResponse("/admin/outbox", status_code=303)
+
     # -- the programme ---------------------------------------------------------------
 
     def _programme(self) -> dict:
@@ -771,6 +807,10 @@ class Admin:
                 Route("/deliveries", signed_in(self.deliveries), name="deliveries"),
                 Route("/deliveries/{delivery_id:int}/replay", signed_in(self.replay), methods=["POST"],
                       name="replay"),
+                Route("/outbox", signed_in(self.outgoing), name="outbox"),
+                Route("/outbox/retry", signed_in(self.retry_outgoing), methods=["POST"], name="outbox_retry_all"),
+                Route("/outbox/{row_id:int}/retry", signed_in(self.retry_outgoing), methods=["POST"],
+                      name="outbox_retry"),
                 Route("/programme", signed_in(self.programme), name="programme"),
             ],
             middleware=[Middleware(_Headers), Middleware(_Sessions, engine=self.engine)],

@@ -38,6 +38,8 @@ def remind_expiring(engine, now: datetime) -> str:
     with engine.db.begin() as conn:
         due = engine.ledger.expiring(conn, now, days)
         customers = {cid: engine.identity.view(conn, cid) for cid in due}
+        for customer_id, (points, expires_at) in due.items():  # ([notify] hears it too, with the lots marked)
+            engine.outbox.points_expiring(conn, customer_id, points, expires_at, now)
     caller = engine.plugins.pm.hook.regulars_points_expiring
     for customer_id, (points, expires_at) in due.items():
         for impl in reversed(caller.get_hookimpls()):

@@ -5,7 +5,7 @@ Mailchimp, Zapier, n8n, your own code) can tell the customer.
 ```toml
 [notify]
 url = "https://hooks.example.com/regulars"
-events = ["points.changed", "reward.issued"]   # the default: both
+events = ["points.changed", "reward.issued", "points.expiring"]   # the default: all three
 ```
 
 with ``REGULARS_NOTIFY_SECRET`` in the environment (the key of the
@@ -35,6 +35,10 @@ The bodies (``customer``: ``id``, ``email``, ``phone``, ``first_name``,
 - ``reward.issued``: ``{"id", "type", "occurred_at", "customer", "reward":
   {"code", "reward", "kind", "value", "sku", "cost", "channel",
   "expires_at", "spendable_in"}, "balance"}``.
+- ``points.expiring``: ``{"id", "type", "occurred_at", "customer",
+  "expiring": {"points", "expires_at"}, "balance"}``: the ``expiry-reminders``
+  job found ``points`` that expire from ``expires_at`` on (within
+  ``[rules.expiry] remind_days``); each lot is told of once.
 """
 
 from __future__ import annotations
@@ -45,16 +49,18 @@ import hmac
 import json
 import urllib.error
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate, validates
 from sqlalchemy import select
 
 from engine.config import StrictSchema
+from engine.db import as_utc
 from engine.db.models import accounts, customers, ledger_entries, rewards
 
-POINTS, REWARD = "points.changed", "reward.issued"
-EVENTS = (POINTS, REWARD)
+POINTS, REWARD, EXPIRING = "points.changed", "reward.issued", "points.expiring"
+EVENTS = (POINTS, REWARD, EXPIRING)
 #: the outbox's channel for notifications (its rows' ``channel``)
 CHANNEL = "notify"
 SECRET_ENV = "REGULARS_NOTIFY_SECRET"
@@ -80,6 +86,12 @@ def entry_subject(key: str) -> str:
     its SHA-256 when that is longer than the column."""
     subject = f"entry:{key}"
     return subject if len(subject) <= 240 else f"entry-sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+
+
+def expiring_subject(customer_id: int, points: int, expires_at: datetime, now: datetime) -> str:
+    """The outbox row's subject for an expiry reminder: what it says, and
+    when the job found it (a second reminder of other lots is another row)."""
+    return f"expiring:{customer_id}|{points}|{as_utc(expires_at).isoformat()}|{as_utc(now).isoformat()}"
 
 
 def _entry(conn, row):
@@ -148,7 +160,11 @@ def payload(engine, row) -> dict[str, Any] | None:
     from engine.customers import customer_summary
 
     with engine.db.connect() as conn:
-        if row.subject.startswith("entry"):
+        if row.subject.startswith("expiring:"):
+            _, points, expires_at, found_at = row.subject.split("|")
+            found = {"type": EXPIRING, "occurred_at": found_at,
+                     "expiring": {"points": int(points), "expires_at": expires_at}}
+        elif row.subject.startswith("entry"):
             entry = _entry(conn, row)
             if entry is None:
                 return None

@@ -44,9 +44,10 @@ from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, outbox, rewards
 from engine.ledger import insert_ignore, insert_ignore_statement
 from engine.notify import CHANNEL as NOTIFY_CHANNEL
+from engine.notify import EXPIRING as POINTS_EXPIRING
 from engine.notify import POINTS as POINTS_CHANGED
 from engine.notify import REWARD as REWARD_ISSUED
-from engine.notify import Notifier, entry_subject
+from engine.notify import Notifier, entry_subject, expiring_subject
 
 log = logging.getLogger("regulars.outbox")
 
@@ -121,6 +122,14 @@ class Outbox:
         when it asks for ``points.changed``."""
         if self.notify is not None and POINTS_CHANGED in self.notify["events"]:
             self._notification(conn, customer_id, entry_subject(key))
+
+    def points_expiring(self, conn: Connection, customer_id: int, points: int, expires_at: datetime,
+                        now: datetime) -> None:
+        """The ``expiry-reminders`` job found ``points`` of the customer's that
+        expire from ``expires_at`` on (each lot is reminded once): notify
+        ``[notify] url`` when it asks for ``points.expiring``."""
+        if self.notify is not None and POINTS_EXPIRING in self.notify["events"]:
+            self._notification(conn, customer_id, expiring_subject(customer_id, points, expires_at, now))
 
     def _notification(self, conn: Connection, customer_id: int, subject: str) -> None:
         now = utcnow()

@@ -192,7 +192,7 @@ def test_work_rolled_back_is_never_notified_and_a_merge_is_not_a_change(make_eng
     ({"url": "https://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": "short"}, "(the one set is shorter)"),
     ({"url": "ftp://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: an http:// or https:// URL"),
     ({"url": "https://h.example", "events": ["points.spent"]}, {"REGULARS_NOTIFY_SECRET": SECRET},
-     "events.0: Must be one of: points.changed, reward.issued."),
+     "events.0: Must be one of: points.changed, reward.issued, points.expiring."),
     ({"url": "https://h.example", "emails": True}, {"REGULARS_NOTIFY_SECRET": SECRET}, "emails: unknown key"),
     ({}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: Missing data for required field."),
 ])
@@ -232,3 +232,23 @@ def test_the_dashboard_lists_what_was_refused_and_sends_it_again(shop, receiver,
         assert session.post(f"{base}/admin/outbox/retry", data={"csrf": "forged"}).status_code == 403
     assert deliver(shop).delivered == 1
     assert [b["change"]["amount"] for b in receiver.bodies()] == [40, 3, 40]
+
+
+def test_points_about_to_expire_are_notified_once_with_the_reminder(make_engine, receiver, monkeypatch):
+    from datetime import UTC, datetime
+
+    from engine.jobs import run
+
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    found = tables(receiver.url, events=["points.expiring"])
+    found["rules"] = {**found["rules"], "expiry": {"months": 12, "remind_days": 30}}
+    engine = make_engine(found)
+    order(engine)  # paid on T0: its 40 points expire a year later
+    at = datetime(2027, 2, 15, 9, tzinfo=UTC)
+    assert run(engine, "expiry-reminders", at) == "1 customers reminded"
+    assert run(engine, "expiry-reminders", at) == "0 customers reminded"  # each lot once
+    assert deliver(engine).delivered == 1
+    [body] = receiver.bodies()
+    assert body["type"] == "points.expiring" and body["occurred_at"] == at.isoformat()
+    assert body["expiring"] == {"points": 40, "expires_at": "2027-03-01T09:00:00+00:00"}
+    assert body["customer"]["email"] == EMAIL and body["balance"] == 40

@@ -17,6 +17,8 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from engine import outbox as ob
@@ -25,8 +27,9 @@ from engine.customers import customer_summary
 from engine.db import utcnow
 from engine.db.models import outbox
 from engine.hookspecs import hookimpl
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _shopify_refund, _woo_order
+from tests.test_invariants import programmes
 
 SECRET = "a notify secret of some length"
 EMAIL = "jana@example.com"
@@ -252,3 +255,40 @@ def test_points_about_to_expire_are_notified_once_with_the_reminder(make_engine,
     assert body["type"] == "points.expiring" and body["occurred_at"] == at.isoformat()
     assert body["expiring"] == {"points": 40, "expires_at": "2027-03-01T09:00:00+00:00"}
     assert body["customer"]["email"] == EMAIL and body["balance"] == 40
+
+
+@settings(max_examples=examples(20), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(programme=programmes(), batch=st.integers(1, 5))
+def test_every_points_entry_is_notified_once_in_any_order_and_batching(programme, batch, make_engine, tmp_path,
+                                                                       _sqlite_template, monkeypatch):
+    """A shuffled multi-channel stream with resends, fed in batches: exactly
+    one notification per ledger entry of points (none twice, none for work
+    rolled back, none for a merge's pair), each for the entry's customer."""
+    from engine.db.models import accounts, ledger_entries
+    from engine.ledger import MOVED
+    from tests.test_invariants import _fresh
+
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    _, _, shuffled = programme
+    engine = _fresh(make_engine, tmp_path, _sqlite_template,
+                    tables={**DEFAULT_TABLES, "notify": {"url": "https://hooks.example/x", "events": ["points.changed"]}})
+    for start in range(0, len(shuffled), batch):
+        by_channel: dict[str, list] = {}
+        for channel, topic, body in shuffled[start:start + batch]:
+            by_channel.setdefault(channel, []).append((topic, body, None))
+        for channel, items in by_channel.items():
+            engine.ingest_batch(channel, items)
+    with engine.db.connect() as conn:
+        entries = {(f"entry:{r.key}", r.customer_id) for r in conn.execute(
+            select(ledger_entries.c.key, accounts.c.customer_id).join(accounts)
+            .where(accounts.c.unit == "points", ledger_entries.c.reason.not_in(MOVED)))}
+        notified = [(r.subject, r.customer_id) for r in conn.execute(
+            select(outbox.c.subject, outbox.c.customer_id).where(outbox.c.kind == ob.NOTIFY))]
+    assert len(notified) == len(set(notified))
+    follow = {}
+    with engine.db.connect() as conn:
+        for _, customer_id in notified:
+            follow[customer_id] = engine.identity.follow(conn, customer_id)
+        entry_people = {cid: engine.identity.follow(conn, cid) for _, cid in entries}
+    assert {(s, follow[c]) for s, c in notified} == {(s, entry_people[c]) for s, c in entries}

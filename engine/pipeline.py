@@ -569,17 +569,28 @@ class Pipeline:
         visit = {**event["visit"], "occurred_at": at, "channel": event["channel"]}
         customer = self._with_plans(conn, self.identity.view(conn, customer_id), at)
         source = f"visit:{event['channel']}:{visit['id']}"
-        posted = 0
-        for key, amount in sorted(self._awards("regulars_visit_awards", visit=visit, customer=customer).items()):
-            entry_key = f"{source}:{key}"
-            exists = conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == entry_key)).first()
-            if exists or not amount:
+        awards = self._awards("regulars_visit_awards", visit=visit, customer=customer)
+        units = self._post_once(conn, customer_id, awards, "visit", source, source, at)
+        self.cards_to_settle.update((customer_id, unit) for unit in units)
+        return len(units)
+
+    def _post_once(self, conn: Connection, customer_id: int, awards: dict[str, int], reason: str, source: str,
+                   keyed: str, at: datetime, gifts_only: bool = False) -> list[str]:
+        """Post each of ``awards`` (``{"plugin|unit": amount}``) once: its
+        entry's key is ``keyed:plugin|unit``, and one posted before (a retry)
+        is not posted again; nothing for 0 (or, ``gifts_only``, less). The
+        units posted."""
+        units = []
+        for key, amount in sorted(awards.items()):
+            entry_key = f"{keyed}:{key}"
+            if not amount or (gifts_only and amount < 0):
+                continue
+            if conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == entry_key)).first():
                 continue
             plugin, unit = key.split("|", 1)
-            self.cards_to_settle.add((customer_id, unit))
-            self.ledger.post(conn, customer_id, unit, amount, "visit", source, plugin, entry_key, at)
-            posted += 1
-        return posted
+            self.ledger.post(conn, customer_id, unit, amount, reason, source, plugin, entry_key, at)
+            units.append(unit)
+        return units
 
     # -- birthdays ------------------------------------------------------------
 
@@ -589,18 +600,12 @@ class Pipeline:
         how many entries were posted. Called by the ``birthday-gifts`` job
         (engine.birthdays), which picks the customers."""
         customer = self._with_plans(conn, self.identity.view(conn, customer_id), at)
-        source = f"birthday:{day.isoformat()}"
-        posted = 0
-        for key, amount in sorted(self._awards("regulars_birthday_awards", customer=customer, day=day).items()):
-            entry_key = f"birthday:{customer_id}:{day.year}:{key}"
-            exists = conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == entry_key)).first()
-            if exists or amount <= 0:
-                continue
-            plugin, unit = key.split("|", 1)
-            self.ledger.post(conn, customer_id, unit, amount, "birthday", source, plugin, entry_key, at)
+        awards = self._awards("regulars_birthday_awards", customer=customer, day=day)
+        units = self._post_once(conn, customer_id, awards, "birthday", f"birthday:{day.isoformat()}",
+                                f"birthday:{customer_id}:{day.year}", at, gifts_only=True)
+        for unit in units:
             self.cards.settle(conn, customer_id, unit, at)  # a stamp card it fills issues its reward
-            posted += 1
-        return posted
+        return len(units)
 
     # -- subscriptions --------------------------------------------------------
 

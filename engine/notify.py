@@ -5,7 +5,7 @@ Mailchimp, Zapier, n8n, your own code) can tell the customer.
 ```toml
 [notify]
 url = "https://hooks.example.com/regulars"
-events = ["points.changed", "reward.issued", "points.expiring"]   # the default: all three
+events = ["points.changed", "reward.issued", "points.expiring", "tier.changed"]   # the default: all
 ```
 
 with ``REGULARS_NOTIFY_SECRET`` in the environment (the key of the
@@ -35,6 +35,10 @@ The bodies (``customer``: ``id``, ``email``, ``phone``, ``first_name``,
 - ``reward.issued``: ``{"id", "type", "occurred_at", "customer", "reward":
   {"code", "reward", "kind", "value", "sku", "cost", "channel",
   "expires_at", "spendable_in"}, "balance"}``.
+- ``tier.changed``: ``{"id", "type", "occurred_at", "customer", "tier":
+  {"from", "to"}, "balance"}``: an upgrade (at once) or a downgrade (at the
+  review); ``None`` is no tier. Orders arriving out of order may move an
+  upgrade: each tier the customer held is told of once per time it began.
 - ``points.expiring``: ``{"id", "type", "occurred_at", "customer",
   "expiring": {"points", "expires_at"}, "balance"}``: the ``expiry-reminders``
   job found ``points`` that expire from ``expires_at`` on (within
@@ -59,8 +63,8 @@ from engine.config import StrictSchema
 from engine.db import as_utc
 from engine.db.models import accounts, customers, ledger_entries, rewards
 
-POINTS, REWARD, EXPIRING = "points.changed", "reward.issued", "points.expiring"
-EVENTS = (POINTS, REWARD, EXPIRING)
+POINTS, REWARD, EXPIRING, TIER = "points.changed", "reward.issued", "points.expiring", "tier.changed"
+EVENTS = (POINTS, REWARD, EXPIRING, TIER)
 #: the outbox's channel for notifications (its rows' ``channel``)
 CHANNEL = "notify"
 SECRET_ENV = "REGULARS_NOTIFY_SECRET"
@@ -92,6 +96,13 @@ def expiring_subject(customer_id: int, points: int, expires_at: datetime, now: d
     """The outbox row's subject for an expiry reminder: what it says, and
     when the job found it (a second reminder of other lots is another row)."""
     return f"expiring:{customer_id}|{points}|{as_utc(expires_at).isoformat()}|{as_utc(now).isoformat()}"
+
+
+def tier_subject(customer_id: int, old: str | None, new: str | None, since: datetime | None) -> str:
+    """The outbox row's subject for a tier change: the tiers (names, any
+    characters: JSON) and since when."""
+    return "tier:" + json.dumps([customer_id, old, new, as_utc(since).isoformat() if since else None],
+                                ensure_ascii=False, separators=(",", ":"))
 
 
 def _entry(conn, row):
@@ -160,7 +171,10 @@ def payload(engine, row) -> dict[str, Any] | None:
     from engine.customers import customer_summary
 
     with engine.db.connect() as conn:
-        if row.subject.startswith("expiring:"):
+        if row.subject.startswith("tier:"):
+            _, old, new, since = json.loads(row.subject[len("tier:"):])
+            found = {"type": TIER, "occurred_at": since, "tier": {"from": old, "to": new}}
+        elif row.subject.startswith("expiring:"):
             _, points, expires_at, found_at = row.subject.split("|")
             found = {"type": EXPIRING, "occurred_at": found_at,
                      "expiring": {"points": int(points), "expires_at": expires_at}}

@@ -45,9 +45,10 @@ from engine.db.models import customer_links, customers, outbox, rewards
 from engine.ledger import insert_ignore, insert_ignore_statement
 from engine.notify import CHANNEL as NOTIFY_CHANNEL
 from engine.notify import EXPIRING as POINTS_EXPIRING
+from engine.notify import TIER as TIER_CHANGED
 from engine.notify import POINTS as POINTS_CHANGED
 from engine.notify import REWARD as REWARD_ISSUED
-from engine.notify import Notifier, entry_subject, expiring_subject
+from engine.notify import Notifier, entry_subject, expiring_subject, tier_subject
 
 log = logging.getLogger("regulars.outbox")
 
@@ -130,6 +131,13 @@ class Outbox:
         ``[notify] url`` when it asks for ``points.expiring``."""
         if self.notify is not None and POINTS_EXPIRING in self.notify["events"]:
             self._notification(conn, customer_id, expiring_subject(customer_id, points, expires_at, now))
+
+    def tier_changed(self, conn: Connection, customer_id: int, old: str | None, new: str | None,
+                     since: datetime | None) -> None:
+        """The customer's tier now is ``new`` (from ``since``), not ``old``:
+        notify ``[notify] url`` when it asks for ``tier.changed``."""
+        if self.notify is not None and TIER_CHANGED in self.notify["events"]:
+            self._notification(conn, customer_id, tier_subject(customer_id, old, new, since))
 
     def _notification(self, conn: Connection, customer_id: int, subject: str) -> None:
         now = utcnow()

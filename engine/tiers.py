@@ -106,6 +106,7 @@ class Tiers:
         )
         if self.outbox is not None:
             self.outbox.customer_changed(conn, customer_id)
+            self.outbox.tier_changed(conn, customer_id, old, new, at)
 
     def rewind(self, conn: Connection, customer_id: int, since: datetime) -> list[tuple[datetime, str | None]]:
         """Forget the customer's upgrades from ``since`` on (to be decided
@@ -138,6 +139,7 @@ class Tiers:
         conn.execute(update(customers).where(customers.c.id == customer_id).values(tier=tier, tier_since=since))
         if self.outbox is not None and row.tier != tier:
             self.outbox.customer_changed(conn, customer_id)
+            self.outbox.tier_changed(conn, customer_id, row.tier, tier, since)
 
     def review(self, conn: Connection, now: datetime) -> tuple[int, int]:
         """Downgrade those below their tier (after the grace period), one level

@@ -195,7 +195,7 @@ def test_work_rolled_back_is_never_notified_and_a_merge_is_not_a_change(make_eng
     ({"url": "https://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": "short"}, "(the one set is shorter)"),
     ({"url": "ftp://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: an http:// or https:// URL"),
     ({"url": "https://h.example", "events": ["points.spent"]}, {"REGULARS_NOTIFY_SECRET": SECRET},
-     "events.0: Must be one of: points.changed, reward.issued, points.expiring."),
+     "events.0: Must be one of: points.changed, reward.issued, points.expiring, tier.changed."),
     ({"url": "https://h.example", "emails": True}, {"REGULARS_NOTIFY_SECRET": SECRET}, "emails: unknown key"),
     ({}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: Missing data for required field."),
 ])
@@ -292,3 +292,23 @@ def test_every_points_entry_is_notified_once_in_any_order_and_batching(programme
             follow[customer_id] = engine.identity.follow(conn, customer_id)
         entry_people = {cid: engine.identity.follow(conn, cid) for _, cid in entries}
     assert {(s, follow[c]) for s, c in notified} == {(s, entry_people[c]) for s, c in entries}
+
+
+def test_tier_changes_are_notified_up_at_once_and_down_at_the_review(make_engine, receiver, monkeypatch):
+    from engine.jobs import run
+    from tests.test_tiers import LEVELS
+
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    found = tables(receiver.url, events=["tier.changed"])
+    found["rules"] = {"points": {"per_unit": 1}, "tiers": {"levels": LEVELS, "window_days": 90}}
+    engine = make_engine(found)
+    order(engine, number=1, price="2100.00")  # gold at once
+    assert customer_summary(engine, EMAIL)["tier"] == "gold"
+    later = T0 + timedelta(days=100)  # the window no longer holds the order
+    run(engine, "tier-review", later)
+    run(engine, "tier-review", later + timedelta(days=1))
+    assert deliver(engine).delivered == 3
+    said = [(b["tier"]["from"], b["tier"]["to"], b["occurred_at"][:10]) for b in receiver.bodies()]
+    assert said == [(None, "gold", T0.date().isoformat()), ("gold", "silver", later.date().isoformat()),
+                    ("silver", None, (later + timedelta(days=1)).date().isoformat())]
+    assert all(b["type"] == "tier.changed" and b["customer"]["email"] == EMAIL for b in receiver.bodies())

@@ -45,9 +45,9 @@ from engine.db.models import customer_links, customers, outbox, rewards
 from engine.ledger import insert_ignore, insert_ignore_statement
 from engine.notify import CHANNEL as NOTIFY_CHANNEL
 from engine.notify import EXPIRING as POINTS_EXPIRING
-from engine.notify import TIER as TIER_CHANGED
 from engine.notify import POINTS as POINTS_CHANGED
 from engine.notify import REWARD as REWARD_ISSUED
+from engine.notify import TIER as TIER_CHANGED
 from engine.notify import Notifier, entry_subject, expiring_subject, tier_subject
 
 log = logging.getLogger("regulars.outbox")

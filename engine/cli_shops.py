@@ -185,4 +185,38 @@ def privacy_show(ctx, request_id: int) -> None:
 
 
 #: registered on the ``regulars`` group by engine/cli.py
-shop_commands = (outbox, reconcile, privacy)
+@click.group()
+def notify() -> None:
+    """Notifications to your [notify] URL (see the README, Notifications)."""
+
+
+@notify.command("test")
+@click.option("--event", type=click.Choice(["points.changed", "reward.issued", "points.expiring", "tier.changed"]),
+              multiple=True, help="Which (default: each of [notify] events).")
+@click.pass_obj
+def notify_test(ctx, event: tuple[str, ...]) -> None:
+    """Send a sample of each notification, about a made-up customer, with
+    "test": true, signed as the real ones: to check your receiver (and to
+    show a tool such as Zapier the fields). Nothing is stored. Exits 1 if
+    the receiver did not take one."""
+    from engine.db import utcnow
+    from engine.notify import Notifier, sample
+    from engine.outbox import Unreachable
+
+    settings = ctx.engine.config.notify
+    if settings is None:
+        raise click.ClickException("there is no [notify] table in plugins.toml: add one with its url")
+    notifier, failed = Notifier(settings["url"], settings["secret"]), 0
+    for name in event or settings["events"]:
+        try:
+            answer = notifier.send(sample(name, utcnow()))
+        except Unreachable as exc:
+            failed += 1
+            err.print(f"{name}: {exc}", highlight=False)
+        else:
+            console.print(f"{name}: {answer}", highlight=False)
+    if failed:
+        sys.exit(1)
+
+
+shop_commands = (outbox, reconcile, privacy, notify)

@@ -158,6 +158,30 @@ class Notifier:
             raise Unreachable(f"the receiver can't be reached: {reason}", retryable=True) from None
 
 
+def sample(event: str, now: datetime) -> dict[str, Any]:
+    """A notification of ``event`` about a made-up customer, as the real
+    ones are shaped, with ``"test": true`` (``regulars notify test``): for
+    the receiver to check the signature, and for a tool such as Zapier to
+    learn the fields."""
+    at = as_utc(now).isoformat()
+    body: dict[str, Any] = {
+        "id": f"notify:test:{event}:{at}", "type": event, "occurred_at": at, "test": True,
+        "customer": {"id": 0, "email": "jana.novakova@example.com", "phone": "+420601123456", "first_name": "Jana",
+                     "last_name": "Nováková", "card_code": "TESTCARD2345", "accepts_marketing": True},
+        "balance": 140,
+    }
+    if event == POINTS:
+        body["change"] = {"amount": 40, "reason": "order", "source": "order:shopify:1001"}
+    elif event == REWARD:
+        body["reward"] = {"code": "TEST-5OFF-CODE", "reward": "five-off", "kind": "fixed_amount", "value": "5",
+                          "sku": None, "cost": 500, "channel": None, "expires_at": None, "spendable_in": ["shopify"]}
+    elif event == EXPIRING:
+        body["expiring"] = {"points": 60, "expires_at": at}
+    else:
+        body["tier"] = {"from": "silver", "to": "gold"}
+    return body
+
+
 def _customer(conn, customer_id: int) -> dict | None:
     row = conn.execute(select(customers.c.id, customers.c.email, customers.c.phone, customers.c.first_name,
                               customers.c.last_name, customers.c.card_code, customers.c.accepts_marketing)

@@ -312,3 +312,28 @@ def test_tier_changes_are_notified_up_at_once_and_down_at_the_review(make_engine
     assert said == [(None, "gold", T0.date().isoformat()), ("gold", "silver", later.date().isoformat()),
                     ("silver", None, (later + timedelta(days=1)).date().isoformat())]
     assert all(b["type"] == "tier.changed" and b["customer"]["email"] == EMAIL for b in receiver.bodies())
+
+
+def test_regulars_notify_test_sends_a_signed_sample_of_each_event(make_engine, receiver, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from engine.cli import main
+
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    config = tmp_path / "plugins.toml"
+    config.write_text(f'[engine]\ncurrency = "EUR"\n\n[rules.points]\nper_unit = 1\n\n[notify]\nurl = "{receiver.url}"\n')
+    monkeypatch.setenv("REGULARS_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite3'}")
+    result = CliRunner().invoke(main, ["--config", str(config), "notify", "test"])
+    assert result.exit_code == 0, result.output
+    bodies = receiver.bodies()
+    assert [b["type"] for b in bodies] == ["points.changed", "reward.issued", "points.expiring", "tier.changed"]
+    assert all(b["test"] is True and b["customer"]["first_name"] == "Jana" for b in bodies)
+    for headers, body in receiver.requests:
+        assert headers["X-Regulars-Hmac-Sha256"] == base64.b64encode(
+            hmac.new(SECRET.encode(), body, hashlib.sha256).digest()).decode()
+    receiver.answers = [(404, {})]
+    result = CliRunner().invoke(main, ["--config", str(config), "notify", "test", "--event", "tier.changed"])
+    assert result.exit_code == 1 and "the receiver answered 404" in result.output
+    config.write_text('[engine]\ncurrency = "EUR"\n\n[rules.points]\nper_unit = 1\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "notify", "test"])
+    assert result.exit_code == 1 and "there is no [notify] table" in result.output

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from engine.cli import Context
 from engine.cli_admin import admin_commands
+from engine.customers import customer_summary
 from engine.hookspecs import hookimpl
 from engine.web import create_app
 from engine.web.pages.admin import add_user, format_value
@@ -464,3 +465,21 @@ def test_a_customer_s_ledger_and_orders_are_newest_first_by_when_they_happened(s
     ledger, orders = page.split("Recent orders", 1)
     assert ledger.index("t1:when-new") < ledger.index("t1:when-old")
     assert orders.index("t1:when-new") < orders.index("t1:when-old")
+
+
+def test_staff_correct_or_forget_a_customer_s_birthday_on_their_page(shop):
+    engine, base = shop
+    session = signed_in(base)
+    page = session.get(f"{base}/admin/customers/1")
+    assert re.search(r'<dd id="birthday">–', page.text)
+    token = _csrf(page.text)
+    answer = session.post(f"{base}/admin/customers/1/birthday", data={"csrf": token, "birthday": "1990-05-12"})
+    assert "Birthday saved." in answer.text and "May 12, 1990" in answer.text
+    assert customer_summary(engine, 1)["birthday"] == "1990-05-12"
+    for wrong in ("1990-02-30", "1850-01-01", "2999-01-01", "<b>"):
+        answer = session.post(f"{base}/admin/customers/1/birthday", data={"csrf": token, "birthday": wrong})
+        assert "That is not a date we can take as a birthday." in answer.text
+    assert customer_summary(engine, 1)["birthday"] == "1990-05-12"
+    answer = session.post(f"{base}/admin/customers/1/birthday", data={"csrf": token, "birthday": ""})
+    assert "Birthday saved." in answer.text and customer_summary(engine, 1)["birthday"] is None
+    assert session.post(f"{base}/admin/customers/1/birthday", data={"csrf": "x", "birthday": ""}).status_code == 403

@@ -630,6 +630,7 @@ class Admin:
                 "pages": max(1, -(-total // LEDGER_PAGE)), "rewards": issued, "orders": bought,
                 "spendable": {r.reward: self.engine.rewards.spendable_in(r.reward) for r in issued},
                 "n_orders": n_orders, "merged": people[1:],
+                "birthday": as_utc(row.birthday).date() if row.birthday else None,
                 "cards": [(name, count, getattr(cards.get(name), "required", None))
                           for name, count in summary["stamps"].items()]}
 
@@ -655,6 +656,27 @@ class Admin:
         customer_id = request.path_params["customer_id"]
         request.session["flash"] = await self._adjusted(customer_id, request.state.form, request.state.user.username)
         return RedirectResponse(f"/admin/customers/{customer_id}#adjust", status_code=303)
+
+    async def birthday(self, request: Request) -> Response:
+        """The customer page's birthday form: staff correct it (or, empty,
+        forget it), as ``regulars customer birthday`` does."""
+        customer_id = request.path_params["customer_id"]
+        raw = request.state.form.get("birthday", "").strip()
+        try:
+            day = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            day = date.min
+        if day is not None and not date(1900, 1, 1) <= day <= utcnow().date():
+            request.session["flash"] = {"kind": "birthday", "ok": False}
+        else:
+            def correct() -> None:
+                with self.engine.db.begin() as conn:
+                    self.engine.identity.correct_birthday(conn, customer_id, day, utcnow())
+
+            await run_in_threadpool(correct)
+            request.session["flash"] = {"kind": "birthday", "ok": True}
+            log.info("birthday of customer %s set by %s", customer_id, request.state.user.username)
+        return RedirectResponse(f"/admin/customers/{customer_id}#birthday", status_code=303)
 
     async def _adjusted(self, customer_id: int, form: dict[str, str], username: str) -> dict:
         """The adjustment a form asks for, made; what the page says of it."""
@@ -803,6 +825,8 @@ class Admin:
                 Route("/customers/{customer_id:int}", signed_in(self.customer_page), name="customer"),
                 Route("/customers/{customer_id:int}/adjust", signed_in(self.adjust), methods=["POST"],
                       name="adjust"),
+                Route("/customers/{customer_id:int}/birthday", signed_in(self.birthday), methods=["POST"],
+                      name="birthday"),
                 Route("/adjustments", signed_in(self.adjustments), name="adjustments"),
                 Route("/deliveries", signed_in(self.deliveries), name="deliveries"),
                 Route("/deliveries/{delivery_id:int}/replay", signed_in(self.replay), methods=["POST"],

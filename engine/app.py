@@ -507,9 +507,9 @@ class Engine:
         return entries
 
     def _erase_if_late(self, tx, inbox_id: int) -> None:
-        """The delivery just applied found a customer by an email or phone
-        erased after its snapshot (engine.privacy): its raw body names the
-        person, so it is erased too."""
+        """The delivery just applied found a customer erased after its
+        snapshot (by an email or phone erased since, or the shop's id:
+        engine.identity): its raw body names the person, so it is erased too."""
         if self.identity.late_for_erased.take():
             inbox.erase_body(tx, inbox_id)
 

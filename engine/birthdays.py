@@ -51,7 +51,14 @@ def birthday_wanted(engine) -> bool:
     birthday bonus is on with a multiplier or a gift, or another plugin gives
     birthday gifts (the card and the till then ask for it)."""
     plugin = bonus(engine)
-    if plugin is not None and (plugin.factor != 1 or plugin.gift):
+    return (plugin is not None and plugin.factor != 1) or gives_gifts(engine)
+
+
+def gives_gifts(engine) -> bool:
+    """Whether a plugin gives birthday gifts: the birthday bonus with a
+    ``gift``, or another plugin's ``regulars_birthday_awards``."""
+    plugin = bonus(engine)
+    if plugin is not None and plugin.gift:
         return True
     return any(impl.plugin is not plugin for impl in engine.plugins.pm.hook.regulars_birthday_awards.get_hookimpls())
 
@@ -93,7 +100,7 @@ def due(conn: Connection, today: date, zone: ZoneInfo) -> list[tuple[int, date]]
 def give_gifts(engine, now: datetime) -> str:
     """The ``birthday-gifts`` job: each customer whose birthday it is (``due``)
     gets what the plugins say it is worth, once; one transaction each."""
-    if not engine.plugins.pm.hook.regulars_birthday_awards.get_hookimpls():
+    if not gives_gifts(engine):  # (nobody's birthdays read for nothing, every hour)
         return "no birthday gifts: no plugin gives one (set gift in [plugins.birthday-bonus])"
     zone = ZoneInfo(engine.config.engine.get("timezone") or "UTC")
     with engine.db.connect() as conn:

@@ -122,9 +122,12 @@ def test_a_birthday_given_with_a_snapshot_is_known_from_that_snapshot(make_engin
     assert points(engine) == 100
 
 
-def test_without_a_gift_nobody_is_asked_and_the_job_says_so(make_engine):
-    engine = make_engine({**DEFAULT_TABLES, "plugins": {}}, extra_plugins=(("till", CanonicalTill()),))
+@pytest.mark.parametrize("campaigns", [{}, {"birthday-bonus": {"multiplier": 2}}], ids=["no-bonus", "multiplier-only"])
+def test_without_a_gift_nobody_is_asked_and_the_job_says_so(make_engine, campaigns):
+    engine = make_engine({**DEFAULT_TABLES, "plugins": campaigns}, extra_plugins=(("till", CanonicalTill()),))
+    send(engine, *till_customer(EMAIL, KNOWN_SINCE, birthday="1990-05-12"))
     assert run(engine, "birthday-gifts", at("2026-05-12T09:10:00+00:00")).startswith("no birthday gifts")
+    assert points(engine) == 0
 
 
 class StampOnBirthday:

@@ -292,6 +292,7 @@ def test_every_points_entry_is_notified_once_in_any_order_and_batching(programme
             follow[customer_id] = engine.identity.follow(conn, customer_id)
         entry_people = {cid: engine.identity.follow(conn, cid) for _, cid in entries}
     assert {(s, follow[c]) for s, c in notified} == {(s, entry_people[c]) for s, c in entries}
+    engine.db.dispose()  # (an engine per example: its connections go back now, not at the test's end)
 
 
 def test_tier_changes_are_notified_up_at_once_and_down_at_the_review(make_engine, receiver, monkeypatch):

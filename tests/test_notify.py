@@ -223,6 +223,9 @@ def test_the_dashboard_lists_what_was_refused_and_sends_it_again(shop, receiver,
     assert deliver(shop).retrying == 1
     with serve_app(create_app(shop, secrets={}, background=False)) as base:
         session = signed_in(base)
+        overview = session.get(f"{base}/admin/").text  # said at the top of the overview, with a link
+        assert re.search(r'<a href="/admin/outbox">1 update was refused by a shop or your \[notify\] receiver.</a>',
+                         overview)
         page = session.get(f"{base}/admin/outbox")
         assert page.status_code == 200
         refused = re.search(r'<section class="panel" aria-labelledby="failed-title">(.*?)</section>', page.text, re.S)[1]
@@ -233,6 +236,7 @@ def test_the_dashboard_lists_what_was_refused_and_sends_it_again(shop, receiver,
         answer = session.post(f"{base}/admin/outbox/{row_id}/retry", data={"csrf": _csrf(page.text)})
         assert "1 row will be sent again in a moment." in answer.text and "Nothing refused." in answer.text
         assert session.post(f"{base}/admin/outbox/retry", data={"csrf": "forged"}).status_code == 403
+        assert 'id="trouble"' not in session.get(f"{base}/admin/").text  # nothing refused now
     assert deliver(shop).delivered == 1
     assert [b["change"]["amount"] for b in receiver.bodies()] == [40, 3, 40]
 

@@ -195,6 +195,7 @@ def test_the_replay_button_applies_a_failed_delivery_once_fixed(shop):
     outcome = engine.ingest("shopify", "orders/paid", body)
     assert outcome.status == "failed" and "the bonus service is down" in outcome.error
     session = signed_in(base)
+    assert '<a href="/admin/deliveries">1 delivery could not be applied.</a>' in session.get(f"{base}/admin/").text
     page = session.get(f"{base}/admin/deliveries")
     assert f'id="delivery-{outcome.inbox_id}"' in page.text and "the bonus service is down" in page.text
     token = _csrf(page.text)

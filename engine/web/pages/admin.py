@@ -528,13 +528,14 @@ class Admin:
         for _ in range(11 if period == "month" else 25):
             start = metrics.previous_period(start, period)
         gettext = self.templates.gettext(request)
+        trouble = await run_in_threadpool(self._trouble)
         try:
             found = await run_in_threadpool(metrics.compute, self.engine, [m.name for m in metrics.METRICS], start,
                                             end, channel, period, today)
         except metrics.NotBuilt as exc:
             return self._render(request, "admin_overview.html", user=request.state.user, nav="overview", cards=[],
                                 period=period, channel=channel, to=params.get("to") or "", point_value=None,
-                                start=start, end=end, not_built=str(exc))
+                                start=start, end=end, not_built=str(exc), trouble=trouble)
         cards = []
         for metric in metrics.METRICS:
             values = found[metric.name]
@@ -555,7 +556,22 @@ class Admin:
             })
         return self._render(request, "admin_overview.html", user=request.state.user, nav="overview", cards=cards,
                             period=period, channel=channel, to=params.get("to") or "",
-                            point_value=metrics.point_value(self.engine), start=start, end=end)
+                            point_value=metrics.point_value(self.engine), start=start, end=end, trouble=trouble)
+
+    def _trouble(self) -> dict[str, int]:
+        """What waits for the merchant: deliveries that failed, updates a
+        shop or the [notify] receiver refused (the overview says so at the top)."""
+        from engine import outbox as ob
+        from engine.db.models import inbox as deliveries
+        from engine.db.models import outbox
+
+        with self.engine.db.connect() as conn:
+            return {
+                "deliveries": conn.execute(select(func.count()).select_from(deliveries)
+                                           .where(deliveries.c.status == inbox.FAILED)).scalar_one(),
+                "outgoing": conn.execute(select(func.count()).select_from(outbox)
+                                         .where(outbox.c.status == ob.FAILED)).scalar_one(),
+            }
 
     # -- customers -------------------------------------------------------------------
 

@@ -25,9 +25,10 @@ def _table(*headers: str) -> Table:
 
 @click.group()
 def outbox() -> None:
-    """Effects owed to the shops: balances, tiers and stamps written into
-    customers, rewards made coupons. `regulars serve` delivers them in the
-    background; these commands look and nudge."""
+    """Effects owed to the shops (balances, tiers and stamps written into
+    customers, rewards made coupons) and notifications owed to your [notify]
+    URL. `regulars serve` delivers them in the background; these commands
+    look and nudge."""
 
 
 @outbox.command("list")

@@ -316,28 +316,36 @@
     const json = looksLikeEmail(enrolKey) ? {email: enrolKey} : {phone: enrolKey};
     const birthday = $('enrol-birthday').value;  // (the birthday bonus counts it; the engine keeps the first)
     if (birthday) json.birthday = birthday;
-    const button = $('enrol-button');
+    const enrolled = await postCustomer(json, key, $('enrol-button'), findMessage, t('enrol_offline'));
+    if (enrolled) {
+      offerEnrol(null);
+      findMessage(null);
+      $('find-key').value = '';
+      showResult(t('enrolled', {code: enrolled.card_code}), 'ok');
+    }
+  }
+
+  /** POST /customers (a new customer, or what a known one told us), the
+   * button held meanwhile: the customer the answer gives is shown and
+   * returned; a refusal or a lost connection is said with ``say``. */
+  async function postCustomer(json, idem, button, say, offlineText) {
     button.disabled = true;
     try {
-      const answer = await api('POST', '/customers', {json, idem: key});
+      const answer = await api('POST', '/customers', {json, idem});
       if ((answer.status === 200 || answer.status === 201) && answer.data && answer.data.customer) {
-        offerEnrol(null);
-        findMessage(null);
-        $('find-key').value = '';
         remember(answer.data.customer);
         showCustomer(answer.data.customer, {checked: true});
-        showResult(t('enrolled', {code: answer.data.customer.card_code}), 'ok');
-      } else if (answer.status === 401) {
-        revoked();
-      } else {
-        findMessage(reason(answer), 'error');
+        return answer.data.customer;
       }
+      if (answer.status === 401) revoked();
+      else say(reason(answer), 'error');
     } catch (e) {
       if (!(e instanceof Offline)) throw e;
-      findMessage(t('enrol_offline'), 'error');
+      say(offlineText, 'error');
     } finally {
       button.disabled = false;
     }
+    return null;
   }
 
   async function find(query) {
@@ -462,25 +470,9 @@
     const birthday = $('customer-birthday-date').value;
     if (!birthday) return showResult(t('birthday_needed'), 'error');
     if (!online()) return showResult(t('birthday_offline'), 'error');
-    const button = $('customer-birthday-button');
-    button.disabled = true;
-    try {
-      const json = {card_code: customer.data.card_code, birthday};
-      const answer = await api('POST', '/customers', {json, idem: uuid()});
-      if ((answer.status === 200 || answer.status === 201) && answer.data && answer.data.customer) {
-        remember(answer.data.customer);
-        showCustomer(answer.data.customer, {checked: true});
-        showResult(t('birthday_saved'), 'ok');
-      } else if (answer.status === 401) {
-        revoked();
-      } else {
-        showResult(reason(answer), 'error');
-      }
-    } catch (e) {
-      if (!(e instanceof Offline)) throw e;
-      showResult(t('birthday_offline'), 'error');
-    } finally {
-      button.disabled = false;
+    const json = {card_code: customer.data.card_code, birthday};
+    if (await postCustomer(json, uuid(), $('customer-birthday-button'), showResult, t('birthday_offline'))) {
+      showResult(t('birthday_saved'), 'ok');
     }
   }
 

@@ -308,6 +308,7 @@ def customer_birthday(ctx: Context, key: str, day: str) -> None:
     from datetime import date
 
     from engine.db import utcnow
+    from engine.identity import possible_birthday
 
     if day.lower() == "none":
         born = None
@@ -316,7 +317,7 @@ def customer_birthday(ctx: Context, key: str, day: str) -> None:
             born = date.fromisoformat(day)
         except ValueError:
             raise click.BadParameter(f"{day!r} is not a date (YYYY-MM-DD) or none", param_hint="DAY") from None
-        if not date(1900, 1, 1) <= born <= utcnow().date():
+        if not possible_birthday(born):
             raise click.BadParameter("a birthday is between 1900-01-01 and today", param_hint="DAY")
     engine = ctx.engine
     with engine.db.begin() as conn:

@@ -296,6 +296,25 @@ def _erased_after(email: str | None, stamps: dict | None, at: datetime) -> bool:
     return at < datetime.fromisoformat(stamps["email"])
 
 
+#: the earliest birthday taken (a later one than today is not one either)
+FIRST_BIRTHDAY = date(1900, 1, 1)
+
+
+def possible_birthday(day: date) -> bool:
+    """Whether ``day`` can be someone's birthday: from ``FIRST_BIRTHDAY`` to today (UTC)."""
+    return FIRST_BIRTHDAY <= day <= datetime.now(UTC).date()
+
+
+def birthday_from(text: str) -> date | None:
+    """The birthday a form's ``YYYY-MM-DD`` gives, or None when it is not a
+    date or not a ``possible_birthday``."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    return day if possible_birthday(day) else None
+
+
 def _birthday(day: date) -> datetime:
     # Stored as midnight UTC, so that it reads back as the same day anywhere.
     return datetime.combine(day, datetime.min.time(), UTC)

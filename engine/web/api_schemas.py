@@ -6,11 +6,11 @@ refusal's messages in one line. The OpenAPI document
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
+from engine.identity import possible_birthday
 from engine.rewards import NOT_USED
 from engine.subscriptions import ACTIONS
 
@@ -97,7 +97,7 @@ class EnrolSchema(_In):
         if not (data.get("email") or data.get("phone") or data.get("card_code")):
             raise ValidationError("give an email or a phone (or a known customer's card code)")
         born = data.get("birthday")
-        if born is not None and not date(1900, 1, 1) <= born <= datetime.now(UTC).date():
+        if born is not None and not possible_birthday(born):
             raise ValidationError({"birthday": ["a birthday between 1900-01-01 and today"]})
 
 

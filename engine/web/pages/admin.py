@@ -66,6 +66,7 @@ from engine.db.models import (
     orders,
     rewards,
 )
+from engine.identity import birthday_from
 from engine.jsonio import storable
 from engine.metrics import N_
 from engine.web.pages.render import Formats, choose_locale
@@ -562,13 +563,11 @@ class Admin:
         """What waits for the merchant: deliveries that failed, updates a
         shop or the [notify] receiver refused (the overview says so at the top)."""
         from engine import outbox as ob
-        from engine.db.models import inbox as deliveries
         from engine.db.models import outbox
 
         with self.engine.db.connect() as conn:
             return {
-                "deliveries": conn.execute(select(func.count()).select_from(deliveries)
-                                           .where(deliveries.c.status == inbox.FAILED)).scalar_one(),
+                "deliveries": inbox.failed_count(conn),
                 "outgoing": conn.execute(select(func.count()).select_from(outbox)
                                          .where(outbox.c.status == ob.FAILED)).scalar_one(),
             }
@@ -678,11 +677,8 @@ class Admin:
         forget it), as ``regulars customer birthday`` does."""
         customer_id = request.path_params["customer_id"]
         raw = request.state.form.get("birthday", "").strip()
-        try:
-            day = date.fromisoformat(raw) if raw else None
-        except ValueError:
-            day = date.min
-        if day is not None and not date(1900, 1, 1) <= day <= utcnow().date():
+        day = birthday_from(raw) if raw else None  # (empty: forget it)
+        if raw and day is None:
             request.session["flash"] = {"kind": "birthday", "ok": False}
         else:
             def correct() -> None:
@@ -739,12 +735,8 @@ class Admin:
     # -- failed deliveries -----------------------------------------------------------
 
     def _failed(self) -> tuple[list, int]:
-        from engine.db.models import inbox as deliveries
-
         with self.engine.db.connect() as conn:
-            total = conn.execute(select(func.count()).select_from(deliveries)
-                                 .where(deliveries.c.status == inbox.FAILED)).scalar_one()
-            return inbox.listing(conn, inbox.FAILED, limit=200), total
+            return inbox.listing(conn, inbox.FAILED, limit=200), inbox.failed_count(conn)
 
     async def deliveries(self, request: Request) -> Response:
         rows, total = await run_in_threadpool(self._failed)

@@ -58,6 +58,7 @@ from starlette.routing import Route
 from engine.customers import customer_summary
 from engine.db import as_utc, utcnow
 from engine.db.models import customers
+from engine.identity import birthday_from
 from engine.metrics import points_channel
 from engine.web.pages.render import LOCALES
 from engine.web.qr import qr
@@ -367,27 +368,23 @@ class CardPages:
             "referral": referral,
             "memberships": [m for m in summary.get("memberships") or [] if m.get("status") != "cancelled"],
             "history": points_history(engine, customer_id),
-            "birthday_form": self.birthday_form(viewer, customer_id),
+            "birthday_form": self.birthday_form(viewer, summary),
             "notice": notice,
             "qr_svg": Markup(qr_svg),
         }
 
-    def birthday_form(self, viewer: Viewer, customer_id: int) -> dict | None:
+    def birthday_form(self, viewer: Viewer, summary: dict) -> dict | None:
         """The form that asks for the customer's birthday: when it brings
-        them something (``engine.birthdays.birthday_wanted``) and theirs is
-        not known; else None."""
-        from engine.birthdays import birthday_wanted, bonus
+        them something and theirs is not known (the summary's
+        ``birthday_wanted``); else None."""
+        from engine.birthdays import bonus
 
-        if not birthday_wanted(self.engine):
+        if not summary["birthday_wanted"]:
             return None
         plugin = bonus(self.engine)
-        with self.engine.db.connect() as conn:
-            known = conn.execute(select(customers.c.birthday).where(customers.c.id == customer_id)).scalar()
-        if known is not None:
-            return None
         return {"times": plugin.factor if plugin else 1, "gift": plugin.gift if plugin else None,
                 "max": utcnow().date().isoformat(),
-                "token": self.seal({"via": viewer.via, "c": customer_id, "r": BIRTHDAY_FORM,
+                "token": self.seal({"via": viewer.via, "c": summary["id"], "r": BIRTHDAY_FORM,
                                     "n": secrets.token_urlsafe(16)})}
 
     def channels(self) -> list[dict]:
@@ -491,11 +488,8 @@ class CardPages:
         mode): kept once, never changed from the card."""
         if viewer.customer_id is None:
             viewer.customer_id = sealed["c"]
-        try:
-            day = date.fromisoformat(value.strip())
-        except ValueError:
-            day = None
-        if day is None or not date(1900, 1, 1) <= day <= utcnow().date():
+        day = birthday_from(value)
+        if day is None:
             return self.redirect(viewer, {"birthday": "bad"})
 
         def save() -> bool:

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.engine import Connection
 
 from engine.db import utcnow
@@ -228,6 +228,11 @@ def start(conn: Connection, inbox_id: int) -> Ahead:
     return _START.ahead(conn, {"b_id": inbox_id})
 
 
+def failed_count(conn: Connection) -> int:
+    """How many deliveries are ``failed``."""
+    return conn.execute(select(func.count()).select_from(inbox).where(inbox.c.status == FAILED)).scalar_one()
+
+
 def erase_body(conn: Connection, inbox_id: int) -> None:
     """Erase a stored delivery's body and headers (it named an erased person)."""
     conn.execute(update(inbox).where(inbox.c.id == inbox_id).values(body=ERASED_BODY, headers=None))
@@ -279,6 +284,4 @@ def left_behind(conn: Connection, before, limit: int = 1000) -> list[int]:
 
 def counts(conn: Connection) -> dict[str, int]:
     """Deliveries per status."""
-    from sqlalchemy import func
-
     return dict(conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())

@@ -62,6 +62,7 @@ from sqlalchemy import select
 from engine.config import StrictSchema
 from engine.db import as_utc
 from engine.db.models import accounts, customers, ledger_entries, rewards
+from engine.rules_api import UNIT_POINTS
 
 POINTS, REWARD, EXPIRING, TIER = "points.changed", "reward.issued", "points.expiring", "tier.changed"
 EVENTS = (POINTS, REWARD, EXPIRING, TIER)
@@ -192,8 +193,6 @@ def _customer(conn, customer_id: int) -> dict | None:
 def payload(engine, row) -> dict[str, Any] | None:
     """The body of the outbox row ``row``'s notification, read now (None:
     what it was about is gone)."""
-    from engine.customers import customer_summary
-
     with engine.db.connect() as conn:
         if row.subject.startswith("tier:"):
             _, old, new, since = json.loads(row.subject[len("tier:"):])
@@ -220,11 +219,9 @@ def payload(engine, row) -> dict[str, Any] | None:
                                                            "expires_at", "spendable_in")}}
         customer_id = engine.identity.follow(conn, row.customer_id)
         person = _customer(conn, customer_id)
-    summary = customer_summary(engine, int(customer_id))
-    return {"id": row.key, **found, "customer": person, "balance": summary["points"] if summary else None}
+        balance = engine.ledger.balances(conn, customer_id).get(UNIT_POINTS, 0) if person is not None else None
+    return {"id": row.key, **found, "customer": person, "balance": balance}
 
 
 def _iso(moment) -> str:
-    from engine.db import as_utc
-
     return as_utc(moment).isoformat()

@@ -184,33 +184,39 @@ class Metric:
     unit: str
     #: how it is computed, shown on the dashboard and in the README
     formula: str
+    #: a figure of the period alone (a flow: points issued in it, its buyers'
+    #: retention), not one to date: a period not over yet shows only part of
+    #: it, so the dashboard's headline is the last period that is over
+    per_period: bool = False
 
 
 METRICS: tuple[Metric, ...] = (
     Metric("retention_rate", N_("Retention rate"), "rate",
            N_("Customers who bought in the previous period and again in this one ÷ customers who bought in the "
-           "previous period.")),
+           "previous period."), per_period=True),
     Metric("churn_rate", N_("Churn rate"), "rate",
-           N_("1 − retention rate: the share of the previous period's buyers who did not buy again in this one.")),
+           N_("1 − retention rate: the share of the previous period's buyers who did not buy again in this one."),
+           per_period=True),
     Metric("repeat_purchase_rate", N_("Repeat purchase rate"), "rate",
            N_("Customers with 2 or more paid orders up to the period's end ÷ customers with at least 1.")),
     Metric("purchase_frequency", N_("Purchase frequency"), "number",
-           N_("Paid orders in the period ÷ customers who bought in the period.")),
+           N_("Paid orders in the period ÷ customers who bought in the period."), per_period=True),
     Metric("average_clv", N_("Average customer lifetime value"), "money",
            N_("Eligible spend of every paid order up to the period's end (after refunds; no shipping, tax or gift "
            "cards) ÷ customers with a paid order up to then.")),
     Metric("redemption_rate", N_("Reward redemption rate"), "rate",
-           N_("Points spent on rewards in the period ÷ points issued in the period.")),
+           N_("Points spent on rewards in the period ÷ points issued in the period."), per_period=True),
     Metric("active_members", N_("Active members"), "count",
            N_("Customers with a paid order or a visit in the 90 days up to the period's last day (today, for the "
            "current period).")),
     Metric("points_issued", N_("Points issued"), "points",
            N_("Points earned in the period (orders net of their refunds and cancellations, visits, referrals, "
-           "memberships, adjustments).")),
+           "memberships, adjustments)."), per_period=True),
     Metric("points_spent", N_("Points spent"), "points",
-           N_("Points redeemed for rewards in the period, less points given back when an unused reward expired.")),
+           N_("Points redeemed for rewards in the period, less points given back when an unused reward expired."),
+           per_period=True),
     Metric("points_expired", N_("Points expired"), "points",
-           N_("Points that expired in the period (what was left of each lot at its expiry date).")),
+           N_("Points that expired in the period (what was left of each lot at its expiry date)."), per_period=True),
     Metric("points_liability", N_("Outstanding points liability"), "money",
            N_("Outstanding points at the period's end (issued − spent − expired, to date) × the value of a point "
            "(the best fixed-amount reward's value ÷ cost, or [engine] point_value). One balance across "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
 import requests
@@ -19,7 +19,7 @@ from engine.cli_admin import admin_commands
 from engine.customers import customer_summary
 from engine.hookspecs import hookimpl
 from engine.web import create_app
-from engine.web.pages.admin import add_user, format_value
+from engine.web.pages.admin import _label, add_user, format_value
 from engine.web.pages.render import Formats
 from tests import test_metrics as plan
 from tests.conftest import screenshot
@@ -303,6 +303,56 @@ def test_the_overview_figures_and_channels(shop):
     assert "Points are one balance across channels" in page.text
     weekly = session.get(f"{base}/admin/", params={"to": "2026-03-31", "period": "week"})
     assert weekly.status_code == 200 and weekly.text.count('class="chart"') == len(plan.metrics.METRICS)
+
+
+def test_a_period_not_over_yet_is_said_so_far_beneath_the_last_one_that_is(shop):
+    """On the 1st of a month its retention is 0 % (nobody came back yet): a
+    figure of the period alone is shown for the last period that is over, and
+    the current one "so far"; a figure to date (active members, the
+    liability) is today's."""
+    engine, base = shop
+    session = signed_in(base)
+    zone = plan.metrics.recorder(engine).zone
+    now = datetime.now(UTC)
+    today = now.astimezone(zone).date()
+    sales = [now] + [datetime.combine(plan.metrics.previous_period(plan.metrics.period_start(today, period), period)
+                                      + timedelta(days=1), time(12), zone) for period in ("month", "week")]
+    for number, when in enumerate(sales):  # points in the last periods that are over, and in the current ones
+        engine.ingest("pos", "sale", json.dumps({
+            "id": f"recent{number}", "terminal": "t1", "occurred_at": when.isoformat(),
+            "customer": {"email": "ana@example.com"},
+            "lines": [{"sku": "X", "quantity": 1, "unit_price": f"{20 + number}.00"}]}).encode())
+    for period in ("month", "week"):
+        today = datetime.now(UTC).astimezone(zone).date()
+        html = session.get(f"{base}/admin/", params={"period": period}).text
+        begin = plan.metrics.period_start(today, period)
+        before = plan.metrics.previous_period(begin, period)
+        found = plan.metrics.compute(engine, [m.name for m in plan.metrics.METRICS], before, today, None, period,
+                                     today)
+        fmt = Formats("en", "EUR")
+        days = (today - begin).days + 1
+        for metric in plan.metrics.METRICS:
+            card = re.search(rf'data-metric="{metric.name}">(.*?)</article>', html, re.S).group(1)
+            when = re.search(r'<span class="muted when">([^<]*)</span>', card).group(1)
+            value = re.search(r'<span class="value">([^<]*)</span>', card).group(1)
+            (_, past), (_, current) = found[metric.name]
+            def label(day, period=period):
+                return _label(day, period, "en")
+
+            if metric.per_period:
+                assert (when, value) == (label(before), format_value(fmt, metric.unit, past)), metric.name
+                assert (f"{label(begin)} so far ({days} day{'' if days == 1 else 's'}): "
+                        f"{format_value(fmt, metric.unit, current)}") in card, metric.name
+                assert ('class="dot partial"' in card) == (current is not None), metric.name  # drawn hollow
+                assert ('class="dot last"' in card) == (past is not None), metric.name  # the figure's point
+            else:
+                assert (when, value) == (label(begin), format_value(fmt, metric.unit, current)), metric.name
+                assert "so far" not in card and "partial" not in card
+        assert found["points_issued"][0][1] > 0 and found["points_issued"][1][1] > 0  # (the sales above)
+        assert "shown for the last period that is over" in html
+    # a period that is over (March 2026, from ?to=) has no "so far"
+    past = session.get(f"{base}/admin/", params={"to": "2026-03"}).text
+    assert "so far" not in past and "partial" not in past
 
 
 def _figures(html: str) -> dict[str, str]:

@@ -292,8 +292,11 @@ def format_value(fmt: Formats, unit: str, value) -> str:
     return fmt.number(value)
 
 
-def chart(points: list[tuple[str, Any, str]], title: str) -> Markup:
-    """A small inline SVG line chart: (label, value or None, shown value) per period."""
+def chart(points: list[tuple[str, Any, str]], title: str, mark: int | None = None, partial: bool = False) -> Markup:
+    """A small inline SVG line chart: (label, value or None, shown value) per
+    period. ``mark``: the point the card's figure is (default the last);
+    ``partial``: the last period is not over, its point is drawn hollow."""
+    mark = len(points) - 1 if mark is None else mark
     width, height, left, right, top, bottom = 300, 96, 6, 6, 10, 22
     values = [v for _, v, _ in points if v is not None]
     numbers = [float(v) for v in values]
@@ -329,9 +332,10 @@ def chart(points: list[tuple[str, Any, str]], title: str) -> Markup:
     for i, (label, value, shown) in enumerate(points):
         if value is None:
             continue
-        last = " last" if i == len(points) - 1 else ""
-        parts.append(f'<circle class="dot{last}" cx="{x(i):.1f}" cy="{y(value):.1f}" r="{3.2 if last else 2.2}">'
-                     f"<title>{escape(label)}: {escape(shown)}</title></circle>")
+        last = " last" if i == mark else ""
+        hollow = " partial" if partial and i == len(points) - 1 else ""
+        parts.append(f'<circle class="dot{last}{hollow}" cx="{x(i):.1f}" cy="{y(value):.1f}" '
+                     f'r="{3.2 if last else 2.2}"><title>{escape(label)}: {escape(shown)}</title></circle>')
     if values:
         top_label = max((p for p in points if p[1] is not None), key=lambda p: float(p[1]))[2]
         parts.append(f'<text class="tick" x="{left}" y="7">{escape(top_label)}</text>')
@@ -538,12 +542,21 @@ class Admin:
                                 period=period, channel=channel, to=params.get("to") or "", point_value=None,
                                 start=start, end=end, not_built=str(exc), trouble=trouble)
         cards = []
+        # The last period shown is not over yet (today is in it): a figure of
+        # the period alone would show a part of it (on the 1st, a 100 % churn).
+        last_start = metrics.period_start(end, period)
+        days_so_far = (today - last_start).days + 1 if today < metrics.next_period(last_start, period) else None
         for metric in metrics.METRICS:
             values = found[metric.name]
             points = [(_label(day, period, fmt.locale), value, format_value(fmt, metric.unit, value))
                       for day, value in values]
-            latest = points[-1] if points else ("", None, "–")
-            previous = points[-2] if len(points) > 1 else None
+            shown = len(points) - 1
+            so_far = None
+            if metric.per_period and days_so_far is not None and len(points) > 1:
+                shown -= 1  # the last period that is over; the one under way is said "so far"
+                so_far = {"period": points[-1][0], "value": points[-1][2], "days": max(days_so_far, 0)}
+            latest = points[shown] if points else ("", None, "–")
+            previous = points[shown - 1] if shown > 0 else None
             cards.append({
                 "metric": metric,
                 "title": gettext(metric.title),
@@ -552,7 +565,8 @@ class Admin:
                 "raw": latest[1],
                 "period": latest[0],
                 "previous": previous,
-                "chart": chart(points, gettext(metric.title)),
+                "so_far": so_far,
+                "chart": chart(points, gettext(metric.title), shown, partial=so_far is not None),
                 "per_channel": not (channel and metric.name == "points_liability"),
             })
         return self._render(request, "admin_overview.html", user=request.state.user, nav="overview", cards=cards,

@@ -297,6 +297,27 @@ def customer_import_points(ctx: Context, file: str, replace: bool, note: str | N
         sys.exit(1)
 
 
+@customer.command("export-all")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True, allow_dash=True), default="-")
+@click.option("--excel", is_flag=True, help="Begin with a UTF-8 byte-order mark, which Excel needs for accents.")
+@pass_ctx
+def customer_export_all(ctx: Context, file: str, excel: bool) -> None:
+    """Write every customer as CSV to FILE (default: standard output): id,
+    email, phone, names, card code, points, tier, marketing consent, birthday,
+    since when, and each stamp card's stamps. `import-points` reads the file
+    as it is (another regulars, or back here)."""
+    from engine.exports import csv_lines
+
+    engine = ctx.engine
+    engine.ensure_schema()
+    written = [0]
+    with click.open_file(file, "wb", atomic=file != "-") as out:  # (bytes: the CSV's own line ends)
+        for piece in csv_lines(engine, bom=excel, tally=written):
+            out.write(piece.encode("utf-8"))
+    if file != "-":
+        err.print(f"{written[0]} customer{'' if written[0] == 1 else 's'} written to {file}", highlight=False)
+
+
 @customer.command("birthday")
 @click.argument("key")
 @click.argument("day", metavar="YYYY-MM-DD|none")

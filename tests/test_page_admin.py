@@ -13,10 +13,12 @@ from datetime import UTC, datetime, time, timedelta
 import pytest
 import requests
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from engine.cli import Context
 from engine.cli_admin import admin_commands
 from engine.customers import customer_summary
+from engine.db.models import customers
 from engine.hookspecs import hookimpl
 from engine.web import create_app
 from engine.web.pages.admin import _label, add_user, format_value
@@ -245,6 +247,44 @@ def test_customer_search_and_the_customers_page(shop):
     by_nul = session.get(f"{base}/admin/customers", params={"q": "fay\x00@"})
     assert by_nul.status_code == 200 and "fay@example.com" in by_nul.text
     assert session.get(f"{base}/admin/customers/999999").status_code == 404
+
+
+def test_the_customers_page_is_paged_counts_them_and_downloads_them_all(shop, monkeypatch):
+    engine, base = shop
+    monkeypatch.setattr("engine.web.pages.admin.CUSTOMERS_PAGE", 2)
+    session = signed_in(base)
+    with engine.db.connect() as conn:
+        ids = conn.execute(select(customers.c.id).where(customers.c.merged_into.is_(None))
+                           .order_by(customers.c.id.desc())).scalars().all()
+    assert len(ids) >= 5
+    first = session.get(f"{base}/admin/customers").text
+    assert f"{len(ids)} customers, newest first." in first
+    seen, page, pages = [], first, 1
+    while True:
+        seen += [int(i) for i in re.findall(r'href="/admin/customers/(\d+)"', page)]
+        older = re.search(r'href="/admin/customers\?before=(\d+)"', page)
+        if pages > 1:
+            assert 'href="/admin/customers">← Newest' in page
+        if older is None:
+            break
+        page = session.get(f"{base}/admin/customers", params={"before": older.group(1)}).text
+        pages += 1
+    assert seen == ids and pages == (len(ids) + 1) // 2  # every customer once, newest first
+    assert session.get(f"{base}/admin/customers", params={"before": "x"}).text == first  # nonsense: the first page
+    # a search with more matches than a page says so
+    many = session.get(f"{base}/admin/customers", params={"q": "example.com"}).text
+    assert "Only the first 2 matches are shown" in many and "before=" not in many
+    # the CSV: every customer, for Excel (a byte-order mark), signed in only
+    download = session.get(f"{base}/admin/customers.csv")
+    assert download.status_code == 200 and download.headers["content-type"].startswith("text/csv")
+    assert re.fullmatch(r'attachment; filename="regulars-customers-\d{4}-\d{2}-\d{2}\.csv"',
+                        download.headers["content-disposition"])
+    assert download.content.startswith(b"\xef\xbb\xbfid,email,phone,")
+    from engine.exports import csv_lines
+
+    assert download.content.decode("utf-8-sig") == "".join(csv_lines(engine))
+    assert len(download.content.decode("utf-8-sig").splitlines()) == len(ids) + 1
+    assert requests.get(f"{base}/admin/customers.csv", allow_redirects=False).status_code == 303
 
 
 def test_the_ledger_is_paged(shop):

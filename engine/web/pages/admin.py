@@ -49,7 +49,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
 from engine import inbox, metrics
@@ -78,6 +78,8 @@ SESSION_COOKIE = "regulars_admin"
 SESSION_SECONDS = 8 * 3600
 MAX_FORM = 64 * 1024
 LEDGER_PAGE = 50
+#: the customers the customers page lists (newest first), or a search finds
+CUSTOMERS_PAGE = 50
 #: the adjustments the dashboard lists, newest first
 ADJUSTMENTS_PAGE = 200
 USERNAME = re.compile(r"^[A-Za-z0-9._@+-]{1,150}$")
@@ -588,8 +590,13 @@ class Admin:
 
     # -- customers -------------------------------------------------------------------
 
-    def _search(self, query: str) -> list:
+    def _search(self, query: str, before: int | None = None) -> tuple[list, bool, int | None]:
+        """(rows, more, total): the customers a search finds (the first
+        ``CUSTOMERS_PAGE``; ``more``: there are others), or with no search the
+        ``CUSTOMERS_PAGE`` newest before the id ``before`` (``more``: older ones
+        follow; ``total``: how many customers there are)."""
         found: list[int] = []
+        total = None
         with self.engine.db.connect() as conn:
             if query:
                 exact = self.engine.identity.find(conn, query)
@@ -597,30 +604,49 @@ class Admin:
                     found.append(exact)
                 like = f"%{query.lower().replace('%', '').replace('_', '')}%"
                 rows = conn.execute(
-                    select(customers.c.id).where(search_condition(like)).order_by(customers.c.id.desc()).limit(50)
+                    select(customers.c.id).where(search_condition(like)).order_by(customers.c.id.desc())
+                    .limit(CUSTOMERS_PAGE + 1)
                 ).scalars().all()
                 found += [r for r in rows if r not in found]
             else:
-                found = conn.execute(select(customers.c.id).where(customers.c.merged_into.is_(None))
-                                     .order_by(customers.c.id.desc()).limit(50)).scalars().all()
+                listed = select(customers.c.id).where(customers.c.merged_into.is_(None))
+                if before is not None:
+                    listed = listed.where(customers.c.id < before)
+                found = conn.execute(listed.order_by(customers.c.id.desc()).limit(CUSTOMERS_PAGE + 1)).scalars().all()
+                total = conn.execute(select(func.count()).select_from(customers)
+                                     .where(customers.c.merged_into.is_(None))).scalar_one()
+            more = len(found) > CUSTOMERS_PAGE
+            found = found[:CUSTOMERS_PAGE]
             if not found:
-                return []
+                return [], False, total
             balance = select(accounts.c.customer_id, accounts.c.balance).where(accounts.c.unit == "points").subquery()
             rows = conn.execute(
                 select(customers, func.coalesce(balance.c.balance, 0).label("points"))
                 .select_from(customers.outerjoin(balance, balance.c.customer_id == customers.c.id))
-                .where(customers.c.id.in_(found[:50]))
+                .where(customers.c.id.in_(found))
             ).all()
         order = {cid: i for i, cid in enumerate(found)}
-        return sorted(rows, key=lambda r: order[r.id])
+        return sorted(rows, key=lambda r: order[r.id]), more, total
 
     async def customer_list(self, request: Request) -> Response:
         query = storable(request.query_params.get("q", "")).strip()[:200]  # no NUL reaches the database
-        rows = await run_in_threadpool(self._search, query)
+        before = request.query_params.get("before", "")
+        before = int(before) if before.isdigit() and len(before) < 19 else None
+        rows, more, total = await run_in_threadpool(self._search, query, None if query else before)
         if query and len(rows) == 1:
             return RedirectResponse(f"/admin/customers/{rows[0].id}", status_code=303)
         return self._render(request, "admin_customers.html", user=request.state.user, nav="customers", q=query,
-                            rows=rows)
+                            rows=rows, more=more, total=total, before=None if query else before,
+                            page_size=CUSTOMERS_PAGE)
+
+    async def customers_csv(self, request: Request) -> Response:
+        """Every customer as CSV (engine.exports), streamed a chunk at a time."""
+        from engine.exports import csv_lines
+
+        today = datetime.now(UTC).date().isoformat()
+        return StreamingResponse(csv_lines(self.engine, bom=True), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition":
+                                          f'attachment; filename="regulars-customers-{today}.csv"'})
 
     def _customer(self, customer_id: int, page: int) -> dict | None:
         from engine.customers import customer_summary
@@ -844,6 +870,7 @@ class Admin:
                 Route("/sign-in", self.sign_in, methods=["POST"]),
                 Route("/sign-out", signed_in(self.sign_out), methods=["POST"], name="sign_out"),
                 Route("/customers", signed_in(self.customer_list), name="customers"),
+                Route("/customers.csv", signed_in(self.customers_csv), name="customers_csv"),
                 Route("/customers/{customer_id:int}", signed_in(self.customer_page), name="customer"),
                 Route("/customers/{customer_id:int}/adjust", signed_in(self.adjust), methods=["POST"],
                       name="adjust"),

@@ -18,7 +18,8 @@ it is: ``import-points --set`` makes each balance the exported one.
 - A text a customer chose (a name, an email) that a spreadsheet would take
   for a formula (it starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
   return) is written with a leading ``'``, as OWASP advises against CSV
-  injection. Phones are written as regulars keeps them (E.164, ``+420...``).
+  injection; ``import-points`` reads such a cell without it. Phones are
+  written as regulars keeps them (E.164, ``+420...``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ CHUNK = 2000
 #: the columns before the stamp cards'
 COLUMNS = ("id", "email", "phone", "first_name", "last_name", "card_code", "points", "tier", "accepts_marketing",
            "birthday", "created_at")
-#: what a spreadsheet takes for the start of a formula
+#: what a spreadsheet takes for the start of a formula (engine.imports reads
+#: a cell so guarded back)
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 

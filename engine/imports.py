@@ -6,7 +6,9 @@ its balance column is named ``points``): a header row naming an ``email``
 column (or ``phone``, or ``card_code``) and a ``points`` column;
 ``first_name`` and ``last_name`` are read when present. Commas or semicolons
 separate the columns (a spreadsheet in a Czech or German locale writes
-semicolons), and a UTF-8 byte-order mark (Excel's) is skipped.
+semicolons), and a UTF-8 byte-order mark (Excel's) is skipped. A cell that
+``regulars customer export-all`` wrote with a leading ``'`` (a name that
+starts like a formula) is read without it.
 
 - **Add** (the default): each row's points are given (or, negative, taken) as
   an adjustment (``engine.adjustments``) with the note.
@@ -44,6 +46,8 @@ from engine.rules_api import UNIT_POINTS
 
 #: the columns a row may name its customer by, tried in this order
 KEYS = ("email", "phone", "card_code")
+#: a cell an export wrote with a leading ' so that no spreadsheet runs it (engine.exports)
+_GUARDED = tuple("'" + start for start in ("=", "+", "-", "@", "\t", "\r"))
 #: the statuses a row ends in
 STATUSES = ("adjusted", "unchanged", "already imported", "refused")
 
@@ -82,10 +86,16 @@ def read_rows(data: bytes) -> list[tuple[int, dict[str, str]]]:
     reader.fieldnames = names
     rows = []
     for row in reader:
-        values = {name: (value or "").strip() for name, value in row.items() if name is not None}
+        values = {name: _unguarded((value or "").strip()) for name, value in row.items() if name is not None}
         if any(values.values()):
             rows.append((reader.line_num, values))
     return rows
+
+
+def _unguarded(text: str) -> str:
+    """A cell as it was before an export guarded it against spreadsheets
+    (``engine.exports.guarded``: ``'=...`` is ``=...``)."""
+    return text[1:] if text.startswith(_GUARDED) else text
 
 
 def import_points(engine, data: bytes, note: str, by: str, replace: bool = False, dry_run: bool = False,

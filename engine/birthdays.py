@@ -25,7 +25,7 @@ import logging
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import extract, func, select
 from sqlalchemy.engine import Connection
 
 from engine.db import as_utc
@@ -71,13 +71,29 @@ def falls_on(birthday: date, year: int) -> date:
     return birthday.replace(year=year)
 
 
+def _month_day(conn: Connection):
+    """A stored birthday's month × 100 + day, in SQL. Birthdays are stored as
+    midnight UTC: PostgreSQL reads them in UTC (not the session's time zone);
+    SQLite keeps the UTC text."""
+    column = customers.c.birthday
+    if conn.dialect.name == "postgresql":
+        column = func.timezone("UTC", column)
+    return extract("month", column) * 100 + extract("day", column)
+
+
 def due(conn: Connection, today: date, zone: ZoneInfo) -> list[tuple[int, date]]:
     """``(customer id, day)`` of the birthdays to celebrate on ``today``:
     on it or the ``CATCH_UP_DAYS - 1`` days before, known before their day
     began. Oldest day first."""
     days = [today - timedelta(days=n) for n in range(CATCH_UP_DAYS - 1, -1, -1)]
+    # Only the birthdays on those days' month and day are read (29 February
+    # too, on a 28 February of a year without one), not every birthday known.
+    wanted = {day.month * 100 + day.day for day in days}
+    if any((day.month, day.day) == (2, 28) and not calendar.isleap(day.year) for day in days):
+        wanted.add(229)
     born = conn.execute(select(customers.c.id, customers.c.birthday)
-                        .where(customers.c.birthday.is_not(None), customers.c.merged_into.is_(None))).all()
+                        .where(customers.c.birthday.is_not(None), customers.c.merged_into.is_(None),
+                               _month_day(conn).in_(sorted(wanted)))).all()
     found = {}
     for row in born:
         birthday = as_utc(row.birthday).date()  # (stored as midnight UTC: engine.identity)

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from engine.birthdays import falls_on
@@ -18,7 +21,7 @@ from engine.hookspecs import hookimpl
 from engine.jobs import JOBS, JobFailed, run
 from engine.rules_api import Award
 from engine.work import SCHEDULE
-from tests.conftest import DEFAULT_TABLES
+from tests.conftest import DEFAULT_TABLES, examples
 from tests.plugins.till import CanonicalTill, till_customer
 from tests.plugins_builtin.shop import send
 
@@ -195,3 +198,65 @@ def test_a_merged_customer_s_birthday_is_the_survivor_s(make_engine):
     with engine.db.begin() as conn:
         engine.identity.merge(conn, keep=keep, gone=gone, at=KNOWN_SINCE + timedelta(days=1))
     assert run(engine, "birthday-gifts", at("2026-05-12T09:10:00+00:00")) == "1 birthdays, 1 gifts given"
+
+
+#: birthdays around the days a month-and-day filter could get wrong
+TRICKY = [date(1990, 1, 1), date(1985, 12, 31), date(2000, 2, 29), date(1999, 2, 28), date(1999, 3, 1),
+          date(1970, 3, 2), date(1991, 4, 30), date(1991, 5, 1), date(1992, 5, 12), date(1980, 10, 9),
+          date(1980, 11, 1), date(1996, 2, 29), date(1993, 2, 27), date(1988, 6, 15), date(1988, 12, 30)]
+
+
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(today=st.dates(min_value=date(2026, 1, 1), max_value=date(2033, 12, 31)) | st.sampled_from(
+    [date(2027, 2, 28), date(2027, 3, 1), date(2027, 3, 2), date(2028, 2, 28), date(2028, 2, 29), date(2028, 3, 1),
+     date(2027, 1, 1), date(2027, 1, 2), date(2026, 12, 31)]))
+def test_the_birthdays_read_are_those_of_the_days_and_no_more(birthday_shop, today):
+    """``due`` reads only the birthdays whose month and day are the days' (in
+    SQL): it finds what reading every birthday and asking ``falls_on`` finds."""
+    from engine.birthdays import CATCH_UP_DAYS, due
+
+    engine, born = birthday_shop
+    days = [today - timedelta(days=n) for n in range(CATCH_UP_DAYS - 1, -1, -1)]
+    wanted = {}
+    for customer_id, birthday in born.items():
+        for day in days:
+            if falls_on(birthday, day.year) == day:
+                wanted[customer_id] = day
+    with engine.db.connect() as conn:
+        if conn.dialect.name == "postgresql":  # a session's own time zone changes nothing (stored as UTC)
+            conn.exec_driver_sql("SET TIME ZONE 'America/New_York'")
+        found = due(conn, today, ZoneInfo("UTC"))
+    assert found == sorted(wanted.items(), key=lambda pair: (pair[1], pair[0]))
+
+
+@pytest.fixture
+def birthday_shop(make_engine):
+    """A shop whose customers (known since 2024) have the ``TRICKY`` birthdays."""
+    engine = make_engine(tables())
+    engine.ensure_schema()
+    since = datetime(2024, 1, 1, tzinfo=UTC)
+    born = {}
+    with engine.db.begin() as conn:
+        for number, birthday in enumerate(TRICKY):
+            customer_id = engine.identity.resolve(conn, "cli", {"email": f"c{number}@example.com"}, since)
+            assert engine.identity.set_birthday(conn, customer_id, birthday, since)
+            born[customer_id] = birthday
+    return engine, born
+
+
+@pytest.mark.postgres
+def test_a_postgresql_server_in_another_time_zone_changes_no_day(make_engine, postgres_url, monkeypatch):
+    """A server whose TimeZone is New York's (initdb takes the machine's)
+    hands timestamps back in it unless told otherwise: a birthday stored as
+    midnight UTC would be the evening before, the gift given a day early and
+    the card showing the wrong day. regulars sets its sessions to UTC."""
+    monkeypatch.setenv("PGTZ", "America/New_York")  # (libpq's: the session's TimeZone at connect)
+    engine = make_engine(tables(), url=postgres_url, extra_plugins=(("till", CanonicalTill()),))
+    send(engine, *till_customer(EMAIL, KNOWN_SINCE, birthday="1990-05-12"))
+    with engine.db.connect() as conn:
+        assert conn.exec_driver_sql("SHOW TIME ZONE").scalar() == "UTC"
+    assert customer_summary(engine, EMAIL)["birthday"] == "1990-05-12"
+    run(engine, "birthday-gifts", at("2026-05-11T12:00:00+00:00"))
+    assert points(engine) == 0
+    run(engine, "birthday-gifts", at("2026-05-12T12:00:00+00:00"))
+    assert points(engine) == 100

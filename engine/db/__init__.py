@@ -4,7 +4,7 @@ the Alembic migrations that build its schema."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from alembic import command
@@ -63,6 +63,17 @@ def make_engine(url: str, **kwargs) -> SAEngine:
         return engine
     engine = create_engine(url, **kwargs)
     _ping_when_idle(engine)
+
+    @event.listens_for(engine, "connect")
+    def _postgresql_connect(dbapi_connection, _record):
+        # Timestamps come back in UTC, and SQL reads them in UTC, whatever the
+        # server's TimeZone (initdb takes the machine's: a server in New York
+        # would hand a birthday stored as midnight UTC back as the evening
+        # before, and a date taken from it a day early).
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+        dbapi_connection.commit()
+
     return engine
 
 
@@ -136,12 +147,19 @@ def ensure_schema(engine: SAEngine, auto: bool) -> None:
     )
 
 
+_ZERO = timedelta(0)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without a zone; they were stored in UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+    """A timestamp read from the database, in UTC: SQLite hands timestamps
+    back without a zone (they were stored in UTC); PostgreSQL in the
+    session's time zone (UTC, ``make_engine``)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value if value.utcoffset() == _ZERO else value.astimezone(UTC)

@@ -478,6 +478,59 @@ def demo_start(engine: Any, customers: int, seed: int, now: datetime | None = No
     return T0 + (anchor - last)
 
 
+#: the share of customers with points enough who spend some on a reward (in ‰)
+SPENDERS = 400
+
+
+def redeem_some(engine: Any, seed: int, end: datetime) -> int:
+    """Some customers spend points, as a shop's do, so that the dashboard's
+    points spent and redemption rate have figures: each customer with points
+    enough for a reward of the catalogue whose email's hash falls in
+    ``SPENDERS`` (Jana, whom the README shows, never) buys the dearest one
+    they can afford (of a partial one, as many units as they can), a few days
+    after their last points, at the counter when there is one. Its key is
+    the seed's and the customer's: running the demo again redeems nothing
+    more (a customer with a demo redemption of the seed is passed over).
+    Returns how many were redeemed now."""
+    from sqlalchemy import func, select
+
+    from engine.db import as_utc
+    from engine.db.models import accounts, ledger_entries, rewards
+    from engine.db.models import customers as people
+    from engine.rewards import RedemptionRefused
+
+    prices = sorted((entry["cost"], name) for name, entry in engine.catalogue.entries.items() if entry.get("cost"))
+    if not prices:
+        return 0
+    channel = "pos" if "pos" in engine.connectors else None
+    with engine.db.connect() as conn:
+        rows = conn.execute(
+            select(people.c.email, accounts.c.balance, func.max(ledger_entries.c.occurred_at).label("last"))
+            .join(accounts, accounts.c.customer_id == people.c.id)
+            .join(ledger_entries, ledger_entries.c.account_id == accounts.c.id)
+            .where(accounts.c.unit == "points", accounts.c.balance >= prices[0][0], people.c.merged_into.is_(None),
+                   people.c.email.is_not(None), people.c.email != SHOWCASE)
+            .group_by(people.c.id, people.c.email, accounts.c.balance).order_by(people.c.id)).all()
+        prefix = f"redeem:demo:{seed}:"
+        done = {key[len(prefix):] for key in conn.execute(
+            select(rewards.c.key).where(rewards.c.key.startswith(prefix, autoescape=True))).scalars()}
+    redeemed = 0
+    for email, balance, last in rows:
+        if email in done or _crc(f"{seed}:{email}") % 1000 >= SPENDERS:
+            continue
+        cost, name = max((cost, name) for cost, name in prices if cost <= balance)
+        entry = engine.catalogue.entries[name]
+        units = min(balance // cost, entry.get("max_units") or 1) if entry.get("partial") else 1
+        at = min(as_utc(last) + timedelta(days=1 + _crc(email) % 10, minutes=_crc(name + email) % 600), end)
+        try:
+            engine.redeem(email, name, channel=channel, units=units, idempotency_key=f"demo:{seed}:{email}",
+                                   at=at)
+        except RedemptionRefused:  # points not spendable yet (a return window)
+            continue
+        redeemed += 1
+    return redeemed
+
+
 def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dict[str, Any]:
     """Ingest the demo shop with ``engine.ingest_batch`` (``BATCH`` deliveries per
     channel and topic), print a summary and return its figures (counts by status,
@@ -508,6 +561,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
                     counts[outcome.status] += 1
                     failures += [outcome] if outcome.status == "failed" else []
                 progress.advance(task, len(chunk))
+    redeemed = redeem_some(engine, seed, max(moment for group in stream.values() for moment, _ in group))
     points = accounts.c.unit == "points"
     with engine.db.connect() as conn:
         drifts = engine.ledger.audit(conn)
@@ -525,7 +579,8 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     console.print(f"[bold]{sum(counts.values())} deliveries[/bold] in {seconds:.1f} s: "
                   + ", ".join(f"{n} {status}" for status, n in counts.items()), highlight=False, markup=True)
     console.print(f"{tally['orders']} orders ({tally['refunds']} partly refunded, {tally['cancelled']} "
-                  f"cancelled); {tally['both']} of {customers} customers bought in both shops", highlight=False)
+                  f"cancelled); {tally['both']} of {customers} customers bought in both shops"
+                  + (f"; {redeemed} spent points on a reward" if redeemed else ""), highlight=False)
     for outcome in failures[:10]:
         console.print(f"[red]failed[/red] delivery {outcome.inbox_id}: {escape(outcome.error or '')}", highlight=False,
                       markup=True)
@@ -546,4 +601,5 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
                       markup=True)
     return {**counts, "deliveries": sum(counts.values()), "customers": n_people, "points": int(outstanding),
             "top": [(email, int(balance)) for email, balance, _ in top], "drifts": len(drifts),
-            "orders": tally["orders"], "both_channels": tally["both"], "seconds": round(seconds, 2)}
+            "orders": tally["orders"], "both_channels": tally["both"], "redeemed": redeemed,
+            "seconds": round(seconds, 2)}

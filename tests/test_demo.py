@@ -188,6 +188,56 @@ def test_the_demo_s_history_ends_at_the_hour_it_was_first_run_and_stays_there(de
     assert timedelta(0) <= now - last < timedelta(hours=2)  # (the hour it began, truncated)
 
 
+def test_with_the_repository_s_catalogue_some_customers_spend_points_once(make_engine, monkeypatch, tmp_path):
+    """The README's demo (plugins.toml has rewards): some customers buy one,
+    dated in the shop's history, so the dashboard's points spent and
+    redemption rate have figures; what they spent is what their balances
+    lack of what they earned; a second run spends nothing more."""
+    import tomllib
+    from pathlib import Path
+
+    from engine.db.models import rewards
+
+    tables = tomllib.loads((Path(__file__).resolve().parents[1] / "plugins.toml").read_text())
+    engine = make_engine(tables)
+    first = run_demo(engine, CUSTOMERS * 2, SEED, _quiet())
+    assert first["failed"] == 0 and first["drifts"] == 0
+    with engine.db.connect() as conn:
+        bought = conn.execute(select(rewards.c.reward, rewards.c.cost, rewards.c.channel, rewards.c.issued_at,
+                                     customers.c.email)
+                              .join(customers, customers.c.id == rewards.c.customer_id)
+                              .where(rewards.c.key.startswith(f"redeem:demo:{SEED}:"))).all()
+        spent = dict(conn.execute(
+            select(customers.c.email, -func.sum(ledger_entries.c.amount))
+            .join(accounts, accounts.c.customer_id == customers.c.id)
+            .join(ledger_entries, ledger_entries.c.account_id == accounts.c.id)
+            .where(accounts.c.unit == "points", ledger_entries.c.reason == "redeem")
+            .group_by(customers.c.email)).all())
+        newest = conn.execute(select(func.max(inbox.c.received_at))).scalar()
+    assert first["redeemed"] == len(bought) > 0
+    with_points = [email for email in _expected_points(plan(CUSTOMERS * 2, SEED)[0])
+                   if customer_summary(engine, email)["points"] + spent.get(email, 0) >= 100]
+    assert len(bought) < len(with_points)  # (a share, about engine.demo.SPENDERS ‰, not everyone)
+    assert SHOWCASE not in {row.email for row in bought}
+    assert {row.channel for row in bought} == {"pos"}
+    assert {email: cost for _, cost, _, _, email in bought} == spent
+    for row in bought:  # in the shop's history, not at the hour the demo ran
+        assert row.issued_at < newest
+    # the same shop without the spending: every balance is what was spent more
+    monkeypatch.setattr("engine.demo.SPENDERS", 0)
+    unspent = make_engine(tables, url=f"sqlite:///{tmp_path / 'unspent.sqlite3'}")
+    unspent.ensure_schema()
+    assert run_demo(unspent, CUSTOMERS * 2, SEED, _quiet())["redeemed"] == 0
+    emails = list(_expected_points(plan(CUSTOMERS * 2, SEED)[0]))
+    assert {email: customer_summary(engine, email)["points"] + spent.get(email, 0) for email in emails} == {
+        email: customer_summary(unspent, email)["points"] for email in emails}
+    monkeypatch.undo()
+    before = _state(engine)
+    second = run_demo(engine, CUSTOMERS * 2, SEED, _quiet())
+    assert second["redeemed"] == 0 and second["applied"] == 0
+    assert _state(engine) == before
+
+
 def test_shopify_bodies_translate_with_the_real_connector():
     connector = ShopifyConnector({"shop": "example.myshopify.com"})
     refund = shopify_refund(SHOPIFY_ID_BASE + 9, ORDER_ID, [(0, LINES[0], 1)], AT)

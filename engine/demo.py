@@ -487,12 +487,15 @@ def redeem_some(engine: Any, seed: int, end: datetime) -> int:
     points spent and redemption rate have figures: each customer with points
     enough for a reward of the catalogue whose email's hash falls in
     ``SPENDERS`` (Jana, whom the README shows, never) buys the dearest one
-    they can afford (of a partial one, as many units as they can), a few days
-    after their last points, at the counter when there is one. Its key is
+    they can afford (of a partial one, half the units they could), at the
+    counter when there is one, a few days after their points first reached
+    its cost (so spending follows earning through the months). Its key is
     the seed's and the customer's: running the demo again redeems nothing
     more (a customer with a demo redemption of the seed is passed over).
     Returns how many were redeemed now."""
-    from sqlalchemy import func, select
+    from collections import defaultdict
+
+    from sqlalchemy import select
 
     from engine.db import as_utc
     from engine.db.models import accounts, ledger_entries, rewards
@@ -503,28 +506,35 @@ def redeem_some(engine: Any, seed: int, end: datetime) -> int:
     if not prices:
         return 0
     channel = "pos" if "pos" in engine.connectors else None
+    prefix = f"redeem:demo:{seed}:"
     with engine.db.connect() as conn:
-        rows = conn.execute(
-            select(people.c.email, accounts.c.balance, func.max(ledger_entries.c.occurred_at).label("last"))
-            .join(accounts, accounts.c.customer_id == people.c.id)
-            .join(ledger_entries, ledger_entries.c.account_id == accounts.c.id)
-            .where(accounts.c.unit == "points", accounts.c.balance >= prices[0][0], people.c.merged_into.is_(None),
-                   people.c.email.is_not(None), people.c.email != SHOWCASE)
-            .group_by(people.c.id, people.c.email, accounts.c.balance).order_by(people.c.id)).all()
-        prefix = f"redeem:demo:{seed}:"
         done = {key[len(prefix):] for key in conn.execute(
             select(rewards.c.key).where(rewards.c.key.startswith(prefix, autoescape=True))).scalars()}
+        history: dict[tuple[str, int], list[tuple[datetime, int]]] = defaultdict(list)
+        for email, balance, at, amount in conn.execute(
+                select(people.c.email, accounts.c.balance, ledger_entries.c.occurred_at, ledger_entries.c.amount)
+                .join(accounts, accounts.c.customer_id == people.c.id)
+                .join(ledger_entries, ledger_entries.c.account_id == accounts.c.id)
+                .where(accounts.c.unit == "points", accounts.c.balance >= prices[0][0],
+                       people.c.merged_into.is_(None), people.c.email.is_not(None), people.c.email != SHOWCASE)
+                .order_by(people.c.id, ledger_entries.c.occurred_at, ledger_entries.c.id)):
+            history[email, balance].append((as_utc(at), amount))
     redeemed = 0
-    for email, balance, last in rows:
+    for (email, balance), entries in history.items():
         if email in done or _crc(f"{seed}:{email}") % 1000 >= SPENDERS:
             continue
         cost, name = max((cost, name) for cost, name in prices if cost <= balance)
         entry = engine.catalogue.entries[name]
-        units = min(balance // cost, entry.get("max_units") or 1) if entry.get("partial") else 1
-        at = min(as_utc(last) + timedelta(days=1 + _crc(email) % 10, minutes=_crc(name + email) % 600), end)
+        units = min(max(1, balance // cost // 2), entry.get("max_units") or 1) if entry.get("partial") else 1
+        running, reached = 0, entries[-1][0]
+        for at, amount in entries:
+            running += amount
+            if running >= cost * units:
+                reached = at
+                break
+        at = min(reached + timedelta(days=1 + _crc(email) % 10, minutes=_crc(name + email) % 600), end)
         try:
-            engine.redeem(email, name, channel=channel, units=units, idempotency_key=f"demo:{seed}:{email}",
-                                   at=at)
+            engine.redeem(email, name, channel=channel, units=units, idempotency_key=f"demo:{seed}:{email}", at=at)
         except RedemptionRefused:  # points not spendable yet (a return window)
             continue
         redeemed += 1

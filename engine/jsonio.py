@@ -20,8 +20,8 @@ PostgreSQL refuses). The engine writes none.
 itself what is wrong with a body it leaves to the json module).
 
 JSON can carry text that no database column holds: a NUL character
-(``\u0000``: PostgreSQL refuses it in text and in ``jsonb``) and a lone
-surrogate (``\ud800``: not encodable in UTF-8, so neither SQLite nor
+(``\\u0000``: PostgreSQL refuses it in text and in ``jsonb``) and a lone
+surrogate (``\\ud800``: not encodable in UTF-8, so neither SQLite nor
 PostgreSQL takes it). ``unstorable`` finds it; ``storable`` mends it in a
 parsed document.
 """

@@ -22,9 +22,12 @@ from sqlalchemy.engine import Connection
 
 from engine.config import ConfigError
 from engine.db.models import accounts, rewards
+from engine.ledger import CARD_BOOKKEEPING, STAMPS_PREFIX
 from engine.rules_api import StampCard
 
-PREFIX = "stamps:"
+PREFIX = STAMPS_PREFIX
+#: the reasons of a card's own entries (engine.ledger.CARD_BOOKKEEPING)
+COMPLETE, REOPENED = CARD_BOOKKEEPING
 _BALANCE = select(accounts.c.balance).where(
     accounts.c.customer_id == bindparam("customer_id"), accounts.c.unit == bindparam("unit")
 )
@@ -65,7 +68,7 @@ class Cards:
             ).scalar_one() + 1
             key = f"{source}:{customer_id}:{number}"
             issued = self.rewards.issue(conn, customer_id, card.reward, source, key, at)
-            self.ledger.post(conn, customer_id, unit, -card.required, "card-complete", source, None, key, at,
+            self.ledger.post(conn, customer_id, unit, -card.required, COMPLETE, source, None, key, at,
                              detail={"reward": issued.code if issued else None})
             balance -= card.required
         while balance < 0:
@@ -77,6 +80,6 @@ class Cards:
             if last is None:
                 break  # its rewards were used: the card owes the stamps
             conn.execute(update(rewards).where(rewards.c.id == last.id).values(status="voided", used_at=at))
-            self.ledger.post(conn, customer_id, unit, card.required, "card-reopened", source, None,
+            self.ledger.post(conn, customer_id, unit, card.required, REOPENED, source, None,
                              f"{source}:{customer_id}:void:{last.id}", at, detail={"reward": last.code})
             balance += card.required

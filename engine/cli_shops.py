@@ -12,6 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from engine.notify import EVENTS
+
 console = Console(markup=False)  # a message's [brackets] are its text, not styles
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
@@ -192,8 +194,7 @@ def notify() -> None:
 
 
 @notify.command("test")
-@click.option("--event", type=click.Choice(["points.changed", "reward.issued", "points.expiring", "tier.changed"]),
-              multiple=True, help="Which (default: each of [notify] events).")
+@click.option("--event", type=click.Choice(EVENTS), multiple=True, help="Which (default: each of [notify] events).")
 @click.pass_obj
 def notify_test(ctx, event: tuple[str, ...]) -> None:
     """Send a sample of each notification, about a made-up customer, with

@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from engine.birthdays import birthday_wanted
 from engine.db import as_utc, utcnow
 from engine.db.models import customer_links, customers, orders
+from engine.ledger import STAMPS_PREFIX
 from engine.rules_api import UNIT_POINTS
 
-STAMPS_PREFIX = "stamps:"
 #: how far ahead ``points_expiring`` looks when ``[rules.expiry] remind_days`` is not set
 EXPIRING_DAYS = 30
 

@@ -24,6 +24,11 @@ from engine.rules_api import UNIT_POINTS, PointsChange
 #: the reasons of postings that move points between two records of one person
 #: (a merge): not changes to their points
 MOVED = ("merge",)
+#: a stamp card's own entries: a full card emptied (its reward issued), a
+#: card reopened (its unused reward voided); not stamps earned or taken
+CARD_BOOKKEEPING = ("card-complete", "card-reopened")
+#: the prefix of a stamp card's unit (engine.cards.PREFIX)
+STAMPS_PREFIX = "stamps:"
 
 
 @dataclass(frozen=True)
@@ -253,6 +258,8 @@ class Ledger:
             self.outbox.customer_changed(conn, customer_id)
             if unit == UNIT_POINTS and reason not in MOVED:
                 self.outbox.points_posted(conn, customer_id, key)
+            elif unit.startswith(STAMPS_PREFIX) and reason not in MOVED and reason not in CARD_BOOKKEEPING:
+                self.outbox.stamps_posted(conn, customer_id, key)
         if self.metrics is not None:
             self.metrics.posted(conn, customer_id, unit, amount, reason, source, occurred_at, detail)
         if unit == UNIT_POINTS and reason not in MOVED:

@@ -5,7 +5,7 @@ Mailchimp, Zapier, n8n, your own code) can tell the customer.
 ```toml
 [notify]
 url = "https://hooks.example.com/regulars"
-events = ["points.changed", "reward.issued", "points.expiring", "tier.changed"]   # the default: all
+events = ["points.changed", "stamps.changed", "reward.issued", "points.expiring", "tier.changed"]   # the default: all
 ```
 
 with ``REGULARS_NOTIFY_SECRET`` in the environment (the key of the
@@ -32,6 +32,13 @@ The bodies (``customer``: ``id``, ``email``, ``phone``, ``first_name``,
   entry of points (an order's, a refund's, a redemption's, an expiry's, a
   birthday gift's, an adjustment's, ...; not the pair a merge of two records
   of one person writes). ``balance`` is the customer's balance when sent.
+- ``stamps.changed``: ``{"id", "type", "occurred_at", "customer", "card":
+  {"name", "required", "reward", "stamps"}, "change": {"amount", "reason",
+  "source"}, "balance"}``, one per ledger entry of a stamp card's stamps (an
+  order's, a visit's, a refund's taking them back, an adjustment's, a
+  birthday gift's; not the entries that empty a full card or reopen it: the
+  full card is its ``reward.issued``). ``stamps`` is the open card's count
+  when sent (``required`` fill it), ``balance`` the points.
 - ``reward.issued``: ``{"id", "type", "occurred_at", "customer", "reward":
   {"code", "reward", "kind", "value", "sku", "cost", "channel",
   "expires_at", "spendable_in"}, "balance"}``.
@@ -65,7 +72,8 @@ from engine.db.models import accounts, customers, ledger_entries, rewards
 from engine.rules_api import UNIT_POINTS
 
 POINTS, REWARD, EXPIRING, TIER = "points.changed", "reward.issued", "points.expiring", "tier.changed"
-EVENTS = (POINTS, REWARD, EXPIRING, TIER)
+STAMPS = "stamps.changed"
+EVENTS = (POINTS, STAMPS, REWARD, EXPIRING, TIER)
 #: the outbox's channel for notifications (its rows' ``channel``)
 CHANNEL = "notify"
 SECRET_ENV = "REGULARS_NOTIFY_SECRET"
@@ -107,9 +115,11 @@ def tier_subject(customer_id: int, old: str | None, new: str | None, since: date
 
 
 def _entry(conn, row):
-    columns = (ledger_entries.c.amount, ledger_entries.c.reason, ledger_entries.c.source, ledger_entries.c.occurred_at)
+    columns = (ledger_entries.c.amount, ledger_entries.c.reason, ledger_entries.c.source, ledger_entries.c.occurred_at,
+               accounts.c.unit)
     if row.subject.startswith("entry:"):
-        return conn.execute(select(*columns).where(ledger_entries.c.key == row.subject[len("entry:"):])).one_or_none()
+        return conn.execute(select(*columns).join(accounts)
+                            .where(ledger_entries.c.key == row.subject[len("entry:"):])).one_or_none()
     digest = row.subject.split(":", 1)[1]  # (a long key: among the customer's entries)
     for entry in conn.execute(select(ledger_entries.c.key, *columns).join(accounts)
                               .where(accounts.c.customer_id == row.customer_id)):
@@ -173,6 +183,9 @@ def sample(event: str, now: datetime) -> dict[str, Any]:
     }
     if event == POINTS:
         body["change"] = {"amount": 40, "reason": "order", "source": "order:shopify:1001"}
+    elif event == STAMPS:
+        body["card"] = {"name": "coffee", "required": 10, "reward": "free-coffee", "stamps": 7}
+        body["change"] = {"amount": 1, "reason": "order", "source": "order:pos:till-1:1001"}
     elif event == REWARD:
         body["reward"] = {"code": "TEST-5OFF-CODE", "reward": "five-off", "kind": "fixed_amount", "value": "5",
                           "sku": None, "cost": 500, "channel": None, "expires_at": None, "spendable_in": ["shopify"]}
@@ -207,6 +220,9 @@ def payload(engine, row) -> dict[str, Any] | None:
                 return None
             found = {"type": POINTS, "occurred_at": _iso(entry.occurred_at),
                      "change": {"amount": entry.amount, "reason": entry.reason, "source": entry.source}}
+            if entry.unit != UNIT_POINTS:  # a stamp card's
+                found["type"] = STAMPS
+                found["card"] = _card(engine, conn, row.customer_id, entry.unit)
         else:
             issued = conn.execute(select(rewards).where(rewards.c.code == row.subject[len("reward:"):])).one_or_none()
             if issued is None:
@@ -221,6 +237,18 @@ def payload(engine, row) -> dict[str, Any] | None:
         person = _customer(conn, customer_id)
         balance = engine.ledger.balances(conn, customer_id).get(UNIT_POINTS, 0) if person is not None else None
     return {"id": row.key, **found, "customer": person, "balance": balance}
+
+
+def _card(engine, conn, customer_id: int, unit: str) -> dict:
+    """A stamps notification's card: its name, how many stamps fill it, its
+    reward, and the open card's stamps now."""
+    from engine.cards import PREFIX
+
+    name = unit[len(PREFIX):]
+    card = engine.cards.cards.get(name)
+    stamps = engine.ledger.balances(conn, engine.identity.follow(conn, customer_id)).get(unit, 0)
+    return {"name": name, "required": card.required if card else None, "reward": card.reward if card else None,
+            "stamps": stamps}
 
 
 def _iso(moment) -> str:

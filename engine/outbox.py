@@ -47,6 +47,7 @@ from engine.notify import CHANNEL as NOTIFY_CHANNEL
 from engine.notify import EXPIRING as POINTS_EXPIRING
 from engine.notify import POINTS as POINTS_CHANGED
 from engine.notify import REWARD as REWARD_ISSUED
+from engine.notify import STAMPS as STAMPS_CHANGED
 from engine.notify import TIER as TIER_CHANGED
 from engine.notify import Notifier, entry_subject, expiring_subject, tier_subject
 
@@ -122,6 +123,12 @@ class Outbox:
         """Points were posted (the ledger entry ``key``): notify ``[notify] url``
         when it asks for ``points.changed``."""
         if self.notify is not None and POINTS_CHANGED in self.notify["events"]:
+            self._notification(conn, customer_id, entry_subject(key))
+
+    def stamps_posted(self, conn: Connection, customer_id: int, key: str) -> None:
+        """Stamps were posted on a card (the ledger entry ``key``): notify
+        ``[notify] url`` when it asks for ``stamps.changed``."""
+        if self.notify is not None and STAMPS_CHANGED in self.notify["events"]:
             self._notification(conn, customer_id, entry_subject(key))
 
     def points_expiring(self, conn: Connection, customer_id: int, points: int, expires_at: datetime,

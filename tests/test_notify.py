@@ -195,7 +195,7 @@ def test_work_rolled_back_is_never_notified_and_a_merge_is_not_a_change(make_eng
     ({"url": "https://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": "short"}, "(the one set is shorter)"),
     ({"url": "ftp://hooks.example/x"}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: an http:// or https:// URL"),
     ({"url": "https://h.example", "events": ["points.spent"]}, {"REGULARS_NOTIFY_SECRET": SECRET},
-     "events.0: Must be one of: points.changed, reward.issued, points.expiring, tier.changed."),
+     "events.0: Must be one of: points.changed, stamps.changed, reward.issued, points.expiring, tier.changed."),
     ({"url": "https://h.example", "emails": True}, {"REGULARS_NOTIFY_SECRET": SECRET}, "emails: unknown key"),
     ({}, {"REGULARS_NOTIFY_SECRET": SECRET}, "url: Missing data for required field."),
 ])
@@ -299,6 +299,85 @@ def test_every_points_entry_is_notified_once_in_any_order_and_batching(programme
     engine.db.dispose()  # (an engine per example: its connections go back now, not at the test's end)
 
 
+CARD = {"coffee": {"required": 2, "per": "order", "reward": "free-coffee"}}
+FREE_COFFEE = {"kind": "free_product", "sku": "COFFEE"}
+
+
+def test_stamps_are_notified_with_the_card_and_a_full_card_is_its_reward(make_engine, receiver, monkeypatch):
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    found = tables(receiver.url, events=["stamps.changed", "reward.issued"])
+    found["rules"] = {**found["rules"], "stamps": CARD}
+    found["rewards"] = {**found["rewards"], "free-coffee": FREE_COFFEE}
+    engine = make_engine(found)
+    order(engine, 1)
+    assert deliver(engine).delivered == 1
+    [first] = receiver.bodies()
+    assert first["type"] == "stamps.changed" and first["customer"]["email"] == EMAIL
+    assert first["card"] == {"name": "coffee", "required": 2, "reward": "free-coffee", "stamps": 1}
+    order_id = _shopify_order(PlannedOrder("shopify", 1, EMAIL, (Line(Decimal("40.00"), 1),)), "paid", T0, [],
+                              False)["id"]
+    assert first["change"] == {"amount": 1, "reason": "order", "source": f"order:shopify:{order_id}"}
+    assert first["balance"] == 40  # the points
+    second = order(engine, 2)  # fills the card: its reward is issued, the card starts again
+    assert deliver(engine).delivered == 2
+    said = [(b["type"], (b.get("card") or {}).get("stamps"), (b.get("reward") or {}).get("reward"))
+            for b in receiver.bodies()[1:]]
+    assert sorted(said, key=str) == sorted([("stamps.changed", 0, None), ("reward.issued", None, "free-coffee")],
+                                           key=str)  # (the open card when sent: emptied, its reward issued)
+    # the second order cancelled: its stamp is taken back, the unused reward voided (no notification of that)
+    cancelled = _shopify_order(second, "voided", T0 + timedelta(days=1), [], True)
+    assert engine.ingest("shopify", "orders/cancelled", json.dumps(cancelled).encode()).status == "applied"
+    assert deliver(engine).delivered == 1
+    last = receiver.bodies()[-1]
+    assert (last["type"], last["change"]["amount"], last["card"]["stamps"]) == ("stamps.changed", -1, 1)
+    assert customer_summary(engine, EMAIL)["stamps"] == {"coffee": 1}
+
+
+def test_stamps_are_not_notified_unless_asked_for(make_engine, receiver, monkeypatch):
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    found = tables(receiver.url, events=["points.changed"])
+    found["rules"] = {**found["rules"], "stamps": CARD}
+    found["rewards"] = {**found["rewards"], "free-coffee": FREE_COFFEE}
+    engine = make_engine(found)
+    order(engine, 1)
+    assert deliver(engine).delivered == 1 and receiver.bodies()[0]["type"] == "points.changed"
+
+
+@settings(max_examples=examples(15), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(programme=programmes(), batch=st.integers(1, 5))
+def test_every_stamps_entry_is_notified_once_in_any_order_and_batching(programme, batch, make_engine, tmp_path,
+                                                                       _sqlite_template, monkeypatch):
+    """As for points: one notification per ledger entry of stamps earned or
+    taken (not a full card's emptying or reopening, not a merge's pair), for
+    its customer, whatever the order, resends and batches."""
+    from engine.db.models import accounts, ledger_entries
+    from engine.ledger import CARD_BOOKKEEPING, MOVED
+    from tests.test_invariants import _fresh
+
+    monkeypatch.setenv("REGULARS_NOTIFY_SECRET", SECRET)
+    _, _, shuffled = programme
+    found = {**DEFAULT_TABLES, "rules": {**DEFAULT_TABLES["rules"], "stamps": CARD},
+             "rewards": {"free-coffee": FREE_COFFEE},
+             "notify": {"url": "https://hooks.example/x", "events": ["stamps.changed"]}}
+    engine = _fresh(make_engine, tmp_path, _sqlite_template, tables=found)
+    for start in range(0, len(shuffled), batch):
+        by_channel: dict[str, list] = {}
+        for channel, topic, body in shuffled[start:start + batch]:
+            by_channel.setdefault(channel, []).append((topic, body, None))
+        for channel, items in by_channel.items():
+            engine.ingest_batch(channel, items)
+    with engine.db.connect() as conn:
+        entries = {(f"entry:{r.key}", engine.identity.follow(conn, r.customer_id)) for r in conn.execute(
+            select(ledger_entries.c.key, accounts.c.customer_id).join(accounts)
+            .where(accounts.c.unit == "stamps:coffee", ledger_entries.c.reason.not_in((*MOVED, *CARD_BOOKKEEPING))))}
+        notified = [(r.subject, engine.identity.follow(conn, r.customer_id)) for r in conn.execute(
+            select(outbox.c.subject, outbox.c.customer_id).where(outbox.c.kind == ob.NOTIFY))]
+    assert len(notified) == len(set(notified))
+    assert set(notified) == entries
+    engine.db.dispose()
+
+
 def test_tier_changes_are_notified_up_at_once_and_down_at_the_review(make_engine, receiver, monkeypatch):
     from engine.jobs import run
     from tests.test_tiers import LEVELS
@@ -331,7 +410,8 @@ def test_regulars_notify_test_sends_a_signed_sample_of_each_event(make_engine, r
     result = CliRunner().invoke(main, ["--config", str(config), "notify", "test"])
     assert result.exit_code == 0, result.output
     bodies = receiver.bodies()
-    assert [b["type"] for b in bodies] == ["points.changed", "reward.issued", "points.expiring", "tier.changed"]
+    assert [b["type"] for b in bodies] == ["points.changed", "stamps.changed", "reward.issued", "points.expiring",
+                                          "tier.changed"]
     assert all(b["test"] is True and b["customer"]["first_name"] == "Jana" for b in bodies)
     for headers, body in receiver.requests:
         assert headers["X-Regulars-Hmac-Sha256"] == base64.b64encode(

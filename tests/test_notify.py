@@ -261,6 +261,16 @@ def test_points_about_to_expire_are_notified_once_with_the_reminder(make_engine,
     assert body["customer"]["email"] == EMAIL and body["balance"] == 40
 
 
+def feed_in_batches(engine, stream: list, batch: int) -> None:
+    """``stream`` (channel, topic, body) through ``ingest_batch``, ``batch`` at a time."""
+    for start in range(0, len(stream), batch):
+        by_channel: dict[str, list] = {}
+        for channel, topic, body in stream[start:start + batch]:
+            by_channel.setdefault(channel, []).append((topic, body, None))
+        for channel, items in by_channel.items():
+            engine.ingest_batch(channel, items)
+
+
 @settings(max_examples=examples(20), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(programme=programmes(), batch=st.integers(1, 5))
@@ -277,12 +287,7 @@ def test_every_points_entry_is_notified_once_in_any_order_and_batching(programme
     _, _, shuffled = programme
     engine = _fresh(make_engine, tmp_path, _sqlite_template,
                     tables={**DEFAULT_TABLES, "notify": {"url": "https://hooks.example/x", "events": ["points.changed"]}})
-    for start in range(0, len(shuffled), batch):
-        by_channel: dict[str, list] = {}
-        for channel, topic, body in shuffled[start:start + batch]:
-            by_channel.setdefault(channel, []).append((topic, body, None))
-        for channel, items in by_channel.items():
-            engine.ingest_batch(channel, items)
+    feed_in_batches(engine, shuffled, batch)
     with engine.db.connect() as conn:
         entries = {(f"entry:{r.key}", r.customer_id) for r in conn.execute(
             select(ledger_entries.c.key, accounts.c.customer_id).join(accounts)
@@ -361,12 +366,7 @@ def test_every_stamps_entry_is_notified_once_in_any_order_and_batching(programme
              "rewards": {"free-coffee": FREE_COFFEE},
              "notify": {"url": "https://hooks.example/x", "events": ["stamps.changed"]}}
     engine = _fresh(make_engine, tmp_path, _sqlite_template, tables=found)
-    for start in range(0, len(shuffled), batch):
-        by_channel: dict[str, list] = {}
-        for channel, topic, body in shuffled[start:start + batch]:
-            by_channel.setdefault(channel, []).append((topic, body, None))
-        for channel, items in by_channel.items():
-            engine.ingest_batch(channel, items)
+    feed_in_batches(engine, shuffled, batch)
     with engine.db.connect() as conn:
         entries = {(f"entry:{r.key}", engine.identity.follow(conn, r.customer_id)) for r in conn.execute(
             select(ledger_entries.c.key, accounts.c.customer_id).join(accounts)

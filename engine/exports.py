@@ -42,7 +42,7 @@ COLUMNS = ("id", "email", "phone", "first_name", "last_name", "card_code", "poin
            "birthday", "created_at")
 #: what a spreadsheet takes for the start of a formula (engine.imports reads
 #: a cell so guarded back)
-_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+FORMULA = ("=", "+", "-", "@", "\t", "\r")
 
 
 def columns(cards) -> tuple[str, ...]:
@@ -54,7 +54,7 @@ def guarded(text: str | None) -> str:
     """A customer's text as a cell no spreadsheet runs as a formula."""
     if not text:
         return ""
-    return "'" + text if text.startswith(_FORMULA) else text
+    return "'" + text if text.startswith(FORMULA) else text
 
 
 def rows(engine, chunk: int = CHUNK) -> Iterator[tuple]:

@@ -40,6 +40,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from engine.adjustments import REASON, AdjustmentRefused, adjust, locked_balance
 from engine.db import utcnow
 from engine.db.models import ledger_entries
+from engine.exports import FORMULA
 from engine.identity import normalize_email
 from engine.jsonio import unstorable
 from engine.rules_api import UNIT_POINTS
@@ -47,7 +48,7 @@ from engine.rules_api import UNIT_POINTS
 #: the columns a row may name its customer by, tried in this order
 KEYS = ("email", "phone", "card_code")
 #: a cell an export wrote with a leading ' so that no spreadsheet runs it (engine.exports)
-_GUARDED = tuple("'" + start for start in ("=", "+", "-", "@", "\t", "\r"))
+_GUARDED = tuple("'" + start for start in FORMULA)
 #: the statuses a row ends in
 STATUSES = ("adjusted", "unchanged", "already imported", "refused")
 

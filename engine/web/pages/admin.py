@@ -547,7 +547,8 @@ class Admin:
         # The last period shown is not over yet (today is in it): a figure of
         # the period alone would show a part of it (on the 1st, a 100 % churn).
         last_start = metrics.period_start(end, period)
-        days_so_far = (today - last_start).days + 1 if today < metrics.next_period(last_start, period) else None
+        days_so_far = (today - last_start).days + 1 if last_start <= today < metrics.next_period(last_start, period) \
+            else None
         for metric in metrics.METRICS:
             values = found[metric.name]
             points = [(_label(day, period, fmt.locale), value, format_value(fmt, metric.unit, value))
@@ -556,7 +557,7 @@ class Admin:
             so_far = None
             if metric.per_period and days_so_far is not None and len(points) > 1:
                 shown -= 1  # the last period that is over; the one under way is said "so far"
-                so_far = {"period": points[-1][0], "value": points[-1][2], "days": max(days_so_far, 0)}
+                so_far = {"period": points[-1][0], "value": points[-1][2], "days": days_so_far}
             latest = points[shown] if points else ("", None, "–")
             previous = points[shown - 1] if shown > 0 else None
             cards.append({

@@ -61,7 +61,11 @@ def make_engine(url: str, **kwargs) -> SAEngine:
                 conn._handle_dbapi_exception(exc, "BEGIN IMMEDIATE", (), None, None)
 
         return engine
-    engine = create_engine(url, **kwargs)
+    # READ COMMITTED whatever the server's default_transaction_isolation: the
+    # engine's row locks make concurrent writers wait and then read what the
+    # other committed; under REPEATABLE READ or SERIALIZABLE they would fail
+    # instead ("could not serialize access"), and the delivery with them.
+    engine = create_engine(url, **{"isolation_level": "READ COMMITTED", **kwargs})
     _ping_when_idle(engine)
 
     @event.listens_for(engine, "connect")
@@ -69,9 +73,11 @@ def make_engine(url: str, **kwargs) -> SAEngine:
         # Timestamps come back in UTC, and SQL reads them in UTC, whatever the
         # server's TimeZone (initdb takes the machine's: a server in New York
         # would hand a birthday stored as midnight UTC back as the evening
-        # before, and a date taken from it a day early).
+        # before, and a date taken from it a day early). The session's
+        # isolation too, for the transactions engine.fastsql begins itself.
         with dbapi_connection.cursor() as cursor:
             cursor.execute("SET TIME ZONE 'UTC'")
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED")
         dbapi_connection.commit()
 
     return engine

@@ -60,29 +60,3 @@ def test_concurrent_deliveries_for_one_customer_end_in_the_sequential_balances(b
         assert engine.ledger.audit(conn) == []
         # racing creations of the same person end in one customer, not a merge later
         assert conn.execute(select(func.count()).select_from(customers)).scalar_one() == len(EMAILS)
-
-
-@pytest.mark.postgres
-@pytest.mark.parametrize("isolation", ["serializable", "repeatable read"])
-def test_a_server_whose_default_isolation_is_stricter_changes_nothing(isolation, make_engine, postgres_url,
-                                                                       monkeypatch):
-    """Some servers default to SERIALIZABLE or REPEATABLE READ: there the
-    engine's waiting writers would fail instead ("could not serialize
-    access"). regulars runs its sessions in READ COMMITTED."""
-    escaped = isolation.replace(" ", "\\ ")
-    monkeypatch.setenv("PGOPTIONS", f"-c default_transaction_isolation={escaped}")  # (libpq's, at connect)
-    engine = make_engine(url=postgres_url)
-    with engine.db.connect() as conn:
-        assert conn.exec_driver_sql("SHOW default_transaction_isolation").scalar() == "read committed"
-        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
-    planned, stream = _stream(24, seed=3)
-    outcomes = _run_concurrently(engine, stream)
-    assert not [o for o in outcomes if o.status == "failed"]
-    for email, points in expected_by_email(planned).items():
-        assert customer_summary(engine, email)["points"] == points
-    from engine import metrics
-
-    metrics.rebuild(engine)  # (REPEATABLE READ of its own: the pool's connections go back to READ COMMITTED)
-    assert _run_concurrently(engine, stream)  # all duplicates now
-    with engine.db.connect() as conn:
-        assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"

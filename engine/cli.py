@@ -47,12 +47,12 @@ class Context:
     def engine(self):
         if self._engine is None:
             from engine.app import Engine
-            from engine.db import SchemaOutdated
+            from engine.db import SchemaOutdated, UnsuitableDatabase
 
             try:
                 self._engine = Engine(self.config)
                 self._engine.ensure_schema()
-            except (ConfigError, PluginLoadError, SchemaOutdated) as exc:
+            except (ConfigError, PluginLoadError, SchemaOutdated, UnsuitableDatabase) as exc:
                 raise click.ClickException(str(exc)) from None
         return self._engine
 
@@ -500,7 +500,7 @@ def db() -> None:
 @click.pass_obj
 def db_upgrade(obj: Context, revision: str) -> None:
     """Migrate the database (REGULARS_DATABASE_URL, default the SQLite file) to REVISION."""
-    from engine.db import make_engine, upgrade
+    from engine.db import UnsuitableDatabase, make_engine, upgrade
     from engine.plugins import Plugins
 
     try:
@@ -509,7 +509,10 @@ def db_upgrade(obj: Context, revision: str) -> None:
     except (ConfigError, PluginLoadError) as exc:
         raise click.ClickException(str(exc)) from None
     engine = make_engine(config.database_url)
-    upgrade(engine, revision)
+    try:
+        upgrade(engine, revision)
+    except UnsuitableDatabase as exc:
+        raise click.ClickException(str(exc)) from None
     console.print(f"database at {engine.url.render_as_string(hide_password=True)} is at {revision}")
 
 

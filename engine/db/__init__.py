@@ -24,6 +24,26 @@ class SchemaOutdated(Exception):
     """The database is behind the code's migrations."""
 
 
+class UnsuitableDatabase(Exception):
+    """A PostgreSQL database that can't hold what regulars stores: one not
+    encoded in UTF8 (a name in another script could not even be kept with
+    its failed delivery)."""
+
+
+def refuse_unsuitable(engine: SAEngine) -> None:
+    """Raise ``UnsuitableDatabase`` for a PostgreSQL database not in UTF8."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        encoding = conn.exec_driver_sql("SHOW server_encoding").scalar()
+    if encoding.upper() not in ("UTF8", "UTF-8"):
+        name = engine.url.database
+        raise UnsuitableDatabase(
+            f"the database {name!r} is encoded in {encoding}, and regulars keeps names and deliveries in any script: "
+            f"create it in UTF8 (createdb -E UTF8 -T template0 {name}, or CREATE DATABASE {name} ENCODING 'UTF8' "
+            "TEMPLATE template0) and point REGULARS_DATABASE_URL at it")
+
+
 def make_engine(url: str, **kwargs) -> SAEngine:
     """An SQLAlchemy engine. SQLite gets WAL, foreign keys, a busy timeout and
     ``BEGIN IMMEDIATE`` so that concurrent writers queue instead of failing."""
@@ -134,6 +154,7 @@ def current_revision(engine: SAEngine) -> str | None:
 
 def upgrade(engine: SAEngine, revision: str = "head") -> None:
     """Apply the migrations up to ``revision`` on this engine's database."""
+    refuse_unsuitable(engine)
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
@@ -143,6 +164,7 @@ def upgrade(engine: SAEngine, revision: str = "head") -> None:
 def ensure_schema(engine: SAEngine, auto: bool) -> None:
     """Upgrade an embedded SQLite on first use; refuse an outdated server
     database with what to run."""
+    refuse_unsuitable(engine)
     url = engine.url.render_as_string(hide_password=False)
     if current_revision(engine) == head_revision(url):
         return

@@ -306,14 +306,24 @@ def customer_export_all(ctx: Context, file: str, excel: bool) -> None:
     email, phone, names, card code, points, tier, marketing consent, birthday,
     since when, and each stamp card's stamps. `import-points` reads the file
     as it is (another regulars, or back here)."""
+    from rich.progress import Progress
+    from sqlalchemy import func, select
+
+    from engine.db.models import customers
     from engine.exports import csv_lines
 
     engine = ctx.engine
     engine.ensure_schema()
+    with engine.db.connect() as conn:
+        total = conn.execute(select(func.count()).select_from(customers)
+                             .where(customers.c.merged_into.is_(None))).scalar_one()
     written = [0]
-    with click.open_file(file, "wb", atomic=file != "-") as out:  # (bytes: the CSV's own line ends)
+    with (Progress(console=err, transient=True, disable=total < 10_000) as bar,
+          click.open_file(file, "wb", atomic=file != "-") as out):  # (bytes: the CSV's own line ends)
+        task = bar.add_task("exporting", total=total)
         for piece in csv_lines(engine, bom=excel, tally=written):
             out.write(piece.encode("utf-8"))
+            bar.update(task, completed=written[0])
     if file != "-":
         err.print(f"{written[0]} customer{'' if written[0] == 1 else 's'} written to {file}", highlight=False)
 

@@ -207,6 +207,8 @@ def payload(engine, row) -> dict[str, Any] | None:
     """The body of the outbox row ``row``'s notification, read now (None:
     what it was about is gone)."""
     with engine.db.connect() as conn:
+        customer_id = engine.identity.follow(conn, row.customer_id)
+        balances = engine.ledger.balances(conn, customer_id)
         if row.subject.startswith("tier:"):
             _, old, new, since = json.loads(row.subject[len("tier:"):])
             found = {"type": TIER, "occurred_at": since, "tier": {"from": old, "to": new}}
@@ -222,7 +224,7 @@ def payload(engine, row) -> dict[str, Any] | None:
                      "change": {"amount": entry.amount, "reason": entry.reason, "source": entry.source}}
             if entry.unit != UNIT_POINTS:  # a stamp card's
                 found["type"] = STAMPS
-                found["card"] = _card(engine, conn, row.customer_id, entry.unit)
+                found["card"] = _card(engine, entry.unit, balances)
         else:
             issued = conn.execute(select(rewards).where(rewards.c.code == row.subject[len("reward:"):])).one_or_none()
             if issued is None:
@@ -233,22 +235,20 @@ def payload(engine, row) -> dict[str, Any] | None:
             found = {"type": REWARD, "occurred_at": reward["issued_at"],
                      "reward": {k: reward.get(k) for k in ("code", "reward", "kind", "value", "sku", "cost", "channel",
                                                            "expires_at", "spendable_in")}}
-        customer_id = engine.identity.follow(conn, row.customer_id)
         person = _customer(conn, customer_id)
-        balance = engine.ledger.balances(conn, customer_id).get(UNIT_POINTS, 0) if person is not None else None
+        balance = balances.get(UNIT_POINTS, 0) if person is not None else None
     return {"id": row.key, **found, "customer": person, "balance": balance}
 
 
-def _card(engine, conn, customer_id: int, unit: str) -> dict:
+def _card(engine, unit: str, balances: dict[str, int]) -> dict:
     """A stamps notification's card: its name, how many stamps fill it, its
-    reward, and the open card's stamps now."""
+    reward, and the open card's stamps now (``balances``: the customer's)."""
     from engine.cards import PREFIX
 
     name = unit[len(PREFIX):]
     card = engine.cards.cards.get(name)
-    stamps = engine.ledger.balances(conn, engine.identity.follow(conn, customer_id)).get(unit, 0)
     return {"name": name, "required": card.required if card else None, "reward": card.reward if card else None,
-            "stamps": stamps}
+            "stamps": balances.get(unit, 0)}
 
 
 def _iso(moment) -> str:

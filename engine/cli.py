@@ -307,16 +307,14 @@ def customer_export_all(ctx: Context, file: str, excel: bool) -> None:
     since when, and each stamp card's stamps. `import-points` reads the file
     as it is (another regulars, or back here)."""
     from rich.progress import Progress
-    from sqlalchemy import func, select
 
-    from engine.db.models import customers
+    from engine.customers import count_customers
     from engine.exports import csv_lines
 
     engine = ctx.engine
     engine.ensure_schema()
     with engine.db.connect() as conn:
-        total = conn.execute(select(func.count()).select_from(customers)
-                             .where(customers.c.merged_into.is_(None))).scalar_one()
+        total = count_customers(conn)
     written = [0]
     with (Progress(console=err, transient=True, disable=total < 10_000) as bar,
           click.open_file(file, "wb", atomic=file != "-") as out):  # (bytes: the CSV's own line ends)

@@ -48,6 +48,12 @@ def _expiring_by(engine, conn, customer_id: int, until: datetime | None) -> list
     return [{"on": day, "points": points} for day, points in per_day.items()]
 
 
+def count_customers(conn) -> int:
+    """How many customers there are: those not merged into another."""
+    return conn.execute(select(func.count()).select_from(customers)
+                        .where(customers.c.merged_into.is_(None))).scalar_one()
+
+
 def customer_summary(engine, key: str | int) -> dict | None:
     """The customer a key leads to (email, phone, card code, referral code, id,
     ``id:N``, or CHANNEL:ID), with balances; None when nobody matches. An

@@ -553,6 +553,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     from rich.table import Table
     from sqlalchemy import func, select
 
+    from engine.customers import count_customers
     from engine.db.models import accounts, rewards
     from engine.db.models import customers as people
 
@@ -576,7 +577,7 @@ def run_demo(engine: Any, customers: int, seed: int, console: Any = None) -> dic
     with engine.db.connect() as conn:
         drifts = engine.ledger.audit(conn)
         alive = people.c.merged_into.is_(None)
-        n_people = conn.execute(select(func.count()).select_from(people).where(alive)).scalar_one()
+        n_people = count_customers(conn)
         outstanding = conn.execute(select(func.coalesce(func.sum(accounts.c.balance), 0)).where(points)).scalar()
         top = conn.execute(select(people.c.email, accounts.c.balance, people.c.tier)
                            .join(accounts, accounts.c.customer_id == people.c.id).where(points)

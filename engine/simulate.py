@@ -83,7 +83,9 @@ def figures(engine: Engine) -> dict[str, Any]:
     """
     from sqlalchemy import case, func, select
 
-    from engine.db.models import accounts, customers, inbox, ledger_entries, rewards
+    from engine.customers import count_customers
+    from engine.db.models import accounts, customers, ledger_entries, rewards
+    from engine.inbox import failed_count
     from engine.rules_api import UNIT_POINTS
 
     amount, source = ledger_entries.c.amount, ledger_entries.c.source
@@ -102,8 +104,8 @@ def figures(engine: Engine) -> dict[str, Any]:
         outstanding = conn.execute(
             select(func.coalesce(func.sum(accounts.c.balance), 0)).where(accounts.c.unit == UNIT_POINTS)
         ).scalar_one()
-        people = conn.execute(select(func.count()).select_from(customers).where(alive)).scalar_one()
-        failed = conn.execute(select(func.count()).select_from(inbox).where(inbox.c.status == "failed")).scalar_one()
+        people = count_customers(conn)
+        failed = failed_count(conn)
 
         def grouped(column, measure, *where) -> list:
             return conn.execute(select(column, measure).where(*where).group_by(column).order_by(column)).all()

@@ -56,6 +56,7 @@ from engine import inbox, metrics
 from engine.adjustments import LIMIT as ADJUST_LIMIT
 from engine.adjustments import NOTE_LIMIT
 from engine.adjustments import REASON as ADJUSTED
+from engine.customers import count_customers
 from engine.db import as_utc, utcnow
 from engine.db.models import (
     accounts,
@@ -614,8 +615,7 @@ class Admin:
                 if before is not None:
                     listed = listed.where(customers.c.id < before)
                 found = conn.execute(listed.order_by(customers.c.id.desc()).limit(CUSTOMERS_PAGE + 1)).scalars().all()
-                total = conn.execute(select(func.count()).select_from(customers)
-                                     .where(customers.c.merged_into.is_(None))).scalar_one()
+                total = count_customers(conn)
             more = len(found) > CUSTOMERS_PAGE
             found = found[:CUSTOMERS_PAGE]
             if not found:

@@ -6,17 +6,22 @@ payloads with one thing broken."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from engine import inbox
 from engine.customers import customer_summary
 from engine.db.models import accounts, customer_links, customers, ledger_entries, lots, orders
 from engine.db.models import inbox as inbox_table
-from tests.conftest import load_contract
+from tests.conftest import examples, load_contract
+from tests.test_event_loading import junk, paths
 
 SHOPIFY_DELIVERY = "shopify/webhooks/orders_paid.delivery-2024-10.json"
 WOO_ORDER = "woocommerce/webhooks/order_updated_completed.body.json"
@@ -373,3 +378,93 @@ def test_replaying_an_applied_delivery_changes_nothing(engine):
     assert (again.status, again.entries) == ("applied", 0)
     assert state(engine) == before
     assert customer_summary(engine, EMAIL)["points"] == points
+
+
+# -- any real payload, broken anywhere ----------------------------------------------
+
+#: (channel, topic, contract, whether the file is a delivery holding the body)
+REAL_DELIVERIES = [
+    ("shopify", "orders/paid", "shopify/webhooks/orders_paid.delivery-2024-10.json", True),
+    ("shopify", "orders/create", "shopify/webhooks/orders_create.delivery-2024-10.json", True),
+    ("shopify", "orders/updated", "shopify/webhooks/orders_updated.delivery-2024-10.json", True),
+    ("shopify", "orders/cancelled", "shopify/webhooks/orders_cancelled.delivery-2024-10.json", True),
+    ("shopify", "refunds/create", "shopify/webhooks/refunds_create.delivery-2024-10.json", True),
+    ("shopify", "customers/update", "shopify/webhooks/customers_update.delivery-2024-10.json", True),
+    ("woocommerce", "order.created", "woocommerce/webhooks/order_created.body.json", False),
+    ("woocommerce", "order.updated", "woocommerce/webhooks/order_updated_with_refunds.body.json", False),
+    ("woocommerce", "customer.created", "woocommerce/webhooks/customer_created.body.json", False),
+]
+_SENT = itertools.count()
+
+
+def _real(contract: str, delivery: bool) -> dict:
+    data = load_contract(contract)
+    return data["body"] if delivery else data
+
+
+@st.composite
+def broken_deliveries(draw):
+    """A real payload with one to three things changed anywhere in it (a value
+    replaced by junk or another type, a key deleted or added), the order or
+    customer now and then another, under a key of its own (a new Shopify
+    webhook id, a new WooCommerce ``date_modified_gmt``) so that it reaches
+    the connector and the pipeline rather than the inbox's conflict check."""
+    channel, topic, contract, delivery = draw(st.sampled_from(REAL_DELIVERIES))
+    body = copy.deepcopy(_real(contract, delivery))
+    for _ in range(draw(st.integers(1, 3))):
+        places = [path for path, _ in paths(body) if path]
+        if not places:
+            break
+        path = draw(st.sampled_from(places))
+        parent = body
+        for step in path[:-1]:
+            parent = parent[step]
+        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        if action == "delete":
+            del parent[path[-1]]
+        elif action == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=6))] = draw(junk)
+        else:
+            parent[path[-1]] = draw(junk)
+    if isinstance(body, dict) and isinstance(body.get("id"), int) and draw(st.booleans()):
+        body["id"] += draw(st.integers(1, 3))
+    headers = {}
+    sent = next(_SENT)
+    if channel == "shopify":
+        headers["X-Shopify-Webhook-Id"] = f"broken-{sent}"
+    elif isinstance(body, dict) and isinstance(body.get("date_modified_gmt"), str):
+        body["date_modified_gmt"] = (datetime(2030, 1, 1) + timedelta(minutes=sent)).isoformat()
+    return channel, topic, json.dumps(body, ensure_ascii=draw(st.booleans())).encode(), headers
+
+
+def _ledger(engine) -> tuple:
+    with engine.db.connect() as conn:
+        return (conn.execute(select(func.count()).select_from(ledger_entries)).scalar_one(),
+                conn.execute(select(func.coalesce(func.sum(accounts.c.balance), 0))).scalar_one())
+
+
+@settings(max_examples=examples(150), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(deliveries=st.lists(broken_deliveries(), min_size=1, max_size=4))
+def test_a_real_payload_broken_anywhere_is_applied_or_kept_with_a_clear_error_and_the_ledger_stays_exact(
+        engine, deliveries):
+    # (The engine and its database last the whole test: each example's
+    # deliveries come after the earlier examples', the real payloads first.)
+    if not _ledger(engine)[0]:
+        for channel, topic, contract, delivery in REAL_DELIVERIES:
+            assert engine.ingest(channel, topic, encode(_real(contract, delivery)),
+                                 {"X-Shopify-Webhook-Id": f"real-{topic}"}).status in ("applied", "ignored")
+    for channel, topic, body, headers in deliveries:
+        before = (state(engine), _ledger(engine))
+
+        outcome = engine.ingest(channel, topic, body, headers)
+
+        assert outcome.status in ("applied", "ignored", "failed", "duplicate"), outcome
+        if outcome.status == "failed":
+            # A sentence about the payload, not a connector's or the pipeline's exception.
+            assert outcome.plugin is None and not outcome.error.startswith("internal error"), outcome
+            assert (state(engine), _ledger(engine)) == before
+        row = stored(engine, outcome.inbox_id)
+        assert bytes(row.body) == body and row.status == outcome.status.replace("duplicate", row.status)
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []

@@ -32,6 +32,7 @@ from sqlalchemy.engine import Connection
 from engine.cards import PREFIX as STAMPS
 from engine.db import as_utc
 from engine.db.models import accounts, ledger_entries
+from engine.fastsql import Fast
 from engine.jsonio import unstorable
 from engine.rules_api import UNIT_POINTS
 
@@ -45,7 +46,10 @@ KEY_LIMIT = 200
 
 _ACCOUNT = select(accounts.c.id, accounts.c.balance).where(
     accounts.c.customer_id == bindparam("customer_id"), accounts.c.unit == bindparam("unit"))
-_DONE = (
+_BALANCE = Fast(_ACCOUNT)
+#: (SQLite renders no FOR UPDATE: its transaction holds the write lock)
+_LOCKED_BALANCE = Fast(_ACCOUNT.with_for_update())
+_DONE = Fast(
     select(ledger_entries.c.amount, ledger_entries.c.occurred_at, ledger_entries.c.detail,
            accounts.c.customer_id, accounts.c.unit, accounts.c.balance)
     .join(accounts, accounts.c.id == ledger_entries.c.account_id)
@@ -112,8 +116,7 @@ def locked_balance(conn: Connection, customer_id: int, unit: str) -> int:
     """The balance of a customer's account, locked for the rest of the
     transaction (a row lock on PostgreSQL; SQLite's write lock is the
     transaction's): nothing posts to it until the adjustment is made."""
-    query = _ACCOUNT.with_for_update() if conn.dialect.name == "postgresql" else _ACCOUNT
-    account = conn.execute(query, {"customer_id": customer_id, "unit": unit}).one_or_none()
+    account = _LOCKED_BALANCE.first(conn, {"customer_id": customer_id, "unit": unit})
     return account.balance if account else 0
 
 
@@ -129,7 +132,7 @@ def adjust(conn: Connection, ledger, cards, customer_id: int, unit: str, amount:
         raise AdjustmentRefused(f"a key has 1 to {KEY_LIMIT} characters (no NUL, no lone surrogate)", "key",
                                 limit=KEY_LIMIT)
     entry_key = f"{REASON}:{key or uuid.uuid4().hex}"
-    done = conn.execute(_DONE, {"key": entry_key}).one_or_none()
+    done = _DONE.first(conn, {"key": entry_key})
     if done is not None:
         detail = done.detail or {}
         if (done.customer_id, done.unit, done.amount) != (customer_id, unit, amount):
@@ -147,5 +150,5 @@ def adjust(conn: Connection, ledger, cards, customer_id: int, unit: str, amount:
                 detail={"note": note, "by": by})
     if unit != UNIT_POINTS:
         cards.settle(conn, customer_id, unit, at)  # a full card issues its reward
-    after = conn.execute(_ACCOUNT, {"customer_id": customer_id, "unit": unit}).one()
+    after = _BALANCE.first(conn, {"customer_id": customer_id, "unit": unit})
     return Adjustment(customer_id, unit, amount, after.balance, note, by, entry_key, at)

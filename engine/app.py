@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import event, text
+from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from connectors.base import BadDelivery, body_key
@@ -35,7 +35,13 @@ from engine.config import Config, format_errors
 from engine.credentials import Credentials
 from engine.db import ensure_schema, make_engine, utcnow
 from engine.events import load_event
-from engine.fastsql import Fast, deferring, flush_before_cursor_execute, is_deferring
+from engine.fastsql import (
+    Fast,
+    deferring,
+    flush_before_cursor_execute,
+    is_deferring,
+    savepoint_statements,
+)
 from engine.identity import Identity
 from engine.jsonio import UNREAD, may_hold_unstorable, read_fast, storable
 from engine.ledger import Ledger
@@ -60,14 +66,8 @@ RETRIES = 5
 MAX_TRIES = 10
 
 
-def _savepoint(name: str) -> tuple[Fast, Fast, Fast]:
-    """SAVEPOINT, ROLLBACK TO and RELEASE of one name, on the cursor
-    (SQLAlchemy's ``begin_nested`` costs two Core executions)."""
-    return (Fast(text(f"SAVEPOINT {name}")), Fast(text(f"ROLLBACK TO SAVEPOINT {name}")),
-            Fast(text(f"RELEASE SAVEPOINT {name}")))
-
-
-_DELIVERY_SAVEPOINT, _RUN_SAVEPOINT = _savepoint("regulars_delivery"), _savepoint("regulars_deliveries")
+_DELIVERY_SAVEPOINT = savepoint_statements("regulars_delivery")
+_RUN_SAVEPOINT = savepoint_statements("regulars_deliveries")
 #: deliveries of a batch applied under one savepoint (``Engine._settle_run``)
 RUN = 50
 
@@ -537,7 +537,7 @@ class Engine:
                 for (receipt, verdict), applies in zip(pairs, due, strict=True)]
 
     def _in_savepoint(self, tx, statements: tuple[Fast, Fast, Fast], apply):
-        """``apply()`` in a savepoint (``statements``: ``_savepoint``), with
+        """``apply()`` in a savepoint (``statements``: ``fastsql.savepoint_statements``), with
         the dashboard's counters in a layer of their own; when it raises, the
         savepoint is rolled back, with what it issued, and the error raised."""
         save, rollback_to, release = statements

@@ -170,6 +170,9 @@ _UPDATE_CUSTOMER = update(customers).where(customers.c.id == bindparam("b_id"))
 # A newer snapshot that confirms what the customer row holds: only its time is
 # written (``Identity._update_row``).
 _STAMP_FIELDS = Fast(typed_update(customers, ("fields_at",)))
+#: a customer by one kind of key (``Identity.find_by``)
+_BY_KEY = {name: Fast(select(customers.c.id, customers.c.merged_into).where(customers.c[name] == bindparam("key")))
+           for name in ("email", "phone", "card_code")}
 _CREATED_COLUMNS = ("email", "phone", "first_name", "last_name", "accepts_marketing", "address", "birthday",
                     "card_code", "referral_code", "created_at", "updated_at")
 _INSERT_CUSTOMER = Fast(typed_insert(customers, _CREATED_COLUMNS, returning=("id",)))
@@ -396,6 +399,23 @@ class Identity:
             ).scalar_one_or_none()
             return self.follow(conn, found)
         return None
+
+    def find_by(self, conn: Connection, kind: str, key: str) -> int | None:
+        """A customer by one kind of key: ``email``, ``phone`` (read as
+        ``find`` reads them) or ``card_code``; None if nobody has it. Unlike
+        ``find``, a phone is never taken for a card code, nor the other way."""
+        if unstorable(key):
+            return None
+        if kind == "email":
+            value = normalize_email(key)
+        elif kind == "phone":
+            value = normalize_phone(key, self.default_country)
+        else:
+            value = key.strip().upper() or None
+        row = _BY_KEY[kind].first(conn, {"key": value}) if value is not None else None
+        if row is None:
+            return None
+        return row.id if row.merged_into is None else self.follow(conn, row.merged_into)
 
     def resolve(self, conn: Connection, channel: str, hints: dict, at: datetime) -> int | None:
         """The customer these hints mean, created or merged as needed; None when

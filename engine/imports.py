@@ -34,13 +34,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from engine.adjustments import REASON, AdjustmentRefused, adjust, locked_balance
 from engine.db import utcnow
 from engine.db.models import ledger_entries
 from engine.exports import FORMULA
+from engine.fastsql import Fast, deferring, savepoint_statements
 from engine.identity import normalize_email
 from engine.jsonio import unstorable
 from engine.rules_api import UNIT_POINTS
@@ -99,72 +100,136 @@ def _unguarded(text: str) -> str:
     return text[1:] if text.startswith(_GUARDED) else text
 
 
+#: rows applied in one transaction (each in a savepoint of its own)
+CHUNK = 500
+_SAVE, _ROLLBACK_TO, _RELEASE = savepoint_statements("regulars_import_row")
+_IMPORTED = Fast(select(ledger_entries.c.id).where(ledger_entries.c.key == bindparam("key")))
+
+
+@dataclass
+class _Done:
+    """What one row did: its status, why it was refused, whether it created
+    its customer, and the points it moved."""
+
+    status: str
+    reason: str | None = None
+    created: bool = False
+    amount: int = 0
+
+    @property
+    def writes(self) -> bool:
+        """Whether it changed anything to keep (a refusal, or a row already
+        imported, keeps nothing; an unchanged balance may keep its customer)."""
+        return self.status in ("adjusted", "unchanged")
+
+
 def import_points(engine, data: bytes, note: str, by: str, replace: bool = False, dry_run: bool = False,
                   at: datetime | None = None, progress=None) -> ImportReport:
     """Import a points CSV (see the module docstring). ``replace``: set the
     balances instead of adding; ``dry_run``: report what would happen and
-    change nothing. ``progress(n)`` is told of each row done."""
+    change nothing. ``progress(n)`` is told of each ``n`` rows done.
+
+    Rows are applied ``CHUNK`` at a time in one transaction, each in a
+    savepoint that a refused row rolls back. A chunk that loses a race (a
+    shop's order creating the same customer meanwhile) is rolled back and
+    applied again a row at a time, each row in a transaction of its own."""
     engine.ensure_schema()
     rows = read_rows(data)
     digest = hashlib.sha256(data).hexdigest()[:32]
     at = at or utcnow()
     report = ImportReport()
     with engine.announcing(), engine.db.connect() as conn:
-        for line, values in rows:
-            outcome = _row(engine, conn, values, f"import:{digest}:{line}", note, by, replace, dry_run, at, report)
-            report.rows[outcome[0]] += 1
-            if outcome[0] == "refused":
-                report.refused.append((line, outcome[1]))
+        for start in range(0, len(rows), CHUNK):
+            chunk = [(line, values, f"import:{digest}:{line}") for line, values in rows[start : start + CHUNK]]
+            done = _chunk(engine, conn, chunk, note, by, replace, dry_run, at)
+            if done is None:
+                done = [_alone(engine, conn, values, key, note, by, replace, dry_run, at) for _, values, key in chunk]
+            for (line, _, _), row in zip(chunk, done, strict=True):
+                report.rows[row.status] += 1
+                if row.status == "refused":
+                    report.refused.append((line, row.reason))
+                elif row.writes:
+                    report.created += row.created
+                    report.given += max(row.amount, 0)
+                    report.taken += max(-row.amount, 0)
             if progress:
-                progress(1)
+                progress(len(chunk))
     return report
 
 
-def _row(engine, conn, values, key, note, by, replace, dry_run, at, report) -> tuple[str, str | None]:
+def _chunk(engine, conn, chunk, note, by, replace, dry_run, at) -> list[_Done] | None:
+    """Apply rows in one transaction, each in a savepoint; None when the
+    transaction failed on the database (rolled back, nothing kept)."""
+    posted = engine.ledger.posted.items()
+    before = len(posted)
+    tx = conn.begin()
+    try:
+        done = []
+        # (on PostgreSQL a savepoint's statements share the round trips of the rows' own)
+        with deferring(conn):
+            for _, values, key in chunk:
+                mark = len(posted)
+                _SAVE.later(conn, {})
+                row = _apply(engine, conn, values, key, note, by, replace, at)
+                if not row.writes:
+                    _ROLLBACK_TO.execute(conn, {})
+                    del posted[mark:]  # what the rolled-back row posted never was
+                _RELEASE.later(conn, {})
+                done.append(row)
+        (tx.rollback if dry_run else tx.commit)()
+    except (IntegrityError, OperationalError):
+        tx.rollback()
+        del posted[before:]
+        return None
+    if dry_run:
+        del posted[before:]  # nothing was: nobody hears of it
+    return done
+
+
+def _alone(engine, conn, values, key, note, by, replace, dry_run, at) -> _Done:
+    """Apply one row in a transaction of its own, tried again after a lost race."""
+    posted = engine.ledger.posted.items()
+    for attempt in range(5):
+        before = len(posted)
+        tx = conn.begin()
+        try:
+            row = _apply(engine, conn, values, key, note, by, replace, at)
+            (tx.commit if row.writes and not dry_run else tx.rollback)()
+        except (IntegrityError, OperationalError):
+            tx.rollback()
+            del posted[before:]
+            if attempt == 4:
+                raise
+            continue
+        if dry_run or not row.writes:
+            del posted[before:]
+        return row
+    raise AssertionError("unreachable")
+
+
+def _apply(engine, conn, values, key, note, by, replace, at) -> _Done:
+    """One row, in the caller's transaction; what it did (the caller keeps
+    or rolls back its writes)."""
     raw = values.get("points", "")
     try:
         points = int(raw)
     except ValueError:
-        return "refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)"
-    for attempt in range(5):
-        posted = len(engine.ledger.posted.items())
-        tx = conn.begin()
-        try:
-            found = _customer(engine, conn, values, at)
-            if isinstance(found, str):
-                tx.rollback()
-                return "refused", found
-            customer_id, created = found
-            if conn.execute(select(ledger_entries.c.id).where(ledger_entries.c.key == f"{REASON}:{key}")).first():
-                tx.rollback()
-                return "already imported", None
-            # (locked: an order applied meanwhile can't slip between this read and the adjustment)
-            amount = points - locked_balance(conn, customer_id, UNIT_POINTS) if replace else points
-            if amount == 0:
-                (tx.rollback if dry_run else tx.commit)()
-                report.created += created
-                return "unchanged", None
-            try:
-                adjust(conn, engine.ledger, engine.cards, customer_id, UNIT_POINTS, amount, note, by, at, key)
-            except AdjustmentRefused as exc:
-                tx.rollback()
-                return "refused", str(exc)
-            if dry_run:
-                tx.rollback()
-                del engine.ledger.posted.items()[posted:]  # nothing was: nobody hears of it
-            else:
-                tx.commit()
-        except (IntegrityError, OperationalError):
-            tx.rollback()
-            del engine.ledger.posted.items()[posted:]  # what the rolled-back row posted never was
-            if attempt == 4:
-                raise
-            continue
-        report.created += created
-        report.given += max(amount, 0)
-        report.taken += max(-amount, 0)
-        return "adjusted", None
-    raise AssertionError("unreachable")
+        return _Done("refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)")
+    found = _customer(engine, conn, values, at)
+    if isinstance(found, str):
+        return _Done("refused", found)
+    customer_id, created = found
+    if _IMPORTED.first(conn, {"key": f"{REASON}:{key}"}) is not None:
+        return _Done("already imported")
+    # (locked: an order applied meanwhile can't slip between this read and the adjustment)
+    amount = points - locked_balance(conn, customer_id, UNIT_POINTS) if replace else points
+    if amount == 0:
+        return _Done("unchanged", created=created)
+    try:
+        adjust(conn, engine.ledger, engine.cards, customer_id, UNIT_POINTS, amount, note, by, at, key)
+    except AdjustmentRefused as exc:
+        return _Done("refused", str(exc))
+    return _Done("adjusted", created=created, amount=amount)
 
 
 def _customer(engine, conn, values, at) -> tuple[int, bool] | str:
@@ -175,7 +240,7 @@ def _customer(engine, conn, values, at) -> tuple[int, bool] | str:
             continue
         if name == "email" and normalize_email(key) is None:
             return f"{key!r} is not an email address"
-        found = engine.identity.find(conn, key)
+        found = engine.identity.find_by(conn, name, key)
         if found is not None:
             return found, False
         if name == "card_code":

@@ -12,12 +12,15 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
+import engine.imports as imports
 from engine.cli import main
 from engine.customers import customer_summary
 from engine.db.models import customers, ledger_entries
 from engine.imports import ImportFileError, import_points, read_rows
 from tests.conftest import DEFAULT_TABLES
+from tests.plugins.notifier import PointsNotifier
 from tests.streams import T0, Line, PlannedOrder, _shopify_order
 
 TABLES = {**DEFAULT_TABLES, "rules": {"points": {"per_unit": 1}, "expiry": {"months": 12}}}
@@ -144,3 +147,43 @@ def test_the_import_points_command(shop, tmp_path, monkeypatch):
     path.write_bytes(b"who,amount\n")
     out = runner.invoke(main, ["customer", "import-points", str(path)])
     assert out.exit_code == 1 and "smile.csv: the first row must name a points column" in out.output
+
+
+def test_a_file_of_many_chunks_applies_each_row_once_and_refused_rows_keep_nothing(shop, monkeypatch):
+    monkeypatch.setattr("engine.imports.CHUNK", 3)  # rows go 3 to a transaction, each in a savepoint
+    lines = ["email,points"] + [f"c{n}@example.com,{-5 if n % 4 == 3 else 10 + n}" for n in range(10)]
+    report = import_points(shop, "\n".join(lines).encode(), "moved", "cli:ana")
+    refused = [n for n in range(10) if n % 4 == 3]  # a new customer's balance can't start below zero
+    assert dict(report.rows) == {"adjusted": 10 - len(refused), "refused": len(refused)}
+    assert [line for line, _ in report.refused] == [n + 2 for n in refused]
+    assert report.created == 10 - len(refused)
+    for n in range(10):
+        assert points(shop, f"c{n}@example.com") == (None if n in refused else 10 + n)
+    with shop.db.connect() as conn:
+        assert shop.ledger.audit(conn) == []
+
+
+def test_a_chunk_that_loses_a_race_is_applied_again_a_row_at_a_time(make_engine, monkeypatch):
+    notifier = PointsNotifier()
+    shop = make_engine(tables=TABLES, extra_plugins=(("notifier", notifier),))
+    monkeypatch.setattr(imports, "CHUNK", 4)
+    real, calls = imports._apply, []
+
+    def racing(engine, conn, values, *args):
+        calls.append(values["email"])
+        if len(calls) == 3:  # the chunk's third row meets a customer created meanwhile
+            raise IntegrityError("INSERT INTO customers", {}, Exception("UNIQUE constraint failed: customers.email"))
+        return real(engine, conn, values, *args)
+
+    monkeypatch.setattr(imports, "_apply", racing)
+    data = b"email,points\n" + b"".join(b"r%d@example.com,%d\n" % (n, n + 1) for n in range(6))
+    report = import_points(shop, data, "moved", "cli:ana")
+    assert (dict(report.rows), report.given, report.created) == ({"adjusted": 6}, 21, 6)
+    assert calls[:2] == calls[3:5] == ["r0@example.com", "r1@example.com"]  # the first chunk again, alone
+    # observers hear each row once: not what the rolled-back chunk had posted
+    assert notifier.heard == [(f"r{n}@example.com", [(n + 1, "adjust")], n + 1) for n in range(6)]
+    for n in range(6):
+        assert points(shop, f"r{n}@example.com") == n + 1
+    with shop.db.connect() as conn:
+        assert conn.execute(select(func.count()).where(ledger_entries.c.reason == "adjust")).scalar_one() == 6
+        assert shop.ledger.audit(conn) == []

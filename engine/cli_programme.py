@@ -125,7 +125,7 @@ def jobs() -> None:
 
 
 @jobs.command("run")
-@click.argument("job", type=click.Choice(sorted(JOBS)))
+@click.argument("job", type=click.Choice(sorted(JOBS)), metavar="JOB")
 @click.option("--at", "at", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               help="Run as of this UTC time instead of now (to catch up, or to rehearse).")
 @click.pass_obj

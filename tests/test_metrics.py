@@ -287,6 +287,16 @@ def _same(actual, wanted) -> bool:
     return actual == wanted and type(actual) is type(wanted)
 
 
+@pytest.fixture(autouse=True, params=["around the changed days", "whole"])
+def counting(request, monkeypatch):
+    """Every test twice: each order's or visit's change to the counters found
+    around the days it changes (``metrics.contribution_delta``, which the
+    engine uses for a customer of many days), and by counting the customer's
+    footprint whole (which it uses for a customer of few)."""
+    monkeypatch.setattr(metrics, "WHOLE_BELOW", 0 if request.param == "around the changed days" else 10**9)
+    return request.param
+
+
 @pytest.fixture
 def shop(make_engine):
     engine = make_engine(TABLES)

@@ -187,3 +187,35 @@ def test_a_chunk_that_loses_a_race_is_applied_again_a_row_at_a_time(make_engine,
     with shop.db.connect() as conn:
         assert conn.execute(select(func.count()).where(ledger_entries.c.reason == "adjust")).scalar_one() == 6
         assert shop.ledger.audit(conn) == []
+
+
+def test_rows_that_name_nobody_usable_are_refused_saying_why(shop):
+    data = (b"phone,email,points\n"
+            b"12,,5\n"  # no phone number, and no email
+            b",,5\n"  # nothing at all but the points
+            b"+420 601\x00 123 456,,5\n")  # a NUL no database keeps
+    report = import_points(shop, data, "moved", "cli:ana")
+    assert report.refused == [(2, "'12' is neither an email address nor a phone number"),
+                              (3, "the row names no customer (email, phone or card_code)"),
+                              (4, "'+420 601\\x00 123 456' is neither an email address nor a phone number")]
+    assert dict(report.rows) == {"refused": 3} and report.created == 0
+
+
+def test_a_dry_run_that_loses_a_race_still_changes_nothing(make_engine, monkeypatch):
+    notifier = PointsNotifier()
+    shop = make_engine(tables=TABLES, extra_plugins=(("notifier", notifier),))
+    real, calls = imports._apply, []
+
+    def racing(engine, conn, values, *args):
+        calls.append(values["email"])
+        if len(calls) in (2, 4):  # the chunk loses a race, and then the row alone once more
+            raise IntegrityError("INSERT INTO customers", {}, Exception("UNIQUE constraint failed: customers.email"))
+        return real(engine, conn, values, *args)
+
+    monkeypatch.setattr(imports, "_apply", racing)
+    before = counts(shop)
+    report = import_points(shop, b"email,points\nr0@example.com,1\nr1@example.com,2\n", "moved", "cli:ana",
+                           dry_run=True)
+    assert (dict(report.rows), report.given, report.created) == ({"adjusted": 2}, 3, 2)
+    assert calls == ["r0@example.com", "r1@example.com", "r0@example.com", "r1@example.com", "r1@example.com"]
+    assert counts(shop) == before and notifier.heard == []

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from engine.customers import customer_summary
 from engine.db.models import customers, ledger_entries
 from engine.identity import normalize_email, normalize_phone
-from tests.conftest import empty_database, examples
+from tests.conftest import DEFAULT_TABLES, empty_database, examples
 from tests.streams import T0, Line, PlannedOrder, _shopify_order, _woo_order
 
 AT = datetime(2026, 5, 1, tzinfo=UTC)
@@ -89,6 +89,37 @@ def test_a_later_link_merges_two_customers_without_losing_an_entry(engine):
     # the two original entries remain, plus the pair that moved the balance
     assert len(entries) == entries_before + 2
     assert sorted(e.amount for e in entries if e.reason == "merge") == [-30, 30]
+
+
+def test_the_card_of_a_customer_merged_into_another_still_earns_at_the_till_for_the_survivor(make_engine):
+    """A merge leaves the merged-away customer's card code on their row (the
+    plastic card in their wallet), pointing at the survivor: a sale scanned
+    with either card earns for the one person, and either card finds them."""
+    engine = make_engine(tables={**DEFAULT_TABLES, "connectors": {**DEFAULT_TABLES["connectors"], "pos": {}}})
+    phone_only = _woo_order(_order("woocommerce", 7, "placeholder@example.com", "+420601123456", "30.00"),
+                            "completed", T0, [])
+    phone_only["billing"]["email"] = ""
+    engine.ingest("woocommerce", "order.updated", json.dumps(phone_only).encode())
+    engine.ingest("shopify", "orders/paid", json.dumps(
+        _shopify_order(_order("shopify", 1, "jana@example.com", price="12.00"), "paid", T0, [], False)).encode())
+    cards = [customer_summary(engine, key)["card_code"] for key in ("+420601123456", "jana@example.com")]
+    engine.ingest("shopify", "customers/update", json.dumps({
+        "id": 42, "email": "jana@example.com", "phone": "+420601123456", "first_name": "Jana",
+        "updated_at": "2026-05-01T10:00:00+02:00"}).encode())
+    with engine.db.connect() as conn:
+        merged = conn.execute(select(customers.c.card_code).where(customers.c.merged_into.is_not(None))).scalars().all()
+    assert len(merged) == 1 and merged[0] in cards  # one of the two cards is the merged-away customer's
+
+    for number, card in enumerate(cards):
+        sale = {"id": f"s{number}", "terminal": "1", "occurred_at": "2026-06-01T09:00:00+02:00",
+                "customer": {"card_code": card}, "lines": [{"sku": "KAVA", "quantity": 1, "unit_price": "5.00"}]}
+        assert engine.ingest("pos", "sale", json.dumps(sale).encode()).status == "applied"
+        assert customer_summary(engine, card)["email"] == "jana@example.com"
+    summary = customer_summary(engine, "jana@example.com")
+    assert (summary["points"], summary["orders"]) == (30 + 12 + 5 + 5, 4)
+    with engine.db.connect() as conn:
+        assert conn.execute(select(func.count()).where(customers.c.merged_into.is_(None))).scalar_one() == 1
+        assert engine.ledger.audit(conn) == []
 
 
 def test_customers_with_different_emails_are_never_merged_by_a_shared_phone(engine):

@@ -66,6 +66,24 @@ def test_an_order_that_reaches_a_threshold_upgrades_at_once_and_later_orders_ear
     assert [(h["from"], h["to"], h["reason"], h["metric"]) for h in history] == [(None, "silver", "upgrade", "550")]
 
 
+def test_an_order_the_shop_moves_to_another_customer_takes_its_upgrade_with_it(make_engine):
+    """The shop gives an order to another customer (it was booked under the
+    wrong one): its points go with it, and so does the upgrade it brought;
+    the first customer's tier is decided again as if it had never been
+    theirs, the second's with it."""
+    engine = make_engine(tables=tables())
+    buy(engine, 1, "600.00", JAN)
+    assert (summary(engine)["points"], summary(engine)["tier"]) == (600, "silver")
+    moved = PlannedOrder("shopify", 1, "petr@example.com", (Line(Decimal("600.00"), 1),))
+    body = _shopify_order(moved, "paid", JAN + timedelta(days=3), [], False)
+    assert engine.ingest("shopify", "orders/updated", json.dumps(body).encode()).status == "applied"
+    assert (summary(engine)["points"], summary(engine)["tier"]) == (0, None)
+    petr = customer_summary(engine, "petr@example.com")
+    assert (petr["points"], petr["tier"]) == (600, "silver")
+    with engine.db.connect() as conn:
+        assert engine.ledger.audit(conn) == []
+
+
 def test_spending_points_never_lowers_a_tier(make_engine):
     engine = make_engine(tables=tables())
     buy(engine, 1, "600.00", JAN)

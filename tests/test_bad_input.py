@@ -21,7 +21,7 @@ from engine.customers import customer_summary
 from engine.db.models import accounts, customer_links, customers, ledger_entries, lots, orders
 from engine.db.models import inbox as inbox_table
 from tests.conftest import examples, load_contract
-from tests.test_event_loading import junk, paths
+from tests.test_event_loading import break_one_place
 
 SHOPIFY_DELIVERY = "shopify/webhooks/orders_paid.delivery-2024-10.json"
 WOO_ORDER = "woocommerce/webhooks/order_updated_completed.body.json"
@@ -412,20 +412,7 @@ def broken_deliveries(draw):
     channel, topic, contract, delivery = draw(st.sampled_from(REAL_DELIVERIES))
     body = copy.deepcopy(_real(contract, delivery))
     for _ in range(draw(st.integers(1, 3))):
-        places = [path for path, _ in paths(body) if path]
-        if not places:
-            break
-        path = draw(st.sampled_from(places))
-        parent = body
-        for step in path[:-1]:
-            parent = parent[step]
-        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
-        if action == "delete":
-            del parent[path[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.text(max_size=6))] = draw(junk)
-        else:
-            parent[path[-1]] = draw(junk)
+        break_one_place(draw, body, ("replace", "replace", "delete", "add"))
     if isinstance(body, dict) and isinstance(body.get("id"), int) and draw(st.booleans()):
         body["id"] += draw(st.integers(1, 3))
     headers = {}

@@ -43,14 +43,19 @@ def _run_concurrently(engine, stream, workers=8):
         return list(pool.map(lambda d: engine.ingest(*d), stream))
 
 
-@pytest.mark.parametrize("seed", [3, 5, 11])
-@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
-def test_concurrent_deliveries_for_one_customer_end_in_the_sequential_balances(backend, seed, make_engine, request):
+def _engine_on(backend: str, make_engine, request):
+    """An engine on PostgreSQL (the suite's database) or on an SQLite file of its own."""
     if backend == "postgresql":
         url = request.getfixturevalue("postgres_url")
     else:
         url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'concurrent.sqlite3'}"
-    engine = make_engine(url=url)
+    return make_engine(url=url)
+
+
+@pytest.mark.parametrize("seed", [3, 5, 11])
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_concurrent_deliveries_for_one_customer_end_in_the_sequential_balances(backend, seed, make_engine, request):
+    engine = _engine_on(backend, make_engine, request)
     planned, stream = _stream(24, seed=seed)
     outcomes = _run_concurrently(engine, stream)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -94,11 +99,7 @@ def _merging_stream(n_orders: int, seed: int):
 @pytest.mark.parametrize("seed", [2, 7])
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_concurrent_deliveries_that_merge_customers_lose_no_points(backend, seed, make_engine, request):
-    if backend == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    else:
-        url = f"sqlite:///{request.getfixturevalue('tmp_path') / 'concurrent.sqlite3'}"
-    engine = make_engine(url=url)
+    engine = _engine_on(backend, make_engine, request)
     planned, first, stream = _merging_stream(30, seed=seed)
     assert all(engine.ingest(*delivery).status == "applied" for delivery in first)
     outcomes = _run_concurrently(engine, stream)

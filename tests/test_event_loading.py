@@ -69,22 +69,31 @@ def paths(value, prefix=()):
             yield from paths(inner, (*prefix, index))
 
 
+def break_one_place(draw, value, actions=("replace", "delete", "add")) -> None:
+    """Change one place of a nested JSON value in place: its value replaced by
+    ``junk``, deleted, or a key of junk added beside it (``actions``: what
+    may be done, an action named twice drawn twice as often)."""
+    places = [path for path, _ in paths(value) if path]
+    if not places:
+        return
+    path = draw(st.sampled_from(places))
+    parent = value
+    for step in path[:-1]:
+        parent = parent[step]
+    action = draw(st.sampled_from(actions))
+    if action == "delete":
+        del parent[path[-1]]
+    elif action == "add" and isinstance(parent, dict):
+        parent[draw(st.text(max_size=6))] = draw(junk)
+    else:
+        parent[path[-1]] = draw(junk)
+
+
 @st.composite
 def mutated(draw):
     event = copy.deepcopy(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(0, 3))):
-        places = [path for path, _ in paths(event) if path]
-        path = draw(st.sampled_from(places))
-        parent = event
-        for step in path[:-1]:
-            parent = parent[step]
-        action = draw(st.sampled_from(["replace", "delete", "add"]))
-        if action == "delete":
-            del parent[path[-1]]
-        elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.text(max_size=6))] = draw(junk)
-        else:
-            parent[path[-1]] = draw(junk)
+        break_one_place(draw, event)
     return event
 
 

@@ -299,6 +299,7 @@ def money_units(amount) -> int:
 _DATES: dict[int, date] = {}
 _MONTHS: dict[int, int] = {}
 _ORDINALS: dict[str, int] = {}
+_ISO: dict[int, str] = {}
 
 
 def _date(ordinal: int) -> date:
@@ -342,12 +343,20 @@ def _typed(purchases: Iterable[tuple[str, date, int]], visits: Iterable[tuple[st
     return bought, came
 
 
+def _iso(ordinal: int) -> str:
+    found = _ISO.get(ordinal)
+    if found is None:
+        found = _ISO[ordinal] = _date(ordinal).isoformat()
+    return found
+
+
 def _as_json(bought: Bought, came: Came) -> dict:
-    """The canonical JSON form stored in ``metric_footprints``."""
+    """The canonical JSON form stored in ``metric_footprints`` (each day's
+    ``[orders, spend]`` list is ``bought``'s own: nothing changes one in place)."""
     footprint: dict[str, Any] = {}
-    paid = {ch: {_date(o).isoformat(): list(v) for o, v in sorted(days.items())}
-            for ch, days in sorted(bought.items()) if days}
-    visited = {ch: [_date(o).isoformat() for o in sorted(days)] for ch, days in sorted(came.items()) if days}
+    iso = _iso
+    paid = {ch: {iso(o): v for o, v in sorted(days.items())} for ch, days in sorted(bought.items()) if days}
+    visited = {ch: [iso(o) for o in sorted(days)] for ch, days in sorted(came.items()) if days}
     if paid:
         footprint["p"] = paid
     if visited:
@@ -920,12 +929,12 @@ class Recorder:
                 old, new = purchase
                 changed = {}
                 before = None if small else ({ch: dict(days) for ch, days in bought.items()}, came)
-                for change in (old, new):  # the slots it changes stay as they were in ``before``
+                for change in (old, new):  # a copy of each slot it changes: the stored footprint's stays as it was
                     if change is not None:
                         day = change[2].toordinal()
                         changed.setdefault(change[1], set()).add(day)
-                        if before is not None and (slot := bought.get(change[1], {}).get(day)) is not None:
-                            before[0][change[1]][day] = list(slot)
+                        if (slot := bought.get(change[1], {}).get(day)) is not None:
+                            bought[change[1]][day] = list(slot)
                 if old is not None:
                     slot = bought.get(old[1], {}).get(old[2].toordinal())
                     if slot is not None and slot[0] >= 1 and slot[1] >= old[3]:
@@ -986,9 +995,12 @@ class _Pending:
 
 
 def _parsed(footprint: dict) -> tuple[Bought, Came]:
-    """A stored footprint as day ordinals (a fresh copy)."""
-    bought = {ch: {_ordinal(d): list(v) for d, v in days.items()} for ch, days in (footprint.get("p") or {}).items()}
-    came = {ch: {_ordinal(d) for d in days} for ch, days in (footprint.get("v") or {}).items()}
+    """A stored footprint as day ordinals: new dicts and sets, but each
+    day's ``[orders, spend]`` is the footprint's own list (copy one before
+    changing it)."""
+    ordinal = _ordinal
+    bought = {ch: {ordinal(d): v for d, v in days.items()} for ch, days in (footprint.get("p") or {}).items()}
+    came = {ch: {ordinal(d) for d in days} for ch, days in (footprint.get("v") or {}).items()}
     return bought, came
 
 

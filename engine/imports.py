@@ -215,11 +215,13 @@ def _apply(engine, conn, values, key, note, by, replace, at) -> _Done:
         points = int(raw)
     except ValueError:
         return _Done("refused", f"points {raw!r} is not a whole number (write 52620, not 52,620)")
+    # (on PostgreSQL, in a chunk, sent with the customer's look-up)
+    imported = _IMPORTED.ahead(conn, {"key": f"{REASON}:{key}"})
     found = _customer(engine, conn, values, at)
     if isinstance(found, str):
         return _Done("refused", found)
     customer_id, created = found
-    if _IMPORTED.first(conn, {"key": f"{REASON}:{key}"}) is not None:
+    if imported.rows():
         return _Done("already imported")
     # (locked: an order applied meanwhile can't slip between this read and the adjustment)
     amount = points - locked_balance(conn, customer_id, UNIT_POINTS) if replace else points

@@ -377,13 +377,10 @@ class Identity:
         if key.startswith("id:") and key[3:].isascii() and key[3:].isdigit() and len(key) < 22:
             found = conn.execute(select(customers.c.id).where(customers.c.id == int(key[3:]))).scalar_one_or_none()
             return self.follow(conn, found)
-        candidates = []
-        if email := normalize_email(key):
-            candidates.append(customers.c.email == email)
-        if phone := normalize_phone(key, self.default_country):
-            candidates.append(customers.c.phone == phone)
-        candidates.append(customers.c.card_code == key.upper())
-        candidates.append(customers.c.referral_code == key.upper())
+        for kind in ("email", "phone", "card_code"):
+            if (found := self.find_by(conn, kind, key)) is not None:
+                return found
+        candidates = [customers.c.referral_code == key.upper()]
         if key.isascii() and key.isdigit() and len(key) < 19:
             candidates.append(customers.c.id == int(key))
         for condition in candidates:

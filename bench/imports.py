@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import TABLES, fresh_database, in_scratch, raw_sqlite  # noqa: E402
+from ingest import TABLES, fresh_database, in_scratch, raw_connection  # noqa: E402
 
 from engine.app import Engine  # noqa: E402
 from engine.config import config_from_tables  # noqa: E402
@@ -64,19 +63,8 @@ def engine_passes(url: str, workdir: Path, data: bytes) -> tuple[float, float, d
 
 def raw_pass(url: str, n: int) -> float:
     """The least rows an import of N new customers writes, by the bare driver."""
-    now = datetime.now(UTC)
-    if url.startswith("sqlite"):
-        conn = raw_sqlite(url)
-        mark, stamp = "?", now.isoformat(" ")
-        begin, commit = (lambda: conn.execute("BEGIN IMMEDIATE")), (lambda: conn.execute("COMMIT"))
-    else:
-        import psycopg
-
-        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
-        mark, stamp = "%s", now
-        begin, commit = (lambda: None), conn.commit
-    cur = conn.cursor()
-    m = mark
+    raw = raw_connection(url)
+    conn, cur, m, stamp, begin, commit = raw.conn, raw.cur, raw.mark, raw.now, raw.begin, raw.commit
     started = time.perf_counter()
     for start in range(1, n + 1, CHUNK):
         ids = range(start, min(start + CHUNK, n + 1))

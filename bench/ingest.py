@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -222,22 +223,41 @@ def raw_sqlite(url: str) -> sqlite3.Connection:
     return conn
 
 
-def raw_run(url: str, bodies: Sequence[bytes], owners: Sequence[int], customers: int, batch: int | None) -> Run:
-    """The same rows written by the bare driver, on a fresh migrated database."""
+@dataclass
+class Raw:
+    """The bare driver on a database: its connection and cursor, its
+    paramstyle's mark, now as it binds a timestamp, its JSON wrapper, and how
+    a transaction begins and commits."""
+
+    conn: Any
+    cur: Any
+    mark: str
     now: object
+    wrap: Callable
+    label: str
+    begin: Callable[[], object]
+    commit: Callable[[], object]
+
+
+def raw_connection(url: str) -> Raw:
+    """``sqlite3`` (the engine's pragmas, ``BEGIN IMMEDIATE`` by hand) or
+    ``psycopg`` (which opens its transactions itself) on ``url``."""
     if url.startswith("sqlite"):
         conn = raw_sqlite(url)
-        mark, now, wrap, label = "?", datetime.now(UTC).isoformat(" "), json.dumps, "sqlite3"
-        begin, commit = (lambda: conn.execute("BEGIN IMMEDIATE")), (lambda: conn.execute("COMMIT"))
-        cur = conn.cursor()
-    else:
-        import psycopg
-        from psycopg.types.json import Json
+        return Raw(conn, conn.cursor(), "?", datetime.now(UTC).isoformat(" "), json.dumps, "sqlite3",
+                   lambda: conn.execute("BEGIN IMMEDIATE"), lambda: conn.execute("COMMIT"))
+    import psycopg
+    from psycopg.types.json import Json
 
-        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
-        mark, now, wrap, label = "%s", datetime.now(UTC), Json, "psycopg"
-        begin, commit = (lambda: None), conn.commit  # psycopg opens the transaction itself
-        cur = conn.cursor()
+    conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+    return Raw(conn, conn.cursor(), "%s", datetime.now(UTC), Json, "psycopg", lambda: None, conn.commit)
+
+
+def raw_run(url: str, bodies: Sequence[bytes], owners: Sequence[int], customers: int, batch: int | None) -> Run:
+    """The same rows written by the bare driver, on a fresh migrated database."""
+    raw = raw_connection(url)
+    conn, cur, mark, now, wrap, label, begin, commit = (
+        raw.conn, raw.cur, raw.mark, raw.now, raw.wrap, raw.label, raw.begin, raw.commit)
     begin()
     cur.executemany(
         f"INSERT INTO customers (id, card_code, referral_code, created_at, updated_at) VALUES "
